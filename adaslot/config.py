@@ -1,0 +1,116 @@
+"""Config dataclasses and named presets. The only thing passed from the CLI into the library.
+
+`ModelConfig` describes everything after the frozen encoder; presets give the reference numbers of
+SPEC (`coco`) and scaled variants. Command configs (cache, train, eval, demo) live below, one dataclass each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field  # noqa: F401  (field: used by command configs)
+from typing import Any
+
+from adaslot.errors import AdaslotError
+
+
+@dataclass
+class ModelConfig:
+    """Slot model after the frozen encoder: features [B, T, feature_dim] -> slots [B, K, slot_dim]."""
+
+    feature_dim: int = 768  # D of the encoder tokens (input and reconstruction target)
+    num_tokens: int = 196  # T, e.g. 14 x 14 patches
+    slot_dim: int = 256
+    num_slots: int = 7  # K
+    num_iterations: int = 3
+    input_mlp_hidden: int = 768  # LN(D) -> Linear(D, hidden) -> ReLU -> Linear(hidden, slot_dim)
+    slot_mlp_hidden: int = 1024  # residual MLP inside slot attention
+    decoder_hidden: tuple[int, ...] = (2048, 2048, 2048)
+    adaptive: bool = False  # stage 2: Gumbel keep/drop selector on the final slots
+    selector_hidden: int = 1024
+    eps: float = 1e-8
+    # Options that only a non-reference preset changes; the defaults keep SPEC exactly.
+    slot_init_scale: float = 1.0  # multiplies exp(log sigma) of the learned Gaussian slot init
+    attention_temperature: float = 1.0  # logits = q k^T / (sqrt(slot_dim) * temperature)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["decoder_hidden"] = list(self.decoder_hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise AdaslotError(f"unknown model config keys {sorted(unknown)}")
+        d = dict(d)
+        if "decoder_hidden" in d:
+            d["decoder_hidden"] = tuple(d["decoder_hidden"])
+        return cls(**d)
+
+
+@dataclass
+class Preset:
+    """A named model size plus the encoder it expects and its stage-1 / stage-2 slot counts."""
+
+    name: str
+    encoder: str
+    model: ModelConfig
+    num_slots_stage1: int
+    num_slots_stage2: int
+    notes: str = ""
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> Preset:
+    PRESETS[preset.name] = preset
+    return preset
+
+
+register_preset(Preset("coco", "dino-vitb-16", ModelConfig(), 7, 33, "SPEC reference: DINO ViT-B/16, COCO"))
+# MOVi (SPEC "other datasets"): slot dim 128, decoder [1024]x3. SPEC gives only K_max, so stage 1 uses it too.
+register_preset(Preset(
+    "movi-c", "dino-vitb-16",
+    ModelConfig(slot_dim=128, slot_mlp_hidden=512, selector_hidden=512, decoder_hidden=(1024, 1024, 1024),
+                num_slots=11),
+    11, 11, "MOVi-C: K_max 11",
+))
+register_preset(Preset(
+    "movi-e", "dino-vitb-16",
+    ModelConfig(slot_dim=128, slot_mlp_hidden=512, selector_hidden=512, decoder_hidden=(1024, 1024, 1024),
+                num_slots=24),
+    24, 24, "MOVi-E: K_max 24",
+))
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise AdaslotError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
+
+
+def model_config_for(preset: str, stage: int, **overrides: Any) -> ModelConfig:
+    """The model config of `preset` for `stage` (1: fixed K, 2: adaptive), with non-None overrides applied."""
+    if stage not in (1, 2):
+        raise AdaslotError(f"--stage must be 1 or 2, got {stage}")
+    p = get_preset(preset)
+    cfg = dataclasses.replace(
+        p.model,
+        num_slots=p.num_slots_stage1 if stage == 1 else p.num_slots_stage2,
+        adaptive=stage == 2,
+    )
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(cfg, **overrides)
+
+
+# ---- command configs: one dataclass per command; each helper edits only its own section ----
+
+# == section: CacheConfig (cache-features) ==
+
+# == section: TrainConfig (train) ==
+
+# == section: EvalConfig (eval) ==
+
+# == section: DemoConfig (demo) ==
