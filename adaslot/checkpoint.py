@@ -1,0 +1,255 @@
+"""Checkpoints: atomic save, checked load, model loading, keep-last-N rotation, RNG capture, warm start.
+
+A checkpoint is one `torch.save`d dict (the payload):
+  format="adaslot-checkpoint", version=1, stage (1|2), model_config (ModelConfig.to_dict()), encoder (name),
+  feature_contract (dict or None), model (state_dict); optional: optimizer, step, train_config, rng, loader.
+Files are written to a temporary name in the same folder, fsynced and renamed, so a kill never leaves a
+half-written checkpoint under the real name. Payloads hold only tensors and plain Python values, so they
+load with `torch.load(weights_only=True)` (no arbitrary pickle code runs on load).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from adaslot.config import ModelConfig
+from adaslot.errors import AdaslotError
+
+if TYPE_CHECKING:
+    from adaslot.model import AdaSlot
+
+FORMAT = "adaslot-checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("stage", "model_config", "encoder", "model")
+_STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
+# Config fields that may differ between a stage-1 checkpoint and the stage-2 model it warm-starts.
+_WARMSTART_FREE_FIELDS = {"num_slots", "adaptive", "selector_hidden"}
+
+
+def make_payload(
+    *,
+    stage: int,
+    model_config: ModelConfig | dict[str, Any],
+    encoder: str,
+    model_state: dict[str, torch.Tensor],
+    feature_contract: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A payload with the required keys filled in; `extra` adds optional keys (optimizer, step, ...)."""
+    cfg = model_config.to_dict() if isinstance(model_config, ModelConfig) else dict(model_config)
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "stage": int(stage),
+        "model_config": cfg,
+        "encoder": encoder,
+        "feature_contract": feature_contract,
+        "model": model_state,
+    }
+    payload.update(extra)
+    return payload
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write `payload` to `path` atomically (temp file in the same folder + fsync + rename)."""
+    path = Path(path)
+    if payload.get("format") != FORMAT or payload.get("version") != VERSION:
+        raise ValueError("payload must carry format='adaslot-checkpoint' and version=1 (use make_payload)")
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise ValueError(f"checkpoint payload lacks {missing}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    # Make the rename itself durable.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a payload; anything but a version-1 adaslot checkpoint -> one-line AdaslotError."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdaslotError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for foreign/corrupt files
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise AdaslotError(
+            f"{path} is not an adaslot checkpoint (cannot be read: {reason}); official AdaSlot checkpoints "
+            "must first be converted with `adaslot convert-official`"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise AdaslotError(
+            f"{path} is not an adaslot checkpoint (no format='{FORMAT}' marker); official AdaSlot "
+            "checkpoints must first be converted with `adaslot convert-official`"
+        )
+    if payload.get("version") != VERSION:
+        raise AdaslotError(
+            f"{path} is an adaslot checkpoint of format version {payload.get('version')!r}; this adaslot "
+            f"reads version {VERSION}: use the adaslot release that wrote it"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise AdaslotError(f"{path} is an incomplete adaslot checkpoint (missing {', '.join(missing)})")
+    return payload
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[AdaSlot, dict[str, Any]]:
+    """Build a checkpoint's AdaSlot, load its weights, move to `device`, eval mode -> (model, payload)."""
+    from adaslot.model import AdaSlot
+
+    payload = load_checkpoint(path)
+    cfg = ModelConfig.from_dict(payload["model_config"])
+    model = AdaSlot(cfg)
+    try:
+        model.load_state_dict(payload["model"], strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise AdaslotError(f"{path}: weights do not fit its own model_config ({first})") from None
+    model.to(device).eval()
+    return model, payload
+
+
+# ---- run folders: step-numbered files, newest = resume point, keep the last N ----
+
+def checkpoint_path(ckpt_dir: str | os.PathLike, step: int) -> Path:
+    """`ckpt_dir/step-00001000.pt`: zero-padded so names sort by step."""
+    return Path(ckpt_dir) / f"step-{int(step):08d}.pt"
+
+
+def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """Complete step checkpoints in `ckpt_dir`, oldest first (temp files are ignored)."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint in `ckpt_dir`, or None."""
+    ckpts = list_checkpoints(ckpt_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def rotate_checkpoints(ckpt_dir: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints (keep <= 0 keeps all); returns the removed files."""
+    if keep <= 0:
+        return []
+    ckpts = list_checkpoints(ckpt_dir)
+    removed = ckpts[:-keep] if len(ckpts) > keep else []
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
+# ---- RNG state (exact resume) ----
+
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy, torch CPU (and CUDA) generator states, as tensors / plain values (weights_only-safe)."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of `capture_rng`."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# ---- warm start (stage 1 -> stage 2) ----
+
+def check_warmstart(payload: dict[str, Any], cfg: ModelConfig, source: str = "checkpoint") -> None:
+    """Refuse (one line) a checkpoint that cannot warm-start a stage-2 model of config `cfg`."""
+    if payload.get("stage") != 1:
+        raise AdaslotError(
+            f"--warmstart {source} is a stage-{payload.get('stage')} checkpoint; stage 2 warm-starts from a "
+            "stage-1 checkpoint (to continue a stage-2 run, rerun its command with the same --out)"
+        )
+    src = ModelConfig.from_dict(payload["model_config"])
+    diffs = [
+        f"{f.name}={getattr(src, f.name)!r} (this model: {getattr(cfg, f.name)!r})"
+        for f in dataclasses.fields(ModelConfig)
+        if f.name not in _WARMSTART_FREE_FIELDS and getattr(src, f.name) != getattr(cfg, f.name)
+    ]
+    if diffs:
+        raise AdaslotError(
+            f"--warmstart {source} has a different model shape: {'; '.join(diffs)}; use the same --preset "
+            "and size flags as stage 1"
+        )
+
+
+def _selector_keys(cfg: ModelConfig) -> set[str]:
+    """State-dict keys that exist only in the adaptive model (the score network): adaptive minus fixed-K."""
+    from adaslot.model import AdaSlot
+
+    # Meta tensors: only the key names are needed, no memory or init cost.
+    with torch.device("meta"):
+        adaptive = AdaSlot(dataclasses.replace(cfg, adaptive=True)).state_dict().keys()
+        fixed = AdaSlot(dataclasses.replace(cfg, adaptive=False)).state_dict().keys()
+    return set(adaptive) - set(fixed)
+
+
+def warm_start(model: torch.nn.Module, payload: dict[str, Any], cfg: ModelConfig,
+               source: str = "checkpoint") -> list[str]:
+    """Load every stage-1 tensor into the stage-2 `model`; only the score network keeps its fresh init.
+
+    SPEC: slot init mu/sigma, input MLP, slot attention, GRU, residual MLP, decoder and positional embedding
+    all come from stage 1. Refuses, with a one-line reason, a checkpoint of another stage or shape.
+    Returns the names of the parameters left at their fresh initialisation.
+    """
+    check_warmstart(payload, cfg, source)
+    state = payload["model"]
+    target = model.state_dict()
+    unexpected = sorted(set(state) - set(target))
+    if unexpected:
+        raise AdaslotError(f"--warmstart {source} has weights this model does not know: {unexpected[:3]}")
+    bad = [k for k in state if tuple(state[k].shape) != tuple(target[k].shape)]
+    if bad:
+        k = bad[0]
+        raise AdaslotError(
+            f"--warmstart {source}: {k} has shape {tuple(state[k].shape)}, this model needs "
+            f"{tuple(target[k].shape)}"
+        )
+    fresh = sorted(set(target) - set(state))
+    allowed = _selector_keys(cfg) if cfg.adaptive else set()
+    not_allowed = [k for k in fresh if k not in allowed]
+    if not_allowed:
+        raise AdaslotError(f"--warmstart {source} lacks weights outside the selector: {not_allowed[:3]}")
+    model.load_state_dict(state, strict=False)
+    return fresh

@@ -1,0 +1,92 @@
+"""Checkpoint format: atomic save, checked load, rotation, RNG round trip, warm-start rules."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from adaslot.checkpoint import (
+    capture_rng,
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    make_payload,
+    restore_rng,
+    rotate_checkpoints,
+    save_checkpoint,
+)
+from adaslot.config import ModelConfig
+from adaslot.errors import AdaslotError
+
+
+def _payload(**extra):
+    return make_payload(stage=1, model_config=ModelConfig(), encoder="random-vit-tiny",
+                        model_state={"w": torch.arange(6.0).reshape(2, 3)}, **extra)
+
+
+def test_round_trip_and_no_temp_left(tmp_path):
+    p = save_checkpoint(tmp_path / "a" / "step-00000003.pt", _payload(step=3, rng=capture_rng()))
+    assert [f.name for f in p.parent.iterdir()] == ["step-00000003.pt"]
+    back = load_checkpoint(p)
+    assert back["format"] == "adaslot-checkpoint" and back["version"] == 1 and back["step"] == 3
+    assert torch.equal(back["model"]["w"], torch.arange(6.0).reshape(2, 3))
+    assert ModelConfig.from_dict(back["model_config"]) == ModelConfig()
+
+
+def test_overwrite_is_atomic_replace(tmp_path):
+    p = tmp_path / "c.pt"
+    save_checkpoint(p, _payload(step=1))
+    save_checkpoint(p, _payload(step=2))
+    assert load_checkpoint(p)["step"] == 2
+
+
+def test_save_refuses_unmarked_payload(tmp_path):
+    with pytest.raises(ValueError):
+        save_checkpoint(tmp_path / "x.pt", {"model": {}})
+
+
+@pytest.mark.parametrize("kind", ["text", "plain_state_dict", "wrong_version", "missing"])
+def test_load_refuses_foreign_files_in_one_line(tmp_path, kind):
+    p = tmp_path / "x.pt"
+    if kind == "text":
+        p.write_text("hello")
+    elif kind == "plain_state_dict":
+        torch.save({"state_dict": {"models.x": torch.zeros(1)}}, p)
+    elif kind == "wrong_version":
+        d = _payload()
+        d["version"] = 7
+        torch.save(d, p)
+    with pytest.raises(AdaslotError) as e:
+        load_checkpoint(p)
+    msg = str(e.value)
+    assert "\n" not in msg and str(p) in msg
+    if kind == "wrong_version":
+        assert "version 7" in msg
+    elif kind != "missing":
+        assert "not an adaslot checkpoint" in msg
+
+
+def test_rotation_keeps_newest(tmp_path):
+    for s in (5, 10, 15, 20):
+        save_checkpoint(checkpoint_path(tmp_path, s), _payload(step=s))
+    (tmp_path / ".step-00000025.pt.tmp-1").write_bytes(b"partial")  # a killed write is ignored
+    assert latest_checkpoint(tmp_path).name == "step-00000020.pt"
+    removed = rotate_checkpoints(tmp_path, keep=2)
+    assert [p.name for p in removed] == ["step-00000005.pt", "step-00000010.pt"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000015.pt", "step-00000020.pt"]
+    assert latest_checkpoint(tmp_path / "none") is None
+
+
+def test_rng_round_trip_through_file(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    save_checkpoint(tmp_path / "r.pt", _payload(rng=capture_rng()))
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    restore_rng(load_checkpoint(tmp_path / "r.pt")["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
