@@ -1,0 +1,81 @@
+"""Slot attention with a learned Gaussian slot initialisation (SPEC "Slot attention").
+
+Layer names follow the official `ocl` modules so the checkpoint converter is a prefix rename:
+`slots_mu`/`slots_logsigma` (conditioning), `norm_input`, `to_q/to_k/to_v`, `gru`, `norm_slots`,
+`mlp` (= official `ff_mlp.module`, a residual LN -> Linear -> ReLU -> Linear).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def two_layer_mlp(in_dim: int, hidden: int, out_dim: int, layer_norm: bool = True) -> nn.Sequential:
+    """[LN] -> Linear -> ReLU -> Linear with zero biases (official `build_two_layer_mlp`)."""
+    layers: list[nn.Module] = [nn.LayerNorm(in_dim)] if layer_norm else []
+    layers += [nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim)]
+    mlp = nn.Sequential(*layers)
+    for m in mlp:
+        if isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+    return mlp
+
+
+class SlotAttention(nn.Module):
+    """inputs [B, T, S] (already projected) -> slots [B, K, S], attn [B, K, T].
+
+    One head; q/k/v without bias; LN on the inputs once and on the slots every iteration; softmax over
+    slots; (A + eps) renormalised over tokens; GRUCell; residual MLP. Gradients flow through every
+    iteration and into the slot initialisation.
+    """
+
+    def __init__(self, slot_dim: int, mlp_hidden: int, num_iterations: int = 3, eps: float = 1e-8,
+                 slot_init_scale: float = 1.0, attention_temperature: float = 1.0) -> None:
+        super().__init__()
+        self.slot_dim = slot_dim
+        self.num_iterations = num_iterations
+        self.eps = eps
+        self.slot_init_scale = slot_init_scale
+        self.scale = 1.0 / (math.sqrt(slot_dim) * attention_temperature)
+        # Learned Gaussian shared by all slots, so the same weights serve any K.
+        self.slots_mu = nn.Parameter(torch.empty(1, 1, slot_dim))
+        self.slots_logsigma = nn.Parameter(torch.empty(1, 1, slot_dim))
+        nn.init.xavier_uniform_(self.slots_mu)
+        nn.init.xavier_uniform_(self.slots_logsigma)
+        self.norm_input = nn.LayerNorm(slot_dim)
+        self.to_q = nn.Linear(slot_dim, slot_dim, bias=False)
+        self.to_k = nn.Linear(slot_dim, slot_dim, bias=False)
+        self.to_v = nn.Linear(slot_dim, slot_dim, bias=False)
+        self.norm_slots = nn.LayerNorm(slot_dim)
+        self.gru = nn.GRUCell(slot_dim, slot_dim)  # PyTorch default init, biases not zeroed (SPEC)
+        self.mlp = two_layer_mlp(slot_dim, mlp_hidden, slot_dim)
+
+    def sample_init(self, batch_size: int, num_slots: int) -> torch.Tensor:
+        """S0 = mu + scale * exp(log sigma) * N(0, I): [B, K, S] (sampled in train and eval, as official)."""
+        mu = self.slots_mu.expand(batch_size, num_slots, -1)
+        sigma = self.slots_logsigma.exp().expand(batch_size, num_slots, -1) * self.slot_init_scale
+        return mu + sigma * torch.randn_like(mu)
+
+    def forward(self, inputs: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs [B, T, S], slots (initial) [B, K, S] -> (slots [B, K, S], attn [B, K, T]).
+
+        `attn` is the last iteration's softmax over slots before the eps renormalisation (official output).
+        """
+        b, k, s = slots.shape
+        inputs = self.norm_input(inputs)
+        keys = self.to_k(inputs)  # [B, T, S]
+        values = self.to_v(inputs)  # [B, T, S]
+        attn = inputs.new_zeros(b, k, inputs.shape[1])
+        for _ in range(self.num_iterations):
+            q = self.to_q(self.norm_slots(slots))  # [B, K, S]
+            logits = torch.einsum("bks,bts->bkt", q, keys) * self.scale
+            attn = logits.softmax(dim=1)  # slots compete for each token
+            weights = attn + self.eps
+            weights = weights / weights.sum(dim=-1, keepdim=True)  # weighted mean over tokens
+            updates = torch.einsum("bkt,bts->bks", weights, values)
+            slots = self.gru(updates.reshape(b * k, s), slots.reshape(b * k, s)).reshape(b, k, s)
+            slots = slots + self.mlp(slots)
+        return slots, attn
