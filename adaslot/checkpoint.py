@@ -214,42 +214,18 @@ def check_warmstart(payload: dict[str, Any], cfg: ModelConfig, source: str = "ch
         )
 
 
-def _selector_keys(cfg: ModelConfig) -> set[str]:
-    """State-dict keys that exist only in the adaptive model (the score network): adaptive minus fixed-K."""
-    from adaslot.model import AdaSlot
-
-    # Meta tensors: only the key names are needed, no memory or init cost.
-    with torch.device("meta"):
-        adaptive = AdaSlot(dataclasses.replace(cfg, adaptive=True)).state_dict().keys()
-        fixed = AdaSlot(dataclasses.replace(cfg, adaptive=False)).state_dict().keys()
-    return set(adaptive) - set(fixed)
-
-
 def warm_start(model: torch.nn.Module, payload: dict[str, Any], cfg: ModelConfig,
                source: str = "checkpoint") -> list[str]:
     """Load every stage-1 tensor into the stage-2 `model`; only the score network keeps its fresh init.
 
     SPEC: slot init mu/sigma, input MLP, slot attention, GRU, residual MLP, decoder and positional embedding
-    all come from stage 1. Refuses, with a one-line reason, a checkpoint of another stage or shape.
-    Returns the names of the parameters left at their fresh initialisation.
+    all come from stage 1. Refuses, with a one-line reason, a checkpoint of another stage or shape (the
+    tensor-level checks are the model's `load_stage1_into_stage2`). Returns the names left at fresh init.
     """
+    from adaslot.model import load_stage1_into_stage2
+
     check_warmstart(payload, cfg, source)
-    state = payload["model"]
-    target = model.state_dict()
-    unexpected = sorted(set(state) - set(target))
-    if unexpected:
-        raise AdaslotError(f"--warmstart {source} has weights this model does not know: {unexpected[:3]}")
-    bad = [k for k in state if tuple(state[k].shape) != tuple(target[k].shape)]
-    if bad:
-        k = bad[0]
-        raise AdaslotError(
-            f"--warmstart {source}: {k} has shape {tuple(state[k].shape)}, this model needs "
-            f"{tuple(target[k].shape)}"
-        )
-    fresh = sorted(set(target) - set(state))
-    allowed = _selector_keys(cfg) if cfg.adaptive else set()
-    not_allowed = [k for k in fresh if k not in allowed]
-    if not_allowed:
-        raise AdaslotError(f"--warmstart {source} lacks weights outside the selector: {not_allowed[:3]}")
-    model.load_state_dict(state, strict=False)
-    return fresh
+    try:
+        return load_stage1_into_stage2(model, payload["model"])
+    except AdaslotError as e:
+        raise AdaslotError(f"--warmstart {source}: {e}") from None

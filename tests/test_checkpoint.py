@@ -90,3 +90,68 @@ def test_rng_round_trip_through_file(tmp_path):
     torch.manual_seed(9)
     restore_rng(load_checkpoint(tmp_path / "r.pt")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+# ---- with the real model (tiny sizes) ----
+
+TINY = dict(feature_dim=16, num_tokens=9, slot_dim=8, num_slots=3, input_mlp_hidden=16, slot_mlp_hidden=16,
+            decoder_hidden=(16,), selector_hidden=16)
+
+
+def _model_payload(stage, **cfg_over):
+    import dataclasses
+
+    from adaslot.model import AdaSlot
+
+    cfg = dataclasses.replace(ModelConfig(**TINY), adaptive=stage == 2, **cfg_over)
+    torch.manual_seed(stage)
+    model = AdaSlot(cfg)
+    return model, cfg, make_payload(stage=stage, model_config=cfg, encoder="random-vit-tiny",
+                                    model_state=model.state_dict())
+
+
+def test_load_model_round_trip(tmp_path):
+    from adaslot.checkpoint import load_model
+
+    model, cfg, payload = _model_payload(2)
+    save_checkpoint(tmp_path / "m.pt", payload)
+    loaded, back = load_model(tmp_path / "m.pt", "cpu")
+    assert not loaded.training and back["stage"] == 2 and loaded.cfg == cfg
+    x = torch.randn(2, 9, 16)
+    init = torch.randn(2, 3, 8)
+    model.eval()
+    assert torch.equal(loaded(x, slots_init=init).recon, model(x, slots_init=init).recon)
+
+
+def test_warm_start_loads_all_but_selector():
+    import dataclasses
+
+    from adaslot.checkpoint import warm_start
+    from adaslot.model import AdaSlot
+
+    stage1, cfg1, payload = _model_payload(1)
+    cfg2 = dataclasses.replace(cfg1, num_slots=7, adaptive=True)
+    torch.manual_seed(5)
+    stage2 = AdaSlot(cfg2)
+    fresh_before = {k: v.clone() for k, v in stage2.state_dict().items()}
+    fresh = warm_start(stage2, payload, cfg2, "s1.pt")
+    assert fresh and all(k.startswith("selector.") for k in fresh)
+    s1, s2 = stage1.state_dict(), stage2.state_dict()
+    for k, v in s2.items():
+        assert torch.equal(v, s1[k] if k in s1 else fresh_before[k]), k
+
+
+def test_warm_start_refusals():
+    import dataclasses
+
+    from adaslot.checkpoint import warm_start
+    from adaslot.model import AdaSlot
+
+    _, cfg2, payload2 = _model_payload(2)
+    with pytest.raises(AdaslotError, match="stage-2 checkpoint"):
+        warm_start(AdaSlot(cfg2), payload2, cfg2, "s2.pt")
+    _, cfg1, payload1 = _model_payload(1, slot_dim=12)
+    target = dataclasses.replace(cfg1, slot_dim=8, adaptive=True)
+    with pytest.raises(AdaslotError, match="slot_dim=12") as e:
+        warm_start(AdaSlot(target), payload1, target, "s1.pt")
+    assert "\n" not in str(e.value)
