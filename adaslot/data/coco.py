@@ -1,0 +1,294 @@
+"""COCO-format data through pycocotools: images for the encoder, ground truth at original resolution.
+
+`CocoDataset.from_root(root, split)` reads the COCO 2017 layout (`root/{split}2017/`,
+`root/annotations/instances_{split}2017.json`); `CocoDataset(images_dir, annotation_file)` reads any
+COCO-format dataset. Item i is a dict:
+    ok=True:  image [3, S, S] (views=1) or [V, 3, S, S] (views=2: image, its horizontal flip), float in
+              [0, 1], not normalised; index, image_id, file, geometry (transforms.Geometry)
+    ok=False: index, image_id, file, reason, detail (the image could not be used; strict=True raises instead)
+`collate` stacks the good items and carries the bad ones in `batch["skipped"]`, so skipping works inside a
+multi-worker DataLoader; call `dataset.record(batch)` in the main process to keep the skip list and counts
+(workers hold copies of the dataset, so nothing a worker records would reach the main process).
+
+Images listed in the json but missing on disk are found at construction (one stat per image) and left out of
+the index space up front (recorded with reason "missing"); decode failures are found when read.
+Images without annotations are kept: their ground truth is empty.
+
+Ground truth (`ground_truth(image_id)`) follows SPEC: every annotation, crowd included by default
+(AdaSlot configs) or excluded (`include_crowd=False`, DINOSAUR paper), as instance masks at the original
+resolution [M, H, W] bool plus class masks (instances merged by category). `protocol_ground_truth` resizes
+them for the two published protocols (shorter side 224 or 320, nearest-exact, center crop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from adaslot.data.transforms import (
+    ImageLoadError,
+    hflip,
+    load_image,
+    resize_masks_nearest_exact,
+    transform_image,
+)
+from adaslot.errors import AdaslotError
+
+
+@dataclass
+class Skip:
+    """One image left out, and why (reason: missing, unreadable, truncated, too-large, size-mismatch)."""
+
+    image_id: int
+    file: str
+    reason: str
+    detail: str = ""
+    index: int | None = None  # dataset index when found at read time (None: left out at construction)
+
+
+@dataclass
+class SkipLog:
+    """The skip list of a dataset: what was left out, with counts for the final summary."""
+
+    items: list[Skip] = field(default_factory=list)
+
+    def add(self, skip: Skip) -> None:
+        self.items.append(skip)
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(s.reason for s in self.items))
+
+    def skipped_indices(self) -> list[int]:
+        return sorted({s.index for s in self.items if s.index is not None})
+
+    def summary(self) -> str:
+        if not self.items:
+            return "skipped 0 images"
+        parts = ", ".join(f"{n} {r}" for r, n in sorted(self.counts().items()))
+        return f"skipped {len(self.items)} images ({parts})"
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [asdict(s) for s in self.items]
+
+
+@dataclass
+class GroundTruth:
+    """Ground truth of one image at original resolution (H, W of the annotation file).
+
+    instance_masks: [M, H, W] bool; category_ids: [M] int64; iscrowd: [M] bool;
+    class_masks: [C, H, W] bool (union of the instances of each category); class_ids: [C] int64 (sorted).
+    M = C = 0 for an image without (kept) annotations."""
+
+    image_id: int
+    height: int
+    width: int
+    instance_masks: np.ndarray
+    category_ids: np.ndarray
+    iscrowd: np.ndarray
+    class_masks: np.ndarray
+    class_ids: np.ndarray
+
+
+def _load_coco(annotation_file: Path) -> Any:
+    from pycocotools.coco import COCO
+
+    if not annotation_file.is_file():
+        raise AdaslotError(f"annotation file {annotation_file} not found; pass --annotations or a --root "
+                           f"with annotations/instances_<split>2017.json")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+            return COCO(str(annotation_file))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdaslotError(f"annotation file {annotation_file} is not valid JSON: {e}") from e
+    except (KeyError, TypeError, AssertionError) as e:
+        raise AdaslotError(f"annotation file {annotation_file} is not in COCO format ({e!r})") from e
+
+
+class CocoDataset(Dataset):
+    """COCO-format images -> SPEC-transformed tensors, plus ground truth and a skip list.
+
+    size: network input side S; views: 1 (image) or 2 (image, hflip) stacked; antialias: see transforms;
+    strict: raise AdaslotError instead of skipping; exif: "auto" | "transpose" | "raw" (see load_image)."""
+
+    def __init__(self, images_dir: str | Path, annotation_file: str | Path, size: int = 224,
+                 views: int = 1, antialias: bool = False, strict: bool = False, exif: str = "auto",
+                 crop: bool = True) -> None:
+        self.images_dir = Path(images_dir)
+        self.annotation_file = Path(annotation_file)
+        if not self.images_dir.is_dir():
+            raise AdaslotError(f"image directory {self.images_dir} not found; check --root / --images")
+        if views not in (1, 2):
+            raise AdaslotError(f"views must be 1 or 2, got {views}")
+        if exif not in ("auto", "transpose", "raw"):
+            raise AdaslotError(f"exif must be auto, transpose or raw, got {exif!r}")
+        self.size, self.views, self.antialias, self.strict, self.exif, self.crop = (
+            size, views, antialias, strict, exif, crop)
+        self.coco = _load_coco(self.annotation_file)
+        self.skips = SkipLog()
+        self.notes: Counter[str] = Counter()  # handled oddities (EXIF rotated, CMYK, ...), see `record`
+        ids = sorted(self.coco.getImgIds())
+        present = []
+        for image_id in ids:
+            info = self.coco.imgs[image_id]
+            path = self.images_dir / info["file_name"]
+            if path.is_file():
+                present.append(image_id)
+            else:
+                self._skip(Skip(image_id, str(path), "missing", "listed in the annotations, not on disk"))
+        self.image_ids: list[int] = present
+        self.num_listed = len(ids)
+        self.num_without_annotations = sum(1 for i in present if not self.coco.imgToAnns.get(i))
+
+    @classmethod
+    def from_root(cls, root: str | Path, split: str = "val", **kwargs: Any) -> CocoDataset:
+        """The COCO 2017 layout: root/{split}2017/ and root/annotations/instances_{split}2017.json."""
+        root = Path(root)
+        if not root.is_dir():
+            raise AdaslotError(f"dataset root {root} not found (expected {split}2017/ and annotations/)")
+        ann = root / "annotations" / f"instances_{split}2017.json"
+        if not ann.is_file():
+            raise AdaslotError(f"{ann} not found: is {root} a COCO 2017 root and '{split}' a split in it?")
+        return cls(root / f"{split}2017", ann, **kwargs)
+
+    # ------------------------------------------------------------ images
+
+    def _skip(self, skip: Skip) -> None:
+        if self.strict:
+            raise AdaslotError(f"image {skip.image_id} ({skip.file}): {skip.reason}"
+                               + (f" ({skip.detail})" if skip.detail else "") + "; drop --strict to skip it")
+        self.skips.add(skip)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def image_info(self, index: int) -> dict[str, Any]:
+        return self.coco.imgs[self.image_ids[index]]
+
+    def index_of(self, image_id: int) -> int:
+        if not hasattr(self, "_index"):
+            self._index = {i: k for k, i in enumerate(self.image_ids)}
+        return self._index[image_id]
+
+    def load(self, index: int) -> tuple[Any, list[str]]:
+        """Decode image `index` into (RGB PIL image in the annotation frame, notes such as
+        "exif-transposed" / "converted-from-CMYK"), or raise ImageLoadError."""
+        info = self.image_info(index)
+        path = self.images_dir / info["file_name"]
+        wh = (int(info["width"]), int(info["height"])) if "width" in info and "height" in info else None
+        loaded = load_image(path, expected_wh=wh, exif=self.exif)
+        notes = ["exif-transposed"] if loaded.exif_transposed else []
+        if loaded.source_mode != "RGB":
+            notes.append(f"converted-from-{loaded.source_mode}")
+        if loaded.format and Path(path).suffix.lower() in (".jpg", ".jpeg") and loaded.format != "JPEG":
+            notes.append(f"{loaded.format}-in-jpg")
+        return loaded.image, notes
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """One item (see module doc). Pure: records nothing; pass items or batches to `record`."""
+        image_id = self.image_ids[index]
+        file = str(self.images_dir / self.coco.imgs[image_id]["file_name"])
+        try:
+            image, notes = self.load(index)
+        except ImageLoadError as e:
+            skip = Skip(image_id, file, e.reason, e.detail, index)
+            if self.strict:
+                self._skip(skip)  # raises
+            return {"ok": False, **asdict(skip)}
+        x, geom = transform_image(image, self.size, antialias=self.antialias, crop=self.crop)
+        if self.views == 2:
+            x = torch.stack([x, hflip(x)])
+        return {"ok": True, "index": index, "image_id": image_id, "file": file, "image": x, "geometry": geom,
+                "notes": notes}
+
+    def record(self, batch_or_item: dict[str, Any]) -> list[Skip]:
+        """Keep the skip list and notes of a collated batch (or of one item); returns the new skips.
+        Call it in the main process for every batch: `for b in loader: ds.record(b); ...`."""
+        if "ok" in batch_or_item:  # a single item
+            item = batch_or_item
+            skipped = [] if item["ok"] else [{k: v for k, v in item.items() if k != "ok"}]
+            notes = item.get("notes", []) if item["ok"] else []
+        else:
+            skipped, notes = batch_or_item.get("skipped", []), batch_or_item.get("notes", [])
+        new = [Skip(**s) for s in skipped]
+        for s in new:
+            self._skip(s)
+        self.notes.update(notes)
+        return new
+
+    # ------------------------------------------------------------ ground truth
+
+    def ground_truth(self, image_id: int, include_crowd: bool = True) -> GroundTruth:
+        """Instance and class masks of `image_id` at original resolution (see GroundTruth)."""
+        info = self.coco.imgs[image_id]
+        h, w = int(info["height"]), int(info["width"])
+        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if include_crowd or not a.get("iscrowd", 0)]
+        masks, cats, crowd = [], [], []
+        for a in anns:
+            try:
+                m = self.coco.annToMask(a).astype(bool)
+            except Exception as e:  # malformed segmentation (pycocotools raises various types)
+                self.notes["bad-annotation"] += 1
+                if self.strict:
+                    raise AdaslotError(f"annotation {a.get('id')} of image {image_id} is malformed: {e}") \
+                        from e
+                continue
+            if m.shape != (h, w) or not m.any():
+                self.notes["empty-annotation"] += 1
+                continue
+            masks.append(m)
+            cats.append(int(a["category_id"]))
+            crowd.append(bool(a.get("iscrowd", 0)))
+        inst = np.stack(masks) if masks else np.zeros((0, h, w), bool)
+        cat_arr = np.asarray(cats, np.int64)
+        class_ids = np.unique(cat_arr)
+        class_masks = (np.stack([inst[cat_arr == c].any(0) for c in class_ids]) if len(class_ids)
+                       else np.zeros((0, h, w), bool))
+        return GroundTruth(image_id, h, w, inst, cat_arr, np.asarray(crowd, bool), class_masks, class_ids)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for the end-of-job summary (complete once every batch went through `record`)."""
+        return {
+            "listed": self.num_listed,
+            "usable_indices": len(self),
+            "without_annotations": self.num_without_annotations,
+            "skipped": len(self.skips.items),
+            "skipped_by_reason": self.skips.counts(),
+            "notes": dict(self.notes),
+        }
+
+
+def protocol_ground_truth(gt: GroundTruth, size: int) -> GroundTruth:
+    """GT resized like the published protocols: shorter side `size` with nearest-exact, center crop
+    `size` x `size` (AdaSlot configs: 224 with crowd; DINOSAUR paper: 320 without crowd; choose the crowd
+    option when calling `ground_truth`). Masks that become empty are kept (they are empty in the reference
+    too); metrics decide what to do with them."""
+    inst = resize_masks_nearest_exact(torch.from_numpy(gt.instance_masks), size).numpy()
+    cls = resize_masks_nearest_exact(torch.from_numpy(gt.class_masks), size).numpy()
+    return GroundTruth(gt.image_id, size, size, inst, gt.category_ids, gt.iscrowd, cls, gt.class_ids)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """DataLoader collate: stacks good items; bad ones go to "skipped" (list of Skip dicts).
+
+    Returns image [B, 3, S, S] or [B, V, 3, S, S] (B may be 0), index [B], image_id [B], file [B],
+    geometry [B] (list of Geometry), skipped [list of dict], notes [list of str]."""
+    good = [it for it in items if it["ok"]]
+    skipped = [{k: v for k, v in it.items() if k != "ok"} for it in items if not it["ok"]]
+    return {
+        "image": torch.stack([it["image"] for it in good]) if good else torch.zeros(0),
+        "index": torch.tensor([it["index"] for it in good], dtype=torch.int64),
+        "image_id": torch.tensor([it["image_id"] for it in good], dtype=torch.int64),
+        "file": [it["file"] for it in good],
+        "geometry": [it["geometry"] for it in good],
+        "skipped": skipped,
+        "notes": [n for it in good for n in it.get("notes", [])],
+    }
