@@ -57,9 +57,163 @@ def make_synthetic_cmd(
 
 # == section: train (train) ==
 
+
+def _parse_model_overrides(items: list[str]) -> dict:
+    """`--model slot_dim=64 --model decoder_hidden=512,512` -> {"slot_dim": 64, "decoder_hidden": (512, 512)}."""
+    import dataclasses
+
+    from adaslot.config import ModelConfig
+
+    types = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in types:
+            raise AdaslotError(f"--model expects KEY=VALUE with KEY one of {', '.join(types)}; got {item!r}")
+        t = str(types[key])
+        if "tuple" in t:
+            out[key] = tuple(int(v) for v in value.split(",") if v)
+        elif "bool" in t:
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif "float" in t:
+            out[key] = float(value)
+        else:
+            out[key] = int(value)
+    return out
+
+
+@app.command("train")
+def train_cmd(
+    stage: int = typer.Option(1, help="1: fixed K (DINOSAUR-style); 2: adaptive K (warm-start from stage 1)."),
+    out: str = typer.Option(..., help="Run folder (config, metrics.jsonl, checkpoints/); rerun to resume."),
+    from_cache: str = typer.Option(None, help="Train from a feature store (zarr dir or .h5) made by cache-features."),
+    dataset: str = typer.Option(None, help="Online mode: 'coco' (with --root)."),
+    root: str = typer.Option(None, help="Online mode: COCO root with train2017/ and annotations/."),
+    images: str = typer.Option(None, help="Online mode: image folder (with --annotations)."),
+    annotations: str = typer.Option(None, help="Online mode: COCO-format annotation json for --images."),
+    encoder: str = typer.Option(None, help="Online mode: frozen encoder name (default: the preset's)."),
+    encoder_weights: str = typer.Option(None, help="Online mode: encoder weights file."),
+    preset: str = typer.Option("coco", help="Model size preset: coco (SPEC reference), movi-c, movi-e, demo."),
+    num_slots: int = typer.Option(None, help="K (default: preset's stage-1 K, or its K_max in stage 2)."),
+    model: list[str] = typer.Option([], "--model", help="Override a model-config field: KEY=VALUE (repeat)."),
+    num_iters: int = typer.Option(None, help="Optimiser steps (default 200k stage 1, 500k stage 2)."),
+    batch_size: int = typer.Option(64, help="Global batch size (split over torchrun ranks)."),
+    lr: float = typer.Option(4e-4, help="Peak learning rate (Adam)."),
+    lr_schedule: str = typer.Option("adaslot", help="adaslot (decay from step 0), dinosaur (decay after warm-up), "
+                                    "or constant."),
+    warmup_steps: int = typer.Option(10_000, help="Linear warm-up steps."),
+    lr_half_life: int = typer.Option(100_000, help="Steps per halving of the learning rate."),
+    warmstart: str = typer.Option(None, help="Stage 2: stage-1 checkpoint to start from (all but the selector)."),
+    sparsity_weight: float = typer.Option(0.1, help="Stage 2: weight of the mean-kept-fraction penalty."),
+    grad_clip: float = typer.Option(1.0, help="Gradient-norm clipping."),
+    precision: str = typer.Option("fp32", help="fp32 (reference), tf32, or bf16 (autocast)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the slot model and loss."),
+    seed: int = typer.Option(0, help="Seed for init, data order and noise."),
+    val_every: int = typer.Option(0, help="Validate every N steps (0: never)."),
+    val_images: int = typer.Option(64, help="Validation subset size."),
+    ckpt_every: int = typer.Option(5000, help="Checkpoint every N steps (and at the end)."),
+    keep_last: int = typer.Option(3, help="Checkpoints kept (older ones deleted; 0 keeps all)."),
+    log_every: int = typer.Option(50, help="Write metrics.jsonl every N steps."),
+    cache_in_memory: bool = typer.Option(False, "--cache-in-memory", help="Load the whole store into memory."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    workers: int = typer.Option(4, help="Data-loading workers."),
+    wandb: bool = typer.Option(False, "--wandb", help="Also log to Weights & Biases (pip install 'adaslot[wandb]')."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Train stage 1 or 2 from a feature store or online from images; rerunning the same command resumes."""
+    from adaslot.config import TrainConfig
+    from adaslot.train import train
+
+    cfg = TrainConfig(
+        stage=stage, out=out, from_cache=from_cache, dataset=dataset, root=root, images=images,
+        annotations=annotations, encoder=encoder, encoder_weights=encoder_weights, preset=preset,
+        num_slots=num_slots, model_overrides=_parse_model_overrides(model), num_iters=num_iters,
+        batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
+        lr_half_life=lr_half_life, grad_clip=grad_clip, warmstart=warmstart, sparsity_weight=sparsity_weight,
+        precision=precision, compile=compile, seed=seed, val_every=val_every, val_images=val_images,
+        ckpt_every=ckpt_every, keep_last=keep_last, log_every=log_every, cache_in_memory=cache_in_memory,
+        device=device, workers=workers, wandb=wandb,
+    )
+    result = train(cfg, progress=progress)
+    if result.get("rank", 0) == 0:
+        print(f"step {result['step']}, loss {result['loss']:.6f}, checkpoint {result['checkpoint']}")
+
+
 # == section: eval (evaluate) ==
 
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: str = typer.Argument(..., help="An adaslot checkpoint (.pt) written by `adaslot train`."),
+    dataset: str = typer.Option("coco", help="Layout of --root: coco (root/<split>2017, annotations/)."),
+    root: str = typer.Option(None, help="COCO 2017 root folder."),
+    images: str = typer.Option(None, help="Image folder of a COCO-format dataset (with --annotations)."),
+    annotations: str = typer.Option(None, help="COCO-format annotation json for --images."),
+    split: str = typer.Option("val", help="Split under --root."),
+    out: str = typer.Option(None, help="Output folder (default: <checkpoint folder>/eval-<split>)."),
+    protocol: str = typer.Option("all", help="adaslot (224, crowd kept), dinosaur (320, no crowd), fullres "
+                                 "(original pixels), a comma list, or all."),
+    save_masks: bool = typer.Option(False, "--save-masks", help="Write a PNG slot-id map per image at its "
+                                    "original size (OUT/masks/)."),
+    num_vis: int = typer.Option(16, help="Number of picture grids to write (OUT/vis/)."),
+    from_cache: str = typer.Option(None, help="Fast proxy: read cached val features from this store instead "
+                                   "of re-running the encoder."),
+    gumbel_eval: int = typer.Option(None, help="Stage 2: sample the keep decision with Gumbel noise of this "
+                                    "seed (the official, stochastic protocol); default: deterministic."),
+    encoder_weights: str = typer.Option(None, help="Encoder weights file (default: local caches)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    batch_size: int = typer.Option(32, help="Images per forward pass."),
+    workers: int = typer.Option(2, help="Data-loading workers."),
+    max_images: int = typer.Option(None, help="Evaluate only the first N images."),
+    seed: int = typer.Option(0, help="Seed of the slot-initialisation noise."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Score a checkpoint on COCO-format val data under the published protocols and at full resolution."""
+    from adaslot.config import EvalConfig
+    from adaslot.evaluate import print_results, run_eval
+
+    cfg = EvalConfig(
+        checkpoint=checkpoint, dataset=dataset, root=root, images=images, annotations=annotations,
+        split=split, out=out, protocols=protocol, save_masks=save_masks, num_vis=num_vis,
+        from_cache=from_cache, gumbel_eval=gumbel_eval, encoder_weights=encoder_weights, device=device,
+        batch_size=batch_size, workers=workers, max_images=max_images, seed=seed,
+    )
+    print_results(run_eval(cfg, progress=progress))
+
+
 # == section: convert-official (checkpoint conversion) ==
+
+
+@app.command("convert-official")
+def convert_official_cmd(
+    ckpt: str = typer.Argument(..., help="Official AdaSlot/DINOSAUR Lightning checkpoint (.ckpt)."),
+    out: str = typer.Argument(..., help="adaslot checkpoint to write (for eval and train --warmstart)."),
+    stage: int = typer.Option(None, help="1 or 2 (default: 2 if the checkpoint has the Gumbel score network; "
+                              "1 on a stage-2 checkpoint drops the selector)."),
+    num_slots: int = typer.Option(None, help="K; not in the weights (default: the matching preset's)."),
+    preset: str = typer.Option(None, help="Preset the shapes must match (tells movi-c from movi-e)."),
+    encoder: str = typer.Option(None, help="Encoder name to record (default: the matching preset's)."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Load with full pickle (runs code from the file): trusted files only."),
+) -> None:
+    """Convert an official AdaSlot checkpoint into an adaslot checkpoint (the frozen encoder is ignored)."""
+    from collections import Counter
+
+    from adaslot.convert import convert_official
+
+    conv = convert_official(ckpt, out, stage=stage, num_slots=num_slots, preset=preset, encoder=encoder,
+                            allow_pickle=allow_pickle)
+    cfg = conv.model_config
+    n_params = sum(t.numel() for t in conv.state.values())
+    print(f"mapped {len(conv.mapped)} tensors ({n_params:,} parameters): stage {conv.stage}, "
+          f"preset {conv.preset or 'custom'}, K={cfg.num_slots}, slot dim {cfg.slot_dim}, "
+          f"decoder {list(cfg.decoder_hidden)}, encoder {conv.encoder}"
+          + (f", official step {conv.step}" if conv.step is not None else ""))
+    groups = Counter(".".join(k.split(".")[:2]) for k in conv.ignored)
+    for prefix, n in sorted(groups.items()):
+        print(f"ignored {n} tensors under {prefix}.*")
+    print(f"wrote {out}")
 
 # == section: demo (demo) ==
 
