@@ -237,6 +237,9 @@ def test_skips_survive_a_multiworker_loader(messy: tuple[Path, dict[str, int]]) 
     bad = sorted([ids["truncated"], ids["unreadable"], ids["size"]])
     assert sorted(ds.image_ids[i] for i in skipped) == bad
     assert ds.summary()["skipped"] == 4  # + the missing file
+    for batch in loader:  # a second epoch meets the same bad files: still counted once
+        ds.record(batch)
+    assert ds.summary()["skipped"] == 4
 
 
 def test_wrong_paths_are_one_line_errors(tmp_path: Path, synthetic_coco: Path) -> None:

@@ -60,9 +60,14 @@ class SkipLog:
     """The skip list of a dataset: what was left out, with counts for the final summary."""
 
     items: list[Skip] = field(default_factory=list)
+    _seen: set[tuple[int, str]] = field(default_factory=set, repr=False)
 
     def add(self, skip: Skip) -> None:
-        self.items.append(skip)
+        """Record once per (image, reason): an epoch loop meets the same bad file again and again."""
+        key = (skip.image_id, skip.reason)
+        if key not in self._seen:
+            self._seen.add(key)
+            self.items.append(skip)
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(s.reason for s in self.items))
@@ -255,7 +260,8 @@ class CocoDataset(Dataset):
         return GroundTruth(image_id, h, w, inst, cat_arr, np.asarray(crowd, bool), class_masks, class_ids)
 
     def summary(self) -> dict[str, Any]:
-        """Counts for the end-of-job summary (complete once every batch went through `record`)."""
+        """Counts for the end-of-job summary (complete once every batch went through `record`). Skips count
+        images (once per image and reason); notes count reads (an image read in two epochs counts twice)."""
         return {
             "listed": self.num_listed,
             "usable_indices": len(self),
