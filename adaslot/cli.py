@@ -59,7 +59,8 @@ def make_synthetic_cmd(
 
 
 def _parse_model_overrides(items: list[str]) -> dict:
-    """`--model slot_dim=64 --model decoder_hidden=512,512` -> {"slot_dim": 64, "decoder_hidden": (512, 512)}."""
+    """`--model slot_dim=64 --model decoder_hidden=512,512` -> {"slot_dim": 64, "decoder_hidden": (512, 512)}.
+    """
     import dataclasses
 
     from adaslot.config import ModelConfig
@@ -85,26 +86,26 @@ def _parse_model_overrides(items: list[str]) -> dict:
 
 @app.command("train")
 def train_cmd(
-    stage: int = typer.Option(1, help="1: fixed K (DINOSAUR-style); 2: adaptive K (warm-start from stage 1)."),
+    stage: int = typer.Option(1, help="1: fixed K (DINOSAUR-style); 2: adaptive K (warm start)."),
     out: str = typer.Option(..., help="Run folder (config, metrics.jsonl, checkpoints/); rerun to resume."),
-    from_cache: str = typer.Option(None, help="Train from a feature store (zarr dir or .h5) made by cache-features."),
+    from_cache: str = typer.Option(None, help="Feature store (zarr dir or .h5) to train from."),
     dataset: str = typer.Option(None, help="Online mode: 'coco' (with --root)."),
     root: str = typer.Option(None, help="Online mode: COCO root with train2017/ and annotations/."),
     images: str = typer.Option(None, help="Online mode: image folder (with --annotations)."),
     annotations: str = typer.Option(None, help="Online mode: COCO-format annotation json for --images."),
     encoder: str = typer.Option(None, help="Online mode: frozen encoder name (default: the preset's)."),
     encoder_weights: str = typer.Option(None, help="Online mode: encoder weights file."),
-    preset: str = typer.Option("coco", help="Model size preset: coco (SPEC reference), movi-c, movi-e, demo."),
+    preset: str = typer.Option("coco", help="Model preset: coco (SPEC), movi-c, movi-e, demo."),
     num_slots: int = typer.Option(None, help="K (default: preset's stage-1 K, or its K_max in stage 2)."),
     model: list[str] = typer.Option([], "--model", help="Override a model-config field: KEY=VALUE (repeat)."),
     num_iters: int = typer.Option(None, help="Optimiser steps (default 200k stage 1, 500k stage 2)."),
     batch_size: int = typer.Option(64, help="Global batch size (split over torchrun ranks)."),
     lr: float = typer.Option(4e-4, help="Peak learning rate (Adam)."),
-    lr_schedule: str = typer.Option("adaslot", help="adaslot (decay from step 0), dinosaur (decay after warm-up), "
-                                    "or constant."),
+    lr_schedule: str = typer.Option("adaslot", help="adaslot (decay from step 0), "
+                                    "dinosaur (decay after warm-up), or constant."),
     warmup_steps: int = typer.Option(10_000, help="Linear warm-up steps."),
     lr_half_life: int = typer.Option(100_000, help="Steps per halving of the learning rate."),
-    warmstart: str = typer.Option(None, help="Stage 2: stage-1 checkpoint to start from (all but the selector)."),
+    warmstart: str = typer.Option(None, help="Stage 2: stage-1 checkpoint to start from."),
     sparsity_weight: float = typer.Option(0.1, help="Stage 2: weight of the mean-kept-fraction penalty."),
     grad_clip: float = typer.Option(1.0, help="Gradient-norm clipping."),
     precision: str = typer.Option("fp32", help="fp32 (reference), tf32, or bf16 (autocast)."),
@@ -115,10 +116,10 @@ def train_cmd(
     ckpt_every: int = typer.Option(5000, help="Checkpoint every N steps (and at the end)."),
     keep_last: int = typer.Option(3, help="Checkpoints kept (older ones deleted; 0 keeps all)."),
     log_every: int = typer.Option(50, help="Write metrics.jsonl every N steps."),
-    cache_in_memory: bool = typer.Option(False, "--cache-in-memory", help="Load the whole store into memory."),
+    cache_in_memory: bool = typer.Option(False, "--cache-in-memory", help="Load the store into memory."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     workers: int = typer.Option(4, help="Data-loading workers."),
-    wandb: bool = typer.Option(False, "--wandb", help="Also log to Weights & Biases (pip install 'adaslot[wandb]')."),
+    wandb: bool = typer.Option(False, "--wandb", help="Also log to Weights & Biases."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Train stage 1 or 2 from a feature store or online from images; rerunning the same command resumes."""
@@ -136,7 +137,7 @@ def train_cmd(
         device=device, workers=workers, wandb=wandb,
     )
     result = train(cfg, progress=progress)
-    if result.get("rank", 0) == 0:
+    if result["rank"] == 0:
         print(f"step {result['step']}, loss {result['loss']:.6f}, checkpoint {result['checkpoint']}")
 
 

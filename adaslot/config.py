@@ -111,6 +111,65 @@ def model_config_for(preset: str, stage: int, **overrides: Any) -> ModelConfig:
 
 # == section: TrainConfig (train) ==
 
+# SPEC "Training": steps per stage when --num-iters is not given.
+DEFAULT_NUM_ITERS = {1: 200_000, 2: 500_000}
+
+
+@dataclass
+class TrainConfig:
+    """`adaslot train`. Exactly one input: `from_cache` (a store), or online images (`dataset="coco"` + `root`,
+    or `images` + `annotations`). None means "the SPEC default for this stage/preset" (see `resolved`)."""
+
+    stage: int = 1
+    out: str = ""
+    from_cache: str | None = None
+    dataset: str | None = None  # "coco" with `root` (train2017/ + annotations/instances_train2017.json)
+    root: str | None = None
+    images: str | None = None  # or an image folder + a COCO-format annotation file
+    annotations: str | None = None
+    encoder: str | None = None  # online mode; default: the preset's encoder
+    encoder_weights: str | None = None  # online mode; weights file for the encoder (see adaslot.encoders)
+    image_size: int | None = None  # online mode; default: the encoder's native side
+    preset: str = "coco"
+    num_slots: int | None = None  # default: preset K (stage 1), 33-style K_max (stage 2)
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # other ModelConfig fields (--model k=v)
+    num_iters: int | None = None  # default DEFAULT_NUM_ITERS[stage]
+    batch_size: int = 64  # global batch (split over DDP ranks)
+    lr: float = 4e-4
+    lr_schedule: str = "adaslot"  # adaslot | dinosaur | constant
+    warmup_steps: int = 10_000
+    lr_half_life: int = 100_000
+    grad_clip: float = 1.0
+    warmstart: str | None = None  # stage-1 checkpoint for stage 2
+    sparsity_weight: float = 0.1
+    precision: str = "fp32"  # fp32 | tf32 | bf16
+    compile: bool = False
+    seed: int = 0
+    val_every: int = 0  # 0 = no periodic validation
+    val_images: int = 64  # size of the val subset used by periodic validation
+    ckpt_every: int = 5_000
+    keep_last: int = 3
+    log_every: int = 50
+    cache_in_memory: bool = False
+    device: str = "auto"
+    workers: int = 4
+    wandb: bool = False
+    wandb_project: str = "adaslot"
+
+    def resolved(self) -> TrainConfig:
+        """A copy with stage defaults filled in (num_iters)."""
+        n = self.num_iters if self.num_iters is not None else DEFAULT_NUM_ITERS.get(self.stage)
+        return dataclasses.replace(self, num_iters=n)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
 # == section: EvalConfig (eval) ==
 
 # == section: DemoConfig (demo) ==
