@@ -172,4 +172,31 @@ class TrainConfig:
 
 # == section: EvalConfig (eval) ==
 
+
+@dataclass
+class EvalConfig:
+    """`adaslot eval` (and `evaluate.evaluate_model` for in-memory models: only protocols, batch_size,
+    workers, max_images, gumbel_eval and seed matter there). Data: `dataset="coco"` + `root`, or `images` +
+    `annotations`. protocols: "all" or a comma list of adaslot, dinosaur, fullres."""
+
+    checkpoint: str = ""
+    dataset: str = "coco"
+    root: str | None = None
+    images: str | None = None
+    annotations: str | None = None
+    split: str = "val"
+    out: str | None = None  # default: <checkpoint folder>/eval-<split>
+    protocols: str = "all"
+    save_masks: bool = False
+    num_vis: int = 16
+    from_cache: str | None = None  # fast proxy: cached val features instead of re-running the encoder
+    gumbel_eval: int | None = None  # stage 2: official stochastic keep decision with this seed
+    encoder_weights: str | None = None
+    device: str = "auto"
+    batch_size: int = 32
+    workers: int = 2
+    max_images: int | None = None
+    seed: int = 0  # slot-initialisation noise (sampled in eval too, as official)
+
+
 # == section: DemoConfig (demo) ==

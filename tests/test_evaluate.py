@@ -1,0 +1,279 @@
+"""`adaslot eval` end to end: real random-vit-tiny encoder, tiny random AdaSlot checkpoints, real COCO-format
+files read by pycocotools (the synthetic fixture, plus a small non-square dataset written here)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from adaslot import cli
+from adaslot.checkpoint import make_payload, save_checkpoint
+from adaslot.config import EvalConfig, ModelConfig
+from adaslot.data.coco import CocoDataset
+from adaslot.data.transforms import compute_geometry
+from adaslot.encoders import build_encoder
+from adaslot.evaluate import (
+    EvalItem,
+    evaluate_model,
+    labels_at_side,
+    labels_full_image,
+    labels_fullres,
+    patch_ceiling,
+    run_eval,
+    score_image,
+)
+from adaslot.model import AdaSlot
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+torch.set_num_threads(1)
+
+ENCODER = "random-vit-tiny"
+
+
+def tiny_config(adaptive: bool) -> ModelConfig:
+    return ModelConfig(feature_dim=192, num_tokens=196, slot_dim=32, num_slots=5, input_mlp_hidden=64,
+                       slot_mlp_hidden=64, decoder_hidden=(64,), adaptive=adaptive, selector_hidden=32)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return build_encoder(ENCODER)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, encoder) -> dict[int, Path]:
+    """Stage-1 and stage-2 checkpoints of a tiny random model, saved with the train module's format."""
+    d = tmp_path_factory.mktemp("ckpt")
+    out = {}
+    for stage in (1, 2):
+        cfg = tiny_config(stage == 2)
+        torch.manual_seed(stage)
+        model = AdaSlot(cfg)
+        if stage == 2:  # bias the selector so that some slots are kept and some dropped
+            torch.nn.init.normal_(model.selector.net[-1].bias, 0, 2.0)
+        out[stage] = save_checkpoint(d / f"stage{stage}.pt", make_payload(
+            stage=stage, model_config=cfg, encoder=ENCODER, model_state=model.state_dict(),
+            feature_contract=encoder.contract(), step=123))
+    return out
+
+
+def _rle(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode()
+    return rle
+
+
+Box = tuple[int, int, int, int]
+
+
+def write_coco(root: Path, images: list[tuple[int, int, list[tuple[Box, int, int]]]]) -> Path:
+    """images: (height, width, [((y0, y1, x0, x1), category, iscrowd), ...]) -> root/{img,ann.json}."""
+    (root / "img").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    js: dict = {"images": [], "annotations": [],
+                "categories": [{"id": c, "name": f"c{c}"} for c in (1, 2, 3)]}
+    for i, (h, w, objs) in enumerate(images, start=1):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
+        js["images"].append({"id": i, "file_name": f"{i}.png", "height": h, "width": w})
+        for (y0, y1, x0, x1), cat, crowd in objs:
+            m = np.zeros((h, w), bool)
+            m[y0:y1, x0:x1] = True
+            js["annotations"].append({"id": len(js["annotations"]) + 1, "image_id": i, "category_id": cat,
+                                      "iscrowd": crowd, "segmentation": _rle(m), "area": float(m.sum()),
+                                      "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    (root / "ann.json").write_text(json.dumps(js))
+    return root
+
+
+@pytest.fixture(scope="module")
+def odd_coco(tmp_path_factory) -> Path:
+    """Non-square images: overlapping objects, a crowd-only image, an image without annotations."""
+    return write_coco(tmp_path_factory.mktemp("odd"), [
+        (240, 320, [((20, 120, 30, 150), 1, 0), ((100, 200, 140, 300), 2, 0), ((150, 230, 10, 100), 3, 1)]),
+        (300, 200, [((40, 260, 50, 150), 1, 1)]),
+        (256, 256, []),
+    ])
+
+
+# ---------------------------------------------------------------- masks from alpha
+
+
+def test_fullres_masks_follow_the_geometry():
+    alpha = torch.rand(5, 14, 14, generator=torch.Generator().manual_seed(0)).softmax(0)
+    # A 448 x 448 image seen at 224: full resolution = bilinear upsampling of alpha straight to 448.
+    labels, region = labels_fullres(alpha, compute_geometry(448, 448, 224))
+    assert region == (0, 0, 448, 448)
+    assert (labels == labels_at_side(alpha, 448)).mean() > 0.999  # float rounding may flip near-ties
+    # A landscape image: the crop cuts the sides; full-image masks replicate the crop border outwards.
+    geom = compute_geometry(240, 320, 224)
+    top, left, bottom, right = geom.crop_region_original()
+    assert (top, bottom) == (0, 240) and 0 < left < right < 320
+    labels, _ = labels_fullres(alpha, geom)
+    full = labels_full_image(alpha, geom)
+    assert labels.shape == (240, right - left) and full.shape == (240, 320)
+    assert (full[:, left:right] == labels).all()
+    for c in range(left):
+        assert (full[:, c] == full[:, left]).all()
+    for c in range(right, 320):
+        assert (full[:, c] == full[:, right - 1]).all()
+
+
+def _oracle_item(h: int, w: int, boxes: list[tuple[int, int, int, int]]) -> tuple[EvalItem, torch.Tensor]:
+    """An image whose objects are patch-aligned rectangles, and the alpha that paints them exactly."""
+    masks = np.zeros((len(boxes), h, w), bool)
+    for i, (y0, y1, x0, x1) in enumerate(boxes):
+        masks[i, y0:y1, x0:x1] = True
+    geom = compute_geometry(h, w, 224)
+    # slot 0 = background, slot i + 1 = object i, one-hot per 16 x 16 patch of the 224 crop
+    lab = np.zeros((224, 224), np.int64)
+    crop = masks[:, geom.crop_top:geom.crop_top + 224, geom.crop_left:geom.crop_left + 224] if h == w == 224 \
+        else None
+    assert crop is not None
+    for i in range(len(boxes)):
+        lab[crop[i]] = i + 1
+    patch = torch.from_numpy(lab[8::16, 8::16])
+    alpha = torch.nn.functional.one_hot(patch, len(boxes) + 1).permute(2, 0, 1).float()
+    item = EvalItem(1, None, geom, masks, np.arange(1, len(boxes) + 1), np.zeros(len(boxes), bool))
+    return item, alpha
+
+
+def test_oracle_alpha_scores_perfectly_under_every_protocol():
+    item, alpha = _oracle_item(224, 224, [(16, 96, 32, 128), (128, 208, 64, 224), (0, 48, 160, 224)])
+    scores = score_image(alpha, item, ("adaslot", "dinosaur", "fullres"))
+    # Bilinear one-hot patches put straight edges exactly on the patch edges; only the convex corners get
+    # rounded off (a few pixels per corner), so "perfect" is just below 1.
+    for p in ("adaslot", "dinosaur", "fullres"):
+        assert scores[p]["fg_ari"] > 0.98 and scores[p]["mbo_i"] > 0.98 and scores[p]["miou"] > 0.98, p
+        assert scores[p]["corloc"] == 1.0 and scores[p]["num_objects"] == 3
+    assert scores["adaslot"] == pytest.approx(scores["fullres"])  # a 224 px original: the same pixels
+    # block upsampling of the same patch labels is exact: the patch ceiling of this image is 1
+    assert patch_ceiling([item]) == 1.0
+
+
+def test_patch_ceiling_below_one_for_unaligned_objects(synthetic_coco):
+    ds = CocoDataset.from_root(synthetic_coco, "val")
+    c = patch_ceiling(ds)
+    assert 0.5 < c < 1.0
+
+
+# ---------------------------------------------------------------- the eval loop
+
+
+def test_eval_stage2_end_to_end(checkpoints, odd_coco, tmp_path):
+    out = tmp_path / "ev"
+    cfg = EvalConfig(checkpoint=str(checkpoints[2]), images=str(odd_coco / "img"),
+                     annotations=str(odd_coco / "ann.json"), out=str(out), save_masks=True, num_vis=2,
+                     workers=0, batch_size=2, device="cpu")
+    r = run_eval(cfg, progress=False)
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["protocols"]) == {"adaslot", "dinosaur", "fullres"}
+    for p, s in m["protocols"].items():
+        for key in ("fg_ari", "mbo_i", "mbo_c", "miou", "corloc", "num_images", "num_skipped",
+                    "mean_kept_slots", "kept_vs_objects_r"):
+            assert key in s, (p, key)
+        assert s["num_images"] == 3
+        assert 0 <= s["mean_kept_slots"] <= 5
+    # image 3 has no annotation; image 2 only a crowd one (dropped by the dinosaur protocol)
+    assert m["protocols"]["adaslot"]["num_skipped"] == 1
+    assert m["protocols"]["fullres"]["num_skipped"] == 1
+    assert m["protocols"]["dinosaur"]["num_skipped"] == 2
+    assert m["keep_mode"].startswith("deterministic")
+    assert m["checkpoint"]["step"] == 123 and len(m["checkpoint"]["sha256"]) == 64
+    assert m["feature_contract"]["encoder"] == ENCODER
+    assert r["out"] == str(out)
+    # full-image label maps at the original size, crop boxes beside them; two picture grids
+    for image_id, (h, w) in {1: (240, 320), 2: (300, 200), 3: (256, 256)}.items():
+        png = np.asarray(Image.open(out / "masks" / f"{image_id:012d}.png"))
+        assert png.shape == (h, w) and png.max() < 5
+    boxes = json.loads((out / "masks" / "crop_boxes.json").read_text())
+    assert boxes["2"]["crop_top_left_bottom_right"][1::2] == [0, 200]
+    assert len(list((out / "vis").glob("*.png"))) == 2
+
+
+def test_gumbel_eval_is_seeded_and_recorded(checkpoints, synthetic_coco):
+    from adaslot.checkpoint import load_model
+
+    model, _ = load_model(checkpoints[2])
+    enc = build_encoder(ENCODER)
+    ds = CocoDataset.from_root(synthetic_coco, "val")
+    cfg = EvalConfig(protocols="adaslot", workers=0, gumbel_eval=3)
+    model.train()
+    rng_before = torch.get_rng_state()
+    a = evaluate_model(model, enc, ds, cfg)
+    b = evaluate_model(model, enc, ds, cfg)
+    assert model.training  # restored
+    assert torch.equal(torch.get_rng_state(), rng_before)  # caller's RNG untouched
+    assert a["protocols"] == b["protocols"]
+    assert "gumbel" in a["keep_mode"] and "seed 3" in a["keep_mode"]
+    det = evaluate_model(model, enc, ds, EvalConfig(protocols="adaslot", workers=0, max_images=4))
+    assert det["keep_mode"].startswith("deterministic") and det["num_images"] == 4
+
+
+def test_stage1_in_memory_on_synthetic(checkpoints, synthetic_coco):
+    from adaslot.checkpoint import load_model
+
+    model, _ = load_model(checkpoints[1])
+    r = evaluate_model(model, build_encoder(ENCODER), CocoDataset.from_root(synthetic_coco, "val"),
+                       EvalConfig(protocols="adaslot,fullres", workers=0))
+    s = r["protocols"]["adaslot"]
+    assert set(r["protocols"]) == {"adaslot", "fullres"} and "mean_kept_slots" not in s
+    assert s["num_images"] == 6 and s["num_skipped"] == 0
+    assert -1 <= s["fg_ari"] <= 1 and 0 <= s["mbo_i"] <= s["corloc"] + 1
+    # 224 px originals: full resolution == the adaslot protocol (up to float near-ties)
+    assert abs(r["protocols"]["fullres"]["mbo_i"] - s["mbo_i"]) < 1e-3
+
+
+# ---------------------------------------------------------------- one-line errors through the CLI
+
+
+def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["adaslot", *args])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    return e.value.code, capsys.readouterr().err.strip()
+
+
+def test_cli_eval_table(checkpoints, synthetic_coco, tmp_path, monkeypatch, capsys):
+    code, _ = run_cli(["eval", str(checkpoints[1]), "--root", str(synthetic_coco), "--out", str(tmp_path),
+                       "--protocol", "dinosaur", "--num-vis", "0", "--workers", "0", "--no-progress",
+                       "--device", "cpu"], monkeypatch, capsys)
+    assert code in (0, None)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(m["protocols"]) == ["dinosaur"] and m["protocols"]["dinosaur"]["num_images"] == 6
+
+
+@pytest.mark.parametrize("case", ["not-a-checkpoint", "no-annotations", "encoder-weights", "protocol"])
+def test_cli_bad_inputs_are_one_line_errors(case, checkpoints, synthetic_coco, tmp_path, monkeypatch, capsys):
+    ckpt = str(checkpoints[1])
+    data = ["--root", str(synthetic_coco)]
+    extra: list[str] = []
+    if case == "not-a-checkpoint":
+        bad = tmp_path / "model.pt"
+        bad.write_bytes(b"this is not a checkpoint")
+        ckpt = str(bad)
+    elif case == "no-annotations":
+        empty = write_coco(tmp_path / "empty", [(64, 80, []), (50, 50, [])])
+        data = ["--images", str(empty / "img"), "--annotations", str(empty / "ann.json")]
+    elif case == "encoder-weights":
+        import timm
+
+        torch.manual_seed(1)  # other weights than random-vit-tiny's seed 0
+        vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+        torch.save(vit.state_dict(), tmp_path / "other.pth")
+        extra = ["--encoder-weights", str(tmp_path / "other.pth")]
+    else:
+        extra = ["--protocol", "coco"]
+    code, err = run_cli(["eval", ckpt, *data, *extra, "--out", str(tmp_path / "o"), "--workers", "0",
+                         "--no-progress", "--device", "cpu"], monkeypatch, capsys)
+    assert code == 2
+    assert err.startswith("adaslot: error: ") and "\n" not in err
+    expected = {"not-a-checkpoint": "not an adaslot checkpoint", "no-annotations": "no annotated images",
+                "encoder-weights": "feature contract", "protocol": "unknown --protocol"}[case]
+    assert expected in err
