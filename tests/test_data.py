@@ -283,3 +283,20 @@ def test_ground_truth_matches_drawn_scene_and_crowd_options(tmp_path: Path) -> N
         p = protocol_ground_truth(gt, 320)
         assert p.instance_masks.shape == (len(scene.masks), 320, 320) and p.instance_masks.dtype == bool
     assert 0 < n_crowd < n_all
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "I;16", "1", "P", "CMYK", "L"])
+def test_load_image_modes_become_rgb(mode: str, tmp_path: Path) -> None:
+    base = np.zeros((20, 30, 3), np.uint8)
+    base[:, 15:] = (200, 200, 200)  # dark left half, light right half
+    im = Image.fromarray(base)
+    if mode == "I;16":
+        im = Image.fromarray(base[..., 0].astype(np.uint16) * 257)  # 16-bit greyscale
+    else:
+        im = im.convert(mode)
+    path = tmp_path / "x.png"
+    im.save(path, "TIFF" if mode == "CMYK" else "PNG")
+    out = load_image(path, expected_wh=(30, 20))
+    a = np.asarray(out.image)
+    assert out.image.mode == "RGB" and a.shape == (20, 30, 3)
+    assert a[:, :15].mean() < 30 and a[:, 15:].mean() > 170, mode

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -141,15 +142,22 @@ class CocoDataset(Dataset):
         self.skips = SkipLog()
         self.notes: Counter[str] = Counter()  # handled oddities (EXIF rotated, CMYK, ...), see `record`
         ids = sorted(self.coco.getImgIds())
+        on_disk = {e.name for e in os.scandir(self.images_dir) if e.is_file()}  # one listing, not N stats
         present = []
         for image_id in ids:
-            info = self.coco.imgs[image_id]
-            path = self.images_dir / info["file_name"]
-            if path.is_file():
+            name = self.coco.imgs[image_id]["file_name"]
+            if name in on_disk or ("/" in name and (self.images_dir / name).is_file()):
                 present.append(image_id)
             else:
-                self._skip(Skip(image_id, str(path), "missing", "listed in the annotations, not on disk"))
+                self._skip(Skip(image_id, str(self.images_dir / name), "missing",
+                                "listed in the annotations, not on disk"))
         self.image_ids: list[int] = present
+        # What __getitem__ needs, as flat arrays: DataLoader workers then do not touch (and copy-on-write
+        # duplicate, through refcounts) the annotation dicts just to find a file name.
+        infos = [self.coco.imgs[i] for i in present]
+        self._files = np.array([str(info["file_name"]) for info in infos])
+        self._wh = np.array([[int(info.get("width", -1)), int(info.get("height", -1))] for info in infos],
+                            np.int64).reshape(-1, 2)
         self.num_listed = len(ids)
         self.num_without_annotations = sum(1 for i in present if not self.coco.imgToAnns.get(i))
 
@@ -186,9 +194,9 @@ class CocoDataset(Dataset):
     def load(self, index: int) -> tuple[Any, list[str]]:
         """Decode image `index` into (RGB PIL image in the annotation frame, notes such as
         "exif-transposed" / "converted-from-CMYK"), or raise ImageLoadError."""
-        info = self.image_info(index)
-        path = self.images_dir / info["file_name"]
-        wh = (int(info["width"]), int(info["height"])) if "width" in info and "height" in info else None
+        path = self.images_dir / str(self._files[index])
+        w, h = (int(v) for v in self._wh[index])
+        wh = (w, h) if w > 0 and h > 0 else None
         loaded = load_image(path, expected_wh=wh, exif=self.exif)
         notes = ["exif-transposed"] if loaded.exif_transposed else []
         if loaded.source_mode != "RGB":
@@ -200,7 +208,7 @@ class CocoDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One item (see module doc). Pure: records nothing; pass items or batches to `record`."""
         image_id = self.image_ids[index]
-        file = str(self.images_dir / self.coco.imgs[image_id]["file_name"])
+        file = str(self.images_dir / str(self._files[index]))
         try:
             image, notes = self.load(index)
         except ImageLoadError as e:
