@@ -146,7 +146,8 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     val_every: int = 0  # 0 = no periodic validation
-    val_images: int = 64  # size of the val subset used by periodic validation
+    val_root: str | None = None  # COCO root whose val split validates (default: --root in online coco mode)
+    val_max_images: int = 64  # size of the val subset used by periodic validation
     ckpt_every: int = 5_000
     keep_last: int = 3
     log_every: int = 50

@@ -38,8 +38,8 @@ from adaslot.losses import reconstruction_loss, sparsity_loss
 from adaslot.schedules import get_schedule
 
 # TrainConfig fields that may change between a run and its resumption (they do not change the math).
-RESUMABLE_CHANGES = {"num_iters", "val_every", "val_images", "ckpt_every", "keep_last", "log_every", "device",
-                     "workers", "wandb", "wandb_project", "compile", "cache_in_memory"}
+RESUMABLE_CHANGES = {"num_iters", "val_every", "val_root", "val_max_images", "ckpt_every", "keep_last",
+                     "log_every", "device", "workers", "wandb", "wandb_project", "compile", "cache_in_memory"}
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
@@ -419,6 +419,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         distributed.barrier()
         return path
 
+    validator = Validator(cfg, source, device)
     if dist.is_main and resume is not None:
         print(f"resuming {cfg.out} from step {step} ({resume_path.name})")
     last_ckpt = resume_path
@@ -463,9 +464,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                     bar.update(task, completed=step, loss=f"{loss_v:.4f}", lr=f"{lr:.2e}",
                                speed=f"{speed:.2f}", kept=kept_txt)
             if cfg.val_every and step % cfg.val_every == 0:
-                val = validate(model, cfg, source, dist)
-                if val:
+                if dist.is_main:
+                    val = validator(model)
                     log.log({"step": step, **{f"val/{k}": v for k, v in val.items()}})
+                distributed.barrier()
             if step % cfg.ckpt_every == 0 or step == cfg.num_iters:
                 last_ckpt = save(step)
     log.close()
@@ -482,8 +484,30 @@ def _nan_message(what: str, value: float, step: int, last_ckpt: Path | None) -> 
             "from it (a lower --lr or --precision fp32 may help)")
 
 
-def validate(model: nn.Module, cfg: TrainConfig, source: Any, dist: distributed.DistInfo) -> dict[str, float]:
-    """Periodic validation on a val subset via the eval library (rank 0); {} when no val data is known."""
-    return {}
+class Validator:
+    """Periodic validation on the first `val_max_images` val images via `adaslot.evaluate.evaluate_model`
+    (protocol `adaslot`, deterministic keep, seeded slot noise; the global RNG is left untouched)."""
 
+    def __init__(self, cfg: TrainConfig, source: Any, device: torch.device) -> None:
+        self.cfg, self.source, self.device = cfg, source, device
+        self.root = cfg.val_root or (cfg.root if cfg.dataset == "coco" else None)
+        if cfg.val_every and not self.root:
+            raise AdaslotError("--val-every needs val images: pass --val-root R (a COCO root with val2017/)")
+        self.dataset = self.encoder = None
 
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        from adaslot.config import EvalConfig
+        from adaslot.data.coco import CocoDataset
+        from adaslot.encoders import build_encoder
+        from adaslot.evaluate import evaluate_model
+
+        if self.encoder is None:
+            self.encoder = getattr(self.source, "encoder", None) or build_encoder(
+                self.source.encoder_name, self.cfg.encoder_weights, device=self.device)
+            side = (self.source.contract or {}).get("input_size", [self.encoder.image_size])[0]
+            self.dataset = CocoDataset.from_root(self.root, "val", size=side)
+        ecfg = EvalConfig(protocols="adaslot", batch_size=16, workers=0, max_images=self.cfg.val_max_images,
+                          seed=self.cfg.seed)
+        result = evaluate_model(model, self.encoder, self.dataset, ecfg)
+        summary = result["protocols"]["adaslot"]
+        return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
