@@ -49,13 +49,14 @@ def overlap_free_labels(gt_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if gt_masks.ndim != 3:
         raise ValueError(f"gt_masks must be [M, H, W], got shape {gt_masks.shape}")
     m, h, w = gt_masks.shape
-    if m == 0:
-        return np.zeros((h, w), np.int32), np.zeros((h, w), bool)
-    count = gt_masks.sum(0, dtype=np.int32)
-    # argmax of a bool stack = first covering mask; only used where exactly one covers.
-    first = gt_masks.argmax(0).astype(np.int32) + 1
-    labels = np.where(count == 1, first, 0).astype(np.int32)
-    return labels, count > 1
+    labels = np.zeros((h, w), np.int32)
+    overlap = np.zeros((h, w), bool)
+    # One pass per mask (faster than reductions over the mask axis of a [M, H, W] stack).
+    for i, mask in enumerate(gt_masks):
+        overlap |= mask & (labels > 0)
+        labels[mask] = i + 1
+    labels[overlap] = 0
+    return labels, overlap
 
 
 def class_masks(gt_masks: np.ndarray, categories: Sequence[int]) -> np.ndarray:
@@ -135,11 +136,15 @@ def iou_matrix(pred: np.ndarray, gt_masks: np.ndarray) -> np.ndarray:
     gt_masks = np.asarray(gt_masks, dtype=bool)
     if gt_masks.shape[1:] != pred.shape:
         raise ValueError(f"pred {pred.shape} and gt_masks {gt_masks.shape} differ in shape")
-    labels, overlap = overlap_free_labels(gt_masks)
+    return _iou_from_labels(pred, *overlap_free_labels(gt_masks), len(gt_masks))
+
+
+def _iou_from_labels(pred: np.ndarray, labels: np.ndarray, overlap: np.ndarray, num_masks: int) -> np.ndarray:
+    """`iou_matrix` from precomputed `overlap_free_labels` of `num_masks` GT masks."""
     valid = ~overlap
     n = _contingency(labels[valid], pred[valid])  # row 0 = background, row m + 1 = instance m
     num_slots = max(int(pred.max()) + 1 if pred.size else 1, n.shape[1])
-    counts = np.zeros((len(gt_masks) + 1, num_slots), np.int64)
+    counts = np.zeros((num_masks + 1, num_slots), np.int64)
     counts[: n.shape[0], : n.shape[1]] = n
     inter = counts[1:].astype(np.float64)  # [M, P]
     gt_area = inter.sum(1, keepdims=True)
@@ -185,8 +190,12 @@ def image_scores(
     `pred [H, W]` slot ids, `gt_masks [M, H, W]` bool, `categories [M]` (None -> mbo_c is NaN).
     num_objects = GT masks that are non-empty after removing overlap pixels.
     """
-    labels, _ = overlap_free_labels(gt_masks)
-    iou = iou_matrix(pred, gt_masks)
+    pred = np.asarray(pred)
+    gt_masks = np.asarray(gt_masks, dtype=bool)
+    if gt_masks.shape[1:] != pred.shape:
+        raise ValueError(f"pred {pred.shape} and gt_masks {gt_masks.shape} differ in shape")
+    labels, overlap = overlap_free_labels(gt_masks)
+    iou = _iou_from_labels(pred, labels, overlap, len(gt_masks))
     out = {"fg_ari": fg_ari(pred, labels), "num_objects": float(len(iou))}
     if len(iou) == 0:
         out.update(mbo_i=math.nan, miou=math.nan, corloc=math.nan)
