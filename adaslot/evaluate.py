@@ -402,9 +402,13 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     encoder = None
     features_fn = None
     if cfg.from_cache:
-        store = _open_cache(cfg.from_cache)
-        contract = dict(store.attrs.get("feature_contract") or store.attrs)
-        check_feature_contract(payload, contract, f"the cache {cfg.from_cache}")
+        from adaslot.store import open_store
+
+        store = open_store(cfg.from_cache)
+        store.check_compatible(payload.get("feature_contract"), encoder=payload.get("encoder"),
+                               feature_dim=mcfg.feature_dim, num_tokens=mcfg.num_tokens, split=cfg.split)
+        contract = dict(store.contract)
+        check_feature_contract(payload, contract, f"the cached features {cfg.from_cache}")
         source = (f"PROXY from cached features {cfg.from_cache}: stored fp16 patch features, not a re-run of "
                   "the encoder")
     else:
@@ -529,68 +533,22 @@ class _ImageSaver:
 # ---- feature-cache proxy ------------------------------------------------------------------------------
 
 
-def _open_cache(path: str) -> Any:
-    from adaslot.store import open_store
-
-    return open_store(path)
-
-
 def _cache_reader(store: Any, coco: CocoDataset, device: torch.device
                   ) -> tuple[Callable[[list[EvalItem]], torch.Tensor], list[int]]:
-    """features_fn reading view 0 of the cached store by image id, and the dataset indices it covers."""
-    row_of = {int(i): r for r, i in enumerate(np.asarray(store.image_ids))}
+    """features_fn reading view 0 of a feature store by image id, and the dataset indices the store covers.
+
+    Rows are read as one contiguous range per batch (eval batches follow the store's row order).
+    """
+    row_of = {int(i): r for r, i in enumerate(np.asarray(store.image_ids)) if i >= 0}
     indices = [k for k, image_id in enumerate(coco.image_ids) if image_id in row_of]
     if not indices:
-        raise AdaslotError("the cache holds none of the dataset's images: was it made from this split?")
+        raise AdaslotError(f"the cached features {store.path} hold none of the images of "
+                           f"{coco.annotation_file}: cache that split (adaslot cache-features --split val)")
 
     def features_fn(items: list[EvalItem]) -> torch.Tensor:
-        rows = [row_of[it.image_id] for it in items]
-        feats = np.stack([np.asarray(store.features[r, 0]) for r in rows])
-        return torch.from_numpy(feats.astype(np.float32)).to(device)
+        rows = np.asarray([row_of[it.image_id] for it in items])
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        block = np.asarray(store.read(lo, hi))[rows - lo, 0]  # [B, T, D] float16, view 0 = unflipped image
+        return torch.from_numpy(block.astype(np.float32)).to(device)
 
     return features_fn, indices
-
-
-# ---- terminal output ----------------------------------------------------------------------------------
-
-_ROWS = (("fg_ari", "FG-ARI"), ("mbo_i", "mBO^i"), ("mbo_c", "mBO^c"), ("miou", "mIoU"), ("corloc", "CorLoc"),
-         ("mean_kept_slots", "kept slots"), ("kept_vs_objects_r", "r(kept, #objects)"),
-         ("num_images", "images"), ("num_skipped", "images without GT"))
-_PERCENT = {"fg_ari", "mbo_i", "mbo_c", "miou", "corloc"}
-
-
-def print_results(result: dict[str, Any]) -> None:
-    """A rich table: one column per protocol, metrics in percent (as the papers report them)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    protos = result["protocols"]
-    title = f"adaslot eval: {result.get('num_images', '?')} images, keep: {result.get('keep_mode', '')}"
-    table = Table(title=title)
-    table.add_column("metric")
-    for p in protos:
-        table.add_column(p + (f" ({PROTOCOL_SIDE[p]} px)" if p in PROTOCOL_SIDE else " (original px)"),
-                         justify="right")
-    for key, label in _ROWS:
-        if not any(key in s for s in protos.values()):
-            continue
-        cells = []
-        for s in protos.values():
-            v = s.get(key)
-            if v is None or (isinstance(v, float) and not math.isfinite(v)):
-                cells.append("-")
-            elif key in _PERCENT:
-                cells.append(f"{100 * v:.1f}")
-            elif isinstance(v, float):
-                cells.append(f"{v:.2f}")
-            else:
-                cells.append(str(v))
-        table.add_row(label, *cells)
-    console = Console()
-    console.print(table)
-    if "PROXY" in result.get("source", ""):
-        console.print(f"[yellow]{result['source']}[/yellow]")
-    if result.get("skipped_images"):
-        console.print(f"skipped {len(result['skipped_images'])} unusable images (listed in metrics.json)")
-    if "out" in result:
-        console.print(f"wrote {result['out']}/metrics.json")

@@ -277,3 +277,16 @@ def test_cli_bad_inputs_are_one_line_errors(case, checkpoints, synthetic_coco, t
     expected = {"not-a-checkpoint": "not an adaslot checkpoint", "no-annotations": "no annotated images",
                 "encoder-weights": "feature contract", "protocol": "unknown --protocol"}[case]
     assert expected in err
+
+
+def test_unreadable_image_is_skipped_and_listed(checkpoints, tmp_path):
+    data = write_coco(tmp_path / "d", [(64, 96, [((8, 40, 8, 60), 1, 0)]),
+                                       (80, 80, [((0, 30, 0, 30), 2, 0)])])
+    (data / "img" / "2.png").write_bytes(b"not a png")
+    r = run_eval(EvalConfig(checkpoint=str(checkpoints[1]), images=str(data / "img"),
+                            annotations=str(data / "ann.json"), out=str(tmp_path / "o"), workers=0, num_vis=0,
+                            device="cpu"), progress=False)
+    assert r["num_images"] == 1 and r["protocols"]["adaslot"]["num_images"] == 1
+    assert [s["image_id"] for s in r["skipped_images"]] == [2]
+    assert r["skipped_images"][0]["reason"] == "unreadable"
+    assert r["dataset"]["skipped"] == 1
