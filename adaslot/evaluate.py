@@ -552,3 +552,48 @@ def _cache_reader(store: Any, coco: CocoDataset, device: torch.device
         return torch.from_numpy(block.astype(np.float32)).to(device)
 
     return features_fn, indices
+
+
+# ---- terminal output ----------------------------------------------------------------------------------
+
+_ROWS = (("fg_ari", "FG-ARI"), ("mbo_i", "mBO^i"), ("mbo_c", "mBO^c"), ("miou", "mIoU"), ("corloc", "CorLoc"),
+         ("mean_kept_slots", "kept slots"), ("kept_vs_objects_r", "r(kept, #objects)"),
+         ("num_images", "images"), ("num_skipped", "images without GT"))
+_PERCENT = {"fg_ari", "mbo_i", "mbo_c", "miou", "corloc"}
+
+
+def print_results(result: dict[str, Any]) -> None:
+    """A rich table: one column per protocol, metrics in percent (as the papers report them)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    protos = result["protocols"]
+    title = f"adaslot eval: {result.get('num_images', '?')} images, keep: {result.get('keep_mode', '')}"
+    table = Table(title=title)
+    table.add_column("metric")
+    for p in protos:
+        table.add_column(p + (f" ({PROTOCOL_SIDE[p]} px)" if p in PROTOCOL_SIDE else " (original px)"),
+                         justify="right")
+    for key, label in _ROWS:
+        if not any(key in s for s in protos.values()):
+            continue
+        cells = []
+        for s in protos.values():
+            v = s.get(key)
+            if v is None or (isinstance(v, float) and not math.isfinite(v)):
+                cells.append("-")
+            elif key in _PERCENT:
+                cells.append(f"{100 * v:.1f}")
+            elif isinstance(v, float):
+                cells.append(f"{v:.2f}")
+            else:
+                cells.append(str(v))
+        table.add_row(label, *cells)
+    console = Console()
+    console.print(table)
+    if "PROXY" in result.get("source", ""):
+        console.print(f"[yellow]{result['source']}[/yellow]")
+    if result.get("skipped_images"):
+        console.print(f"skipped {len(result['skipped_images'])} unusable images (listed in metrics.json)")
+    if "out" in result:
+        console.print(f"wrote {result['out']}/metrics.json")
