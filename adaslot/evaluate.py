@@ -47,6 +47,14 @@ PROTOCOLS = ("adaslot", "dinosaur", "fullres")
 PROTOCOL_SIDE = {"adaslot": 224, "dinosaur": 320}
 PROTOCOL_CROWD = {"adaslot": True, "dinosaur": False, "fullres": True}  # crowd annotations kept?
 METRIC_KEYS = ("fg_ari", "mbo_i", "mbo_c", "miou", "corloc")
+PROTOCOL_DESCRIPTION = {
+    "adaslot": "AdaSlot configs: crowd kept; GT shorter side 224 (nearest-exact) + center crop; alpha "
+               "bilinear to 224",
+    "dinosaur": "DINOSAUR paper: crowd dropped; GT shorter side 320 (nearest-exact) + center crop; alpha "
+                "bilinear to 320",
+    "fullres": "crowd kept; original pixels of the center-crop region; alpha bilinear straight to them; GT "
+               "never resized",
+}
 
 
 # ---- masks from alpha ---------------------------------------------------------------------------------
@@ -449,6 +457,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
         raise AdaslotError(f"none of the {total} images could be used (skip reasons: {coco.skips.summary()})")
     result = {
         "protocols": result["protocols"],
+        "protocol_definitions": {p: PROTOCOL_DESCRIPTION[p] for p in protocols},
         "keep_mode": result["keep_mode"],
         "source": source,
         "num_images": result["num_images"],
