@@ -20,6 +20,12 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """AdaSlot / DINOSAUR on cached frozen-ViT features: cache-features, train, eval, demo."""
+    # An explicit callback keeps `adaslot COMMAND` a group even if only one command were registered.
+
+
 # == section: make-synthetic (data) ==
 
 
