@@ -61,6 +61,90 @@ def make_synthetic_cmd(
 
 # == section: cache-features, cache-info, cache-verify, export (store) ==
 
+
+@app.command("cache-features")
+def cache_features_cmd(
+    out: str = typer.Option(..., help="Store path: DIR.zarr or any fsspec URL zarr understands (s3://...)."),
+    dataset: str = typer.Option(None, help="'coco' with --root (ROOT/{split}2017 + annotations/)."),
+    root: str = typer.Option(None, help="COCO 2017 root."),
+    split: str = typer.Option("train", help="train (2 views: image + hflip) or val (1 view)."),
+    images: str = typer.Option(None, help="Image folder of a COCO-format dataset (with --annotations)."),
+    annotations: str = typer.Option(None, help="COCO-format annotation json (with --images)."),
+    encoder: str = typer.Option("dino-vitb-16", help="Encoder name (adaslot.encoders)."),
+    encoder_weights: str = typer.Option(None, help="Weights file (timm or DINO release format)."),
+    resize_to: tuple[int, int] = typer.Option((0, 0), help="Input H W (square); default: encoder native."),
+    views: int = typer.Option(None, help="Stored views: 2 = image + hflip (train default), 1 (val default)."),
+    precision: str = typer.Option("fp32", help="fp32 (reference) or bf16 (autocast); recorded in the store."),
+    antialias: bool = typer.Option(False, "--antialias", help="Antialiased resize (official: off)."),
+    batch_size: int = typer.Option(64, help="Images per encoder batch."),
+    workers: int = typer.Option(4, help="DataLoader workers decoding and resizing images."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (under torchrun: the rank's GPU)."),
+    chunk_size: int = typer.Option(64, help="Samples per chunk (the unit a training loader reads)."),
+    shard_size: int = typer.Option(512, help="Samples per shard file (multiple of --chunk-size)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store made with other settings."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Rich progress bar and summary."),
+) -> None:
+    """Run the frozen encoder once over a dataset into a resumable zarr feature store.
+
+    Rerun the same command after an interruption: only missing shards are computed. Under
+    `torchrun --nproc_per_node P adaslot cache-features ...` each rank encodes its own whole shards."""
+    from adaslot.config import CacheConfig
+    from adaslot.store.writer import cache_features
+
+    if resize_to[0] != resize_to[1]:
+        raise AdaslotError(f"--resize-to must be square (center crop), got {resize_to[0]} {resize_to[1]}")
+    cfg = CacheConfig(
+        out=out, dataset=dataset, root=root, split=split, images=images, annotations=annotations,
+        encoder=encoder, encoder_weights=encoder_weights, image_size=resize_to[0] or None, views=views,
+        antialias=antialias, precision=precision, batch_size=batch_size, workers=workers, device=device,
+        chunk_samples=chunk_size, shard_samples=shard_size, overwrite=overwrite, progress=progress,
+    )
+    cache_features(cfg)
+
+
+@app.command("cache-info")
+def cache_info_cmd(store: str = typer.Argument(..., help="Feature store (zarr path/URL or .h5).")) -> None:
+    """Print a store's feature contract, dataset identity, layout and completion state."""
+    from adaslot.store import open_store
+
+    print("\n".join(open_store(store).summary_lines()))
+
+
+@app.command("cache-verify")
+def cache_verify_cmd(
+    store: str = typer.Argument(..., help="Feature store (zarr path/URL or .h5)."),
+    sample: int = typer.Option(64, help="Number of random stored images to recompute."),
+    seed: int = typer.Option(0, help="Seed of the sample."),
+    encoder_weights: str = typer.Option(None, help="Weights file, if not in the hub cache."),
+    root: str = typer.Option(None, help="COCO root, if the images moved since caching."),
+    images: str = typer.Option(None, help="Image folder, if it moved since caching."),
+    annotations: str = typer.Option(None, help="Annotation json, if it moved since caching."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Recompute a random sample online and report the max error against the stored features."""
+    from adaslot.store.writer import verify_store
+
+    r = verify_store(store, sample=sample, seed=seed, encoder_weights=encoder_weights, root=root,
+                     images=images, annotations=annotations, device=device)
+    verdict = "OK (within fp16 rounding)" if r["ok"] else "MISMATCH"
+    print(f"{r['rows']} images recomputed: max abs error {r['max_abs_error']:.3g} "
+          f"(fp16 rounding bound {r['bound']:.3g}): {verdict}")
+    if not r["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def export_cmd(
+    store: str = typer.Argument(..., help="Complete zarr feature store."),
+    out: str = typer.Argument(..., help="Output .h5 file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Write the store's arrays and attributes to HDF5 (h5py, chunked); `train --from-cache` reads both."""
+    from adaslot.store.export import export_hdf5
+
+    r = export_hdf5(store, out, overwrite=overwrite)
+    print(f"wrote {r['out']} ({r['rows']} rows, {r['bytes'] / 2**20:.1f} MiB)")
+
 # == section: train (train) ==
 
 

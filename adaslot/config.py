@@ -109,6 +109,34 @@ def model_config_for(preset: str, stage: int, **overrides: Any) -> ModelConfig:
 
 # == section: CacheConfig (cache-features) ==
 
+
+@dataclass
+class CacheConfig:
+    """`adaslot cache-features`: run the frozen encoder once over a dataset into a feature store.
+
+    Input: `dataset="coco"` + `root` (root/{split}2017 + annotations), or `images` + `annotations`.
+    views None = 2 (image + hflip) for split "train", else 1. chunk/shard sizes are in samples."""
+
+    out: str = ""
+    dataset: str | None = None
+    root: str | None = None
+    split: str = "train"
+    images: str | None = None
+    annotations: str | None = None
+    encoder: str = "dino-vitb-16"
+    encoder_weights: str | None = None
+    image_size: int | None = None  # None: the encoder's native side
+    views: int | None = None
+    antialias: bool = False  # resize antialias (see adaslot.data.transforms); False = official pipeline
+    precision: str = "fp32"  # fp32 | bf16 (autocast), recorded in the contract
+    batch_size: int = 64
+    workers: int = 4
+    device: str = "auto"
+    chunk_samples: int = 64
+    shard_samples: int = 512
+    overwrite: bool = False
+    progress: bool = True
+
 # == section: TrainConfig (train) ==
 
 # SPEC "Training": steps per stage when --num-iters is not given.

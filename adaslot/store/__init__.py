@@ -1,0 +1,206 @@
+"""Feature stores: frozen-encoder patch tokens, computed once (`adaslot cache-features`), read many times.
+
+Layout (zarr v3 group; any path or fsspec URL zarr understands, e.g. `s3://bucket/coco-train.zarr`):
+    features   [N, V, T, D] float16, uncompressed; chunks of `chunk_samples` samples (the unit a loader
+               reads), grouped into shards of `shard_samples` samples (one file each; unit of writing/resume)
+    image_ids  [N] int64   dataset image id of each row
+    status     [N] uint8   0 = not written yet, 1 = ok, >= 2 = skipped (code -> reason in
+                           attrs["status_codes"]); a skipped row's features are zeros and must not be used
+    shard_done [S] uint8   1 once shard s is completely written (one file per shard: ranks never share one)
+    attrs      format, feature_contract (encoder contract + stored dtype + precision), dataset identity
+               (annotation sha256, split, ids checksum), transform, views, layout, adaslot version, settings
+               checksum, complete (bool), summary (after completion)
+Rows follow the dataset's index order (sorted image ids of the annotation file, images missing on disk left
+out and listed in attrs["dataset"]["missing"]); view 0 is the image, view 1 (train) its horizontal flip.
+
+`open_store(path)` reads a zarr store or an HDF5 export (`adaslot export`) the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adaslot.errors import AdaslotError
+
+STORE_FORMAT = "adaslot-feature-store"
+STORE_VERSION = 1
+STATUS_NOT_WRITTEN, STATUS_OK = 0, 1
+# Reasons come from adaslot.data (ImageLoadError.reason); unknown reasons map to "other".
+SKIP_REASONS = ("unreadable", "truncated", "too-large", "size-mismatch", "other")
+STATUS_CODES = {STATUS_NOT_WRITTEN: "not written", STATUS_OK: "ok",
+                **{i + 2: r for i, r in enumerate(SKIP_REASONS)}}
+# Contract keys that define "the same features"; informational keys (timm version, ...) are not compared.
+IDENTITY_KEYS = ("encoder", "weights_sha256", "tap_point", "input_size", "normalisation", "num_tokens",
+                 "feature_dim")
+
+
+def status_code(reason: str) -> int:
+    return SKIP_REASONS.index(reason) + 2 if reason in SKIP_REASONS else SKIP_REASONS.index("other") + 2
+
+
+class FeatureStore:
+    """Read access to a finished or partial store, zarr or HDF5.
+
+    features: array-like [N, V, T, D] float16 (zarr array / h5py dataset; slice it, or use `read`);
+    image_ids: [N] int64 with -1 for rows that are not usable (skipped or not yet written); valid: [N] bool.
+    """
+
+    def __init__(self, path: str, backend: str, root: Any, attrs: dict[str, Any]):
+        self.path, self.backend, self._root, self.attrs = path, backend, root, attrs
+        self.features = root["features"]
+        n, v, t, d = self.features.shape
+        self.num_samples, self.num_views, self.num_tokens, self.feature_dim = int(n), int(v), int(t), int(d)
+        self.status = np.asarray(root["status"][:], dtype=np.uint8)
+        self.valid = self.status == STATUS_OK
+        self.raw_image_ids = np.asarray(root["image_ids"][:], dtype=np.int64)
+        self.image_ids = np.where(self.valid, self.raw_image_ids, -1)
+        layout = attrs.get("layout", {})
+        self.chunk_samples = int(layout.get("chunk_samples", self.features.chunks[0]))
+        self.shard_samples = int(layout.get("shard_samples", self.chunk_samples))
+        self.contract: dict[str, Any] = dict(attrs.get("feature_contract", {}))
+
+    # ---- state
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete", False))
+
+    @property
+    def num_valid(self) -> int:
+        return int(self.valid.sum())
+
+    def shards_done(self) -> tuple[int, int]:
+        """(shards written, shards total)."""
+        if "shard_done" not in self._root:
+            total = -(-self.num_samples // self.shard_samples)
+            return (total if self.complete else 0), total
+        done = np.asarray(self._root["shard_done"][:])
+        return int(done.sum()), int(done.size)
+
+    # ---- data
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) -> [n, V, T, D] float16 (whole-chunk reads when aligned to chunk_samples)."""
+        return np.asarray(self.features[start:stop])
+
+    def chunk_bounds(self) -> list[tuple[int, int]]:
+        c = self.chunk_samples
+        return [(a, min(a + c, self.num_samples)) for a in range(0, self.num_samples, c)]
+
+    # ---- compatibility
+
+    def check_compatible(self, contract: dict[str, Any] | None = None, *, encoder: str | None = None,
+                         feature_dim: int | None = None, num_tokens: int | None = None,
+                         split: str | None = None, require_complete: bool = True) -> None:
+        """Raise AdaslotError (one line, with the fix) unless this store can feed the given configuration.
+
+        contract: an encoder contract (`FrozenEncoder.contract(side)` or a checkpoint's `feature_contract`);
+        only IDENTITY_KEYS present on both sides are compared. encoder / feature_dim / num_tokens / split:
+        simpler checks for callers that do not have a contract.
+        """
+        where = f"feature store {self.path}"
+        if self.attrs.get("format") != STORE_FORMAT:
+            raise AdaslotError(f"{where} is not an adaslot feature store (no format attribute)")
+        if require_complete and not self.complete:
+            done, total = self.shards_done()
+            raise AdaslotError(f"{where} is incomplete ({done}/{total} shards written); rerun the same "
+                               f"`adaslot cache-features` command to finish it")
+        mine = self.contract
+        want: dict[str, Any] = dict(contract or {})
+        if encoder is not None:
+            want["encoder"] = encoder
+        if feature_dim is not None:
+            want["feature_dim"] = feature_dim
+        if num_tokens is not None:
+            want["num_tokens"] = num_tokens
+        for key in IDENTITY_KEYS:
+            if key in want and key in mine and _norm(want[key]) != _norm(mine[key]):
+                raise AdaslotError(f"{where} does not match: {key} is {_short(mine[key])} in the store but "
+                                   f"{_short(want[key])} is expected; cache features with the matching "
+                                   f"encoder/settings or pick another store")
+        if split is not None and self.attrs.get("dataset", {}).get("split") not in (None, split):
+            raise AdaslotError(f"{where} holds split {self.attrs['dataset']['split']!r}, not {split!r}")
+
+    def summary_lines(self) -> list[str]:
+        """Human-readable description for `adaslot cache-info`."""
+        a = self.attrs
+        c = self.contract
+        done, total = self.shards_done()
+        size = _size_on_disk(self.path)
+        ds = a.get("dataset", {})
+        lines = [
+            f"store       {self.path} ({self.backend})",
+            f"state       {'complete' if self.complete else 'INCOMPLETE'} ({done}/{total} shards)",
+            f"features    [{self.num_samples}, {self.num_views}, {self.num_tokens}, {self.feature_dim}] "
+            f"{self.features.dtype}, chunks of {self.chunk_samples} samples, shards of {self.shard_samples}",
+            f"valid       {self.num_valid} ok, {int((self.status >= 2).sum())} skipped, "
+            f"{int((self.status == STATUS_NOT_WRITTEN).sum())} not written",
+            f"views       {', '.join(a.get('views', []))}",
+            f"encoder     {c.get('encoder')} (timm {c.get('timm_model')} {c.get('timm_version')}), "
+            f"weights sha256 {str(c.get('weights_sha256'))[:16]}...",
+            f"tap point   {c.get('tap_point')}",
+            f"input       {c.get('input_size')}, normalisation {c.get('normalisation')}, "
+            f"precision {c.get('precision')}, stored {c.get('stored_dtype')}",
+            f"dataset     {ds.get('name')} split {ds.get('split')}, {ds.get('num_listed')} listed, "
+            f"{len(ds.get('missing', []))} missing on disk, annotations sha256 "
+            f"{str(ds.get('annotation_sha256'))[:16]}...",
+            f"transform   {a.get('transform')}",
+            f"created     by adaslot {a.get('adaslot_version')}",
+        ]
+        if size is not None:
+            lines.append(f"size        {size / 2**30:.2f} GiB on disk")
+        if a.get("summary"):
+            lines.append(f"summary     {json.dumps(a['summary'])}")
+        return lines
+
+
+def _norm(v: Any) -> Any:
+    return json.loads(json.dumps(v))  # tuples vs lists, numpy scalars: compare as JSON
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(_norm(v))
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _size_on_disk(path: str) -> int | None:
+    p = Path(path)
+    if "://" in path or not p.exists():
+        return None
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def is_hdf5(path: str) -> bool:
+    return str(path).endswith((".h5", ".hdf5"))
+
+
+def open_store(path: str | Path) -> FeatureStore:
+    """Open a zarr store (local path or fsspec URL) or an HDF5 export for reading."""
+    path = str(path)
+    if is_hdf5(path):
+        import h5py
+
+        if not Path(path).is_file():
+            raise AdaslotError(f"feature store {path} not found")
+        f = h5py.File(path, "r")
+        attrs = json.loads(f.attrs["adaslot_attrs_json"]) if "adaslot_attrs_json" in f.attrs else {}
+        return FeatureStore(path, "hdf5", f, attrs)
+    import zarr
+
+    try:
+        root = zarr.open_group(path, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+        raise AdaslotError(f"feature store {path} not found (create it with `adaslot cache-features`)") from e
+    attrs = dict(root.attrs)
+    if attrs.get("format") != STORE_FORMAT or "features" not in root:
+        raise AdaslotError(f"{path} is not an adaslot feature store")
+    return FeatureStore(path, "zarr", root, attrs)
+
+
+__all__ = ["FeatureStore", "open_store", "STORE_FORMAT", "STATUS_CODES", "IDENTITY_KEYS"]

@@ -1,0 +1,63 @@
+"""`adaslot export STORE out.h5`: the same arrays and attributes as an HDF5 file (h5py, chunked).
+
+HDF5 layout: datasets `features` [N, V, T, D] float16 (chunked like the zarr chunks, uncompressed),
+`image_ids` [N] int64, `status` [N] uint8; the zarr attributes as one JSON string in the file attribute
+`adaslot_attrs_json`, plus flat attributes (format, encoder, complete) for tools that only show flat ones.
+`open_store("out.h5")` reads it like the zarr store. Written to `out.h5.partial`, renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adaslot.errors import AdaslotError
+from adaslot.store import open_store
+
+
+def export_hdf5(store_path: str, out: str, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Copy a complete store to HDF5, chunk by chunk (bounded memory). Returns {out, bytes, rows}."""
+    import h5py
+
+    store = open_store(store_path)
+    if not store.complete:
+        done, total = store.shards_done()
+        raise AdaslotError(f"{store_path} is incomplete ({done}/{total} shards); finish it with the same "
+                           f"`adaslot cache-features` command before exporting")
+    out_p = Path(out)
+    if out_p.exists() and not overwrite:
+        raise AdaslotError(f"{out} exists; use --overwrite to replace it")
+    tmp = out_p.with_name(out_p.name + ".partial")
+    n, v, t, d = store.features.shape
+    c = store.chunk_samples
+    with h5py.File(tmp, "w") as f:
+        feats = f.create_dataset("features", shape=(n, v, t, d), dtype="float16", chunks=(min(c, n), v, t, d))
+        for a, b in store.chunk_bounds():
+            feats[a:b] = store.read(a, b)
+        f.create_dataset("image_ids", data=store.raw_image_ids)
+        f.create_dataset("status", data=store.status)
+        f.attrs["adaslot_attrs_json"] = json.dumps(store.attrs)
+        f.attrs["format"] = str(store.attrs.get("format"))
+        f.attrs["encoder"] = str(store.contract.get("encoder"))
+        f.attrs["complete"] = True
+    os.replace(tmp, out_p)
+    return {"out": str(out_p), "bytes": out_p.stat().st_size, "rows": int(n)}
+
+
+VOLATILE_ATTRS = ("summary", "source")  # run timings and where the images were: not part of the contents
+
+
+def same_contents(a: str, b: str) -> bool:
+    """True when two stores (zarr or HDF5) hold identical arrays and attributes (minus VOLATILE_ATTRS)."""
+    sa, sb = open_store(a), open_store(b)
+    attrs_a = {k: v for k, v in sa.attrs.items() if k not in VOLATILE_ATTRS}
+    attrs_b = {k: v for k, v in sb.attrs.items() if k not in VOLATILE_ATTRS}
+    if attrs_a != attrs_b or sa.features.shape != sb.features.shape:
+        return False
+    if not (np.array_equal(sa.raw_image_ids, sb.raw_image_ids) and np.array_equal(sa.status, sb.status)):
+        return False
+    return all(np.array_equal(sa.read(x, y), sb.read(x, y)) for x, y in sa.chunk_bounds())

@@ -1,0 +1,454 @@
+"""`adaslot cache-features`: one pass of the frozen encoder over a dataset into a zarr feature store.
+
+Pipeline: DataLoader workers decode + resize (+ flip view) -> pinned batches -> encoder on the device ->
+fp16 rows collected per shard -> a writer thread writes each finished shard (features, ids, status) and then
+its `shard_done` flag, so disk writes overlap with compute.
+
+Exactness: batches never straddle a shard and always start at the shard's first row, so a shard's bytes are a
+function of the shard alone; a killed run leaves some shards flagged done and the rerun computes only the
+others (same batches -> same bytes). Under torchrun, rank r encodes the missing shards s with s % P == r
+(disjoint whole shards, one writer per file) and rank 0 marks the store complete once every shard is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from adaslot import __version__, distributed
+from adaslot.config import CacheConfig
+from adaslot.errors import AdaslotError
+from adaslot.store import STATUS_CODES, STATUS_OK, STORE_FORMAT, STORE_VERSION, status_code
+
+VIEW_NAMES = ("image", "hflip")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _build_dataset(cfg: CacheConfig, side: int, views: int) -> Any:
+    from adaslot.data.coco import CocoDataset
+
+    if cfg.images or cfg.annotations:
+        if not (cfg.images and cfg.annotations):
+            raise AdaslotError("--images and --annotations go together")
+        if cfg.dataset or cfg.root:
+            raise AdaslotError("give either --dataset coco --root R or --images/--annotations, not both")
+        return CocoDataset(cfg.images, cfg.annotations, size=side, views=views, antialias=cfg.antialias)
+    if cfg.dataset not in (None, "coco"):
+        raise AdaslotError(f"--dataset {cfg.dataset!r} is not supported (coco, or --images/--annotations)")
+    if not cfg.root:
+        raise AdaslotError("give the input: --dataset coco --root R, or --images DIR --annotations FILE")
+    return CocoDataset.from_root(cfg.root, cfg.split, size=side, views=views, antialias=cfg.antialias)
+
+
+def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, views: int) -> dict[str, Any]:
+    """Everything that determines the store's bytes; a rerun must match it exactly to resume."""
+    from adaslot.data.transforms import describe_transform
+
+    ids = np.asarray(dataset.image_ids, dtype=np.int64)
+    contract = {**encoder.contract(side), "stored_dtype": "float16", "precision": cfg.precision}
+    return {
+        "feature_contract": contract,
+        "dataset": {
+            "name": cfg.dataset or "coco-format",
+            "split": cfg.split,
+            "annotation_file": Path(dataset.annotation_file).name,
+            "annotation_sha256": file_sha256(dataset.annotation_file),
+            "num_listed": int(dataset.num_listed),
+            "num_samples": len(dataset),
+            "image_ids_sha256": hashlib.sha256(ids.tobytes()).hexdigest(),
+            "missing": [int(s.image_id) for s in dataset.skips.items if s.reason == "missing"],
+        },
+        "transform": describe_transform(side, antialias=cfg.antialias, crop=True),
+        "views": list(VIEW_NAMES[:views]),
+        "layout": {"chunk_samples": cfg.chunk_samples, "shard_samples": cfg.shard_samples},
+    }
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """Dotted path of the first differing leaf between two JSON-like values (None if equal)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            d = _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+            if d:
+                return d
+        return None
+    return None if json.dumps(a) == json.dumps(b) else (path or "<root>")
+
+
+def _prepare_store(cfg: CacheConfig, settings: dict[str, Any], num_samples: int, views: int,
+                   tokens: int, dim: int, source: dict[str, str]) -> bool:
+    """Create the store, or check an existing one can be resumed. Returns True if it is already complete."""
+    import zarr
+
+    out = cfg.out
+    existing = None
+    try:
+        existing = zarr.open_group(out, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeNotFoundError):
+        if Path(out).exists() and "://" not in out and any(Path(out).iterdir()):
+            raise AdaslotError(f"{out} exists and is not a zarr store; choose another --out") from None
+    if existing is not None:
+        attrs = dict(existing.attrs)
+        if attrs.get("format") != STORE_FORMAT:
+            raise AdaslotError(f"{out} exists and is not an adaslot feature store; choose another --out")
+        stored = attrs.get("settings", {})
+        diff = _first_difference(stored, _jsonable(settings))
+        if diff is None:
+            return bool(attrs.get("complete", False))
+        if not cfg.overwrite:
+            raise AdaslotError(f"{out} was made with different settings ({diff} differs); use the same "
+                               f"settings to resume it, or --overwrite to replace it")
+    # New (or replaced) store. mode="w" deletes what was there.
+    root = zarr.open_group(out, mode="w")
+    c, s = cfg.chunk_samples, cfg.shard_samples
+    num_shards = -(-num_samples // s)
+    root.create_array("features", shape=(num_samples, views, tokens, dim), dtype="float16",
+                      chunks=(c, views, tokens, dim), shards=(s, views, tokens, dim), compressors=None,
+                      fill_value=0, dimension_names=("sample", "view", "token", "channel"))
+    # One chunk per shard: each rank writes only its own files.
+    root.create_array("image_ids", shape=(num_samples,), dtype="int64", chunks=(s,), compressors=None,
+                      fill_value=-1)
+    root.create_array("status", shape=(num_samples,), dtype="uint8", chunks=(s,), compressors=None,
+                      fill_value=0)
+    root.create_array("shard_done", shape=(num_shards,), dtype="uint8", chunks=(1,), compressors=None,
+                      fill_value=0)
+    root.attrs.update(_jsonable({
+        "format": STORE_FORMAT,
+        "format_version": STORE_VERSION,
+        "adaslot_version": __version__,
+        "complete": False,
+        "status_codes": {str(k): v for k, v in STATUS_CODES.items()},
+        "settings": settings,
+        "settings_sha256": hashlib.sha256(json.dumps(_jsonable(settings), sort_keys=True).encode())
+        .hexdigest(),
+        **{k: settings[k] for k in ("feature_contract", "dataset", "transform", "views", "layout")},
+        "source": source,  # where the images were (for cache-verify); not part of the settings
+    }))
+    return False
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+class _ShardWriter:
+    """Background thread writing finished shards in order; errors resurface in the main thread."""
+
+    def __init__(self, root: Any, depth: int = 2):
+        self.root = root
+        self.q: queue.Queue = queue.Queue(maxsize=depth)  # bounded: at most `depth` shards held in RAM
+        self.error: BaseException | None = None
+        self.bytes_written = 0
+        self.thread = threading.Thread(target=self._run, name="adaslot-shard-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # drain after a failure
+            shard, a, b, feats, ids, status = item
+            try:
+                self.root["features"][a:b] = feats
+                self.root["image_ids"][a:b] = ids
+                self.root["status"][a:b] = status
+                self.root["shard_done"][shard] = 1  # last: the shard counts as written only now
+                self.bytes_written += feats.nbytes
+            except BaseException as e:  # noqa: BLE001  (re-raised in the main thread)
+                self.error = e
+
+    def submit(self, *item: Any) -> None:
+        self._check()
+        self.q.put(item)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        self._check()
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise AdaslotError(f"writing the store failed: {type(self.error).__name__}: {self.error}")
+
+
+def _progress(enabled: bool, total: int, label: str) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    class _Rate(TextColumn):
+        def render(self, task: Any) -> Any:  # images/s over the whole run (stable, unlike rich's window)
+            from rich.text import Text
+
+            el = task.elapsed or 0.0
+            return Text(f"{task.completed / el:7.1f} img/s" if el > 0 else "    --- img/s")
+
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), _Rate(""), TextColumn("ETA"),
+                    TimeRemainingColumn(), TextColumn("elapsed"), TimeElapsedColumn(), disable=not enabled)
+
+
+def cache_features(cfg: CacheConfig) -> dict[str, Any]:
+    """Run the frozen encoder over the dataset into `cfg.out` (resumable, see module doc) -> summary dict."""
+    from adaslot.data.coco import collate
+    from adaslot.encoders import build_encoder
+
+    if not cfg.out:
+        raise AdaslotError("give the store path: --out PATH (a directory ending in .zarr, or an fsspec URL)")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise AdaslotError(f"--precision must be fp32 or bf16, got {cfg.precision!r}")
+    if cfg.chunk_samples < 1 or cfg.shard_samples % cfg.chunk_samples:
+        raise AdaslotError(f"--shard-size ({cfg.shard_samples}) must be a multiple of --chunk-size "
+                           f"({cfg.chunk_samples})")
+    if cfg.batch_size < 1:
+        raise AdaslotError("--batch-size must be >= 1")
+    views = cfg.views if cfg.views is not None else (2 if cfg.split == "train" else 1)
+    if views not in (1, 2):
+        raise AdaslotError(f"--views must be 1 or 2, got {views}")
+    t_start = time.time()
+    dist = distributed.init(cfg.device)
+    device = dist.device
+    encoder = build_encoder(cfg.encoder, weights=cfg.encoder_weights, device=device)
+    side = cfg.image_size or encoder.image_size
+    if side % encoder.patch_size:
+        raise AdaslotError(f"--resize-to {side} is not a multiple of the patch size {encoder.patch_size}")
+    dataset = _build_dataset(cfg, side, views)
+    n = len(dataset)
+    if n == 0:
+        raise AdaslotError("the dataset has no usable images (all missing on disk?)")
+    tokens, dim = encoder.num_tokens(side), encoder.embed_dim
+
+    # Rank 0 creates or validates the store; the others wait, then get its verdict (or its error).
+    verdict: Any = None
+    if dist.is_main:
+        try:
+            settings = store_settings(cfg, encoder, dataset, side, views)
+            source = {"images": str(Path(dataset.images_dir).resolve()),
+                      "annotations": str(Path(dataset.annotation_file).resolve())}
+            verdict = "complete" if _prepare_store(cfg, settings, n, views, tokens, dim, source) else "ready"
+        except AdaslotError as e:
+            verdict = ("error", str(e))
+    verdict = distributed.broadcast_object(verdict)
+    if isinstance(verdict, tuple):
+        raise AdaslotError(verdict[1])
+    if verdict == "complete":
+        if dist.is_main:
+            print(f"{cfg.out} is already complete; nothing to do (use --overwrite to recompute)")
+        return {"already_complete": True, "out": cfg.out}
+
+    import zarr
+
+    root = zarr.open_group(cfg.out, mode="r+")
+    _remove_partial_files(cfg.out)
+    s = cfg.shard_samples
+    done = np.asarray(root["shard_done"][:])
+    missing = [k for k in range(done.size) if not done[k]]
+    mine = [k for k in missing if k % dist.world_size == dist.rank]
+    written, _ = _encode_shards(cfg, root, encoder, dataset, mine, views, side, tokens, dim, device, dist,
+                                collate)
+    distributed.barrier()
+
+    summary: dict[str, Any] = {}
+    if dist.is_main:
+        summary = _finalize(cfg, root, dataset, n, s, time.time() - t_start, written * dist.world_size)
+        summary["shards_this_run"] = len(missing)
+    distributed.barrier()
+    return summary
+
+
+def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shards: list[int], views: int,
+                   side: int, tokens: int, dim: int, device: torch.device, dist: Any, collate: Any
+                   ) -> tuple[int, int]:
+    """Encode the given shards (in order) and hand each finished one to the writer thread."""
+    n, s, bs = len(dataset), cfg.shard_samples, cfg.batch_size
+    bounds = {k: (k * s, min((k + 1) * s, n)) for k in shards}
+    # Batches start at each shard's first row and never cross a shard: the bytes of a shard do not depend
+    # on which other shards this run encodes (resume, ranks) even if the kernels depend on the batch size.
+    spans = [bounds[k] for k in shards]
+    batches = [list(range(i, min(i + bs, b))) for a, b in spans for i in range(a, b, bs)]
+    total = sum(b - a for a, b in bounds.values())
+    if not batches:
+        return 0, 0
+    on_cuda = device.type == "cuda"
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, num_workers=cfg.workers, collate_fn=collate, pin_memory=on_cuda,
+        prefetch_factor=4 if cfg.workers > 0 else None, persistent_workers=False)
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
+                else nullcontext())
+    writer = _ShardWriter(root)
+    cur: dict[str, Any] = {}
+    count = skipped = 0
+    label = "caching" if dist.world_size == 1 else f"caching (rank 0 of {dist.world_size})"
+    progress = _progress(cfg.progress and dist.is_main, total, label)
+    try:
+        with progress:
+            task = progress.add_task("cache", total=total)
+            for batch in loader:
+                dataset.record(batch)
+                idx = batch["index"].numpy()
+                rows = idx.tolist() + [int(sk["index"]) for sk in batch["skipped"]]
+                k = rows[0] // s
+                if not cur:
+                    a, b = bounds[k]
+                    cur = {"k": k, "a": a, "b": b, "left": b - a,
+                           "feats": np.zeros((b - a, views, tokens, dim), np.float16),
+                           "ids": np.asarray(dataset.image_ids[a:b], np.int64),
+                           "status": np.zeros(b - a, np.uint8)}
+                a = cur["a"]
+                if len(idx):
+                    x = batch["image"].to(device, non_blocking=True).reshape(-1, 3, side, side)
+                    with autocast:
+                        f = encoder(x)
+                    f = f.reshape(len(idx), views, tokens, dim).to(torch.float16).cpu().numpy()
+                    cur["feats"][idx - a] = f
+                    cur["status"][idx - a] = STATUS_OK
+                for sk in batch["skipped"]:
+                    cur["status"][int(sk["index"]) - a] = status_code(sk["reason"])
+                    skipped += 1
+                cur["left"] -= len(rows)
+                count += len(idx)
+                progress.update(task, advance=len(rows))
+                if cur["left"] == 0:
+                    writer.submit(cur["k"], cur["a"], cur["b"], cur["feats"], cur["ids"], cur["status"])
+                    cur = {}
+    finally:
+        writer.close()
+    return count, skipped
+
+
+def _remove_partial_files(out: str) -> None:
+    """zarr's local store writes `*.partial` then renames; a SIGKILL can leave one behind: remove it."""
+    if "://" in out or not Path(out).is_dir():
+        return
+    for f in Path(out).rglob("*.partial"):
+        f.unlink(missing_ok=True)
+
+
+def _finalize(cfg: CacheConfig, root: Any, dataset: Any, n: int, s: int, seconds: float, approx_written: int
+              ) -> dict[str, Any]:
+    """Rank 0, after all ranks: check every shard is written, mark the store complete, print the summary."""
+    from collections import Counter
+
+    done = np.asarray(root["shard_done"][:])
+    if not done.all():
+        raise AdaslotError(f"{cfg.out}: {int((done == 0).sum())} shards are still missing after this run "
+                           f"(did a rank fail?); rerun the same command to finish them")
+    status = np.asarray(root["status"][:])
+    ids = np.asarray(root["image_ids"][:])
+    reasons = Counter(STATUS_CODES.get(int(c), "other") for c in status[status >= 2])
+    missing = root.attrs["dataset"].get("missing", [])
+    if missing:
+        reasons["missing"] += len(missing)
+    skipped_list = [{"image_id": int(ids[i]), "reason": STATUS_CODES.get(int(status[i]), "other")}
+                    for i in np.flatnonzero(status >= 2)]
+    summary = {
+        "out": cfg.out,
+        "images_written": int((status == STATUS_OK).sum()),
+        "skipped": int(sum(reasons.values())),
+        "skipped_by_reason": dict(reasons),
+        "seconds_this_run": round(seconds, 2),
+    }
+    from adaslot.store import _size_on_disk
+
+    size = _size_on_disk(cfg.out)
+    if size is not None:
+        summary["size_bytes"] = size
+    root.attrs.update({"complete": True, "summary": summary, "skipped_images": skipped_list})
+    if cfg.progress:
+        _print_summary(summary, approx_written, seconds)
+    return summary
+
+
+def _print_summary(summary: dict[str, Any], encoded_now: int, seconds: float) -> None:
+    from rich.console import Console
+
+    reasons = ", ".join(f"{v} {k}" for k, v in sorted(summary["skipped_by_reason"].items())) or "none"
+    size = f"{summary['size_bytes'] / 2**30:.2f} GiB" if "size_bytes" in summary else "n/a (remote store)"
+    rate = encoded_now / seconds if seconds > 0 else 0.0
+    Console().print(
+        f"[bold]cache complete[/]: {summary['out']}\n"
+        f"  images written  {summary['images_written']}\n"
+        f"  skipped         {summary['skipped']} ({reasons})\n"
+        f"  size on disk    {size}\n"
+        f"  time            {seconds:.1f} s this run (~{rate:.1f} images/s incl. start-up)"
+    )
+
+
+def verify_store(path: str, sample: int = 64, seed: int = 0, encoder_weights: str | None = None,
+                 root: str | None = None, images: str | None = None, annotations: str | None = None,
+                 device: str = "auto") -> dict[str, Any]:
+    """Recompute `sample` random stored rows (all views) online and compare: -> {max_abs_error, bound, ...}.
+
+    `bound` is the fp16 rounding allowance (half an fp16 ulp of the largest value, plus fp32 noise); the
+    check passes when max_abs_error <= bound. The dataset location defaults to the one recorded at caching.
+    """
+    from adaslot.data.coco import CocoDataset
+    from adaslot.encoders import build_encoder
+    from adaslot.store import open_store
+
+    store = open_store(path)
+    a = store.attrs
+    src = a.get("source", {})
+    images, annotations = images or src.get("images"), annotations or src.get("annotations")
+    if root:
+        split = a.get("dataset", {}).get("split", "train")
+        images, annotations = f"{root}/{split}2017", f"{root}/annotations/instances_{split}2017.json"
+    if not (images and annotations):
+        raise AdaslotError("the store does not record its dataset location; pass --root or "
+                           "--images/--annotations")
+    c = store.contract
+    dev = distributed.resolve_device(device)
+    encoder = build_encoder(c["encoder"], weights=encoder_weights, device=dev)
+    if encoder.weights_sha256 != c.get("weights_sha256"):
+        raise AdaslotError(f"the encoder weights found differ from the store's (sha256 "
+                           f"{encoder.weights_sha256[:12]} vs {str(c.get('weights_sha256'))[:12]}); pass the "
+                           f"right --encoder-weights")
+    side = int(c["input_size"][0])
+    antialias = "antialias=True" in str(a.get("transform", {}).get("resize", ""))
+    ds = CocoDataset(images, annotations, size=side, views=store.num_views, antialias=antialias)
+    if len(ds) != store.num_samples or [int(i) for i in ds.image_ids[:1]] != [int(store.raw_image_ids[0])]:
+        raise AdaslotError("the dataset found does not match the store's rows; pass the dataset it was made "
+                           "from")
+    rows = np.flatnonzero(store.valid)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(rows, size=min(sample, rows.size), replace=False))
+    autocast = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if c.get("precision") == "bf16"
+                else nullcontext())
+    max_err, bound = 0.0, 0.0
+    for r in rows:
+        item = ds[int(r)]
+        if not item["ok"]:
+            raise AdaslotError(f"image {item['image_id']} cannot be read now ({item['reason']}), but it was "
+                               f"cached")
+        x = item["image"].reshape(-1, 3, side, side).to(dev)
+        with autocast:
+            online = encoder(x).float().cpu()
+        stored = torch.from_numpy(np.asarray(store.features[int(r)])).float()
+        max_err = max(max_err, float((online - stored).abs().max()))
+        # fp16 has 11 significant bits: rounding error <= |x| * 2^-11; plus slack for fp32 reduction order.
+        bound = max(bound, float(online.abs().max()) * 2.0**-11 * 1.01 + 1e-5)
+    if c.get("precision") == "bf16":
+        bound *= 16  # bf16 compute: 8 significant bits instead of fp32's 24
+    return {"rows": int(rows.size), "max_abs_error": max_err, "bound": bound, "ok": max_err <= bound}

@@ -1,0 +1,163 @@
+"""Feature store: kill -9 + resume is byte-exact, incomplete/mismatching stores are refused, read-back equals
+the online encoder within fp16 rounding, skipped images are recorded, HDF5 export round-trips."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adaslot.config import CacheConfig
+from adaslot.errors import AdaslotError
+from adaslot.store import STATUS_OK, open_store
+from adaslot.store.export import export_hdf5, same_contents
+from adaslot.store.writer import cache_features, verify_store
+
+SIDE = 64  # 4 x 4 tokens of the random ViT-Tiny: small and fast, same code path as 224
+
+
+def _cfg(root: Path, out: Path, **kw) -> CacheConfig:
+    base = dict(out=str(out), dataset="coco", root=str(root), split="train", encoder="random-vit-tiny",
+                image_size=SIDE, batch_size=1, workers=0, device="cpu", chunk_samples=1, shard_samples=2,
+                progress=False)
+    return CacheConfig(**{**base, **kw})
+
+
+def _cli_args(cfg: CacheConfig) -> list[str]:
+    return [sys.executable, "-m", "adaslot.cli", "cache-features", "--out", cfg.out, "--dataset", "coco",
+            "--root", str(cfg.root), "--split", cfg.split, "--encoder", cfg.encoder, "--resize-to", str(SIDE),
+            str(SIDE), "--batch-size", str(cfg.batch_size), "--workers", str(cfg.workers), "--device", "cpu",
+            "--chunk-size", str(cfg.chunk_samples), "--shard-size", str(cfg.shard_samples), "--no-progress"]
+
+
+def _shard_files(store: Path) -> dict[str, bytes]:
+    base = store / "features" / "c"
+    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(synthetic_coco, tmp_path_factory) -> Path:
+    """An uninterrupted run: 12 train images x 2 views, 6 shards of 2 samples."""
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    cache_features(_cfg(synthetic_coco, out))
+    return out
+
+
+def test_layout_and_attributes(reference):
+    st = open_store(reference)
+    assert st.complete and st.features.shape == (12, 2, 16, 192) and st.features.dtype == np.float16
+    assert st.shards_done() == (6, 6) and st.num_valid == 12 and (st.image_ids >= 0).all()
+    a = st.attrs
+    assert a["views"] == ["image", "hflip"] and a["dataset"]["split"] == "train"
+    assert len(a["dataset"]["annotation_sha256"]) == 64 and a["feature_contract"]["precision"] == "fp32"
+    assert a["feature_contract"]["encoder"] == "random-vit-tiny" and a["adaslot_version"]
+    st.check_compatible(encoder="random-vit-tiny", feature_dim=192, num_tokens=16, split="train")
+    # view 1 is the features of the flipped image, not a flip of the features
+    assert not np.array_equal(st.read(0, 1)[0, 0], st.read(0, 1)[0, 1])
+
+
+def test_kill9_then_rerun_is_byte_identical(synthetic_coco, reference, tmp_path):
+    cfg = _cfg(synthetic_coco, tmp_path / "killed.zarr")
+    proc = subprocess.Popen(_cli_args(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first_done = Path(cfg.out) / "shard_done" / "c" / "0"
+    deadline = time.time() + 120
+    while not first_done.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = open_store(cfg.out)
+    assert not killed.complete, "the run finished before it could be killed; the test needs a slower run"
+    done, total = killed.shards_done()
+    assert 1 <= done < total
+    with pytest.raises(AdaslotError, match="incomplete"):  # what train does with it
+        killed.check_compatible(encoder="random-vit-tiny")
+
+    summary = cache_features(cfg)  # the same command again finishes only the missing shards
+    assert summary["shards_this_run"] == total - done
+    st = open_store(cfg.out)
+    assert st.complete
+    assert _shard_files(Path(cfg.out)) == _shard_files(reference)  # same bytes on disk, file by file
+    assert same_contents(cfg.out, str(reference))  # arrays and attributes (run timings aside)
+
+
+def test_readback_equals_online_encoder(synthetic_coco, reference):
+    from adaslot.data.coco import CocoDataset
+    from adaslot.encoders import build_encoder
+
+    st = open_store(reference)
+    enc = build_encoder("random-vit-tiny")
+    ds = CocoDataset.from_root(synthetic_coco, "train", size=SIDE, views=2)
+    for row in (0, 5, 11):
+        online = enc(ds[row]["image"])  # [2, T, D] fp32: image and its flip
+        stored = torch.from_numpy(st.read(row, row + 1)[0]).float()
+        bound = online.abs() * 2.0**-11 + 1e-6  # fp16 round-to-nearest: relative error <= 2^-11
+        assert ((stored - online).abs() <= bound).all()
+    r = verify_store(str(reference), sample=3, device="cpu")
+    assert r["ok"] and r["rows"] == 3 and r["max_abs_error"] <= r["bound"]
+
+
+def test_settings_mismatch_refused_unless_overwrite(synthetic_coco, reference, tmp_path):
+    out = tmp_path / "s.zarr"
+    shutil.copytree(reference, out)
+    cfg = _cfg(synthetic_coco, out)
+    assert cache_features(cfg)["already_complete"]
+    for change in (dict(chunk_samples=2), dict(precision="bf16"), dict(image_size=32), dict(views=1)):
+        with pytest.raises(AdaslotError, match="different settings"):
+            cache_features(dataclasses.replace(cfg, **change))
+    cache_features(dataclasses.replace(cfg, split="val", overwrite=True, shard_samples=4))
+    st = open_store(out)
+    assert st.complete and st.features.shape == (6, 1, 16, 192) and st.attrs["dataset"]["split"] == "val"
+    with pytest.raises(AdaslotError, match="split 'val'"):
+        st.check_compatible(split="train")
+    other = tmp_path / "not_a_store"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    with pytest.raises(AdaslotError, match="not a zarr store"):
+        cache_features(_cfg(synthetic_coco, other, overwrite=True))
+    assert (other / "precious.txt").exists()
+
+
+def test_contract_mismatch_is_one_line(reference):
+    st = open_store(reference)
+    contract = dict(st.contract)
+    st.check_compatible(contract)
+    with pytest.raises(AdaslotError, match="weights_sha256") as e:
+        st.check_compatible({**contract, "weights_sha256": "0" * 64})
+    assert "\n" not in str(e.value)
+    with pytest.raises(AdaslotError, match="feature_dim"):
+        st.check_compatible(feature_dim=768)
+
+
+def test_skipped_image_is_recorded(synthetic_coco, tmp_path):
+    root = tmp_path / "coco"
+    shutil.copytree(synthetic_coco, root)
+    victim = sorted((root / "val2017").iterdir())[2]
+    victim.write_bytes(b"this is not a jpeg")
+    cfg = _cfg(root, tmp_path / "skip.zarr", split="val", batch_size=2)
+    summary = cache_features(cfg)
+    st = open_store(cfg.out)
+    assert summary["images_written"] == 5 and summary["skipped"] == 1
+    assert st.complete and st.status[2] >= 2 and st.image_ids[2] == -1 and st.num_valid == 5
+    assert (st.status[[0, 1, 3, 4, 5]] == STATUS_OK).all()
+    assert not st.read(2, 3).any()  # a skipped row holds zeros
+    assert st.attrs["skipped_images"][0]["reason"] in ("unreadable", "truncated")
+
+
+def test_hdf5_export_round_trip(reference, tmp_path):
+    h5 = tmp_path / "out.h5"
+    export_hdf5(str(reference), str(h5))
+    assert same_contents(str(reference), str(h5))
+    st = open_store(h5)
+    assert st.backend == "hdf5" and st.complete and st.num_views == 2
+    st.check_compatible(open_store(reference).contract)
+    with pytest.raises(AdaslotError, match="exists"):
+        export_hdf5(str(reference), str(h5))
