@@ -1,0 +1,141 @@
+"""Store loader: every sample once per epoch, chunk mixing, one random view, determinism, exact resume,
+disjoint DDP ranks, in-memory mode, HDF5 input. Uses a store written through the writer's layout code whose
+features encode their own row and view (value = row + 0.5 * view), so every batch can be checked."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from adaslot.config import CacheConfig
+from adaslot.errors import AdaslotError
+from adaslot.store import STATUS_OK, open_store
+from adaslot.store.export import export_hdf5
+from adaslot.store.loader import FeatureLoader, _buffer_shuffle
+from adaslot.store.writer import _prepare_store
+
+N, V, T, D, CHUNK, SHARD = 50, 2, 3, 4, 4, 8
+INVALID = (7, 30)  # skipped images: never yielded
+
+
+def make_store(path: Path, complete: bool = True) -> str:
+    settings = {"feature_contract": {"encoder": "test", "feature_dim": D, "num_tokens": T}, "dataset": {
+        "split": "train"}, "transform": {}, "views": ["image", "hflip"], "layout": {}}
+    cfg = CacheConfig(out=str(path), chunk_samples=CHUNK, shard_samples=SHARD)
+    _prepare_store(cfg, settings, N, V, T, D, source={})
+    root = zarr.open_group(str(path), mode="r+")
+    values = np.arange(N)[:, None] + 0.5 * np.arange(V)[None, :]
+    root["features"][:] = np.broadcast_to(values[:, :, None, None], (N, V, T, D)).astype(np.float16)
+    status = np.full(N, STATUS_OK, np.uint8)
+    status[list(INVALID)] = 2
+    root["status"][:] = status
+    root["image_ids"][:] = np.arange(N) + 1000
+    root["shard_done"][:] = 1
+    root.attrs["complete"] = complete
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory) -> str:
+    return make_store(tmp_path_factory.mktemp("loader") / "s.zarr")
+
+
+def take(loader: FeatureLoader, n_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = [next(loader) for _ in range(n_batches)]
+    return out
+
+
+def check_batch(feats: torch.Tensor, rows: torch.Tensor) -> np.ndarray:
+    """Features must be one view of their own row; returns the views."""
+    assert feats.dtype == torch.float16 and feats.shape[1:] == (T, D)
+    vals = feats[:, 0, 0].double().numpy()
+    assert (feats.double() == torch.from_numpy(vals)[:, None, None]).all()
+    views = (vals - rows.numpy()) * 2
+    assert set(np.unique(views)) <= {0.0, 1.0}
+    return views
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_every_sample_once_per_epoch_with_random_views(store_path, in_memory):
+    bs = 6
+    loader = FeatureLoader(store_path, bs, seed=1, shuffle_buffer=10, in_memory=in_memory)
+    per_epoch = N - len(INVALID)
+    assert loader.epoch_length(0) == per_epoch
+    batches = take(loader, 3 * per_epoch // bs)  # 3 epochs
+    rows = torch.cat([r for _, r in batches]).numpy()
+    views = np.concatenate([check_batch(f, r) for f, r in batches])
+    for e in range(3):
+        epoch_rows = rows[e * per_epoch:(e + 1) * per_epoch]
+        assert sorted(epoch_rows.tolist()) == [r for r in range(N) if r not in INVALID]
+    assert 0.3 < views.mean() < 0.7  # p = 0.5 flip view
+    if not in_memory:  # a bounded buffer mixes several chunks: the first batch is not one chunk
+        assert len({r // CHUNK for r in rows[:bs].tolist()}) > 1
+    loader.close()
+
+
+def test_deterministic_for_a_seed(store_path):
+    a = take(FeatureLoader(store_path, 5, seed=3), 12)
+    b = take(FeatureLoader(store_path, 5, seed=3), 12)
+    c = take(FeatureLoader(store_path, 5, seed=4), 12)
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x[1], y[1]) for x, y in zip(a, c, strict=True))
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_state_dict_resumes_exact_batches(store_path, in_memory):
+    kw = dict(seed=7, shuffle_buffer=9, in_memory=in_memory)
+    full = FeatureLoader(store_path, 7, **kw)
+    ref = take(full, 20)  # crosses epoch boundaries (48 samples per epoch, 7 per batch)
+    first = FeatureLoader(store_path, 7, **kw)
+    take(first, 9)
+    state = first.state_dict()
+    first.close()
+    resumed = FeatureLoader(store_path, 7, **kw)
+    resumed.load_state_dict(state)
+    rest = take(resumed, 11)
+    for (fa, ra), (fb, rb) in zip(ref[9:], rest, strict=True):
+        assert torch.equal(ra, rb) and torch.equal(fa, fb)
+    with pytest.raises(AdaslotError, match="seed"):
+        FeatureLoader(store_path, 7, seed=8, in_memory=in_memory).load_state_dict(state)
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_ranks_read_disjoint_parts(store_path, in_memory):
+    world = 3
+    loaders = [FeatureLoader(store_path, 4, seed=2, rank=r, world_size=world, in_memory=in_memory)
+               for r in range(world)]
+    epoch0 = [set(ld.epoch_plan(0)[0].tolist()) for ld in loaders]
+    assert sum(len(s) for s in epoch0) == N - len(INVALID)
+    assert set.union(*epoch0) == {r for r in range(N) if r not in INVALID}
+    for ld, rows in zip(loaders, epoch0, strict=True):  # what a rank yields is its part
+        got = torch.cat([r for _, r in take(ld, len(rows) // 4)]).tolist()
+        assert set(got) <= rows
+        ld.close()
+
+
+def test_refuses_incomplete_store_and_reads_hdf5(tmp_path, store_path):
+    with pytest.raises(AdaslotError, match="incomplete"):
+        FeatureLoader(make_store(tmp_path / "inc.zarr", complete=False), 4)
+    h5 = tmp_path / "s.h5"
+    export_hdf5(store_path, str(h5))
+    a = take(FeatureLoader(str(h5), 5, seed=3), 4)
+    b = take(FeatureLoader(store_path, 5, seed=3), 4)
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(a, b, strict=True))
+    assert open_store(h5).num_valid == N - len(INVALID)
+
+
+def test_buffer_shuffle_is_a_permutation_with_bounded_delay():
+    rng = np.random.default_rng(0)
+    stream = np.arange(1000)
+    out = _buffer_shuffle(stream, 50, rng)
+    assert sorted(out.tolist()) == stream.tolist()
+    # sample i can only be emitted after it entered the buffer: position >= i - buffer
+    pos = np.empty(1000, int)
+    pos[out] = np.arange(1000)
+    assert (pos >= stream - 50).all()
+    assert Counter(np.abs(pos - stream) > 5)[True] > 500  # really mixed
