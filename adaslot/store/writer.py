@@ -271,10 +271,18 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
     distributed.barrier()
 
     summary: dict[str, Any] = {}
+    error = None
     if dist.is_main:
-        summary = _finalize(cfg, root, dataset, n, s, time.time() - t_start, written * dist.world_size)
-        summary["shards_this_run"] = len(missing)
-    distributed.barrier()
+        try:
+            summary = _finalize(cfg, root, dataset, n, s, time.time() - t_start, written * dist.world_size)
+            summary["shards_this_run"] = len(missing)
+        except AdaslotError as e:
+            error = str(e)
+    error = distributed.broadcast_object(error)
+    if dist.enabled:
+        distributed.cleanup()
+    if error:
+        raise AdaslotError(error)
     return summary
 
 
