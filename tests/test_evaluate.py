@@ -19,6 +19,7 @@ from adaslot.config import EvalConfig, ModelConfig
 from adaslot.data.coco import CocoDataset
 from adaslot.data.transforms import compute_geometry
 from adaslot.encoders import build_encoder
+from adaslot.errors import AdaslotError
 from adaslot.evaluate import (
     EvalItem,
     evaluate_model,
@@ -290,3 +291,30 @@ def test_unreadable_image_is_skipped_and_listed(checkpoints, tmp_path):
     assert [s["image_id"] for s in r["skipped_images"]] == [2]
     assert r["skipped_images"][0]["reason"] == "unreadable"
     assert r["dataset"]["skipped"] == 1
+
+
+def test_from_cache_proxy_matches_the_image_pass(checkpoints, synthetic_coco, tmp_path):
+    from adaslot.config import CacheConfig
+    from adaslot.store.writer import cache_features
+
+    store = tmp_path / "val.zarr"
+    cache_features(CacheConfig(out=str(store), dataset="coco", root=str(synthetic_coco), split="val",
+                               encoder=ENCODER, workers=0, device="cpu", progress=False, chunk_samples=2,
+                               shard_samples=4))
+    common = dict(checkpoint=str(checkpoints[2]), root=str(synthetic_coco), workers=0, num_vis=0,
+                  device="cpu", batch_size=4, protocols="adaslot,dinosaur")
+    full = run_eval(EvalConfig(out=str(tmp_path / "a"), **common), progress=False)
+    proxy = run_eval(EvalConfig(out=str(tmp_path / "b"), from_cache=str(store), **common), progress=False)
+    assert "PROXY" in proxy["source"] and "PROXY" not in full["source"]
+    for p in ("adaslot", "dinosaur"):
+        for key in ("fg_ari", "mbo_i", "miou", "mean_kept_slots"):
+            # fp16 storage moves a few near-tie pixels at most
+            assert proxy["protocols"][p][key] == pytest.approx(full["protocols"][p][key], abs=2e-3), (p, key)
+    # a checkpoint trained on other features refuses the store
+    payload = torch.load(checkpoints[2], weights_only=True)
+    payload["feature_contract"]["weights_sha256"] = "0" * 64
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, payload)
+    cfg = EvalConfig(out=str(tmp_path / "c"), from_cache=str(store), **{**common, "checkpoint": str(other)})
+    with pytest.raises(AdaslotError, match="does not match"):
+        run_eval(cfg, progress=False)
