@@ -191,7 +191,9 @@ def resolve_protocols(protocols: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def is_adaptive(model: torch.nn.Module) -> bool:
-    """True for a stage-2 (adaptive) model."""
+    """True for a stage-2 (adaptive) model (also through DDP / torch.compile wrappers)."""
+    for attr in ("module", "_orig_mod"):
+        model = getattr(model, attr, model)
     return bool(getattr(getattr(model, "cfg", None), "adaptive", False))
 
 
