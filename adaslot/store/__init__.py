@@ -176,13 +176,19 @@ def _size_on_disk(path: str) -> int | None:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
+def normalize_path(path: str | Path) -> str:
+    """`file:///x` -> `/x` (zarr's fsspec route does not create local parent dirs); other URLs unchanged."""
+    path = str(path)
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
 def is_hdf5(path: str) -> bool:
     return str(path).endswith((".h5", ".hdf5"))
 
 
 def open_store(path: str | Path) -> FeatureStore:
     """Open a zarr store (local path or fsspec URL) or an HDF5 export for reading."""
-    path = str(path)
+    path = normalize_path(path)
     if is_hdf5(path):
         import h5py
 

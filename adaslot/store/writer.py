@@ -12,6 +12,7 @@ others (same batches -> same bytes). Under torchrun, rank r encodes the missing 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import queue
@@ -27,7 +28,7 @@ import torch
 from adaslot import __version__, distributed
 from adaslot.config import CacheConfig
 from adaslot.errors import AdaslotError
-from adaslot.store import STATUS_CODES, STATUS_OK, STORE_FORMAT, STORE_VERSION, status_code
+from adaslot.store import STATUS_CODES, STATUS_OK, STORE_FORMAT, STORE_VERSION, normalize_path, status_code
 
 VIEW_NAMES = ("image", "hflip")
 
@@ -49,8 +50,10 @@ def _build_dataset(cfg: CacheConfig, side: int, views: int) -> Any:
         if cfg.dataset or cfg.root:
             raise AdaslotError("give either --dataset coco --root R or --images/--annotations, not both")
         return CocoDataset(cfg.images, cfg.annotations, size=side, views=views, antialias=cfg.antialias)
-    if cfg.dataset not in (None, "coco"):
-        raise AdaslotError(f"--dataset {cfg.dataset!r} is not supported (coco, or --images/--annotations)")
+    # synthetic: `adaslot make-synthetic` writes the COCO 2017 layout, read the same way.
+    if cfg.dataset not in (None, "coco", "synthetic"):
+        raise AdaslotError(f"--dataset {cfg.dataset!r} is not supported (coco or synthetic with --root, or "
+                           f"--images/--annotations)")
     if not cfg.root:
         raise AdaslotError("give the input: --dataset coco --root R, or --images DIR --annotations FILE")
     return CocoDataset.from_root(cfg.root, cfg.split, size=side, views=views, antialias=cfg.antialias)
@@ -65,7 +68,7 @@ def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, view
     return {
         "feature_contract": contract,
         "dataset": {
-            "name": cfg.dataset or "coco-format",
+            "name": "coco-format",  # the annotation checksum is the identity; the flag spelling is not
             "split": cfg.split,
             "annotation_file": Path(dataset.annotation_file).name,
             "annotation_sha256": file_sha256(dataset.annotation_file),
@@ -217,6 +220,7 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
 
     if not cfg.out:
         raise AdaslotError("give the store path: --out PATH (a directory ending in .zarr, or an fsspec URL)")
+    cfg = dataclasses.replace(cfg, out=normalize_path(cfg.out))
     if cfg.precision not in ("fp32", "bf16"):
         raise AdaslotError(f"--precision must be fp32 or bf16, got {cfg.precision!r}")
     if cfg.chunk_samples < 1 or cfg.shard_samples % cfg.chunk_samples:

@@ -1,0 +1,88 @@
+"""Issue 5 benchmark: `cache-features` images/s divided by a bare encoder loop on preloaded batches.
+
+The bare loop is the cost floor: the same encoder on the same images, already decoded, resized and batched in
+RAM, with nothing else (no decode, no store, no writer). cache-features does the whole job (dataset index,
+DataLoader decode/resize workers, encoder, fp16 conversion, writer thread, zarr shards, completion flags),
+timed end to end inside the process (library call; Python/torch import time excluded). Runs alternate
+(bare, cache, bare, cache, ...) and the ratio uses the medians, to damp noise from other load on the machine.
+Goal >= 0.9. The ratio is printed last.
+
+    .venv/bin/python benchmarks/cache_throughput.py [--images 32] [--batch-size 16] [--repeats 2]
+        [--encoder random-vit-tiny] [--side 224] [--workers 1] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+
+import torch
+
+from adaslot.config import CacheConfig
+from adaslot.data.coco import CocoDataset
+from adaslot.data.synthetic import SyntheticConfig, make_synthetic
+from adaslot.encoders import build_encoder
+from adaslot.store.writer import cache_features
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--encoder", default="random-vit-tiny")
+    p.add_argument("--side", type=int, default=224)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    device = torch.device(args.device)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        make_synthetic(SyntheticConfig(out=f"{tmp}/coco", num_train=1, num_val=args.images, image_size=256,
+                                       seed=0, progress=False))
+        enc = build_encoder(args.encoder, device=device)
+        ds = CocoDataset.from_root(f"{tmp}/coco", "val", size=args.side, views=1)
+        images = torch.stack([ds[i]["image"] for i in range(len(ds))]).to(device)
+        batches = list(images.split(args.batch_size))
+        enc(batches[0])  # warm-up (first call allocates)
+
+        def bare() -> float:
+            t = time.perf_counter()
+            for b in batches:
+                f = enc(b).to(torch.float16).cpu()  # the same fp16 result the cache keeps
+            del f
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return len(images) / (time.perf_counter() - t)
+
+        def cache() -> float:
+            out = f"{tmp}/store.zarr"
+            shutil.rmtree(out, ignore_errors=True)
+            cfg = CacheConfig(out=out, dataset="coco", root=f"{tmp}/coco", split="val", encoder=args.encoder,
+                              image_size=args.side, batch_size=args.batch_size, workers=args.workers,
+                              device=args.device, chunk_samples=8, shard_samples=16, progress=False)
+            t = time.perf_counter()
+            s = cache_features(cfg)
+            dt = time.perf_counter() - t
+            assert s["images_written"] == len(images)
+            return len(images) / dt
+
+        bare_rates, cache_rates = [], []
+        for _ in range(args.repeats):
+            bare_rates.append(bare())
+            cache_rates.append(cache())
+        b, c = statistics.median(bare_rates), statistics.median(cache_rates)
+        print(f"encoder {args.encoder} at {args.side}px on {device}, {len(images)} images, batch "
+              f"{args.batch_size}, {args.workers} decode worker(s), torch threads {torch.get_num_threads()}")
+        print(f"bare encoder loop (preloaded batches): {b:8.2f} images/s  (runs: "
+              f"{', '.join(f'{x:.2f}' for x in bare_rates)})")
+        print(f"cache-features (end to end):           {c:8.2f} images/s  (runs: "
+              f"{', '.join(f'{x:.2f}' for x in cache_rates)})")
+        print(f"ratio cache-features / bare encoder = {c / b:.3f}")
+
+
+if __name__ == "__main__":
+    main()
