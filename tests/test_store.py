@@ -74,6 +74,7 @@ def test_kill9_then_rerun_is_byte_identical(synthetic_coco, reference, tmp_path)
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]  # killed, not exited
     killed = open_store(cfg.out)
     assert not killed.complete, "the run finished before it could be killed; the test needs a slower run"
     done, total = killed.shards_done()
@@ -161,3 +162,19 @@ def test_hdf5_export_round_trip(reference, tmp_path):
     st.check_compatible(open_store(reference).contract)
     with pytest.raises(AdaslotError, match="exists"):
         export_hdf5(str(reference), str(h5))
+
+
+def test_cli_info_verify_export(reference, tmp_path):
+    from typer.testing import CliRunner
+
+    from adaslot.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["cache-info", str(reference)])
+    assert r.exit_code == 0 and "complete (6/6 shards)" in r.output and "random-vit-tiny" in r.output
+    r = runner.invoke(app, ["cache-verify", str(reference), "--sample", "2", "--device", "cpu"])
+    assert r.exit_code == 0 and "OK (within fp16 rounding)" in r.output
+    r = runner.invoke(app, ["export", str(reference), str(tmp_path / "x.h5")])
+    assert r.exit_code == 0 and (tmp_path / "x.h5").is_file()
+    r = runner.invoke(app, ["cache-info", str(tmp_path / "missing.zarr")])
+    assert isinstance(r.exception, AdaslotError)  # main() turns it into one line + exit 2

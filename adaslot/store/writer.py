@@ -252,6 +252,7 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
             source = {"images": str(Path(dataset.images_dir).resolve()),
                       "annotations": str(Path(dataset.annotation_file).resolve())}
             verdict = "complete" if _prepare_store(cfg, settings, n, views, tokens, dim, source) else "ready"
+            _remove_partial_files(cfg.out)  # rank 0 only, before any rank writes
         except AdaslotError as e:
             verdict = ("error", str(e))
     verdict = distributed.broadcast_object(verdict)
@@ -265,7 +266,6 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
     import zarr
 
     root = zarr.open_group(cfg.out, mode="r+")
-    _remove_partial_files(cfg.out)
     s = cfg.shard_samples
     done = np.asarray(root["shard_done"][:])
     missing = [k for k in range(done.size) if not done[k]]
