@@ -101,6 +101,36 @@ class TrainForward(nn.Module):
         return mse + self.sparsity_weight * kept, mse.detach(), kept.detach()
 
 
+class NonFiniteError(Exception):
+    """A NaN/inf loss or gradient norm; raised before the optimiser touches the parameters."""
+
+    def __init__(self, what: str, value: float) -> None:
+        super().__init__(f"{what} is {value}")
+        self.what, self.value = what, value
+
+
+def optimisation_step(forward: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
+                      features: torch.Tensor, slot_noise: torch.Tensor, gumbel: torch.Tensor | None,
+                      grad_clip: float) -> tuple[float, float, float, float]:
+    """One update: loss, backward, clip, Adam -> (loss, mse, kept fraction, grad norm) as floats.
+
+    features [b, T, D]; the loss values are averaged over DDP ranks, so every rank takes the same NaN
+    decision. Raises NonFiniteError (parameters untouched) on a NaN/inf loss or gradient norm.
+    """
+    loss, mse, kept = forward(features, slot_noise, gumbel)
+    stats = distributed.all_reduce_mean(torch.stack([loss.detach(), mse, kept]).float())
+    loss_v, mse_v, kept_v = stats.tolist()
+    if not math.isfinite(loss_v):
+        raise NonFiniteError("loss", loss_v)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).item()
+    if not math.isfinite(grad_norm):
+        raise NonFiniteError("gradient norm", grad_norm)
+    optimizer.step()
+    return loss_v, mse_v, kept_v, grad_norm
+
+
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast for --precision bf16; nothing otherwise (tf32 is a global matmul setting)."""
     if precision == "bf16":
@@ -174,19 +204,20 @@ class OnlineSource:
         from adaslot.data.coco import CocoDataset, collate
         from adaslot.encoders import build_encoder
 
+        if cfg.images or cfg.annotations:
+            if not (cfg.images and cfg.annotations):
+                raise AdaslotError("--images and --annotations go together")
+        elif not (cfg.dataset == "coco" and cfg.root):
+            raise AdaslotError("give one input: --from-cache STORE, --dataset coco --root R, "
+                               "or --images DIR --annotations FILE")
         self.device = dist.device
         self.encoder = build_encoder(cfg.encoder or get_preset(cfg.preset).encoder, cfg.encoder_weights,
                                      device=self.device)
         side = cfg.image_size or self.encoder.image_size
-        if cfg.images or cfg.annotations:
-            if not (cfg.images and cfg.annotations):
-                raise AdaslotError("--images and --annotations go together")
+        if cfg.images:
             self.dataset = CocoDataset(cfg.images, cfg.annotations, size=side)
-        elif cfg.dataset == "coco" and cfg.root:
-            self.dataset = CocoDataset.from_root(cfg.root, "train", size=side)
         else:
-            raise AdaslotError("give one input: --from-cache STORE, --dataset coco --root R, "
-                               "or --images DIR --annotations FILE")
+            self.dataset = CocoDataset.from_root(cfg.root, "train", size=side)
         if len(self.dataset) == 0:
             raise AdaslotError("the training set has no usable images")
         self.feature_dim, self.num_tokens = self.encoder.embed_dim, self.encoder.num_tokens(side)
@@ -230,7 +261,36 @@ class CacheSource:
     """Features streamed from a feature store (adaslot.store.loader); one random stored view per sample."""
 
     def __init__(self, cfg: TrainConfig, dist: distributed.DistInfo, local_batch: int) -> None:
-        raise AdaslotError("--from-cache needs adaslot.store (not available in this build yet)")
+        from adaslot.store import open_store
+        from adaslot.store.loader import FeatureLoader
+
+        store = open_store(cfg.from_cache)
+        # Refuses (one line) a foreign, incomplete, val-split or other-encoder store.
+        store.check_compatible(encoder=cfg.encoder, split="train", require_complete=True)
+        if store.num_views == 1 and dist.is_main:
+            print(f"note: {cfg.from_cache} stores one view per image, so training sees no flips "
+                  "(cache the train split with 2 views to match SPEC's augmentation)")
+        self.device = dist.device
+        self.loader = FeatureLoader(store, local_batch, seed=cfg.seed, in_memory=cfg.cache_in_memory,
+                                    rank=dist.rank, world_size=dist.world_size,
+                                    pin_memory=self.device.type == "cuda")
+        self.feature_dim, self.num_tokens = store.feature_dim, store.num_tokens
+        self.contract = dict(store.contract)
+        self.encoder_name = self.contract.get("encoder", "unknown")
+
+    def next_batch(self) -> torch.Tensor:
+        """-> features [b, T, D] float32 (stored as float16)."""
+        feats, _rows = next(self.loader)
+        return feats.to(self.device, non_blocking=True).float()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state)
+
+    def close(self) -> None:
+        self.loader.close()
 
 
 def build_source(cfg: TrainConfig, dist: distributed.DistInfo, local_batch: int) -> Any:
@@ -270,6 +330,18 @@ def check_resume(saved: dict[str, Any], cfg: TrainConfig, out: str) -> None:
             f"{out} holds a run with other settings ({'; '.join(diffs[:3])}); rerun with its settings to "
             "resume, or use a new --out"
         )
+
+
+def check_same_features(payload: dict[str, Any], source: Any, what: str) -> None:
+    """Refuse a checkpoint trained on other features (encoder, weights, tap point, resolution...)."""
+    from adaslot.store import IDENTITY_KEYS
+
+    theirs = dict(payload.get("feature_contract") or {"encoder": payload.get("encoder")})
+    mine = dict(source.contract or {"encoder": source.encoder_name})
+    for key in IDENTITY_KEYS:
+        if key in theirs and key in mine and json.dumps(theirs[key]) != json.dumps(mine[key]):
+            raise AdaslotError(f"--warmstart {what} was trained on other features: {key} is "
+                               f"{str(theirs[key])[:40]!r} there, {str(mine[key])[:40]!r} here")
 
 
 # ---- logging ----
@@ -377,9 +449,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         step = int(resume["step"])
     elif cfg.warmstart:
         ws = load_checkpoint(cfg.warmstart)
-        if ws.get("encoder") != source.encoder_name:
-            raise AdaslotError(f"--warmstart {cfg.warmstart} was trained on {ws.get('encoder')!r} features, "
-                               f"this run uses {source.encoder_name!r}")
+        check_same_features(ws, source, cfg.warmstart)
         warm_start(model, ws, model_cfg, cfg.warmstart)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
                                  weight_decay=0.0)
@@ -433,19 +503,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                 group["lr"] = lr
             features = source.next_batch()  # [b, T, D]
             slot_noise, gumbel = noise.sample(cfg.batch_size, model_cfg, rows)
-            loss, mse, kept = forward(features, slot_noise, gumbel)
-
-            # Global (all-rank) values decide NaN handling, so every rank stops together.
-            stats = distributed.all_reduce_mean(torch.stack([loss.detach(), mse, kept]).float())
-            loss_v, mse_v, kept_v = stats.tolist()
-            if not math.isfinite(loss_v):
-                raise AdaslotError(_nan_message("loss", loss_v, step + 1, last_ckpt))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-            if not math.isfinite(grad_norm):
-                raise AdaslotError(_nan_message("gradient norm", grad_norm, step + 1, last_ckpt))
-            optimizer.step()
+            try:
+                loss_v, mse_v, kept_v, grad_norm = optimisation_step(
+                    forward, model, optimizer, features, slot_noise, gumbel, cfg.grad_clip)
+            except NonFiniteError as e:
+                raise AdaslotError(_nan_message(e.what, e.value, step + 1, last_ckpt)) from None
             step += 1
             steps_since += 1
             last_loss = loss_v
