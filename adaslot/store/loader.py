@@ -242,6 +242,11 @@ class FeatureLoader:
     def _load_all(self) -> np.ndarray:
         """This rank's valid rows, all views: [M, V, T, D] float16 in RAM (whole-chunk reads)."""
         s = self.store
+        need = self._mem_rows.size * s.num_views * s.num_tokens * s.feature_dim * 2
+        avail = _available_ram()
+        if avail is not None and need > 0.9 * avail:
+            raise AdaslotError(f"--cache-in-memory needs {need / 2**30:.1f} GiB for this rank's part of "
+                               f"{s.path} but {avail / 2**30:.1f} GiB are available; stream it instead")
         out = np.empty((self._mem_rows.size, s.num_views, s.num_tokens, s.feature_dim), np.float16)
         i = 0
         for c, (a, b) in enumerate(self.chunks):
@@ -255,6 +260,18 @@ class FeatureLoader:
     @property
     def samples_per_epoch(self) -> int:
         return self.epoch_length(self.epoch)
+
+
+def _available_ram() -> int | None:
+    """MemAvailable (free + reclaimable page cache) on Linux; None where unknown (no check then)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _buffer_shuffle(stream: np.ndarray, buffer: int, rng: np.random.Generator) -> np.ndarray:
