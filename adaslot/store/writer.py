@@ -310,10 +310,31 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else nullcontext())
     writer = _ShardWriter(root)
-    cur: dict[str, Any] = {}
-    count = skipped = 0
+    open_shards: dict[int, dict[str, Any]] = {}
+    counts = {"written": 0, "skipped": 0}
+
+    def finish(pending: tuple[int, np.ndarray, list[dict], Any, Any]) -> None:
+        """Copy one encoded batch into its shard buffer; hand the shard to the writer when it is full."""
+        k, idx, skips, host, event = pending
+        if event is not None:
+            event.synchronize()  # the async device->host copy of this batch has landed
+        cur = open_shards[k]
+        a = cur["a"]
+        if len(idx):
+            cur["feats"][idx - a] = host.numpy()
+            cur["status"][idx - a] = STATUS_OK
+        for sk in skips:
+            cur["status"][int(sk["index"]) - a] = status_code(sk["reason"])
+        cur["left"] -= len(idx) + len(skips)
+        counts["written"] += len(idx)
+        counts["skipped"] += len(skips)
+        if cur["left"] == 0:
+            del open_shards[k]
+            writer.submit(k, cur["a"], cur["b"], cur["feats"], cur["ids"], cur["status"])
+
     label = "caching" if dist.world_size == 1 else f"caching (rank 0 of {dist.world_size})"
     progress = _progress(cfg.progress and dist.is_main, total, label)
+    pending = None
     try:
         with progress:
             task = progress.add_task("cache", total=total)
@@ -322,32 +343,34 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
                 idx = batch["index"].numpy()
                 rows = idx.tolist() + [int(sk["index"]) for sk in batch["skipped"]]
                 k = rows[0] // s
-                if not cur:
+                if k not in open_shards:
                     a, b = bounds[k]
-                    cur = {"k": k, "a": a, "b": b, "left": b - a,
-                           "feats": np.zeros((b - a, views, tokens, dim), np.float16),
-                           "ids": np.asarray(dataset.image_ids[a:b], np.int64),
-                           "status": np.zeros(b - a, np.uint8)}
-                a = cur["a"]
+                    open_shards[k] = {"a": a, "b": b, "left": b - a,
+                                      "feats": np.zeros((b - a, views, tokens, dim), np.float16),
+                                      "ids": np.asarray(dataset.image_ids[a:b], np.int64),
+                                      "status": np.zeros(b - a, np.uint8)}
+                host = event = None
                 if len(idx):
                     x = batch["image"].to(device, non_blocking=True).reshape(-1, 3, side, side)
                     with autocast:
                         f = encoder(x)
-                    f = f.reshape(len(idx), views, tokens, dim).to(torch.float16).cpu().numpy()
-                    cur["feats"][idx - a] = f
-                    cur["status"][idx - a] = STATUS_OK
-                for sk in batch["skipped"]:
-                    cur["status"][int(sk["index"]) - a] = status_code(sk["reason"])
-                    skipped += 1
-                cur["left"] -= len(rows)
-                count += len(idx)
+                    f = f.reshape(len(idx), views, tokens, dim).to(torch.float16)
+                    if on_cuda:  # async copy into pinned memory; the next batch is queued before we wait
+                        host = torch.empty(f.shape, dtype=f.dtype, pin_memory=True)
+                        host.copy_(f, non_blocking=True)
+                        event = torch.cuda.Event()
+                        event.record()
+                    else:
+                        host = f
+                if pending is not None:
+                    finish(pending)
+                pending = (k, idx, batch["skipped"], host, event)
                 progress.update(task, advance=len(rows))
-                if cur["left"] == 0:
-                    writer.submit(cur["k"], cur["a"], cur["b"], cur["feats"], cur["ids"], cur["status"])
-                    cur = {}
+            if pending is not None:
+                finish(pending)
     finally:
         writer.close()
-    return count, skipped
+    return counts["written"], counts["skipped"]
 
 
 def _remove_partial_files(out: str) -> None:
