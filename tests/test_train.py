@@ -1,0 +1,191 @@
+"""`adaslot train`: cache and online mode, warm start, exact resume after SIGKILL, NaN stop, refusals.
+
+Tiny slot model on the random-init ViT-Tiny encoder and the synthetic dataset fixture; CPU only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adaslot.checkpoint import list_checkpoints, load_checkpoint
+from adaslot.config import CacheConfig, TrainConfig, model_config_for
+from adaslot.errors import AdaslotError
+from adaslot.train import NoiseSampler, TrainForward, optimisation_step, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = {"slot_dim": 32, "input_mlp_hidden": 64, "slot_mlp_hidden": 64, "decoder_hidden": (64, 64),
+              "selector_hidden": 32}
+TINY_FLAGS = ["--model", "slot_dim=32", "--model", "input_mlp_hidden=64", "--model", "slot_mlp_hidden=64",
+              "--model", "decoder_hidden=64,64", "--model", "selector_hidden=32", "--num-slots", "4"]
+
+
+@pytest.fixture(scope="module")
+def train_store(synthetic_coco, tmp_path_factory) -> Path:
+    """A complete 2-view train store of the synthetic dataset (random-vit-tiny), chunks of 4 samples."""
+    from adaslot.store.writer import cache_features
+
+    out = tmp_path_factory.mktemp("train_store") / "train.zarr"
+    cache_features(CacheConfig(out=str(out), dataset="coco", root=str(synthetic_coco), split="train",
+                               encoder="random-vit-tiny", chunk_samples=4, shard_samples=8, batch_size=6,
+                               workers=0, device="cpu", progress=False))
+    return out
+
+
+def tiny(out: Path, **kw) -> TrainConfig:
+    base = dict(out=str(out), model_overrides=dict(TINY_MODEL), num_slots=4, batch_size=4,
+                lr_schedule="constant", lr=1e-3, log_every=1, ckpt_every=2, workers=0, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "cli.py"), *args]
+
+
+def test_kill_and_resume_gives_the_uninterrupted_loss_sequence(tmp_path, train_store):
+    args = ["train", "--from-cache", str(train_store), *TINY_FLAGS, "--batch-size", "4", "--lr-schedule",
+            "constant", "--lr", "1e-3", "--num-iters", "30", "--ckpt-every", "5", "--keep-last", "2",
+            "--log-every", "1", "--seed", "3", "--device", "cpu", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    subprocess.run(_cli(*args, "--out", str(ref)), check=True, env=env, capture_output=True, timeout=120)
+
+    proc = subprocess.Popen(_cli(*args, "--out", str(run)), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = run / "checkpoints" / "step-00000005.pt"
+    deadline = time.time() + 90
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(int(p.stem.split("-")[1]) for p in list_checkpoints(run / "checkpoints"))
+    assert 5 <= killed_at < 30, "the kill should land mid-run"
+
+    done = subprocess.run(_cli(*args, "--out", str(run)), env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming {run} from step {killed_at}" in done.stdout
+    assert losses(run) == losses(ref) and sorted(losses(ref)) == list(range(1, 31))
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000025.pt", "step-00000030.pt"]
+    a = load_checkpoint(ref / "checkpoints" / "step-00000030.pt")["model"]
+    b = load_checkpoint(run / "checkpoints" / "step-00000030.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_step_from_cache_equals_online(train_store, synthetic_coco):
+    """Same images, same view (the flip), same noise: the cached fp16 features and the online encoder give
+    the same update up to fp16 rounding of the features."""
+    from adaslot.data.coco import CocoDataset
+    from adaslot.data.transforms import hflip
+    from adaslot.encoders import build_encoder
+    from adaslot.model import AdaSlot
+    from adaslot.store import open_store
+
+    store = open_store(str(train_store))
+    cached = torch.from_numpy(np.asarray(store.features[0:4]))[:, 1].float()  # view 1 = horizontal flip
+    ds = CocoDataset.from_root(synthetic_coco, "train", size=224)
+    images = torch.stack([hflip(ds[ds.index_of(int(i))]["image"]) for i in store.image_ids[:4]])
+    online = build_encoder("random-vit-tiny")(images)
+    cfg = model_config_for("coco", 1, feature_dim=192, num_tokens=196, num_slots=4, **TINY_MODEL)
+    results = []
+    for feats in (cached, online):
+        torch.manual_seed(0)
+        model = AdaSlot(cfg)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        slot_noise, gumbel = NoiseSampler(0, torch.device("cpu")).sample(4, cfg, slice(0, 4))
+        fwd = TrainForward(model, 0.1, "fp32")
+        stats = optimisation_step(fwd, model, opt, feats, slot_noise, gumbel, 1.0)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results.append((stats, grads, {k: v.clone() for k, v in model.state_dict().items()}))
+    (s_c, g_c, p_c), (s_o, g_o, p_o) = results
+    assert s_c[0] == pytest.approx(s_o[0], rel=1e-4)
+    for n in g_c:
+        if n != "slot_attention.norm_slots.bias":  # exactly-zero gradient in theory (SPEC): noise only
+            assert (g_c[n] - g_o[n]).norm() <= 1e-2 * g_o[n].norm() + 1e-9, n
+    # Adam's first update is ~lr * sign(grad): only near-zero gradients can flip between the two.
+    diff = torch.cat([(p_c[k] - p_o[k]).abs().flatten() for k in p_c])
+    assert diff.max() <= 2e-3 and (diff > 1e-5).float().mean() < 1e-2
+
+
+def test_stage1_then_stage2_warm_start_from_cache(tmp_path, train_store):
+    s1 = tmp_path / "s1"
+    r1 = train(tiny(s1, from_cache=str(train_store), num_iters=2, cache_in_memory=True), progress=False)
+    assert r1["step"] == 2 and Path(r1["checkpoint"]).name == "step-00000002.pt"
+    saved = json.loads((s1 / "config.json").read_text())
+    assert saved["model"]["feature_dim"] == 192 and saved["model"]["num_tokens"] == 196  # from the store
+    assert saved["train"]["num_iters"] == 2 and saved["encoder"] == "random-vit-tiny"
+
+    s2 = tmp_path / "s2"
+    r2 = train(tiny(s2, stage=2, from_cache=str(train_store), num_iters=2, num_slots=6,
+                    warmstart=r1["checkpoint"]), progress=False)
+    p1, p2 = load_checkpoint(r1["checkpoint"]), load_checkpoint(r2["checkpoint"])
+    assert p2["stage"] == 2 and p2["model_config"]["adaptive"] and p2["model_config"]["num_slots"] == 6
+    new = set(p2["model"]) - set(p1["model"])
+    assert new and all(k.startswith("selector.") for k in new)
+    row = [json.loads(ln) for ln in (s2 / "metrics.jsonl").read_text().splitlines()][0]
+    assert 0 <= row["kept_slots"] <= 6 and row["loss"] == pytest.approx(row["mse"] + 0.1 * row["sparsity"])
+    with pytest.raises(AdaslotError, match="stage-2 checkpoint"):
+        train(tiny(tmp_path / "s3", stage=2, from_cache=str(train_store), num_iters=1,
+                   warmstart=r2["checkpoint"]), progress=False)
+    with pytest.raises(AdaslotError, match="slot_dim"):
+        train(tiny(tmp_path / "s4", stage=2, from_cache=str(train_store), num_iters=1,
+                   model_overrides={**TINY_MODEL, "slot_dim": 16}, warmstart=r1["checkpoint"]),
+              progress=False)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, train_store):
+    run = tmp_path / "nan"
+    # lr 1e30: the first update overflows the parameters, so step 2's loss is not finite.
+    with pytest.raises(AdaslotError) as e:
+        train(tiny(run, from_cache=str(train_store), num_iters=5, lr=1e30, ckpt_every=1), progress=False)
+    msg = str(e.value)
+    assert "at step 2" in msg and "step-00000001.pt" in msg and "\n" not in msg
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000001.pt"]
+    assert load_checkpoint(run / "checkpoints" / "step-00000001.pt")["step"] == 1
+
+
+def test_resume_and_store_refusals(tmp_path, train_store, synthetic_coco):
+    run = tmp_path / "r"
+    train(tiny(run, from_cache=str(train_store), num_iters=2), progress=False)
+    with pytest.raises(AdaslotError, match="other settings"):
+        train(tiny(run, from_cache=str(train_store), num_iters=4, lr=5e-3), progress=False)
+    r = train(tiny(run, from_cache=str(train_store), num_iters=3), progress=False)  # longer: continues
+    assert r["step"] == 3 and sorted(losses(run)) == [1, 2, 3]
+    with pytest.raises(AdaslotError, match="does not match"):  # store of another encoder
+        train(tiny(tmp_path / "e", from_cache=str(train_store), encoder="dino-vitb-16"), progress=False)
+    with pytest.raises(AdaslotError, match="feature store"):
+        train(tiny(tmp_path / "f", from_cache=str(synthetic_coco)), progress=False)
+    with pytest.raises(AdaslotError, match="give one input"):
+        train(tiny(tmp_path / "g"), progress=False)
+    with pytest.raises(AdaslotError, match="wandb"):
+        train(tiny(tmp_path / "h", from_cache=str(train_store), wandb=True), progress=False)
+
+
+def test_online_mode_with_validation(tmp_path, synthetic_coco):
+    run = tmp_path / "online"
+    r = train(tiny(run, dataset="coco", root=str(synthetic_coco), encoder="random-vit-tiny", batch_size=2,
+                   num_iters=2, val_every=2, val_max_images=2), progress=False)
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert r["step"] == 2 and [x["step"] for x in rows if "loss" in x] == [1, 2]
+    assert any("val/fg_ari" in x for x in rows)  # periodic validation through adaslot.evaluate
+
+
+def test_cli_error_is_one_line(tmp_path):
+    r = subprocess.run(_cli("train", "--out", str(tmp_path / "x"), "--model", "colour=3"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--model expects KEY=VALUE" in r.stderr
