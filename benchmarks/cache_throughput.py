@@ -7,7 +7,7 @@ timed end to end inside the process (library call; Python/torch import time excl
 (bare, cache, bare, cache, ...) and the ratio uses the medians, to damp noise from other load on the machine.
 Goal >= 0.9. The ratio is printed last.
 
-    .venv/bin/python benchmarks/cache_throughput.py [--images 32] [--batch-size 16] [--repeats 2]
+    .venv/bin/python benchmarks/cache_throughput.py [--images 96] [--batch-size 16] [--repeats 2]
         [--encoder random-vit-tiny] [--side 224] [--workers 1] [--device cpu]
 """
 
@@ -30,7 +30,7 @@ from adaslot.store.writer import cache_features
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=32)
+    p.add_argument("--images", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--encoder", default="random-vit-tiny")
