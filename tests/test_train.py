@@ -189,3 +189,27 @@ def test_cli_error_is_one_line(tmp_path):
     r = subprocess.run(_cli("train", "--out", str(tmp_path / "x"), "--model", "colour=3"),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--model expects KEY=VALUE" in r.stderr
+
+
+def test_bf16_autocast_tracks_fp32(tmp_path, train_store):
+    """Short parity check of --precision bf16 (the few-hundred-step curve is benchmarks/precision.py)."""
+    runs = {p: tmp_path / p for p in ("fp32", "bf16")}
+    for p, out in runs.items():
+        train(tiny(out, from_cache=str(train_store), num_iters=4, precision=p, cache_in_memory=True),
+              progress=False)
+    a, b = losses(runs["fp32"]), losses(runs["bf16"])
+    assert a.keys() == b.keys() and a != b  # bf16 really changed the arithmetic
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=2e-2)
+
+
+@pytest.mark.benchmark
+def test_compile_tracks_fp32(tmp_path, train_store):
+    """--compile (torch.compile of model + loss; ~1 min of compilation on CPU, hence benchmark-marked)."""
+    runs = {c: tmp_path / str(c) for c in (False, True)}
+    for c, out in runs.items():
+        train(tiny(out, from_cache=str(train_store), num_iters=4, compile=c, cache_in_memory=True),
+              progress=False)
+    a, b = losses(runs[False]), losses(runs[True])
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4)
