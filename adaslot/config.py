@@ -229,3 +229,66 @@ class EvalConfig:
 
 
 # == section: DemoConfig (demo) ==
+
+# The demo (`adaslot demo`): 64-px synthetic shapes, the `demo-colour-pos` encoder (8-px patches -> 8 x 8
+# tokens of 128 dims, adaslot.encoders), a scaled-down model. Deviations from SPEC (README "demo"):
+# smaller sizes everywhere, and attention_temperature 0.5 (sharper slot competition at init: with the SPEC
+# temperature the slots stayed collapsed, alpha = 1/K, for longer than a demo can wait).
+register_preset(Preset(
+    "demo", "demo-colour-pos",
+    ModelConfig(feature_dim=128, num_tokens=64, slot_dim=64, num_slots=5, input_mlp_hidden=128,
+                slot_mlp_hidden=128, decoder_hidden=(128, 128), selector_hidden=128,
+                attention_temperature=0.5),
+    5, 6, "demo: 64-px synthetic shapes, demo-colour-pos encoder, K=5 (2-4 objects + background), K_max=6",
+))
+
+
+@dataclass
+class DemoConfig:
+    """`adaslot demo`: make-synthetic -> cache-features -> train stage 1 -> stage 2 (warm start) -> eval.
+
+    `demo_config(profile)` gives the three profiles (normal: < 10 min on 2 CPU cores; long: the run whose
+    checkpoint ships in adaslot/assets; quick: seconds, for tests). Everything is fixed by `seed`; the run is
+    defined by step counts, never by wall time, so it is reproducible.
+    """
+
+    out: str = "cache/demo"
+    profile: str = "normal"
+    seed: int = 0
+    # data (adaslot.data.synthetic): plain background, solid colours, 2-4 objects of radius 12-20 px at 64 px
+    num_train: int = 2000
+    num_val: int = 200
+    image_size: int = 64
+    min_objects: int = 2
+    max_objects: int = 4
+    min_radius: float = 0.1875
+    max_radius: float = 0.3125
+    # training (both stages from the cache; stage 2 warm-starts from stage 1)
+    stage1_steps: int = 5000
+    stage2_steps: int = 1500
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    lr_half_life: int = 100_000
+    sparsity_weight: float = 0.1
+    # timing of one step online (encoder on images) vs from the cache
+    ratio_steps: int = 10
+    shipped: str | None = None  # None: the checkpoint in adaslot/assets; "" skips it
+    threads: int | None = None  # torch threads; None = torch's default
+    progress: bool = True
+
+
+DEMO_PROFILES: dict[str, dict[str, Any]] = {
+    "normal": {},
+    "long": {"num_train": 5000, "stage1_steps": 30_000, "stage2_steps": 6000},
+    "quick": {"num_train": 64, "num_val": 16, "stage1_steps": 4, "stage2_steps": 3, "batch_size": 8,
+              "ratio_steps": 2},
+}
+
+
+def demo_config(profile: str = "normal", **overrides: Any) -> DemoConfig:
+    """The DemoConfig of `profile` (normal, long, quick) with non-None overrides applied."""
+    if profile not in DEMO_PROFILES:
+        raise AdaslotError(f"unknown demo profile {profile!r}; choose one of {', '.join(DEMO_PROFILES)}")
+    values = {**DEMO_PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
+    return DemoConfig(profile=profile, **values)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -344,3 +345,61 @@ def load_into_vit(vit: nn.Module, obj: dict[str, Any], source: str = "weights") 
 
 
 # == section: demo encoder (demo helper) ==
+
+
+class PatchColourPositionEncoder(nn.Module):
+    """The demo encoder: fixed features with what DINO gives real images, computed in microseconds.
+
+    images [B, 3, H, W] in [0, 1] -> tokens [B, T, colour_dim + position_dim], T = (H / patch)^2:
+      colour part   = sqrt(2 / colour_dim) * cos(W m + b), m = the patch's mean RGB, W ~ N(0, sigma^2) and
+                      b ~ U(0, 2 pi) fixed by `seed` (random Fourier features: token dot products approximate
+                      the Gaussian kernel exp(-sigma^2 |m1 - m2|^2 / 2) of the colours, so patches of one
+                      object are near-parallel and objects of different colours near-orthogonal);
+      position part = a 2-D sin-cos code of the patch centre (log-spaced frequencies per axis), scaled to
+                      norm `position_weight` per token, so same-coloured objects at different places differ.
+    No learned or trained weights: W and b are buffers drawn from a fixed seed (so the weights checksum in
+    the feature contract identifies them).
+    """
+
+    def __init__(self, patch_size: int = 8, colour_dim: int = 96, position_dim: int = 32, sigma: float = 6.0,
+                 position_weight: float = 0.5, seed: int = 0) -> None:
+        super().__init__()
+        if position_dim % 4:
+            raise ValueError("position_dim must be a multiple of 4 (sin, cos per axis)")
+        g = torch.Generator().manual_seed(seed)
+        self.patch_size, self.colour_dim, self.position_dim = patch_size, colour_dim, position_dim
+        self.position_weight = position_weight
+        self.register_buffer("proj", torch.randn(3, colour_dim, generator=g) * sigma)
+        self.register_buffer("phase", torch.rand(colour_dim, generator=g) * 2 * math.pi)
+
+    def position_code(self, grid: int) -> torch.Tensor:
+        """[grid*grid, position_dim]: sin/cos of x and y at frequencies from 1/2 to grid/4 periods per
+        image side (row-major tokens), each row scaled to norm `position_weight`."""
+        nf = self.position_dim // 4
+        periods = torch.logspace(math.log10(0.5), math.log10(max(grid / 4, 1.0)), nf)  # periods per side
+        centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid  # in (0, 1)
+        ang = 2 * math.pi * centres[:, None] * periods[None, :]  # [grid, nf]
+        axis = torch.cat([ang.sin(), ang.cos()], 1)  # [grid, 2 nf]
+        code = torch.cat([axis[None, :, :].expand(grid, grid, -1),  # x varies along a row
+                          axis[:, None, :].expand(grid, grid, -1)], -1).reshape(grid * grid, -1)
+        return code / code.norm(dim=1, keepdim=True) * self.position_weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        p = self.patch_size
+        if h != w or h % p:
+            raise ValueError(f"demo encoder needs square images with a side divisible by {p}, got {h}x{w}")
+        mean_rgb = torch.nn.functional.avg_pool2d(x, p).flatten(2).transpose(1, 2)  # [B, T, 3]
+        colour = torch.cos(mean_rgb @ self.proj + self.phase) * math.sqrt(2.0 / self.colour_dim)
+        pos = self.position_code(h // p).to(colour).expand(b, -1, -1)
+        return torch.cat([colour, pos], -1)
+
+
+# The demo's encoder (`adaslot demo`, preset `demo`): 8-px patches on 64-px images -> 8 x 8 = 64 tokens of
+# 128 dims. mean/std = 0/1: the module sees the [0, 1] pixels themselves.
+register_encoder(
+    name="demo-colour-pos", embed_dim=128, patch_size=8, image_size=64, mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0), builder=lambda: PatchColourPositionEncoder(),
+    tap_point="patch mean colour -> fixed random Fourier features (96) + 2-D sin-cos position code (32)",
+    description="demo: fixed random colour features + position code (no weights file)",
+)
