@@ -6,8 +6,9 @@ its `shard_done` flag, so disk writes overlap with compute.
 
 Exactness: batches never straddle a shard and always start at the shard's first row, so a shard's bytes are a
 function of the shard alone; a killed run leaves some shards flagged done and the rerun computes only the
-others (same batches -> same bytes). Under torchrun, rank r encodes the missing shards s with s % P == r
-(disjoint whole shards, one writer per file) and rank 0 marks the store complete once every shard is done.
+others (same batches -> same bytes). Under torchrun, rank r encodes entries r, r + P, ... of the list of
+missing shards (disjoint whole shards, one writer per file); rank 0 marks the store complete once every
+shard is done.
 """
 
 from __future__ import annotations
@@ -244,32 +245,39 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
         raise AdaslotError("the dataset has no usable images (all missing on disk?)")
     tokens, dim = encoder.num_tokens(side), encoder.embed_dim
 
-    # Rank 0 creates or validates the store; the others wait, then get its verdict (or its error).
+    # Rank 0 creates or validates the store and lists the missing shards; the others wait, then get its
+    # verdict (or its error). One list for all ranks: read by each rank, it could already include flags
+    # written by a faster rank.
+    import zarr
+
     verdict: Any = None
     if dist.is_main:
         try:
             settings = store_settings(cfg, encoder, dataset, side, views)
             source = {"images": str(Path(dataset.images_dir).resolve()),
                       "annotations": str(Path(dataset.annotation_file).resolve())}
-            verdict = "complete" if _prepare_store(cfg, settings, n, views, tokens, dim, source) else "ready"
-            _remove_partial_files(cfg.out)  # rank 0 only, before any rank writes
+            if _prepare_store(cfg, settings, n, views, tokens, dim, source):
+                verdict = ("complete", [])
+            else:
+                _remove_partial_files(cfg.out)  # rank 0 only, before any rank writes
+                done = np.asarray(zarr.open_group(cfg.out, mode="r")["shard_done"][:])
+                verdict = ("ready", [k for k in range(done.size) if not done[k]])
         except AdaslotError as e:
             verdict = ("error", str(e))
-    verdict = distributed.broadcast_object(verdict)
-    if isinstance(verdict, tuple):
-        raise AdaslotError(verdict[1])
-    if verdict == "complete":
+    kind, payload = distributed.broadcast_object(verdict)
+    if kind == "error":
+        raise AdaslotError(payload)
+    if kind == "complete":
         if dist.is_main:
             print(f"{cfg.out} is already complete; nothing to do (use --overwrite to recompute)")
         return {"already_complete": True, "out": cfg.out}
 
-    import zarr
-
     root = zarr.open_group(cfg.out, mode="r+")
     s = cfg.shard_samples
-    done = np.asarray(root["shard_done"][:])
-    missing = [k for k in range(done.size) if not done[k]]
-    mine = [k for k in missing if k % dist.world_size == dist.rank]
+    missing: list[int] = payload
+    # Round-robin over the *missing* shards: after a partial run the ranks still get equal work (a rank idle
+    # at the final barrier for long would hit the process-group timeout).
+    mine = missing[dist.rank::dist.world_size]
     written, _ = _encode_shards(cfg, root, encoder, dataset, mine, views, side, tokens, dim, device, dist,
                                 collate)
     distributed.barrier()
