@@ -32,16 +32,14 @@ def write_store(path: str, n: int, views: int, chunk: int, shard: int) -> None:
     settings = {"feature_contract": {"encoder": "bench", "feature_dim": d, "num_tokens": t},
                 "dataset": {"split": "train"}, "transform": {}, "views": ["image", "hflip"][:views],
                 "layout": {"chunk_samples": chunk, "shard_samples": shard}}
-    _prepare_store(CacheConfig(out=path, chunk_samples=chunk, shard_samples=shard), settings, n, views, t, d,
-                   source={})
+    _prepare_store(CacheConfig(out=path, chunk_samples=chunk, shard_samples=shard), settings, np.arange(n),
+                   views, t, d, source={})
     root = zarr.open_group(path, mode="r+")
     rng = np.random.default_rng(0)
     for a in range(0, n, shard):
         b = min(a + shard, n)
         root["features"][a:b] = rng.standard_normal((b - a, views, t, d), dtype=np.float32).astype(np.float16)
     root["status"][:] = STATUS_OK
-    root["image_ids"][:] = np.arange(n)
-    root["shard_done"][:] = 1
     root.attrs["complete"] = True
 
 

@@ -27,15 +27,13 @@ def make_store(path: Path, complete: bool = True) -> str:
     settings = {"feature_contract": {"encoder": "test", "feature_dim": D, "num_tokens": T}, "dataset": {
         "split": "train"}, "transform": {}, "views": ["image", "hflip"], "layout": {}}
     cfg = CacheConfig(out=str(path), chunk_samples=CHUNK, shard_samples=SHARD)
-    _prepare_store(cfg, settings, N, V, T, D, source={})
+    _prepare_store(cfg, settings, np.arange(N) + 1000, V, T, D, source={})
     root = zarr.open_group(str(path), mode="r+")
     values = np.arange(N)[:, None] + 0.5 * np.arange(V)[None, :]
     root["features"][:] = np.broadcast_to(values[:, :, None, None], (N, V, T, D)).astype(np.float16)
     status = np.full(N, STATUS_OK, np.uint8)
     status[list(INVALID)] = 2
     root["status"][:] = status
-    root["image_ids"][:] = np.arange(N) + 1000
-    root["shard_done"][:] = 1
     root.attrs["complete"] = complete
     return str(path)
 

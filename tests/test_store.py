@@ -68,7 +68,7 @@ def test_layout_and_attributes(reference):
 def test_kill9_then_rerun_is_byte_identical(synthetic_coco, reference, tmp_path):
     cfg = _cfg(synthetic_coco, tmp_path / "killed.zarr")
     proc = subprocess.Popen(_cli_args(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    first_done = Path(cfg.out) / "shard_done" / "c" / "0"
+    first_done = Path(cfg.out) / "status" / "c" / "0"  # shard 0's completion marker
     deadline = time.time() + 120
     while not first_done.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)

@@ -3,10 +3,12 @@
 Layout (zarr v3 group; any path or fsspec URL zarr understands, e.g. `s3://bucket/coco-train.zarr`):
     features   [N, V, T, D] float16, uncompressed; chunks of `chunk_samples` samples (the unit a loader
                reads), grouped into shards of `shard_samples` samples (one file each; unit of writing/resume)
-    image_ids  [N] int64   dataset image id of each row
+    image_ids  [N] int64   dataset image id of each row (one chunk, written when the store is created)
     status     [N] uint8   0 = not written yet, 1 = ok, >= 2 = skipped (code -> reason in
-                           attrs["status_codes"]); a skipped row's features are zeros and must not be used
-    shard_done [S] uint8   1 once shard s is completely written (one file per shard: ranks never share one)
+                           attrs["status_codes"]); a skipped row's features are zeros and must not be used.
+                           One chunk per shard, written right after the shard's features: it is the
+                           shard's completion marker (a shard is done when none of its rows is 0), and
+                           ranks never share a file.
     attrs      format, feature_contract (encoder contract + stored dtype + precision), dataset identity
                (annotation sha256, split, ids checksum), transform, views, layout, adaslot version, settings
                checksum, complete (bool), summary (after completion)
@@ -36,6 +38,13 @@ STATUS_CODES = {STATUS_NOT_WRITTEN: "not written", STATUS_OK: "ok",
 # Contract keys that define "the same features"; informational keys (timm version, ...) are not compared.
 IDENTITY_KEYS = ("encoder", "weights_sha256", "tap_point", "input_size", "normalisation", "num_tokens",
                  "feature_dim")
+
+
+def shard_done_mask(status: np.ndarray, shard_samples: int) -> np.ndarray:
+    """[S] bool: shard s is completely written (no row of it has status 0)."""
+    n = status.size
+    return np.array([bool((status[a:a + shard_samples] != STATUS_NOT_WRITTEN).all())
+                     for a in range(0, n, shard_samples)], dtype=bool)
 
 
 def status_code(reason: str) -> int:
@@ -75,10 +84,7 @@ class FeatureStore:
 
     def shards_done(self) -> tuple[int, int]:
         """(shards written, shards total)."""
-        if "shard_done" not in self._root:
-            total = -(-self.num_samples // self.shard_samples)
-            return (total if self.complete else 0), total
-        done = np.asarray(self._root["shard_done"][:])
+        done = shard_done_mask(self.status, self.shard_samples)
         return int(done.sum()), int(done.size)
 
     # ---- data

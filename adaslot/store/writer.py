@@ -1,8 +1,8 @@
 """`adaslot cache-features`: one pass of the frozen encoder over a dataset into a zarr feature store.
 
 Pipeline: DataLoader workers decode + resize (+ flip view) -> pinned batches -> encoder on the device ->
-fp16 rows collected per shard -> a writer thread writes each finished shard (features, ids, status) and then
-its `shard_done` flag, so disk writes overlap with compute.
+fp16 rows collected per shard -> a writer thread writes each finished shard's features and then its status
+chunk (the shard's completion marker), so disk writes overlap with compute.
 
 Exactness: batches never straddle a shard and always start at the shard's first row, so a shard's bytes are a
 function of the shard alone; a killed run leaves some shards flagged done and the rerun computes only the
@@ -29,7 +29,15 @@ import torch
 from adaslot import __version__, distributed
 from adaslot.config import CacheConfig
 from adaslot.errors import AdaslotError
-from adaslot.store import STATUS_CODES, STATUS_OK, STORE_FORMAT, STORE_VERSION, normalize_path, status_code
+from adaslot.store import (
+    STATUS_CODES,
+    STATUS_OK,
+    STORE_FORMAT,
+    STORE_VERSION,
+    normalize_path,
+    shard_done_mask,
+    status_code,
+)
 
 VIEW_NAMES = ("image", "hflip")
 
@@ -95,7 +103,7 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
     return None if json.dumps(a) == json.dumps(b) else (path or "<root>")
 
 
-def _prepare_store(cfg: CacheConfig, settings: dict[str, Any], num_samples: int, views: int,
+def _prepare_store(cfg: CacheConfig, settings: dict[str, Any], image_ids: np.ndarray, views: int,
                    tokens: int, dim: int, source: dict[str, str]) -> bool:
     """Create the store, or check an existing one can be resumed. Returns True if it is already complete."""
     import zarr
@@ -121,16 +129,16 @@ def _prepare_store(cfg: CacheConfig, settings: dict[str, Any], num_samples: int,
     # New (or replaced) store. mode="w" deletes what was there.
     root = zarr.open_group(out, mode="w")
     c, s = cfg.chunk_samples, cfg.shard_samples
-    num_shards = -(-num_samples // s)
+    num_samples = len(image_ids)
     root.create_array("features", shape=(num_samples, views, tokens, dim), dtype="float16",
                       chunks=(c, views, tokens, dim), shards=(s, views, tokens, dim), compressors=None,
                       fill_value=0, dimension_names=("sample", "view", "token", "channel"))
-    # One chunk per shard: each rank writes only its own files.
-    root.create_array("image_ids", shape=(num_samples,), dtype="int64", chunks=(s,), compressors=None,
-                      fill_value=-1)
+    # image_ids are known now: one chunk, written once. status: one chunk per shard, so each rank writes
+    # only its own files; it is written after the shard's features and marks the shard as done.
+    root.create_array("image_ids", shape=(num_samples,), dtype="int64", chunks=(num_samples,),
+                      compressors=None, fill_value=-1)
+    root["image_ids"][:] = image_ids
     root.create_array("status", shape=(num_samples,), dtype="uint8", chunks=(s,), compressors=None,
-                      fill_value=0)
-    root.create_array("shard_done", shape=(num_shards,), dtype="uint8", chunks=(1,), compressors=None,
                       fill_value=0)
     root.attrs.update(_jsonable({
         "format": STORE_FORMAT,
@@ -169,12 +177,10 @@ class _ShardWriter:
                 return
             if self.error is not None:
                 continue  # drain after a failure
-            shard, a, b, feats, ids, status = item
+            shard, a, b, feats, status = item
             try:
                 self.root["features"][a:b] = feats
-                self.root["image_ids"][a:b] = ids
-                self.root["status"][a:b] = status
-                self.root["shard_done"][shard] = 1  # last: the shard counts as written only now
+                self.root["status"][a:b] = status  # last: the shard counts as written only now
                 self.bytes_written += feats.nbytes
             except BaseException as e:  # noqa: BLE001  (re-raised in the main thread)
                 self.error = e
@@ -256,11 +262,13 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
             settings = store_settings(cfg, encoder, dataset, side, views)
             source = {"images": str(Path(dataset.images_dir).resolve()),
                       "annotations": str(Path(dataset.annotation_file).resolve())}
-            if _prepare_store(cfg, settings, n, views, tokens, dim, source):
+            ids = np.asarray(dataset.image_ids, np.int64)
+            if _prepare_store(cfg, settings, ids, views, tokens, dim, source):
                 verdict = ("complete", [])
             else:
                 _remove_partial_files(cfg.out)  # rank 0 only, before any rank writes
-                done = np.asarray(zarr.open_group(cfg.out, mode="r")["shard_done"][:])
+                status = np.asarray(zarr.open_group(cfg.out, mode="r")["status"][:])
+                done = shard_done_mask(status, cfg.shard_samples)
                 verdict = ("ready", [k for k in range(done.size) if not done[k]])
         except AdaslotError as e:
             verdict = ("error", str(e))
@@ -338,7 +346,7 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
         counts["skipped"] += len(skips)
         if cur["left"] == 0:
             del open_shards[k]
-            writer.submit(k, cur["a"], cur["b"], cur["feats"], cur["ids"], cur["status"])
+            writer.submit(k, cur["a"], cur["b"], cur["feats"], cur["status"])
 
     label = "caching" if dist.world_size == 1 else f"caching (rank 0 of {dist.world_size})"
     progress = _progress(cfg.progress and dist.is_main, total, label)
@@ -355,7 +363,6 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
                     a, b = bounds[k]
                     open_shards[k] = {"a": a, "b": b, "left": b - a,
                                       "feats": np.zeros((b - a, views, tokens, dim), np.float16),
-                                      "ids": np.asarray(dataset.image_ids[a:b], np.int64),
                                       "status": np.zeros(b - a, np.uint8)}
                 host = event = None
                 if len(idx):
@@ -394,11 +401,11 @@ def _finalize(cfg: CacheConfig, root: Any, dataset: Any, n: int, s: int, seconds
     """Rank 0, after all ranks: check every shard is written, mark the store complete, print the summary."""
     from collections import Counter
 
-    done = np.asarray(root["shard_done"][:])
+    status = np.asarray(root["status"][:])
+    done = shard_done_mask(status, s)
     if not done.all():
         raise AdaslotError(f"{cfg.out}: {int((done == 0).sum())} shards are still missing after this run "
                            f"(did a rank fail?); rerun the same command to finish them")
-    status = np.asarray(root["status"][:])
     ids = np.asarray(root["image_ids"][:])
     reasons = Counter(STATUS_CODES.get(int(c), "other") for c in status[status >= 2])
     missing = root.attrs["dataset"].get("missing", [])
