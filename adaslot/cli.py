@@ -311,6 +311,30 @@ def convert_official_cmd(
 # == section: demo (demo) ==
 
 
+@app.command("demo")
+def demo_cmd(
+    out: str = typer.Option("cache/demo", help="Output folder (data, features, runs, eval, results.json)."),
+    long: bool = typer.Option(False, "--long", help="The much longer run whose checkpoint ships (<= 1 h on 2 "
+                              "cores)."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny sizes, seconds (tests); numbers meaningless."),
+    seed: int = typer.Option(0, help="Seed of data, model init and noise (the run is a function of it)."),
+    threads: int = typer.Option(None, help="torch threads (default: torch's choice)."),
+    shipped: str = typer.Option(None, help="Checkpoint to evaluate as 'shipped' (default: adaslot/assets; "
+                                "'' to skip)."),
+) -> None:
+    """make-synthetic -> cache-features -> train stage 1 -> stage 2 -> eval, on a CPU, < 10 min."""
+    from adaslot.config import demo_config
+    from adaslot.demo import check_results, print_results, run_demo
+
+    if long and quick:
+        raise AdaslotError("--long and --quick exclude each other")
+    cfg = demo_config("long" if long else "quick" if quick else "normal", out=out, seed=seed, threads=threads,
+                      shipped=shipped)
+    results = run_demo(cfg)
+    check_results(results)
+    print_results(results)
+
+
 def main() -> None:
     """Console-script entry: user errors become one line on stderr and exit code 2, never a traceback."""
     try:

@@ -1,0 +1,278 @@
+"""`adaslot demo`: the whole pipeline on the built-in synthetic dataset, on a CPU, with honest numbers.
+
+make-synthetic -> cache-features (train split, image + flip) -> train stage 1 (from the cache) -> train
+stage 2 (warm-started from stage 1) -> eval on the val split, each step through the library function of the
+real command. Then, on the same val images:
+  baseline_fg_ari   the best trivial prediction (one slot everywhere, or a fixed grid of at most K_max blocks)
+  patch_ceiling     the best FG-ARI any labelling of the 8 x 8 patch grid can reach (evaluate.patch_ceiling)
+  cache_vs_online_step_ratio   seconds per training step online (images -> encoder -> model) / from the cache
+  shipped           the same numbers for the checkpoint in adaslot/assets (trained by `adaslot demo --long`,
+                    never on these val images: the val split has its own seed stream)
+Everything goes to OUT/results.json; pictures to OUT/eval/vis (and OUT/eval-shipped/vis).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from adaslot.config import DemoConfig, EvalConfig, TrainConfig, get_preset
+from adaslot.errors import AdaslotError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+SHIPPED_CHECKPOINT = ASSETS / "demo-stage2.pt"
+PRESET = "demo"
+PROTOCOL = "adaslot"  # headline protocol (GT at 224, as the patch ceiling); fullres is reported beside it
+RESULT_KEYS = ("fg_ari", "baseline_fg_ari", "mean_kept_slots", "mean_objects", "kept_vs_objects_r",
+               "cache_vs_online_step_ratio")
+
+
+def _say(cfg: DemoConfig, msg: str) -> None:
+    if cfg.progress:
+        from rich import print as rprint
+
+        rprint(msg)
+
+
+def _train_config(cfg: DemoConfig, stage: int, out: Path, store: Path, warmstart: str | None) -> TrainConfig:
+    return TrainConfig(
+        stage=stage, out=str(out), from_cache=str(store), preset=PRESET,
+        num_iters=cfg.stage1_steps if stage == 1 else cfg.stage2_steps,
+        batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule="adaslot", warmup_steps=cfg.warmup_steps,
+        lr_half_life=cfg.lr_half_life, warmstart=warmstart, sparsity_weight=cfg.sparsity_weight,
+        seed=cfg.seed + stage, ckpt_every=10**9, keep_last=1, log_every=50, cache_in_memory=True,
+        device="cpu", workers=0,
+    )
+
+
+def baseline_fg_ari(coco: Any, max_blocks: int, side: int = 224) -> dict[str, Any]:
+    """Best trivial FG-ARI on `coco`: one label everywhere, or a fixed r x c grid of blocks with
+    r * c <= max_blocks (the same grid for every image). GT as the adaslot protocol
+    (224, crowd kept, overlaps ignored)."""
+    from adaslot.evaluate import EvalDataset, EvalItem, gt_at_side
+    from adaslot.metrics import fg_ari, overlap_free_labels
+
+    sizes = range(1, max_blocks + 1)
+    grids = [(r, c) for r in sizes for c in sizes if r * c <= max_blocks]
+    sums = dict.fromkeys(grids, 0.0)
+    n = 0
+    ds = EvalDataset(coco, with_images=False)
+    for i in range(len(ds)):
+        item = ds[i]
+        if not isinstance(item, EvalItem):
+            continue
+        labels, _ = overlap_free_labels(gt_at_side(item.masks, side))
+        for r, c in grids:
+            rows = (np.arange(side) * r) // side
+            cols = (np.arange(side) * c) // side
+            sums[(r, c)] += fg_ari(rows[:, None] * c + cols[None, :], labels)
+        n += 1
+    scores = {f"{r}x{c}": s / max(n, 1) for (r, c), s in sums.items()}
+    best = max(scores, key=scores.get)
+    return {"best": scores[best], "best_prediction": "one slot everywhere" if best == "1x1" else
+            f"fixed {best} grid", "all": scores}
+
+
+def step_time_ratio(cfg: DemoConfig, store: Path, data: Path, steps: int) -> dict[str, float]:
+    """Seconds per training step online (images decoded, transformed, encoded) / from the feature store.
+
+    Same model (stage-1 demo preset), same batch, same step code (train.TrainForward + Adam); `steps` timed
+    steps after one untimed warm-up step each."""
+    from adaslot import distributed
+    from adaslot.model import AdaSlot
+    from adaslot.train import NoiseSampler, TrainForward, build_source, resolve_model_config
+
+    dist = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    seconds = {}
+    for mode in ("cache", "online"):
+        tcfg = _train_config(cfg, 1, Path("unused"), store, None)
+        if mode == "online":
+            tcfg = dataclasses.replace(tcfg, from_cache=None, dataset="coco", root=str(data))
+        else:
+            tcfg = dataclasses.replace(tcfg, cache_in_memory=False)  # streaming reads, as a big cache would
+        source = build_source(tcfg, dist, cfg.batch_size)
+        mcfg = resolve_model_config(tcfg, source.feature_dim, source.num_tokens)
+        torch.manual_seed(cfg.seed)
+        model = AdaSlot(mcfg)
+        forward = TrainForward(model, 0.0, "fp32")
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        noise = NoiseSampler(cfg.seed, torch.device("cpu"))
+        t0 = 0.0
+        for i in range(steps + 1):
+            if i == 1:
+                t0 = time.perf_counter()
+            feats = source.next_batch()
+            slot_noise, gumbel = noise.sample(cfg.batch_size, mcfg, slice(0, cfg.batch_size))
+            loss, _, _ = forward(feats, slot_noise, gumbel)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        seconds[mode] = (time.perf_counter() - t0) / max(steps, 1)
+        source.close()
+    return {"online_s_per_step": seconds["online"], "cache_s_per_step": seconds["cache"],
+            "ratio": seconds["online"] / seconds["cache"]}
+
+
+def _eval(checkpoint: Path, data: Path, out: Path, seed: int, num_vis: int, progress: bool) -> dict[str, Any]:
+    from adaslot.evaluate import run_eval
+
+    ecfg = EvalConfig(checkpoint=str(checkpoint), dataset="coco", root=str(data), split="val", out=str(out),
+                      protocols=f"{PROTOCOL},fullres", num_vis=num_vis, device="cpu", workers=0, seed=seed)
+    return run_eval(ecfg, progress=progress)
+
+
+def _summary(result: dict[str, Any], baseline: float, mean_objects: float, ratio: float | None
+             ) -> dict[str, Any]:
+    p = result["protocols"][PROTOCOL]
+    return {
+        "fg_ari": p["fg_ari"], "baseline_fg_ari": baseline, "mean_kept_slots": p.get("mean_kept_slots"),
+        "mean_objects": mean_objects, "kept_vs_objects_r": p.get("kept_vs_objects_r"),
+        "cache_vs_online_step_ratio": ratio,
+        "fg_ari_fullres": result["protocols"]["fullres"]["fg_ari"], "mbo_i": p["mbo_i"],
+        "kept_histogram": p.get("kept_histogram"), "pictures": str(Path(result["out"]) / "vis"),
+        "checkpoint": result["checkpoint"]["path"], "checkpoint_step": result["checkpoint"]["step"],
+    }
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run the demo pipeline into cfg.out; returns (and writes to OUT/results.json) the results dict."""
+    from adaslot.config import CacheConfig
+    from adaslot.data.coco import CocoDataset
+    from adaslot.data.synthetic import SyntheticConfig, make_synthetic
+    from adaslot.evaluate import patch_ceiling
+    from adaslot.store.writer import cache_features
+    from adaslot.train import train
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    data, store = out / "data", out / "features" / "train.zarr"
+    times: dict[str, float] = {}
+    t_all = time.perf_counter()
+    for old in ("stage1", "stage2", "eval", "eval-shipped"):  # a fresh run every time
+        shutil.rmtree(out / old, ignore_errors=True)
+
+    t = time.perf_counter()
+    _say(cfg, f"[bold]1/6 make-synthetic[/] -> {data}")
+    syn = make_synthetic(SyntheticConfig(
+        out=str(data), num_train=cfg.num_train, num_val=cfg.num_val, image_size=cfg.image_size, seed=cfg.seed,
+        min_objects=cfg.min_objects, max_objects=cfg.max_objects, min_radius=cfg.min_radius,
+        max_radius=cfg.max_radius, texture=False, background="plain", overwrite=True, progress=cfg.progress))
+    times["make_synthetic"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _say(cfg, f"[bold]2/6 cache-features[/] ({get_preset(PRESET).encoder}) -> {store}")
+    cache_features(CacheConfig(
+        out=str(store), dataset="coco", root=str(data), split="train", encoder=get_preset(PRESET).encoder,
+        image_size=cfg.image_size, views=2, batch_size=256, workers=0, device="cpu", chunk_samples=64,
+        shard_samples=512, overwrite=True, progress=cfg.progress))
+    times["cache_features"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _say(cfg, f"[bold]3/6 train stage 1[/] ({cfg.stage1_steps} steps) -> {out / 'stage1'}")
+    s1 = train(_train_config(cfg, 1, out / "stage1", store, None), progress=cfg.progress)
+    times["train_stage1"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _say(cfg, f"[bold]4/6 train stage 2[/] ({cfg.stage2_steps} steps, warm start) -> {out / 'stage2'}")
+    s2 = train(_train_config(cfg, 2, out / "stage2", store, s1["checkpoint"]), progress=cfg.progress)
+    times["train_stage2"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _say(cfg, "[bold]5/6 eval[/] on the val split")
+    num_vis = 8
+    res = _eval(Path(s2["checkpoint"]), data, out / "eval", cfg.seed, num_vis, cfg.progress)
+    val = CocoDataset.from_root(data, "val", size=cfg.image_size)
+    k_max = get_preset(PRESET).num_slots_stage2
+    base = baseline_fg_ari(val, k_max)
+    ceiling = patch_ceiling(val, grid=cfg.image_size // 8, side=224)
+    mean_objects = syn["val_objects"] / max(1, syn["val_images"])
+    times["eval"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _say(cfg, "[bold]6/6 step time[/]: online (images -> encoder) vs from the cache")
+    ratio = step_time_ratio(cfg, store, data, cfg.ratio_steps)
+    times["step_time_ratio"] = time.perf_counter() - t
+
+    results: dict[str, Any] = _summary(res, base["best"], mean_objects, ratio["ratio"])
+    results.update({
+        "baseline": base, "patch_ceiling_fg_ari": ceiling, "step_times": ratio,
+        "profile": cfg.profile, "config": dataclasses.asdict(cfg), "threads": torch.get_num_threads(),
+        "stage1_final_loss": s1["loss"], "stage2_final_loss": s2["loss"],
+    })
+    shipped_path = SHIPPED_CHECKPOINT if cfg.shipped is None else (Path(cfg.shipped) if cfg.shipped else None)
+    if shipped_path is not None and shipped_path.is_file():
+        t = time.perf_counter()
+        _say(cfg, f"shipped checkpoint {shipped_path} on the same val split")
+        sres = _eval(shipped_path, data, out / "eval-shipped", cfg.seed, num_vis, cfg.progress)
+        results["shipped"] = _summary(sres, base["best"], mean_objects, ratio["ratio"])
+        times["eval_shipped"] = time.perf_counter() - t
+    else:
+        results["shipped"] = None
+        if shipped_path is not None:
+            _say(cfg, f"[yellow]no shipped checkpoint at {shipped_path}; skipped[/]")
+    times["total"] = time.perf_counter() - t_all
+    results["seconds"] = {k: round(v, 1) for k, v in times.items()}
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(_clean(results), indent=2) + "\n")
+    tmp.replace(out / "results.json")
+    results["results_path"] = str(out / "results.json")
+    return results
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x
+
+
+def print_results(results: dict[str, Any]) -> None:
+    """The results table (this run and the shipped checkpoint) and where the pictures are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(v: Any) -> str:
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return "-"
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    shipped = results.get("shipped")
+    table = Table(title=f"adaslot demo ({results['profile']}) - val split, {PROTOCOL} protocol")
+    table.add_column("metric")
+    table.add_column("this run")
+    if shipped:
+        table.add_column("shipped checkpoint")
+    rows = [("FG-ARI", "fg_ari"), ("FG-ARI (fullres)", "fg_ari_fullres"), ("mBO", "mbo_i"),
+            ("baseline FG-ARI (trivial)", "baseline_fg_ari"), ("mean kept slots", "mean_kept_slots"),
+            ("mean objects", "mean_objects"), ("kept vs objects r", "kept_vs_objects_r")]
+    for name, key in rows:
+        table.add_row(name, fmt(results.get(key)), *([fmt(shipped.get(key))] if shipped else []))
+    table.add_row("patch-grid ceiling FG-ARI", fmt(results["patch_ceiling_fg_ari"]),
+                  *([fmt(results["patch_ceiling_fg_ari"])] if shipped else []))
+    st = results["step_times"]
+    table.add_row("step time online / cache", f"{st['ratio']:.2f}x ({st['online_s_per_step'] * 1e3:.0f} / "
+                  f"{st['cache_s_per_step'] * 1e3:.0f} ms)", *(["-"] if shipped else []))
+    console = Console()
+    console.print(table)
+    console.print(f"pictures: {results['pictures']}"
+                  + (f"  (shipped checkpoint: {shipped['pictures']})" if shipped else ""))
+    console.print(f"results: {results.get('results_path')}   total {results['seconds']['total']:.0f} s")
+
+
+def check_results(results: dict[str, Any]) -> None:
+    """Raise AdaslotError if results.json lacks a key (used by tests and by the CLI before printing)."""
+    missing = [k for k in (*RESULT_KEYS, "shipped") if k not in results]
+    if missing:
+        raise AdaslotError(f"demo results lack {missing}")
