@@ -11,6 +11,7 @@ DDP: under torchrun each rank takes its slice of every global batch and of its n
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -364,7 +365,9 @@ class MetricsLog:
             import wandb
 
             self.wandb = wandb
-            wandb.init(project=wandb_project, name=path.parent.name, config=config, resume="allow")
+            # One wandb run per run folder, so a resumed run continues its curves.
+            run_id = hashlib.sha1(str(path.parent.resolve()).encode()).hexdigest()[:16]
+            wandb.init(project=wandb_project, name=path.parent.name, id=run_id, config=config, resume="allow")
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -447,7 +450,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if resume is not None:
         model.load_state_dict(resume["model"])
         step = int(resume["step"])
-    elif cfg.warmstart:
+    elif cfg.stage == 2 and not cfg.warmstart and dist.is_main:
+        print("note: stage 2 without --warmstart trains from scratch (SPEC warm-starts from stage 1)")
+    if resume is None and cfg.warmstart:
         ws = load_checkpoint(cfg.warmstart)
         check_same_features(ws, source, cfg.warmstart)
         warm_start(model, ws, model_cfg, cfg.warmstart)
@@ -457,7 +462,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         restore_rng(resume["rng"])
-        noise.load_state_dict(resume["rng"]["noise"])
+        try:
+            noise.load_state_dict(resume["rng"]["noise"])
+        except (RuntimeError, ValueError):  # a CPU generator state cannot seed a CUDA generator (or back)
+            noise.gen.manual_seed(cfg.seed * 1_000_003 + step)
+            if dist.is_main:
+                print("note: resumed on another device type; the slot/Gumbel noise stream is reseeded")
         source.load_state_dict(resume["loader"])
     forward: nn.Module = TrainForward(model, cfg.sparsity_weight, cfg.precision)
     if dist.enabled:

@@ -127,17 +127,16 @@ def step_times(cfg, store: Path, root: Path, encoder_name: str, batch: int,
         pos += batch
         optimisation_step(fwd, model, opt, enc(images), *noise.sample(batch, cfg, rows), 1.0)
 
-    out = []
-    for fn in (cache_step, online_step):
-        fn()  # warm-up
-        ts = []
-        for _ in range(steps):
+    # Alternate the two modes so both see the same (shared, noisy) machine load; medians.
+    times: dict = {cache_step: [], online_step: []}
+    for rnd in range(steps + 1):
+        for fn in (cache_step, online_step):
             t = time.perf_counter()
             fn()
-            ts.append(time.perf_counter() - t)
-        out.append(statistics.median(ts))
+            if rnd:  # round 0 is the warm-up
+                times[fn].append(time.perf_counter() - t)
     loader.close()
-    return out[0], out[1]
+    return statistics.median(times[cache_step]), statistics.median(times[online_step])
 
 
 def flop_split(encoder_name: str) -> dict[str, float]:
@@ -190,7 +189,7 @@ def main() -> None:
             read = 1.0 / loader_rate(stores[name], 64, in_memory=False)
             print(f"input/sample {name}: decode+transform {decode * 1e3:.1f} ms + encoder "
                   f"{encode * 1e3:.1f} ms online; store read {read * 1e3:.3f} ms (streaming, batch 64)")
-            ratios.append(f"input cost per sample, online / store read, {name}: "
+            ratios.append(f"ratio input cost per sample, online / store read, {name}: "
                           f"{(decode + encode) / read:.0f}x")
 
         # 2. whole stage-1 step
@@ -201,7 +200,7 @@ def main() -> None:
             cache_s, online_s = step_times(cfg, stores[vit_b], root, vit_b, args.batch, args.steps)
             print(f"stage-1 step, {label}, batch {args.batch}: cache {cache_s:.2f} s, "
                   f"online {online_s:.2f} s")
-            ratios.append(f"stage-1 step online / cache, {label}: {online_s / cache_s:.2f}x")
+            ratios.append(f"ratio stage-1 step, online / cache, {label}: {online_s / cache_s:.2f}x")
             if trainer_rate is None:
                 trainer_rate = args.batch / cache_s
 
@@ -228,8 +227,8 @@ def main() -> None:
         print(f"resident COCO train cache: {COCO_TRAIN} x 2 views x 196 x 768 x 2 B = {ram / 1e9:.1f} GB "
               f"({ram / 2e9:.1f} GB with one view)")
         for mode, rate in (("streaming", stream), ("in-memory", resident)):
-            ratios.append(f"loader / trainer samples/s, {mode}: {rate / trainer_rate:.0f}x on this CPU, "
-                          f"{rate / h100_rate:.2f}x vs the H100 estimate")
+            ratios.append(f"ratio loader / trainer samples/s, {mode}: {rate / trainer_rate:.0f}x on this "
+                          f"CPU, {rate / h100_rate:.2f}x vs the H100 estimate")
     for line in ratios:
         print(line)
 
