@@ -72,9 +72,8 @@ def test_build_leaves_global_rng_alone():
 
 def _random_tiny_state() -> dict[str, torch.Tensor]:
     """timm-format ViT-Tiny weights that differ from the seed-0 init (so loading is really exercised)."""
-    g = torch.Generator().manual_seed(11)
     state = build_encoder("random-vit-tiny").backbone.vit.state_dict()
-    return {k: v + 0.02 * torch.randn(v.shape, generator=g) for k, v in state.items()}
+    return {k: v * 1.05 + 0.01 for k, v in state.items()}  # cheap, deterministic, changes every output
 
 
 def test_dino_release_format_equals_timm_format(tmp_path, images):
@@ -82,10 +81,9 @@ def test_dino_release_format_equals_timm_format(tmp_path, images):
     timm_pth, timm_st = tmp_path / "timm.pth", tmp_path / "timm.safetensors"
     torch.save(state, timm_pth)
     save_file(state, str(timm_st))
-    # Original DINO backbone release: a flat dict of the backbone (no final-layer head).
-    dino_release = tmp_path / "dino_release.pth"
-    torch.save({k: v for k, v in state.items() if not k.startswith("head")}, dino_release)
-    # Original DINO full training checkpoint: teacher/student with prefixes, projection head, pickled args.
+    # The DINO v1 backbone release (dino_vitbase16_pretrain.pth) is a flat dict with timm's key names and no
+    # head: for a num_classes=0 model that is exactly `state` (timm_pth). Its full training checkpoint wraps
+    # teacher/student with prefixes, a projection head and pickled args:
     dino_full = tmp_path / "dino_full.pth"
     head = {"head.mlp.0.weight": torch.randn(8, 192), "head.last_layer.weight_g": torch.ones(16, 1)}
     torch.save({
@@ -93,16 +91,15 @@ def test_dino_release_format_equals_timm_format(tmp_path, images):
         "student": {**{f"module.backbone.{k}": torch.zeros_like(v) for k, v in state.items()}},
         "args": argparse.Namespace(arch="vit_tiny", patch_size=16), "epoch": 100,
     }, dino_full)
-    # DINOv2-style release (extra mask_token) and a file without the unused final norm.
+    # DINOv2-style release (extra mask_token), here also without the final norm the tap point never uses.
     dinov2_like = tmp_path / "dinov2_like.pth"
-    torch.save({**state, "mask_token": torch.zeros(1, 192)}, dinov2_like)
-    no_norm = tmp_path / "no_norm.pth"
-    torch.save({k: v for k, v in state.items() if not k.startswith("norm.")}, no_norm)
+    torch.save({**{k: v for k, v in state.items() if not k.startswith("norm.")},
+                "mask_token": torch.zeros(1, 192)}, dinov2_like)
 
     ref = build_encoder("random-vit-tiny", weights=timm_pth)
     out = ref(images)
     assert ref.weights_sha256 != build_encoder("random-vit-tiny").weights_sha256
-    for path in (timm_st, dino_release, dino_full, dinov2_like, no_norm):
+    for path in (timm_st, dino_full, dinov2_like):
         enc = build_encoder("random-vit-tiny", weights=path)
         assert torch.equal(enc(images), out), path.name
         assert enc.weights_sha256 == ref.weights_sha256, path.name

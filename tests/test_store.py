@@ -97,13 +97,13 @@ def test_readback_equals_online_encoder(synthetic_coco, reference):
     st = open_store(reference)
     enc = build_encoder("random-vit-tiny")
     ds = CocoDataset.from_root(synthetic_coco, "train", size=SIDE, views=2)
-    for row in (0, 5, 11):
+    for row in (0, 11):
         online = enc(ds[row]["image"])  # [2, T, D] fp32: image and its flip
         stored = torch.from_numpy(st.read(row, row + 1)[0]).float()
         bound = online.abs() * 2.0**-11 + 1e-6  # fp16 round-to-nearest: relative error <= 2^-11
         assert ((stored - online).abs() <= bound).all()
-    r = verify_store(str(reference), sample=3, device="cpu")
-    assert r["ok"] and r["rows"] == 3 and r["max_abs_error"] <= r["bound"]
+    r = verify_store(str(reference), sample=2, device="cpu")
+    assert r["ok"] and r["rows"] == 2 and r["max_abs_error"] <= r["bound"]
 
 
 def test_settings_mismatch_refused_unless_overwrite(synthetic_coco, reference, tmp_path):
