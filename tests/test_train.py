@@ -63,7 +63,14 @@ def test_kill_and_resume_gives_the_uninterrupted_loss_sequence(tmp_path, train_s
             "--log-every", "1", "--seed", "3", "--device", "cpu", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ref, run = tmp_path / "ref", tmp_path / "run"
-    subprocess.run(_cli(*args, "--out", str(ref)), check=True, env=env, capture_output=True, timeout=120)
+    # The uninterrupted reference runs in this process with the subprocesses' thread count (same sums).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(tiny(ref, from_cache=str(train_store), num_iters=30, ckpt_every=5, keep_last=2, seed=3),
+              progress=False)
+    finally:
+        torch.set_num_threads(threads)
 
     proc = subprocess.Popen(_cli(*args, "--out", str(run)), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
