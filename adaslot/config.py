@@ -263,24 +263,27 @@ class DemoConfig:
     max_objects: int = 4
     min_radius: float = 0.1875
     max_radius: float = 0.3125
+    categories: tuple[str, ...] = ("circle", "square")
+    min_visible: float = 0.8
     # training (both stages from the cache; stage 2 warm-starts from stage 1)
     stage1_steps: int = 5000
     stage2_steps: int = 1500
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup_steps: int = 200
     lr_half_life: int = 100_000
     sparsity_weight: float = 0.1
     # timing of one step online (encoder on images) vs from the cache
     ratio_steps: int = 10
     shipped: str | None = None  # None: the checkpoint in adaslot/assets; "" skips it
+    export_assets: bool = True  # long profile only: write the shipped files into adaslot/assets
     threads: int | None = None  # torch threads; None = torch's default
     progress: bool = True
 
 
 DEMO_PROFILES: dict[str, dict[str, Any]] = {
     "normal": {},
-    "long": {"num_train": 5000, "stage1_steps": 30_000, "stage2_steps": 6000},
+    "long": {"num_train": 5000, "stage1_steps": 14_000, "stage2_steps": 4000, "lr_half_life": 6000},
     "quick": {"num_train": 64, "num_val": 16, "stage1_steps": 4, "stage2_steps": 3, "batch_size": 8,
               "ratio_steps": 2},
 }

@@ -48,7 +48,8 @@ def _train_config(cfg: DemoConfig, stage: int, out: Path, store: Path, warmstart
         num_iters=cfg.stage1_steps if stage == 1 else cfg.stage2_steps,
         batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule="adaslot", warmup_steps=cfg.warmup_steps,
         lr_half_life=cfg.lr_half_life, warmstart=warmstart, sparsity_weight=cfg.sparsity_weight,
-        seed=cfg.seed + stage, ckpt_every=10**9, keep_last=1, log_every=50, cache_in_memory=True,
+        seed=cfg.seed + stage, ckpt_every=2000 if cfg.profile == "long" else 10**9, keep_last=1, log_every=50,
+        cache_in_memory=True,
         device="cpu", workers=0,
     )
 
@@ -157,7 +158,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     data, store = out / "data", out / "features" / "train.zarr"
     times: dict[str, float] = {}
     t_all = time.perf_counter()
-    for old in ("stage1", "stage2", "eval", "eval-shipped"):  # a fresh run every time
+    # normal / quick: a fresh run every time. long: a rerun resumes the stage runs from their checkpoints
+    # (train refuses if the settings differ), so an interrupted hour is not lost.
+    fresh = ("stage1", "stage2") if cfg.profile != "long" else ()
+    for old in (*fresh, "eval", "eval-shipped"):
         shutil.rmtree(out / old, ignore_errors=True)
 
     t = time.perf_counter()
@@ -165,7 +169,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     syn = make_synthetic(SyntheticConfig(
         out=str(data), num_train=cfg.num_train, num_val=cfg.num_val, image_size=cfg.image_size, seed=cfg.seed,
         min_objects=cfg.min_objects, max_objects=cfg.max_objects, min_radius=cfg.min_radius,
-        max_radius=cfg.max_radius, texture=False, background="plain", overwrite=True, progress=cfg.progress))
+        max_radius=cfg.max_radius, texture=False, background="plain", categories=tuple(cfg.categories),
+        min_visible=cfg.min_visible, overwrite=True, progress=cfg.progress))
     times["make_synthetic"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -219,6 +224,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         results["shipped"] = None
         if shipped_path is not None:
             _say(cfg, f"[yellow]no shipped checkpoint at {shipped_path}; skipped[/]")
+    if cfg.profile == "long" and cfg.export_assets:
+        results["assets"] = export_assets(Path(s2["checkpoint"]), res, results, ASSETS)
     times["total"] = time.perf_counter() - t_all
     results["seconds"] = {k: round(v, 1) for k, v in times.items()}
     tmp = out / "results.json.tmp"
@@ -226,6 +233,31 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     tmp.replace(out / "results.json")
     results["results_path"] = str(out / "results.json")
     return results
+
+
+def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[str, Any], dest: Path
+                  ) -> dict[str, str]:
+    """Write the shipped files: demo-stage2.pt (model weights + configs, no optimiser state), demo-config.json
+    (model, train and demo configs, feature contract), demo-metrics.json (this run's results), demo-result.png
+    (the first eval picture)."""
+    from adaslot.checkpoint import load_checkpoint, save_checkpoint
+
+    dest.mkdir(parents=True, exist_ok=True)
+    payload = load_checkpoint(checkpoint)
+    slim = {k: v for k, v in payload.items() if k not in ("optimizer", "rng", "loader")}
+    save_checkpoint(dest / SHIPPED_CHECKPOINT.name, slim)
+    config = {k: payload.get(k) for k in ("stage", "step", "encoder", "model_config", "feature_contract",
+                                          "train_config")}
+    config["demo_config"] = results["config"]
+    config["command"] = "adaslot demo --long" + (f" --seed {results['config']['seed']}"
+                                                  if results["config"]["seed"] else "")
+    (dest / "demo-config.json").write_text(json.dumps(_clean(config), indent=2, default=str) + "\n")
+    metrics = {k: v for k, v in results.items() if k not in ("config", "shipped")}
+    (dest / "demo-metrics.json").write_text(json.dumps(_clean(metrics), indent=2, default=str) + "\n")
+    pictures = sorted((Path(eval_result["out"]) / "vis").glob("*.png"))
+    if pictures:
+        shutil.copyfile(pictures[0], dest / "demo-result.png")
+    return {"checkpoint": str(dest / SHIPPED_CHECKPOINT.name), "dir": str(dest)}
 
 
 def _clean(x: Any) -> Any:

@@ -357,6 +357,8 @@ class PatchColourPositionEncoder(nn.Module):
                       object are near-parallel and objects of different colours near-orthogonal);
       position part = a 2-D sin-cos code of the patch centre (log-spaced frequencies per axis), scaled to
                       norm `position_weight` per token, so same-coloured objects at different places differ.
+    The concatenation is multiplied by sqrt(D), so values are O(1) per dimension like a ViT's features: the
+    reconstruction MSE then has the magnitude SPEC's sparsity weight (0.1) was chosen against.
     No learned or trained weights: W and b are buffers drawn from a fixed seed (so the weights checksum in
     the feature contract identifies them).
     """
@@ -371,6 +373,8 @@ class PatchColourPositionEncoder(nn.Module):
         self.position_weight = position_weight
         self.register_buffer("proj", torch.randn(3, colour_dim, generator=g) * sigma)
         self.register_buffer("phase", torch.rand(colour_dim, generator=g) * 2 * math.pi)
+        # shape [1], not a 0-d tensor: weights_checksum views every buffer as bytes
+        self.register_buffer("scale", torch.tensor([math.sqrt(colour_dim + position_dim)]))
 
     def position_code(self, grid: int) -> torch.Tensor:
         """[grid*grid, position_dim]: sin/cos of x and y at frequencies from 1/2 to grid/4 periods per
@@ -392,7 +396,7 @@ class PatchColourPositionEncoder(nn.Module):
         mean_rgb = torch.nn.functional.avg_pool2d(x, p).flatten(2).transpose(1, 2)  # [B, T, 3]
         colour = torch.cos(mean_rgb @ self.proj + self.phase) * math.sqrt(2.0 / self.colour_dim)
         pos = self.position_code(h // p).to(colour).expand(b, -1, -1)
-        return torch.cat([colour, pos], -1)
+        return torch.cat([colour, pos], -1) * self.scale
 
 
 # The demo's encoder (`adaslot demo`, preset `demo`): 8-px patches on 64-px images -> 8 x 8 = 64 tokens of
