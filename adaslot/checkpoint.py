@@ -14,6 +14,7 @@ import dataclasses
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 FORMAT = "adaslot-checkpoint"
 VERSION = 1
 REQUIRED_KEYS = ("stage", "model_config", "encoder", "model")
+LAST_NAME = "last.pt"  # -> the newest step checkpoint of a run folder
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 # Config fields that may differ between a stage-1 checkpoint and the stage-2 model it warm-starts.
 _WARMSTART_FREE_FIELDS = {"num_slots", "adaptive", "selector_hidden"}
@@ -151,6 +153,20 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint in `ckpt_dir`, or None."""
     ckpts = list_checkpoints(ckpt_dir)
     return ckpts[-1] if ckpts else None
+
+
+def update_last(ckpt_dir: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Point `ckpt_dir/last.pt` at `target` (a relative symlink, replaced atomically; a copy where the
+    filesystem has no symlinks), so commands can name the newest checkpoint of a run without its step."""
+    d = Path(ckpt_dir)
+    last, tmp = d / LAST_NAME, d / f".{LAST_NAME}.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.symlink(Path(target).name, tmp)
+    except OSError:
+        shutil.copyfile(target, tmp)
+    os.replace(tmp, last)
+    return last
 
 
 def rotate_checkpoints(ckpt_dir: str | os.PathLike, keep: int) -> list[Path]:

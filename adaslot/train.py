@@ -31,6 +31,7 @@ from adaslot.checkpoint import (
     restore_rng,
     rotate_checkpoints,
     save_checkpoint,
+    update_last,
     warm_start,
 )
 from adaslot.config import ModelConfig, TrainConfig, get_preset, model_config_for
@@ -495,6 +496,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                 optimizer=optimizer.state_dict(), step=at_step, train_config=cfg.to_dict(), rng=rng,
                 loader=source.state_dict(), world_size=dist.world_size,
             ))
+            update_last(ckpt_dir, path)
             rotate_checkpoints(ckpt_dir, cfg.keep_last)
         distributed.barrier()
         return path

@@ -16,6 +16,7 @@ from adaslot.checkpoint import (
     restore_rng,
     rotate_checkpoints,
     save_checkpoint,
+    update_last,
 )
 from adaslot.config import ModelConfig
 from adaslot.errors import AdaslotError
@@ -73,6 +74,8 @@ def test_rotation_keeps_newest(tmp_path):
         save_checkpoint(checkpoint_path(tmp_path, s), _payload(step=s))
     (tmp_path / ".step-00000025.pt.tmp-1").write_bytes(b"partial")  # a killed write is ignored
     assert latest_checkpoint(tmp_path).name == "step-00000020.pt"
+    update_last(tmp_path, checkpoint_path(tmp_path, 20))
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 20
     removed = rotate_checkpoints(tmp_path, keep=2)
     assert [p.name for p in removed] == ["step-00000005.pt", "step-00000010.pt"]
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000015.pt", "step-00000020.pt"]

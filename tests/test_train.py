@@ -89,6 +89,7 @@ def test_kill_and_resume_gives_the_uninterrupted_loss_sequence(tmp_path, train_s
     assert f"resuming {run} from step {killed_at}" in done.stdout
     assert losses(run) == losses(ref) and sorted(losses(ref)) == list(range(1, 31))
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000025.pt", "step-00000030.pt"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 30
     a = load_checkpoint(ref / "checkpoints" / "step-00000030.pt")["model"]
     b = load_checkpoint(run / "checkpoints" / "step-00000030.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
