@@ -197,7 +197,7 @@ def train_cmd(
     lr_half_life: int = typer.Option(100_000, help="Steps per halving of the learning rate."),
     warmstart: str = typer.Option(None, help="Stage 2: stage-1 checkpoint to start from."),
     sparsity_weight: float = typer.Option(0.1, help="Stage 2: weight of the mean-kept-fraction penalty."),
-    grad_clip: float = typer.Option(1.0, help="Gradient-norm clipping."),
+    grad_clip: float = typer.Option(1.0, help="Gradient-norm clipping (0: off)."),
     precision: str = typer.Option("fp32", help="fp32 (reference), tf32, or bf16 (autocast)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the slot model and loss."),
     seed: int = typer.Option(0, help="Seed for init, data order and noise."),

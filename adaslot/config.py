@@ -167,7 +167,7 @@ class TrainConfig:
     lr_schedule: str = "adaslot"  # adaslot | dinosaur | constant
     warmup_steps: int = 10_000
     lr_half_life: int = 100_000
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # gradient-norm clipping; <= 0: off
     warmstart: str | None = None  # stage-1 checkpoint for stage 2
     sparsity_weight: float = 0.1
     precision: str = "fp32"  # fp32 | tf32 | bf16

@@ -126,7 +126,9 @@ def optimisation_step(forward: nn.Module, model: nn.Module, optimizer: torch.opt
         raise NonFiniteError("loss", loss_v)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).item()
+    # grad_clip <= 0: no clipping (the norm is still measured for the log and the NaN check).
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                               grad_clip if grad_clip > 0 else float("inf")).item()
     if not math.isfinite(grad_norm):
         raise NonFiniteError("gradient norm", grad_norm)
     optimizer.step()
@@ -515,6 +517,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                 group["lr"] = lr
             features = source.next_batch()  # [b, T, D]
             slot_noise, gumbel = noise.sample(cfg.batch_size, model_cfg, rows)
+            b = features.shape[0]  # < local batch only when an online image could not be decoded
+            slot_noise, gumbel = slot_noise[:b], None if gumbel is None else gumbel[:b]
             try:
                 loss_v, mse_v, kept_v, grad_norm = optimisation_step(
                     forward, model, optimizer, features, slot_noise, gumbel, cfg.grad_clip)
@@ -548,6 +552,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if dist.is_main and resume is not None and resume["step"] >= cfg.num_iters:
         print(f"{cfg.out} is already complete at step {resume['step']} (raise --num-iters to continue)")
     source.close()
+    if dist.enabled:
+        distributed.cleanup()
     return {"step": step, "loss": last_loss, "checkpoint": str(last_ckpt) if last_ckpt else None,
             "run_dir": str(run_dir), "rank": dist.rank}
 

@@ -68,5 +68,5 @@ def test_torchrun_two_ranks_resume_and_match_one_process(tmp_path, synthetic_coc
     assert ckpt["world_size"] == 2 and ckpt["step"] == 4
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000002.pt", "step-00000004.pt"]
     a, b = ckpt["model"], load_checkpoint(ref / "checkpoints" / "step-00000004.pt")["model"]
-    for k in a:
-        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+    for k in a:  # parameters moved by ~lr = 1e-3 per step; summation order changes them by << 1% of that
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k
