@@ -145,8 +145,8 @@ DEFAULT_NUM_ITERS = {1: 200_000, 2: 500_000}
 
 @dataclass
 class TrainConfig:
-    """`adaslot train`. Exactly one input: `from_cache` (a store), or online images (`dataset="coco"` + `root`,
-    or `images` + `annotations`). None means "the SPEC default for this stage/preset" (see `resolved`)."""
+    """`adaslot train`. Exactly one input: `from_cache` (a store), or online images (`dataset="coco"` +
+    `root`, or `images` + `annotations`). None means "the SPEC default for this stage/preset" (`resolved`)."""
 
     stage: int = 1
     out: str = ""
