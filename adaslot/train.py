@@ -81,7 +81,7 @@ class TrainForward(nn.Module):
     """model + loss as one module (what DDP / torch.compile wrap).
 
     features [B, T, D], slot_noise [B, K, S], gumbel [B, K, 2] | None -> (loss, mse, kept fraction [scalar]).
-    S0 = mu + scale * exp(log sigma) * noise, as `SlotAttention.sample_init`, with the noise passed in.
+    S0 comes from `SlotAttention.init_from_noise` with the noise passed in (so ranks can slice one draw).
     """
 
     def __init__(self, model: nn.Module, sparsity_weight: float, precision: str) -> None:
@@ -92,8 +92,7 @@ class TrainForward(nn.Module):
 
     def forward(self, features: torch.Tensor, slot_noise: torch.Tensor,
                 gumbel: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        sa = self.model.slot_attention
-        slots_init = sa.slots_mu + sa.slots_logsigma.exp() * sa.slot_init_scale * slot_noise
+        slots_init = self.model.slot_attention.init_from_noise(slot_noise)
         with autocast(self.precision, features.device):
             out = self.model(features, slots_init=slots_init, gumbel_noise=gumbel, keep_mode="gumbel")
         mse = reconstruction_loss(out.recon.float(), features)

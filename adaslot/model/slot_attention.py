@@ -53,11 +53,15 @@ class SlotAttention(nn.Module):
         self.gru = nn.GRUCell(slot_dim, slot_dim)  # PyTorch default init, biases not zeroed (SPEC)
         self.mlp = two_layer_mlp(slot_dim, mlp_hidden, slot_dim)
 
+    def init_from_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """noise [B, K, S] ~ N(0, I) -> S0 = mu + scale * exp(log sigma) * noise [B, K, S] (differentiable)."""
+        return self.slots_mu + self.slots_logsigma.exp() * self.slot_init_scale * noise
+
     def sample_init(self, batch_size: int, num_slots: int) -> torch.Tensor:
-        """S0 = mu + scale * exp(log sigma) * N(0, I): [B, K, S] (sampled in train and eval, as official)."""
-        mu = self.slots_mu.expand(batch_size, num_slots, -1)
-        sigma = self.slots_logsigma.exp().expand(batch_size, num_slots, -1) * self.slot_init_scale
-        return mu + sigma * torch.randn_like(mu)
+        """S0 [B, K, S] with fresh N(0, I) noise (sampled in train and eval, as official)."""
+        noise = torch.randn(batch_size, num_slots, self.slot_dim, dtype=self.slots_mu.dtype,
+                            device=self.slots_mu.device)
+        return self.init_from_noise(noise)
 
     def forward(self, inputs: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs [B, T, S], slots (initial) [B, K, S] -> (slots [B, K, S], attn [B, K, T]).
