@@ -200,6 +200,10 @@ def train_cmd(
     grad_clip: float = typer.Option(1.0, help="Gradient-norm clipping (0: off)."),
     precision: str = typer.Option("fp32", help="fp32 (reference), tf32, or bf16 (autocast)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the slot model and loss."),
+    dense_decoding: bool = typer.Option(
+        False, "--dense-decoding",
+        help="Stage 2: decode dropped slots with autograd too (official dense path; default: sparse, "
+             "gradients within 1e-5 relative)."),
     seed: int = typer.Option(0, help="Seed for init, data order and noise."),
     val_every: int = typer.Option(0, help="Validate every N steps (0: never)."),
     val_root: str = typer.Option(None, help="COCO root for validation (default: --root)."),
@@ -223,7 +227,8 @@ def train_cmd(
         num_slots=num_slots, model_overrides=_parse_model_overrides(model), num_iters=num_iters,
         batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
         lr_half_life=lr_half_life, grad_clip=grad_clip, warmstart=warmstart, sparsity_weight=sparsity_weight,
-        precision=precision, compile=compile, seed=seed, val_every=val_every, val_root=val_root,
+        precision=precision, compile=compile, dense_decoding=dense_decoding, seed=seed,
+        val_every=val_every, val_root=val_root,
         val_max_images=val_max_images,
         ckpt_every=ckpt_every, keep_last=keep_last, log_every=log_every, cache_in_memory=cache_in_memory,
         device=device, workers=workers, wandb=wandb,

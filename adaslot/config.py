@@ -172,6 +172,9 @@ class TrainConfig:
     sparsity_weight: float = 0.1
     precision: str = "fp32"  # fp32 | tf32 | bf16
     compile: bool = False
+    # Stage 2 decodes kept slots with autograd and dropped ones without (issue 8: forward identical,
+    # gradients within 1e-5 relative of dense, the official 1e-5 renormaliser); True = official dense path.
+    dense_decoding: bool = False
     seed: int = 0
     val_every: int = 0  # 0 = no periodic validation
     val_root: str | None = None  # COCO root whose val split validates (default: --root in online coco mode)

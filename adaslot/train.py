@@ -448,6 +448,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     # Model (same init on every rank), optimiser, noise.
     torch.manual_seed(cfg.seed)
     model = AdaSlot(model_cfg).to(device)
+    model.sparse_decoding = not cfg.dense_decoding
     step = 0
     if resume is not None:
         model.load_state_dict(resume["model"])

@@ -156,6 +156,21 @@ def test_stage1_then_stage2_warm_start_from_cache(tmp_path, train_store):
               progress=False)
 
 
+def test_dense_decoding_flag_matches_sparse_default(tmp_path, train_store):
+    s1 = train(tiny(tmp_path / "s1", from_cache=str(train_store), num_iters=1), progress=False)
+    runs = {}
+    for dense in (False, True):
+        run = tmp_path / f"s2-{dense}"
+        train(tiny(run, stage=2, from_cache=str(train_store), num_iters=3, num_slots=6, dense_decoding=dense,
+                   warmstart=s1["checkpoint"]), progress=False)
+        runs[dense] = losses(run)
+        assert json.loads((run / "config.json").read_text())["train"]["dense_decoding"] is dense
+    # Same batches and noise: only the 1e-5 renormaliser term of the dropped slots' gradients differs.
+    assert runs[False].keys() == runs[True].keys()
+    for step, loss in runs[True].items():
+        assert runs[False][step] == pytest.approx(loss, rel=1e-4)
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, train_store):
     run = tmp_path / "nan"
     # lr 1e30: the first update overflows the parameters, so step 2's loss is not finite.

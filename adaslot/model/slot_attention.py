@@ -54,7 +54,7 @@ class SlotAttention(nn.Module):
         self.mlp = two_layer_mlp(slot_dim, mlp_hidden, slot_dim)
 
     def init_from_noise(self, noise: torch.Tensor) -> torch.Tensor:
-        """noise [B, K, S] ~ N(0, I) -> S0 = mu + scale * exp(log sigma) * noise [B, K, S] (differentiable)."""
+        """noise [B, K, S] ~ N(0, I) -> S0 = mu + scale * exp(log sigma) * noise [B, K, S], differentiable."""
         return self.slots_mu + self.slots_logsigma.exp() * self.slot_init_scale * noise
 
     def sample_init(self, batch_size: int, num_slots: int) -> torch.Tensor:
