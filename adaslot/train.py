@@ -322,11 +322,14 @@ def resolve_model_config(cfg: TrainConfig, feature_dim: int, num_tokens: int) ->
 
 
 def check_resume(saved: dict[str, Any], cfg: TrainConfig, out: str) -> None:
-    """Refuse to resume a run folder written by a different command (other than RESUMABLE_CHANGES)."""
+    """Refuse to resume a run folder written by a different command (other than RESUMABLE_CHANGES).
+
+    A setting missing from `saved` (a run from an older adaslot) counts as its default."""
+    defaults = TrainConfig().to_dict()
     diffs = [
-        f"--{k.replace('_', '-')} {saved.get(k)!r} -> {v!r}"
+        f"--{k.replace('_', '-')} {saved.get(k, defaults[k])!r} -> {v!r}"
         for k, v in cfg.to_dict().items()
-        if k not in RESUMABLE_CHANGES and saved.get(k) != v
+        if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v
     ]
     if diffs:
         raise AdaslotError(
