@@ -47,7 +47,9 @@ def _train_config(cfg: DemoConfig, stage: int, out: Path, store: Path, warmstart
         stage=stage, out=str(out), from_cache=str(store), preset=PRESET,
         num_iters=cfg.stage1_steps if stage == 1 else cfg.stage2_steps,
         batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule="adaslot", warmup_steps=cfg.warmup_steps,
-        lr_half_life=cfg.lr_half_life, warmstart=warmstart, sparsity_weight=cfg.sparsity_weight,
+        lr_half_life=cfg.lr_half_life, warmstart=warmstart,
+        # stage 1 has no selector: it keeps TrainConfig's default, so changing the weight reuses stage 1
+        sparsity_weight=cfg.sparsity_weight if stage == 2 else TrainConfig.sparsity_weight,
         seed=cfg.seed + stage, ckpt_every=2000 if cfg.profile == "long" else 10**9, keep_last=1, log_every=50,
         cache_in_memory=True,
         device="cpu", workers=0,
