@@ -178,3 +178,45 @@ def test_cli_info_verify_export(reference, tmp_path):
     assert r.exit_code == 0 and (tmp_path / "x.h5").is_file()
     r = runner.invoke(app, ["cache-info", str(tmp_path / "missing.zarr")])
     assert isinstance(r.exception, AdaslotError)  # main() turns it into one line + exit 2
+
+
+def test_not_a_store_is_a_one_line_error(tmp_path):
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5")
+    import h5py
+
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.create_dataset("x", data=[1])
+    (tmp_path / "folder").mkdir()
+    cases = {junk: "not an HDF5 file", tmp_path / "other.h5": "not an adaslot feature store",
+             tmp_path / "folder": "not a feature store", tmp_path / "absent.zarr": "not found"}
+    for path, msg in cases.items():
+        with pytest.raises(AdaslotError, match=msg) as e:
+            open_store(path)
+        assert "\n" not in str(e.value)
+
+
+def test_export_creates_the_folder_and_refuses_a_folder_as_file(reference, tmp_path):
+    out = tmp_path / "new" / "sub" / "x.h5"
+    export_hdf5(str(reference), str(out))
+    assert out.is_file() and not list(out.parent.glob("*.partial"))
+    with pytest.raises(AdaslotError, match="is a folder"):
+        export_hdf5(str(reference), str(tmp_path / "new"), overwrite=True)
+
+
+@pytest.mark.parametrize("kw,msg", [({"image_size": -16}, "--resize-to must be positive"),
+                                    ({"workers": -1}, "--workers must be >= 0"),
+                                    ({"chunk_samples": 0}, "--chunk-size must be >= 1")])
+def test_bad_cache_flags_refused_before_writing(synthetic_coco, tmp_path, kw, msg):
+    out = tmp_path / "bad.zarr"
+    with pytest.raises(AdaslotError, match=msg):
+        cache_features(_cfg(synthetic_coco, out, **kw))
+    assert not out.exists()  # nothing half-written
+
+
+def test_store_path_that_is_a_file_is_refused(synthetic_coco, tmp_path):
+    f = tmp_path / "features.pt"
+    f.write_text("precious")
+    with pytest.raises(AdaslotError, match="is a file"):
+        cache_features(_cfg(synthetic_coco, f))
+    assert f.read_text() == "precious"

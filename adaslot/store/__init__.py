@@ -200,14 +200,26 @@ def open_store(path: str | Path) -> FeatureStore:
 
         if not Path(path).is_file():
             raise AdaslotError(f"feature store {path} not found")
-        f = h5py.File(path, "r")
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:  # not HDF5 at all (h5py says "file signature not found")
+            raise AdaslotError(f"{path} is not an HDF5 file ({e}); give a store written by `adaslot "
+                               f"export` or a zarr store") from None
         attrs = json.loads(f.attrs["adaslot_attrs_json"]) if "adaslot_attrs_json" in f.attrs else {}
+        arrays = ("features", "status", "image_ids")
+        if attrs.get("format") != STORE_FORMAT or not all(k in f for k in arrays):
+            f.close()
+            raise AdaslotError(f"{path} is not an adaslot feature store (an HDF5 file without adaslot's "
+                               f"arrays); write one with `adaslot export STORE {path}`")
         return FeatureStore(path, "hdf5", f, attrs)
     import zarr
 
     try:
         root = zarr.open_group(path, mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+    except (FileNotFoundError, NotADirectoryError, zarr.errors.GroupNotFoundError) as e:
+        if "://" not in path and Path(path).exists():  # a folder or file, but not a zarr group
+            raise AdaslotError(f"{path} is not a feature store (no zarr group there); give a store "
+                               f"written by `adaslot cache-features`") from None
         raise AdaslotError(f"feature store {path} not found (create it with `adaslot cache-features`)") from e
     attrs = dict(root.attrs)
     if attrs.get("format") != STORE_FORMAT or "features" not in root:

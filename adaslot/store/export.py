@@ -29,21 +29,29 @@ def export_hdf5(store_path: str, out: str, overwrite: bool = False, progress: bo
         raise AdaslotError(f"{store_path} is incomplete ({done}/{total} shards); finish it with the same "
                            f"`adaslot cache-features` command before exporting")
     out_p = Path(out)
+    if out_p.is_dir():
+        raise AdaslotError(f"{out} is a folder; give the output file name, e.g. {out_p / 'features.h5'}")
     if out_p.exists() and not overwrite:
         raise AdaslotError(f"{out} exists; use --overwrite to replace it")
+    out_p.parent.mkdir(parents=True, exist_ok=True)  # like the other commands' outputs
     tmp = out_p.with_name(out_p.name + ".partial")
     n, v, t, d = store.features.shape
     c = store.chunk_samples
-    with h5py.File(tmp, "w") as f:
-        feats = f.create_dataset("features", shape=(n, v, t, d), dtype="float16", chunks=(min(c, n), v, t, d))
-        for a, b in store.chunk_bounds():
-            feats[a:b] = store.read(a, b)
-        f.create_dataset("image_ids", data=store.raw_image_ids)
-        f.create_dataset("status", data=store.status)
-        f.attrs["adaslot_attrs_json"] = json.dumps(store.attrs)
-        f.attrs["format"] = str(store.attrs.get("format"))
-        f.attrs["encoder"] = str(store.contract.get("encoder"))
-        f.attrs["complete"] = True
+    try:
+        with h5py.File(tmp, "w") as f:
+            feats = f.create_dataset("features", shape=(n, v, t, d), dtype="float16",
+                                     chunks=(min(c, n), v, t, d))
+            for a, b in store.chunk_bounds():
+                feats[a:b] = store.read(a, b)
+            f.create_dataset("image_ids", data=store.raw_image_ids)
+            f.create_dataset("status", data=store.status)
+            f.attrs["adaslot_attrs_json"] = json.dumps(store.attrs)
+            f.attrs["format"] = str(store.attrs.get("format"))
+            f.attrs["encoder"] = str(store.contract.get("encoder"))
+            f.attrs["complete"] = True
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written export behind
+        raise
     os.replace(tmp, out_p)
     return {"out": str(out_p), "bytes": out_p.stat().st_size, "rows": int(n)}
 

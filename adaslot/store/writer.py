@@ -230,11 +230,20 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
     cfg = dataclasses.replace(cfg, out=normalize_path(cfg.out))
     if cfg.precision not in ("fp32", "bf16"):
         raise AdaslotError(f"--precision must be fp32 or bf16, got {cfg.precision!r}")
-    if cfg.chunk_samples < 1 or cfg.shard_samples % cfg.chunk_samples:
+    if cfg.chunk_samples < 1:
+        raise AdaslotError(f"--chunk-size must be >= 1, got {cfg.chunk_samples}")
+    if cfg.shard_samples < 1 or cfg.shard_samples % cfg.chunk_samples:
         raise AdaslotError(f"--shard-size ({cfg.shard_samples}) must be a multiple of --chunk-size "
                            f"({cfg.chunk_samples})")
     if cfg.batch_size < 1:
         raise AdaslotError("--batch-size must be >= 1")
+    if cfg.workers < 0:
+        raise AdaslotError(f"--workers must be >= 0 (0 decodes in the main process), got {cfg.workers}")
+    if cfg.image_size is not None and cfg.image_size < 0:
+        raise AdaslotError(f"--resize-to must be positive (or 0 0 for the encoder's native size), got "
+                           f"{cfg.image_size}")
+    if "://" not in cfg.out and Path(cfg.out).is_file():
+        raise AdaslotError(f"--out {cfg.out} is a file; the store is a folder (e.g. {cfg.out}.zarr)")
     views = cfg.views if cfg.views is not None else (2 if cfg.split == "train" else 1)
     if views not in (1, 2):
         raise AdaslotError(f"--views must be 1 or 2, got {views}")
