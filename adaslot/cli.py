@@ -163,14 +163,19 @@ def _parse_model_overrides(items: list[str]) -> dict:
         if not sep or key not in types:
             raise AdaslotError(f"--model expects KEY=VALUE with KEY one of {', '.join(types)}; got {item!r}")
         t = str(types[key])
-        if "tuple" in t:
-            out[key] = tuple(int(v) for v in value.split(",") if v)
-        elif "bool" in t:
-            out[key] = value.lower() in ("1", "true", "yes")
-        elif "float" in t:
-            out[key] = float(value)
-        else:
-            out[key] = int(value)
+        try:
+            if "tuple" in t:
+                out[key] = tuple(int(v) for v in value.split(",") if v)
+            elif "bool" in t:
+                out[key] = value.lower() in ("1", "true", "yes")
+            elif "float" in t:
+                out[key] = float(value)
+            else:
+                out[key] = int(value)
+        except ValueError:
+            kind = ("comma-separated integers" if "tuple" in t else "a number" if "float" in t
+                    else "an integer")
+            raise AdaslotError(f"--model {key} expects {kind}, got {value!r}") from None
     return out
 
 
@@ -235,7 +240,9 @@ def train_cmd(
     )
     result = train(cfg, progress=progress)
     if result["rank"] == 0:
-        print(f"step {result['step']}, loss {result['loss']:.6f}, checkpoint {result['checkpoint']}")
+        # No loss when a finished run was rerun (no step taken): "loss nan" would read as a failure.
+        loss = "" if result["loss"] != result["loss"] else f", loss {result['loss']:.6f}"
+        print(f"step {result['step']}{loss}, checkpoint {result['checkpoint']}")
 
 
 # == section: eval (evaluate) ==

@@ -11,6 +11,7 @@ DDP: under torchrun each rank takes its slice of every global batch and of its n
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -316,9 +317,33 @@ def resolve_model_config(cfg: TrainConfig, feature_dim: int, num_tokens: int) ->
     if cfg.num_slots is not None:
         overrides["num_slots"] = cfg.num_slots
     try:
-        return model_config_for(cfg.preset, cfg.stage, **overrides)
+        mcfg = model_config_for(cfg.preset, cfg.stage, **overrides)
     except TypeError as e:
         raise AdaslotError(f"bad --model override: {e}") from None
+    # Sizes and scales must be positive: a 0 would only surface later as a division by zero deep inside.
+    for f in dataclasses.fields(mcfg):
+        v = getattr(mcfg, f.name)
+        vals = v if isinstance(v, tuple) else (v,)
+        if any(isinstance(x, (int, float)) and not isinstance(x, bool) and not x > 0 for x in vals):
+            flag = "--num-slots" if f.name == "num_slots" else f"--model {f.name}"
+            raise AdaslotError(f"{flag} must be positive, got {v}")
+    return mcfg
+
+
+def check_flags(cfg: TrainConfig) -> None:
+    """Refuse out-of-range numeric flags before anything is built or written (one line each)."""
+    at_least = {"ckpt_every": 1, "log_every": 1, "lr_half_life": 1, "val_max_images": 1, "warmup_steps": 0,
+                "keep_last": 0, "workers": 0, "val_every": 0}
+    for name, low in at_least.items():
+        if getattr(cfg, name) < low:
+            raise AdaslotError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(cfg, name)}")
+    if cfg.batch_size < 1:
+        raise AdaslotError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if not cfg.lr > 0:
+        raise AdaslotError(f"--lr must be positive, got {cfg.lr}")
+    if not (cfg.grad_clip >= 0 and cfg.sparsity_weight >= 0):
+        raise AdaslotError(f"--grad-clip and --sparsity-weight must be >= 0, got {cfg.grad_clip} and "
+                           f"{cfg.sparsity_weight}")
 
 
 def check_resume(saved: dict[str, Any], cfg: TrainConfig, out: str) -> None:
@@ -418,6 +443,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         raise AdaslotError(f"--stage must be 1 or 2, got {cfg.stage}")
     if cfg.num_iters is None or cfg.num_iters < 1:
         raise AdaslotError(f"--num-iters must be >= 1, got {cfg.num_iters}")
+    check_flags(cfg)
     get_preset(cfg.preset)
     schedule = get_schedule(cfg.lr_schedule)
     set_matmul_precision(cfg.precision)

@@ -236,3 +236,31 @@ def test_compile_tracks_fp32(tmp_path, train_store):
     a, b = losses(runs[False]), losses(runs[True])
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"ckpt_every": 0}, "--ckpt-every must be >= 1"), ({"log_every": 0}, "--log-every must be >= 1"),
+    ({"lr_half_life": 0}, "--lr-half-life must be >= 1"), ({"lr": -1.0}, "--lr must be positive"),
+    ({"workers": -1}, "--workers must be >= 0"), ({"num_slots": 0}, "--num-slots must be positive"),
+    ({"model_overrides": {**TINY_MODEL, "slot_dim": 0}}, "--model slot_dim must be positive"),
+])
+def test_bad_numeric_flags_refused_before_the_run_folder(tmp_path, train_store, kw, msg):
+    run = tmp_path / "r"
+    with pytest.raises(AdaslotError, match=msg):
+        train(tiny(run, from_cache=str(train_store), num_iters=2, **kw), progress=False)
+    assert not run.exists()  # no config.json / metrics.jsonl left looking like a run
+
+
+def test_cli_bad_model_value_and_finished_rerun(tmp_path, train_store):
+    from typer.testing import CliRunner
+
+    from adaslot.cli import app
+
+    r = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "x"), "--model", "slot_dim=abc"])
+    assert isinstance(r.exception, AdaslotError) and "expects an integer" in str(r.exception)
+    run = tmp_path / "done"
+    args = ["train", "--from-cache", str(train_store), "--out", str(run), *TINY_FLAGS, "--num-iters", "1",
+            "--batch-size", "4", "--workers", "0", "--device", "cpu", "--no-progress"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    r = CliRunner().invoke(app, args)  # already complete: no step taken, so no "loss nan"
+    assert r.exit_code == 0 and "nan" not in r.output and "step 1, checkpoint" in r.output
