@@ -405,6 +405,11 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
 
     protocols = resolve_protocols(cfg.protocols)
     cfg = dataclasses.replace(cfg, protocols=",".join(protocols))
+    # Checked before anything is loaded or the output folder is made.
+    for flag, value, low in (("--batch-size", cfg.batch_size, 1), ("--workers", cfg.workers, 0),
+                             ("--num-vis", cfg.num_vis, 0), ("--max-images", cfg.max_images, 1)):
+        if value is not None and value < low:
+            raise AdaslotError(f"{flag} must be >= {low}, got {value}")
     device = resolve_device(cfg.device)
     model, payload = load_model(cfg.checkpoint, device)
     mcfg = model.cfg
@@ -606,5 +611,8 @@ def print_results(result: dict[str, Any]) -> None:
         console.print(f"[yellow]{result['source']}[/yellow]")
     if result.get("skipped_images"):
         console.print(f"skipped {len(result['skipped_images'])} unusable images (listed in metrics.json)")
+    missing = result.get("dataset", {}).get("skipped_by_reason", {}).get("missing", 0)
+    if missing:  # listed in the annotations but not on disk: never reach the eval loop
+        console.print(f"{missing} annotated images missing on disk (metrics.json: dataset)")
     if "out" in result:
         console.print(f"wrote {result['out']}/metrics.json")

@@ -27,6 +27,7 @@ from adaslot.evaluate import (
     labels_full_image,
     labels_fullres,
     patch_ceiling,
+    print_results,
     run_eval,
     score_image,
 )
@@ -318,3 +319,25 @@ def test_from_cache_proxy_matches_the_image_pass(checkpoints, synthetic_coco, tm
     cfg = EvalConfig(out=str(tmp_path / "c"), from_cache=str(store), **{**common, "checkpoint": str(other)})
     with pytest.raises(AdaslotError, match="does not match"):
         run_eval(cfg, progress=False)
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--workers", "-1"), ("--max-images", "0"),
+                                        ("--num-vis", "-1")])
+def test_cli_bad_numbers_are_one_line_errors_before_output(flag, value, checkpoints, synthetic_coco, tmp_path,
+                                                          monkeypatch, capsys):
+    out = tmp_path / "o"
+    code, err = run_cli(["eval", str(checkpoints[1]), "--root", str(synthetic_coco), "--out", str(out), flag,
+                         value, "--no-progress", "--device", "cpu"], monkeypatch, capsys)
+    assert code == 2 and err == f"adaslot: error: {flag} must be >= {0 if value == '-1' else 1}, got {value}"
+    assert not out.exists()
+
+
+def test_missing_images_are_reported(checkpoints, tmp_path, capsys):
+    data = write_coco(tmp_path / "d", [(64, 96, [((8, 40, 8, 60), 1, 0)]),
+                                       (80, 80, [((0, 30, 0, 30), 2, 0)])])
+    (data / "img" / "2.png").unlink()
+    r = run_eval(EvalConfig(checkpoint=str(checkpoints[1]), images=str(data / "img"),
+                            annotations=str(data / "ann.json"), out=str(tmp_path / "o"), workers=0, num_vis=0,
+                            device="cpu"), progress=False)
+    print_results(r)
+    assert "1 annotated images missing on disk" in capsys.readouterr().out
