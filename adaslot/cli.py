@@ -83,6 +83,8 @@ def cache_features_cmd(
     shard_size: int = typer.Option(512, help="Samples per shard file (multiple of --chunk-size)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store made with other settings."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Rich progress bar and summary."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first missing or unreadable image "
+                                "(default: skip it and list it in the store)."),
 ) -> None:
     """Run the frozen encoder once over a dataset into a resumable zarr feature store.
 
@@ -98,6 +100,7 @@ def cache_features_cmd(
         encoder=encoder, encoder_weights=encoder_weights, image_size=resize_to[0] or None, views=views,
         antialias=antialias, precision=precision, batch_size=batch_size, workers=workers, device=device,
         chunk_samples=chunk_size, shard_samples=shard_size, overwrite=overwrite, progress=progress,
+        strict=strict,
     )
     cache_features(cfg)
 

@@ -136,6 +136,7 @@ class CacheConfig:
     shard_samples: int = 512
     overwrite: bool = False
     progress: bool = True
+    strict: bool = False  # an unusable image (missing, truncated, unreadable) stops the run instead of a skip
 
 # == section: TrainConfig (train) ==
 

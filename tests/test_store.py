@@ -220,3 +220,18 @@ def test_store_path_that_is_a_file_is_refused(synthetic_coco, tmp_path):
     with pytest.raises(AdaslotError, match="is a file"):
         cache_features(_cfg(synthetic_coco, f))
     assert f.read_text() == "precious"
+
+
+def test_strict_stops_at_the_first_unusable_image(synthetic_coco, tmp_path):
+    root = tmp_path / "coco"
+    shutil.copytree(synthetic_coco, root)
+    victim = sorted((root / "val2017").iterdir())[2]
+    victim.write_bytes(b"this is not a jpeg")
+    cfg = _cfg(root, tmp_path / "strict.zarr", split="val", batch_size=2, strict=True)
+    with pytest.raises(AdaslotError, match="drop --strict") as e:
+        cache_features(cfg)
+    assert victim.name in str(e.value) and "\n" not in str(e.value)
+    assert not open_store(cfg.out).complete  # refused by train until a rerun finishes it
+    victim.unlink()  # now missing on disk: refused before any encoding
+    with pytest.raises(AdaslotError, match="missing"):
+        cache_features(dataclasses.replace(cfg, out=str(tmp_path / "strict2.zarr")))

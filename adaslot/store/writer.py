@@ -58,14 +58,16 @@ def _build_dataset(cfg: CacheConfig, side: int, views: int) -> Any:
             raise AdaslotError("--images and --annotations go together")
         if cfg.dataset or cfg.root:
             raise AdaslotError("give either --dataset coco --root R or --images/--annotations, not both")
-        return CocoDataset(cfg.images, cfg.annotations, size=side, views=views, antialias=cfg.antialias)
+        return CocoDataset(cfg.images, cfg.annotations, size=side, views=views, antialias=cfg.antialias,
+                           strict=cfg.strict)
     # synthetic: `adaslot make-synthetic` writes the COCO 2017 layout, read the same way.
     if cfg.dataset not in (None, "coco", "synthetic"):
         raise AdaslotError(f"--dataset {cfg.dataset!r} is not supported (coco or synthetic with --root, or "
                            f"--images/--annotations)")
     if not cfg.root:
         raise AdaslotError("give the input: --dataset coco --root R, or --images DIR --annotations FILE")
-    return CocoDataset.from_root(cfg.root, cfg.split, size=side, views=views, antialias=cfg.antialias)
+    return CocoDataset.from_root(cfg.root, cfg.split, size=side, views=views, antialias=cfg.antialias,
+                                 strict=cfg.strict)
 
 
 def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, views: int) -> dict[str, Any]:
@@ -254,7 +256,10 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
     side = cfg.image_size or encoder.image_size
     if side % encoder.patch_size:
         raise AdaslotError(f"--resize-to {side} is not a multiple of the patch size {encoder.patch_size}")
-    dataset = _build_dataset(cfg, side, views)
+    dataset = _build_dataset(cfg, side, views)  # strict: a missing image raises here
+    # Unreadable images are found in DataLoader workers, where a raise would come back as a multi-line
+    # wrapped traceback: workers skip, and the main loop stops at the first recorded skip (see --strict).
+    dataset.strict = False
     n = len(dataset)
     if n == 0:
         raise AdaslotError("the dataset has no usable images (all missing on disk?)")
@@ -364,7 +369,12 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
         with progress:
             task = progress.add_task("cache", total=total)
             for batch in loader:
-                dataset.record(batch)
+                new_skips = dataset.record(batch)
+                if cfg.strict and new_skips:  # the shard is not written: the store stays incomplete
+                    sk = new_skips[0]
+                    raise AdaslotError(f"image {sk.image_id} ({sk.file}): {sk.reason}"
+                                       + (f" ({sk.detail})" if sk.detail else "") + "; drop --strict to "
+                                       "skip it")
                 idx = batch["index"].numpy()
                 rows = idx.tolist() + [int(sk["index"]) for sk in batch["skipped"]]
                 k = rows[0] // s
