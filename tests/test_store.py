@@ -235,3 +235,15 @@ def test_strict_stops_at_the_first_unusable_image(synthetic_coco, tmp_path):
     victim.unlink()  # now missing on disk: refused before any encoding
     with pytest.raises(AdaslotError, match="missing"):
         cache_features(dataclasses.replace(cfg, out=str(tmp_path / "strict2.zarr")))
+
+
+def test_verify_refuses_another_dataset_and_an_empty_sample(reference, tmp_path):
+    from adaslot.data.synthetic import SyntheticConfig, make_synthetic
+
+    other = tmp_path / "other"  # same layout, sizes and ids, other pictures and annotations
+    make_synthetic(SyntheticConfig(out=str(other), num_train=12, num_val=6, image_size=224, seed=5,
+                                   progress=False))
+    with pytest.raises(AdaslotError, match="not the annotation file the store was made from"):
+        verify_store(str(reference), sample=2, root=str(other), device="cpu")
+    with pytest.raises(AdaslotError, match="--sample must be >= 1"):
+        verify_store(str(reference), sample=0, device="cpu")

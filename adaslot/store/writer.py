@@ -477,6 +477,8 @@ def verify_store(path: str, sample: int = 64, seed: int = 0, encoder_weights: st
     from adaslot.encoders import build_encoder
     from adaslot.store import open_store
 
+    if sample < 1:
+        raise AdaslotError(f"--sample must be >= 1, got {sample}")
     store = open_store(path)
     a = store.attrs
     src = a.get("source", {})
@@ -497,6 +499,11 @@ def verify_store(path: str, sample: int = 64, seed: int = 0, encoder_weights: st
     side = int(c["input_size"][0])
     antialias = "antialias=True" in str(a.get("transform", {}).get("resize", ""))
     ds = CocoDataset(images, annotations, size=side, views=store.num_views, antialias=antialias)
+    want_sha = a.get("dataset", {}).get("annotation_sha256")
+    if want_sha and file_sha256(ds.annotation_file) != want_sha:
+        # Another dataset: comparing its images would report a feature MISMATCH that is not one.
+        raise AdaslotError(f"{ds.annotation_file} is not the annotation file the store was made from (sha256 "
+                           f"differs); pass the original dataset with --root or --images/--annotations")
     if len(ds) != store.num_samples or [int(i) for i in ds.image_ids[:1]] != [int(store.raw_image_ids[0])]:
         raise AdaslotError("the dataset found does not match the store's rows; pass the dataset it was made "
                            "from")
