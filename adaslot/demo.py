@@ -251,8 +251,10 @@ def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[s
     config = {k: payload.get(k) for k in ("stage", "step", "encoder", "model_config", "feature_contract",
                                           "train_config")}
     config["demo_config"] = results["config"]
-    config["command"] = "adaslot demo --long" + (f" --seed {results['config']['seed']}"
-                                                  if results["config"]["seed"] else "")
+    dc = results["config"]
+    config["command"] = (f"adaslot demo --long --out {dc['out']}"
+                         + (f" --seed {dc['seed']}" if dc["seed"] else "")
+                         + (f" --threads {dc['threads']}" if dc["threads"] else ""))
     (dest / "demo-config.json").write_text(json.dumps(_clean(config), indent=2, default=str) + "\n")
     metrics = {k: v for k, v in results.items() if k not in ("config", "shipped")}
     (dest / "demo-metrics.json").write_text(json.dumps(_clean(metrics), indent=2, default=str) + "\n")
