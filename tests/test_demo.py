@@ -59,3 +59,17 @@ def test_demo_profiles_and_preset():
     assert model_config_for("demo", 2).adaptive
     assert model_config_for("coco", 1).attention_temperature == 1.0  # the reference preset stays SPEC
     assert math.isclose(model_config_for("coco", 1).slot_init_scale, 1.0)
+
+
+def test_shipped_checkpoint_matches_demo_encoder_and_preset():
+    """The committed checkpoint loads, is a stage-2 demo model, and was trained on exactly the features the
+    current demo encoder gives (a change to the encoder must come with a new `adaslot demo --long`)."""
+    from adaslot.checkpoint import load_model
+    from adaslot.demo import SHIPPED_CHECKPOINT
+
+    model, payload = load_model(SHIPPED_CHECKPOINT)
+    assert payload["stage"] == 2 and payload["encoder"] == "demo-colour-pos"
+    assert model.cfg == model_config_for("demo", 2)
+    contract = build_encoder("demo-colour-pos").contract(64)
+    assert payload["feature_contract"]["weights_sha256"] == contract["weights_sha256"]
+    assert SHIPPED_CHECKPOINT.stat().st_size < 5_000_000
