@@ -284,7 +284,9 @@ class DemoConfig:
     ratio_steps: int = 10
     shipped: str | None = None  # None: the checkpoint in adaslot/assets; "" skips it
     export_assets: bool = True  # long profile only: write the shipped files into adaslot/assets
-    threads: int | None = None  # torch threads; None = torch's default
+    # torch threads. 1: the demo's matrices are tiny, and on a busy 2-core machine 2 threads ran ~10x slower
+    # (0.9 vs ~10 steps/s, OpenMP threads waiting on each other); None = torch's default.
+    threads: int | None = 1
     progress: bool = True
 
 
