@@ -15,6 +15,8 @@ from PIL import Image, ImageDraw
 
 __all__ = ["colorize", "palette", "save_label_png", "slot_grid"]
 
+MIN_SIDE = 192  # pictures of smaller images are magnified to at least this side
+
 
 def palette(n: int) -> np.ndarray:
     """n distinct RGB colours [n, 3] uint8 (golden-ratio hues), the same for every call; id 0 is not black."""
@@ -65,9 +67,14 @@ def slot_grid(
 
     image [3, S, S] float in [0, 1] (the network input), gt_labels [S, S] int (0 = background/ignored),
     pred_labels [S, S] int slot ids, alpha [K, h, w] per-slot masks (any resolution, in [0, 1]),
-    keep [K] 0/1 or None (stage 1). Returns a PIL image (3 S wide).
+    keep [K] 0/1 or None (stage 1). Returns a PIL image (3 S' wide, S' = S magnified by a whole factor to
+    at least MIN_SIDE).
     """
     img = _to_uint8_image(image)
+    # Small inputs (e.g. the demo's 64 px) are magnified by whole pixels so tiles and labels stay readable.
+    zoom = max(1, -(-MIN_SIDE // img.shape[0]))
+    img, gt_labels, pred_labels = (np.asarray(a).repeat(zoom, 0).repeat(zoom, 1)
+                                   for a in (img, gt_labels, pred_labels))
     s = img.shape[0]
     k = alpha.shape[0]
     cols = palette(max(k, 1))
