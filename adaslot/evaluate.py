@@ -413,6 +413,9 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     model, payload = load_model(cfg.checkpoint, device)
     mcfg = model.cfg
+    if cfg.gumbel_eval is not None and not mcfg.adaptive:
+        raise AdaslotError(f"--gumbel-eval samples the stage-2 keep decision, but {cfg.checkpoint} is a "
+                           "stage-1 checkpoint (all slots are kept); drop the flag")
 
     encoder = None
     features_fn = None

@@ -251,7 +251,8 @@ def test_cli_eval_table(checkpoints, synthetic_coco, tmp_path, monkeypatch, caps
     assert list(m["protocols"]) == ["dinosaur"] and m["protocols"]["dinosaur"]["num_images"] == 6
 
 
-@pytest.mark.parametrize("case", ["not-a-checkpoint", "no-annotations", "encoder-weights", "protocol"])
+@pytest.mark.parametrize("case", ["not-a-checkpoint", "no-annotations", "encoder-weights", "protocol",
+                                  "gumbel-stage1"])
 def test_cli_bad_inputs_are_one_line_errors(case, checkpoints, synthetic_coco, tmp_path, monkeypatch, capsys):
     ckpt = str(checkpoints[1])
     data = ["--root", str(synthetic_coco)]
@@ -270,6 +271,8 @@ def test_cli_bad_inputs_are_one_line_errors(case, checkpoints, synthetic_coco, t
         vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
         torch.save(vit.state_dict(), tmp_path / "other.pth")
         extra = ["--encoder-weights", str(tmp_path / "other.pth")]
+    elif case == "gumbel-stage1":
+        extra = ["--gumbel-eval", "3"]  # checkpoints[1] is stage 1: nothing to sample
     else:
         extra = ["--protocol", "coco"]
     code, err = run_cli(["eval", ckpt, *data, *extra, "--out", str(tmp_path / "o"), "--workers", "0",
@@ -277,7 +280,8 @@ def test_cli_bad_inputs_are_one_line_errors(case, checkpoints, synthetic_coco, t
     assert code == 2
     assert err.startswith("adaslot: error: ") and "\n" not in err
     expected = {"not-a-checkpoint": "not an adaslot checkpoint", "no-annotations": "no annotated images",
-                "encoder-weights": "feature contract", "protocol": "unknown --protocol"}[case]
+                "encoder-weights": "feature contract", "protocol": "unknown --protocol",
+                "gumbel-stage1": "stage-1 checkpoint"}[case]
     assert expected in err
 
 
