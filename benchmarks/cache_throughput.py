@@ -23,6 +23,7 @@ import tempfile
 import time
 
 import torch
+from _timing import alternate
 
 from adaslot.config import CacheConfig
 from adaslot.data.coco import CocoDataset
@@ -84,10 +85,7 @@ def main() -> None:
             assert s["images_written"] == len(images)
             return len(images) / dt
 
-        bare_rates, cache_rates = [], []
-        for _ in range(args.repeats):
-            bare_rates.append(bare())
-            cache_rates.append(cache())
+        bare_rates, cache_rates = alternate(bare, cache, args.repeats, warmup=False)
         b, c = statistics.median(bare_rates), statistics.median(cache_rates)
         print(f"encoder {args.encoder} at {args.side}px on {device}, {len(images)} images, batch "
               f"{args.batch_size}, {args.workers} decode worker(s), torch threads {torch.get_num_threads()}")

@@ -14,6 +14,7 @@ import statistics
 import time
 
 import torch
+from _timing import alternate
 
 from adaslot.config import model_config_for
 from adaslot.model import MLPDecoder
@@ -36,11 +37,7 @@ def run(batch: int = 2, repeats: int = 5, threads: int = 1) -> dict:
         ((recon - target) ** 2).mean().backward()
         return time.perf_counter() - t
 
-    step(False), step(True)
-    concat, split = [], []
-    for _ in range(repeats):
-        concat.append(step(False))
-        split.append(step(True))
+    concat, split = alternate(lambda: step(False), lambda: step(True), repeats)
     c, s = statistics.median(concat), statistics.median(split)
     return {"measure": f"decoder fwd+bwd, B={batch}, K={cfg.num_slots}", "ours": s, "baseline": c,
             "ratio": c / s, "unit": "s/step"}

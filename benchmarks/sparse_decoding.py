@@ -15,6 +15,7 @@ import statistics
 import time
 
 import torch
+from _timing import alternate
 
 from adaslot.config import model_config_for
 from adaslot.losses import reconstruction_loss, sparsity_loss
@@ -53,11 +54,7 @@ def run(batch: int = 1, keep_fraction: float = 7 / 33, repeats: int = 3, threads
         opt.step()
         return time.perf_counter() - t
 
-    step(False), step(True)  # warm-up (allocator, Adam state)
-    dense, sparse = [], []
-    for _ in range(repeats):
-        dense.append(step(False))
-        sparse.append(step(True))
+    dense, sparse = alternate(lambda: step(False), lambda: step(True), repeats)
     d, s = statistics.median(dense), statistics.median(sparse)
     return {"measure": f"stage-2 step, B={batch}, K=33, keep {kept}/33", "ours": s, "baseline": d,
             "ratio": d / s, "unit": "s/step", "keep_fraction": kept / cfg.num_slots}

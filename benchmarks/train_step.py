@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from _timing import alternate, seconds
 
 from adaslot.config import CacheConfig, model_config_for
 from adaslot.model import AdaSlot
@@ -128,15 +129,9 @@ def step_times(cfg, store: Path, root: Path, encoder_name: str, batch: int,
         optimisation_step(fwd, model, opt, enc(images), *noise.sample(batch, cfg, rows), 1.0)
 
     # Alternate the two modes so both see the same (shared, noisy) machine load; medians.
-    times: dict = {cache_step: [], online_step: []}
-    for rnd in range(steps + 1):
-        for fn in (cache_step, online_step):
-            t = time.perf_counter()
-            fn()
-            if rnd:  # round 0 is the warm-up
-                times[fn].append(time.perf_counter() - t)
+    cache_times, online_times = alternate(seconds(cache_step), seconds(online_step), steps)
     loader.close()
-    return statistics.median(times[cache_step]), statistics.median(times[online_step])
+    return statistics.median(cache_times), statistics.median(online_times)
 
 
 def flop_split(encoder_name: str) -> dict[str, float]:
