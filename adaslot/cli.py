@@ -361,6 +361,11 @@ def main() -> None:
     except KeyboardInterrupt:
         print("adaslot: interrupted", file=sys.stderr)
         sys.exit(130)
+    except SystemExit as e:
+        # typer turns Ctrl-C inside a command into a silent exit 130; say why the run stopped
+        if e.code == 130:
+            print("adaslot: interrupted", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

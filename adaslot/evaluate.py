@@ -534,7 +534,7 @@ class _ImageSaver:
             gt_labels, _ = overlap_free_labels(gt_at_side(item.masks, side))
             pred = labels_at_side(r.alpha_grid, side)
             a = r.scores.get("adaslot") or next(iter(r.scores.values()))
-            title = f"image {item.image_id}  FG-ARI {a['fg_ari']:.3f}  mBO {a['mbo_i']:.3f}"
+            title = f"image {item.image_id}  FG-ARI {100 * a['fg_ari']:.1f}  mBO {100 * a['mbo_i']:.1f}"
             if r.keep is not None:
                 title += f"  kept {int(r.keep.sum())}/{len(r.keep)}"
             img = viz.slot_grid(item.image.float().cpu().numpy(), gt_labels, pred,

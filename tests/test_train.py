@@ -95,6 +95,30 @@ def test_kill_and_resume_gives_the_uninterrupted_loss_sequence(tmp_path, train_s
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_ctrl_c_says_interrupted_and_a_rerun_resumes(tmp_path, train_store):
+    """SIGINT (Ctrl-C) mid-run: one line on stderr, exit 130, and the same command continues the run."""
+    args = ["train", "--from-cache", str(train_store), *TINY_FLAGS, "--batch-size", "4", "--num-iters", "300",
+            "--ckpt-every", "20", "--log-every", "1", "--device", "cpu", "--no-progress",
+            "--out", str(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(_cli(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    first = tmp_path / "checkpoints" / "step-00000020.pt"
+    deadline = time.time() + 90
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "adaslot: interrupted" and "Traceback" not in err
+    done = subprocess.run(_cli(*args), env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stdout
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 300
+
+
 def test_one_step_from_cache_equals_online(train_store, synthetic_coco):
     """Same images, same view (the flip), same noise: the cached fp16 features and the online encoder give
     the same update up to fp16 rounding of the features."""
