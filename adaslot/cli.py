@@ -276,6 +276,8 @@ def eval_cmd(
     max_images: int = typer.Option(None, help="Evaluate only the first N images."),
     seed: int = typer.Option(0, help="Seed of the slot-initialisation noise."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first missing or unreadable image "
+                                "(default: skip it, score the rest and list it in metrics.json)."),
 ) -> None:
     """Score a checkpoint on COCO-format val data under the published protocols and at full resolution."""
     from adaslot.config import EvalConfig
@@ -285,7 +287,7 @@ def eval_cmd(
         checkpoint=checkpoint, dataset=dataset, root=root, images=images, annotations=annotations,
         split=split, out=out, protocols=protocol, save_masks=save_masks, num_vis=num_vis,
         from_cache=from_cache, gumbel_eval=gumbel_eval, encoder_weights=encoder_weights, device=device,
-        batch_size=batch_size, workers=workers, max_images=max_images, seed=seed,
+        batch_size=batch_size, workers=workers, max_images=max_images, seed=seed, strict=strict,
     )
     print_results(run_eval(cfg, progress=progress))
 

@@ -230,6 +230,7 @@ class EvalConfig:
     workers: int = 2
     max_images: int | None = None
     seed: int = 0  # slot-initialisation noise (sampled in eval too, as official)
+    strict: bool = False  # an unusable image stops the run (nothing written) instead of a recorded skip
 
 
 # == section: DemoConfig (demo) ==
@@ -292,7 +293,7 @@ class DemoConfig:
 
 DEMO_PROFILES: dict[str, dict[str, Any]] = {
     "normal": {},
-    "long": {"num_train": 5000, "stage1_steps": 14_000, "stage2_steps": 4000, "lr_half_life": 6000},
+    "long": {"num_train": 5000, "stage1_steps": 30_000, "stage2_steps": 4000, "lr_half_life": 15_000},
     "quick": {"num_train": 64, "num_val": 16, "stage1_steps": 4, "stage2_steps": 3, "batch_size": 8,
               "ratio_steps": 2},
 }

@@ -253,6 +253,10 @@ def evaluate_model(
             for batch in loader:
                 items = [b for b in batch if isinstance(b, EvalItem)]
                 for bad in (b for b in batch if not isinstance(b, EvalItem)):
+                    if cfg.strict:
+                        raise AdaslotError(f"{bad.get('file') or bad.get('image_id')}: {bad.get('reason')}"
+                                           + (f" ({bad['detail']})" if bad.get("detail") else "")
+                                           + "; drop --strict to skip and list unusable images")
                     skipped.append({k: v for k, v in bad.items() if k != "ok"})
                     if coco is not None:
                         coco.record(bad)
@@ -451,6 +455,8 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
 
     out_dir = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).resolve().parent / f"eval-{cfg.split}"
     out_dir.mkdir(parents=True, exist_ok=True)
+    # metrics.json is written last; an old one must not pass for this run's result if this run stops
+    (out_dir / "metrics.json").unlink(missing_ok=True)
     saver = _ImageSaver(out_dir, cfg.save_masks, cfg.num_vis)
     t0 = time.perf_counter()
     if progress:
