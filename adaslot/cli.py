@@ -339,6 +339,8 @@ def demo_cmd(
                                 "torch's default)."),
     shipped: str = typer.Option(None, help="Checkpoint to evaluate as 'shipped' (default: adaslot/assets; "
                                 "'' to skip)."),
+    sparsity_weight: float = typer.Option(None, help="Stage-2 sparsity weight (default: SPEC's 0.1); higher "
+                                          "drops more slots (README 'The demo' lists what it costs)."),
 ) -> None:
     """make-synthetic -> cache-features -> train stage 1 -> stage 2 -> eval, on a CPU, < 10 min."""
     from adaslot.config import demo_config
@@ -346,8 +348,10 @@ def demo_cmd(
 
     if long and quick:
         raise AdaslotError("--long and --quick exclude each other")
+    if sparsity_weight is not None and sparsity_weight < 0:
+        raise AdaslotError(f"--sparsity-weight must be >= 0, got {sparsity_weight}")
     cfg = demo_config("long" if long else "quick" if quick else "normal", out=out, seed=seed, threads=threads,
-                      shipped=shipped)
+                      shipped=shipped, sparsity_weight=sparsity_weight)
     results = run_demo(cfg)
     check_results(results)
     print_results(results)

@@ -254,7 +254,9 @@ def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[s
     dc = results["config"]
     config["command"] = (f"adaslot demo --long --out {dc['out']}"
                          + (f" --seed {dc['seed']}" if dc["seed"] else "")
-                         + (f" --threads {dc['threads']}" if dc["threads"] else ""))
+                         + (f" --threads {dc['threads']}" if dc["threads"] else "")
+                         + (f" --sparsity-weight {dc['sparsity_weight']}"
+                            if dc["sparsity_weight"] != DemoConfig.sparsity_weight else ""))
     (dest / "demo-config.json").write_text(json.dumps(_clean(config), indent=2, default=str) + "\n")
     metrics = {k: v for k, v in results.items() if k not in ("config", "shipped")}
     (dest / "demo-metrics.json").write_text(json.dumps(_clean(metrics), indent=2, default=str) + "\n")
