@@ -219,8 +219,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     if shipped_path is not None and shipped_path.is_file():
         t = time.perf_counter()
         _say(cfg, f"shipped checkpoint {shipped_path} on the same val split")
-        sres = _eval(shipped_path, data, out / "eval-shipped", cfg.seed, num_vis, cfg.progress)
-        results["shipped"] = _summary(sres, base["best"], mean_objects, ratio["ratio"])
+        try:
+            sres = _eval(shipped_path, data, out / "eval-shipped", cfg.seed, num_vis, cfg.progress)
+            results["shipped"] = _summary(sres, base["best"], mean_objects, ratio["ratio"])
+        except AdaslotError as e:
+            # e.g. a checkpoint made before a change of the demo encoder: this run's results still stand
+            results["shipped"] = None
+            _say(cfg, f"[yellow]shipped checkpoint skipped: {e}[/]")
         times["eval_shipped"] = time.perf_counter() - t
     else:
         results["shipped"] = None
@@ -241,7 +246,7 @@ def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[s
                   ) -> dict[str, str]:
     """Write the shipped files: demo-stage2.pt (model weights + configs, no optimiser state), demo-config.json
     (model, train and demo configs, feature contract), demo-metrics.json (this run's results), demo-result.png
-    (the first eval picture)."""
+    (the first four eval pictures, stacked)."""
     from adaslot.checkpoint import load_checkpoint, save_checkpoint
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -260,9 +265,17 @@ def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[s
     (dest / "demo-config.json").write_text(json.dumps(_clean(config), indent=2, default=str) + "\n")
     metrics = {k: v for k, v in results.items() if k not in ("config", "shipped")}
     (dest / "demo-metrics.json").write_text(json.dumps(_clean(metrics), indent=2, default=str) + "\n")
-    pictures = sorted((Path(eval_result["out"]) / "vis").glob("*.png"))
-    if pictures:
-        shutil.copyfile(pictures[0], dest / "demo-result.png")
+    pictures = sorted((Path(eval_result["out"]) / "vis").glob("*.png"))[:4]
+    if pictures:  # the first four val images, stacked: no picking of good examples
+        from PIL import Image
+
+        tiles = [Image.open(p).convert("RGB") for p in pictures]
+        sheet = Image.new("RGB", (max(t.width for t in tiles), sum(t.height for t in tiles)), "white")
+        y = 0
+        for tile in tiles:
+            sheet.paste(tile, (0, y))
+            y += tile.height
+        sheet.save(dest / "demo-result.png", optimize=True)
     return {"checkpoint": str(dest / SHIPPED_CHECKPOINT.name), "dir": str(dest)}
 
 

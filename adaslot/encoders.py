@@ -351,20 +351,27 @@ class PatchColourPositionEncoder(nn.Module):
     """The demo encoder: fixed features with what DINO gives real images, computed in microseconds.
 
     images [B, 3, H, W] in [0, 1] -> tokens [B, T, colour_dim + position_dim], T = (H / patch)^2:
-      colour part   = sqrt(2 / colour_dim) * cos(W m + b), m = the patch's mean RGB, W ~ N(0, sigma^2) and
-                      b ~ U(0, 2 pi) fixed by `seed` (random Fourier features: token dot products approximate
-                      the Gaussian kernel exp(-sigma^2 |m1 - m2|^2 / 2) of the colours, so patches of one
-                      object are near-parallel and objects of different colours near-orthogonal);
+      colour part   = the patch mean of sqrt(2 / colour_dim) * cos(W rgb + b) over its pixels,
+                      W ~ N(0, sigma^2) and b ~ U(0, 2 pi) fixed by `seed` (random Fourier features: dot
+                      products approximate the Gaussian kernel exp(-sigma^2 |c1 - c2|^2 / 2) of colours, so
+                      patches of one object are near-parallel and objects of different colours
+                      near-orthogonal). Averaging per pixel, not featurising the patch's mean colour,
+                      makes a patch on a boundary the area-weighted mixture of its objects' features:
+                      exactly what the decoder's alpha blending rebuilds, like a DINO token that leans to
+                      the object covering most of it. (The mean colour of a boundary patch is a new colour
+                      whose features match neither object, and slots spent themselves on object rims.)
       position part = a 2-D sin-cos code of the patch centre (log-spaced frequencies per axis), scaled to
                       norm `position_weight` per token, so same-coloured objects at different places differ.
+                      Small (0.1 of the colour part's norm): slots then group by colour first and split one
+                      object's patches by position less often.
     The concatenation is multiplied by sqrt(D), so values are O(1) per dimension like a ViT's features: the
     reconstruction MSE then has the magnitude SPEC's sparsity weight (0.1) was chosen against.
     No learned or trained weights: W and b are buffers drawn from a fixed seed (so the weights checksum in
-    the feature contract identifies them).
+    the feature contract identifies them; the tap-point string names the averaging and the position weight).
     """
 
     def __init__(self, patch_size: int = 8, colour_dim: int = 96, position_dim: int = 32, sigma: float = 6.0,
-                 position_weight: float = 0.5, seed: int = 0) -> None:
+                 position_weight: float = 0.1, seed: int = 0) -> None:
         super().__init__()
         if position_dim % 4:
             raise ValueError("position_dim must be a multiple of 4 (sin, cos per axis)")
@@ -393,8 +400,9 @@ class PatchColourPositionEncoder(nn.Module):
         p = self.patch_size
         if h != w or h % p:
             raise ValueError(f"demo encoder needs square images with a side divisible by {p}, got {h}x{w}")
-        mean_rgb = torch.nn.functional.avg_pool2d(x, p).flatten(2).transpose(1, 2)  # [B, T, 3]
-        colour = torch.cos(mean_rgb @ self.proj + self.phase) * math.sqrt(2.0 / self.colour_dim)
+        per_pixel = torch.cos(x.permute(0, 2, 3, 1) @ self.proj + self.phase)  # [B, H, W, C]
+        colour = torch.nn.functional.avg_pool2d(per_pixel.permute(0, 3, 1, 2), p)  # [B, C, H/p, W/p]
+        colour = colour.flatten(2).transpose(1, 2) * math.sqrt(2.0 / self.colour_dim)  # [B, T, C]
         pos = self.position_code(h // p).to(colour).expand(b, -1, -1)
         return torch.cat([colour, pos], -1) * self.scale
 
@@ -404,6 +412,7 @@ class PatchColourPositionEncoder(nn.Module):
 register_encoder(
     name="demo-colour-pos", embed_dim=128, patch_size=8, image_size=64, mean=(0.0, 0.0, 0.0),
     std=(1.0, 1.0, 1.0), builder=lambda: PatchColourPositionEncoder(),
-    tap_point="patch mean colour -> fixed random Fourier features (96) + 2-D sin-cos position code (32)",
+    tap_point="per-pixel fixed random Fourier colour features, patch mean (96) + 2-D sin-cos position code "
+              "(32, norm 0.1)",
     description="demo: fixed random colour features + position code (no weights file)",
 )

@@ -373,9 +373,10 @@ def check_feature_contract(payload: dict[str, Any], contract: dict[str, Any], wh
     for key in _CONTRACT_KEYS:
         if want.get(key) is not None and contract.get(key) is not None and want[key] != contract[key]:
             label = "weights checksum" if key == "weights_sha256" else key
+            limit = 16 if key == "weights_sha256" else 200  # a checksum prefix is enough; a tap point is read
             raise AdaslotError(f"{what} do not match the checkpoint's feature contract ({label} "
-                               f"{str(contract[key])[:16]} != {str(want[key])[:16]}); use the encoder "
-                               "weights the model was trained with")
+                               f"{str(contract[key])[:limit]!r} != {str(want[key])[:limit]!r}); use the "
+                               "encoder weights the model was trained with")
 
 
 def _build_coco(cfg: EvalConfig, size: int) -> CocoDataset:

@@ -32,6 +32,30 @@ def test_demo_quick_end_to_end(tmp_path):
     assert "pictures" in res.output
 
 
+def test_demo_warns_and_finishes_when_the_shipped_checkpoint_has_other_features(tmp_path):
+    """A shipped checkpoint made with another demo-encoder version is skipped with a warning; the run's own
+    results are still written."""
+    import torch
+
+    from adaslot.checkpoint import load_checkpoint, save_checkpoint
+    from adaslot.demo import SHIPPED_CHECKPOINT
+
+    payload = load_checkpoint(SHIPPED_CHECKPOINT)
+    payload["feature_contract"] = {**payload["feature_contract"], "tap_point": "an older demo encoder"}
+    stale = tmp_path / "stale.pt"
+    save_checkpoint(stale, payload)
+    out = tmp_path / "demo"
+    threads = torch.get_num_threads()
+    try:
+        res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--shipped", str(stale)])
+    finally:
+        torch.set_num_threads(threads)
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())  # rich wraps long lines
+    assert "shipped checkpoint skipped" in said and "an older demo encoder" in said
+    assert json.loads((out / "results.json").read_text())["shipped"] is None
+
+
 def test_demo_encoder_features_group_by_object():
     """The demo encoder is frozen and deterministic; its tokens are near-parallel inside a colour region and
     near-orthogonal across colours (what the demo relies on)."""
@@ -53,6 +77,23 @@ def test_demo_encoder_features_group_by_object():
     assert not any(p.requires_grad for p in enc.parameters())
 
 
+def test_demo_encoder_boundary_patch_is_the_mixture_of_its_colours():
+    """A patch half red, half blue gets the mean of the red and the blue patch's colour features (per-pixel
+    features averaged), which is what alpha blending of two slots rebuilds; its position part is unchanged."""
+    import torch
+
+    enc = build_encoder("demo-colour-pos")
+    img = torch.zeros(1, 3, 64, 64)
+    img[:, 0, :, :12] = 0.9  # red up to column 12: patch column 1 (pixels 8-15) is half red, half blue
+    img[:, 2, :, 12:] = 0.9
+    f = enc(img)[0].view(8, 8, 128)
+    red, mixed, blue = f[0, 0, :96], f[0, 1, :96], f[0, 2, :96]
+    torch.testing.assert_close(mixed, (red + blue) / 2, atol=1e-5, rtol=0)
+    assert not torch.allclose(red, blue, atol=0.1)
+    pos = enc(torch.zeros(1, 3, 64, 64))[0].view(8, 8, 128)[..., 96:]
+    torch.testing.assert_close(f[..., 96:], pos)
+
+
 def test_demo_profiles_and_preset():
     assert demo_config("long").stage1_steps > demo_config("normal").stage1_steps
     assert demo_config("normal", seed=3).seed == 3
@@ -71,5 +112,6 @@ def test_shipped_checkpoint_matches_demo_encoder_and_preset():
     assert payload["stage"] == 2 and payload["encoder"] == "demo-colour-pos"
     assert model.cfg == model_config_for("demo", 2)
     contract = build_encoder("demo-colour-pos").contract(64)
-    assert payload["feature_contract"]["weights_sha256"] == contract["weights_sha256"]
+    for key in ("weights_sha256", "tap_point", "input_size", "num_tokens", "feature_dim"):
+        assert payload["feature_contract"][key] == contract[key], key
     assert SHIPPED_CHECKPOINT.stat().st_size < 5_000_000
