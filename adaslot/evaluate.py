@@ -254,9 +254,10 @@ def evaluate_model(
                 items = [b for b in batch if isinstance(b, EvalItem)]
                 for bad in (b for b in batch if not isinstance(b, EvalItem)):
                     if cfg.strict:
-                        raise AdaslotError(f"{bad.get('file') or bad.get('image_id')}: {bad.get('reason')}"
-                                           + (f" ({bad['detail']})" if bad.get("detail") else "")
-                                           + "; drop --strict to skip and list unusable images")
+                        from adaslot.data.coco import Skip
+
+                        raise Skip(bad["image_id"], bad["file"], bad["reason"], bad.get("detail") or "",
+                                   bad.get("index")).strict_error()
                     skipped.append({k: v for k, v in bad.items() if k != "ok"})
                     if coco is not None:
                         coco.record(bad)

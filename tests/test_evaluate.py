@@ -297,7 +297,7 @@ def test_unreadable_image_is_skipped_and_listed(checkpoints, tmp_path):
     assert r["skipped_images"][0]["reason"] == "unreadable"
     assert r["dataset"]["skipped"] == 1
     # --strict: the first unusable image stops the run with one line, and no metrics.json is left behind
-    with pytest.raises(AdaslotError, match=r"2\.png: unreadable .*drop --strict"):
+    with pytest.raises(AdaslotError, match=r"image 2 \(.*2\.png\): unreadable .*drop --strict"):
         run_eval(EvalConfig(checkpoint=str(checkpoints[1]), images=str(data / "img"),
                             annotations=str(data / "ann.json"), out=str(tmp_path / "o"), workers=0, num_vis=0,
                             device="cpu", strict=True), progress=False)

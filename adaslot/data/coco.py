@@ -55,6 +55,11 @@ class Skip:
     detail: str = ""
     index: int | None = None  # dataset index when found at read time (None: left out at construction)
 
+    def strict_error(self) -> AdaslotError:
+        """The one-line error of a --strict run that meets this image."""
+        return AdaslotError(f"image {self.image_id} ({self.file}): {self.reason}"
+                            + (f" ({self.detail})" if self.detail else "") + "; drop --strict to skip it")
+
 
 @dataclass
 class SkipLog:
@@ -176,8 +181,7 @@ class CocoDataset(Dataset):
 
     def _skip(self, skip: Skip) -> None:
         if self.strict:
-            raise AdaslotError(f"image {skip.image_id} ({skip.file}): {skip.reason}"
-                               + (f" ({skip.detail})" if skip.detail else "") + "; drop --strict to skip it")
+            raise skip.strict_error()
         self.skips.add(skip)
 
     def __len__(self) -> int:

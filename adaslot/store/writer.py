@@ -371,10 +371,7 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
             for batch in loader:
                 new_skips = dataset.record(batch)
                 if cfg.strict and new_skips:  # the shard is not written: the store stays incomplete
-                    sk = new_skips[0]
-                    raise AdaslotError(f"image {sk.image_id} ({sk.file}): {sk.reason}"
-                                       + (f" ({sk.detail})" if sk.detail else "") + "; drop --strict to "
-                                       "skip it")
+                    raise new_skips[0].strict_error()
                 idx = batch["index"].numpy()
                 rows = idx.tolist() + [int(sk["index"]) for sk in batch["skipped"]]
                 k = rows[0] // s
