@@ -224,6 +224,8 @@ def train_cmd(
     workers: int = typer.Option(4, help="Data-loading workers."),
     wandb: bool = typer.Option(False, "--wandb", help="Also log to Weights & Biases."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    strict: bool = typer.Option(False, "--strict", help="Online mode: stop at the first missing or "
+                                "unreadable image (default: skip it and count it in the run summary)."),
 ) -> None:
     """Train stage 1 or 2 from a feature store or online from images; rerunning the same command resumes."""
     from adaslot.config import TrainConfig
@@ -239,7 +241,7 @@ def train_cmd(
         val_every=val_every, val_root=val_root,
         val_max_images=val_max_images,
         ckpt_every=ckpt_every, keep_last=keep_last, log_every=log_every, cache_in_memory=cache_in_memory,
-        device=device, workers=workers, wandb=wandb,
+        device=device, workers=workers, wandb=wandb, strict=strict,
     )
     result = train(cfg, progress=progress)
     if result["rank"] == 0:

@@ -188,6 +188,7 @@ class TrainConfig:
     workers: int = 4
     wandb: bool = False
     wandb_project: str = "adaslot"
+    strict: bool = False  # online mode: an unusable image stops the run instead of a recorded skip
 
     def resolved(self) -> TrainConfig:
         """A copy with stage defaults filled in (num_iters)."""

@@ -386,14 +386,17 @@ def _build_coco(cfg: EvalConfig, size: int) -> CocoDataset:
     if cfg.images or cfg.annotations:
         if not (cfg.images and cfg.annotations):
             raise AdaslotError("--images and --annotations go together (or use --dataset coco --root R)")
-        coco = CocoDataset(cfg.images, cfg.annotations, size=size)
+        coco = CocoDataset(cfg.images, cfg.annotations, size=size, strict=cfg.strict)
     elif cfg.root:
         if cfg.dataset != "coco":
             raise AdaslotError(f"--dataset {cfg.dataset!r} is not supported: use coco, or --images + "
                                "--annotations")
-        coco = CocoDataset.from_root(cfg.root, cfg.split, size=size)
+        coco = CocoDataset.from_root(cfg.root, cfg.split, size=size, strict=cfg.strict)
     else:
         raise AdaslotError("no evaluation data: pass --dataset coco --root R, or --images D --annotations F")
+    # strict: a missing image raised above. Unreadable ones are found in loader workers, where a raise
+    # would come back as a wrapped traceback: they come out as skips and the eval loop stops at the first.
+    coco.strict = False
     if len(coco) == 0:
         raise AdaslotError(f"no usable images in {coco.images_dir} (listed {coco.num_listed}, all missing)")
     if coco.num_without_annotations == len(coco):

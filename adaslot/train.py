@@ -42,7 +42,8 @@ from adaslot.schedules import get_schedule
 
 # TrainConfig fields that may change between a run and its resumption (they do not change the math).
 RESUMABLE_CHANGES = {"num_iters", "val_every", "val_root", "val_max_images", "ckpt_every", "keep_last",
-                     "log_every", "device", "workers", "wandb", "wandb_project", "compile", "cache_in_memory"}
+                     "log_every", "device", "workers", "wandb", "wandb_project", "compile", "cache_in_memory",
+                     "strict"}
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
@@ -219,9 +220,10 @@ class OnlineSource:
                                      device=self.device)
         side = cfg.image_size or self.encoder.image_size
         if cfg.images:
-            self.dataset = CocoDataset(cfg.images, cfg.annotations, size=side)
+            self.dataset = CocoDataset(cfg.images, cfg.annotations, size=side, strict=cfg.strict)
         else:
-            self.dataset = CocoDataset.from_root(cfg.root, "train", size=side)
+            self.dataset = CocoDataset.from_root(cfg.root, "train", size=side, strict=cfg.strict)
+        self.dataset.strict = False  # as in cache-features: workers skip, next_batch stops on the first skip
         if len(self.dataset) == 0:
             raise AdaslotError("the training set has no usable images")
         self.feature_dim, self.num_tokens = self.encoder.embed_dim, self.encoder.num_tokens(side)
@@ -246,7 +248,9 @@ class OnlineSource:
         while True:
             batch = next(self._iter)
             self.stream.consumed += self.cfg.batch_size
-            self.dataset.record(batch)
+            new_skips = self.dataset.record(batch)
+            if self.cfg.strict and new_skips:
+                raise new_skips[0].strict_error()
             if len(batch["index"]):
                 return self.encoder(batch["image"].to(self.device, non_blocking=True)).float()
 

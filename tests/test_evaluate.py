@@ -302,6 +302,11 @@ def test_unreadable_image_is_skipped_and_listed(checkpoints, tmp_path):
                             annotations=str(data / "ann.json"), out=str(tmp_path / "o"), workers=0, num_vis=0,
                             device="cpu", strict=True), progress=False)
     assert not (tmp_path / "o" / "metrics.json").exists()
+    (data / "img" / "1.png").unlink()  # an image listed in the annotations but missing on disk
+    with pytest.raises(AdaslotError, match=r"image 1 \(.*1\.png\): missing"):
+        run_eval(EvalConfig(checkpoint=str(checkpoints[1]), images=str(data / "img"),
+                            annotations=str(data / "ann.json"), out=str(tmp_path / "o"), workers=0, num_vis=0,
+                            device="cpu", strict=True), progress=False)
 
 
 def test_from_cache_proxy_matches_the_image_pass(checkpoints, synthetic_coco, tmp_path):

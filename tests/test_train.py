@@ -232,6 +232,22 @@ def test_online_mode_with_validation(tmp_path, synthetic_coco):
     assert any("val/fg_ari" in x for x in rows)  # periodic validation through adaslot.evaluate
 
 
+def test_online_strict_stops_at_an_unreadable_image(tmp_path, synthetic_coco):
+    """Online mode skips an unreadable image by default; --strict stops at it with one line."""
+    import shutil
+
+    data = tmp_path / "coco"
+    shutil.copytree(synthetic_coco, data)
+    victim = sorted((data / "train2017").iterdir())[0]
+    victim.write_bytes(b"not a jpeg")
+    common = dict(dataset="coco", root=str(data), encoder="random-vit-tiny", batch_size=12, num_iters=1,
+                  workers=0)
+    r = train(tiny(tmp_path / "lenient", **common), progress=False)
+    assert r["step"] == 1
+    with pytest.raises(AdaslotError, match=rf"\({victim}\): unreadable .*drop --strict"):
+        train(tiny(tmp_path / "strict", strict=True, **common), progress=False)
+
+
 def test_cli_error_is_one_line(tmp_path):
     r = subprocess.run(_cli("train", "--out", str(tmp_path / "x"), "--model", "colour=3"),
                        capture_output=True, text=True, timeout=60)
