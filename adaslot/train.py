@@ -245,6 +245,7 @@ class OnlineSource:
         """-> features [b, T, D] float32 (b < local batch only if an image could not be decoded)."""
         if self._iter is None:
             self._start()
+        empty = 0  # samples drawn since the last usable one
         while True:
             batch = next(self._iter)
             self.stream.consumed += self.cfg.batch_size
@@ -253,6 +254,10 @@ class OnlineSource:
                 raise new_skips[0].strict_error()
             if len(batch["index"]):
                 return self.encoder(batch["image"].to(self.device, non_blocking=True)).float()
+            empty += self.cfg.batch_size
+            if empty > 2 * len(self.dataset):  # two epochs without one readable image: it would loop forever
+                raise AdaslotError("no training image could be read (skip reasons: "
+                                   f"{self.dataset.skips.summary()})")
 
     def state_dict(self) -> dict[str, Any]:
         return {"consumed": self.stream.consumed}

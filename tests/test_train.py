@@ -246,6 +246,10 @@ def test_online_strict_stops_at_an_unreadable_image(tmp_path, synthetic_coco):
     assert r["step"] == 1
     with pytest.raises(AdaslotError, match=rf"\({victim}\): unreadable .*drop --strict"):
         train(tiny(tmp_path / "strict", strict=True, **common), progress=False)
+    for image in (data / "train2017").iterdir():  # nothing readable: an error, not an endless loop
+        image.write_bytes(b"not a jpeg")
+    with pytest.raises(AdaslotError, match="no training image could be read"):
+        train(tiny(tmp_path / "none", **common), progress=False)
 
 
 def test_cli_error_is_one_line(tmp_path):
