@@ -213,7 +213,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     results.update({
         "baseline": base, "patch_ceiling_fg_ari": ceiling, "step_times": ratio,
         "profile": cfg.profile, "config": dataclasses.asdict(cfg), "threads": torch.get_num_threads(),
-        "stage1_final_loss": s1["loss"], "stage2_final_loss": s2["loss"],
+        "stage1_final_loss": _final_loss(s1["loss"], out / "stage1"),
+        "stage2_final_loss": _final_loss(s2["loss"], out / "stage2"),
     })
     shipped_path = SHIPPED_CHECKPOINT if cfg.shipped is None else (Path(cfg.shipped) if cfg.shipped else None)
     if shipped_path is not None and shipped_path.is_file():
@@ -240,6 +241,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     tmp.replace(out / "results.json")
     results["results_path"] = str(out / "results.json")
     return results
+
+
+def _final_loss(loss: float, run: Path) -> float | None:
+    """The run's last training loss: train's return value, or (a rerun that found the stage complete
+    returns NaN, having taken no step) the last loss logged in run/metrics.jsonl."""
+    if loss == loss:
+        return loss
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    return rows[-1]["loss"] if rows else None
 
 
 def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[str, Any], dest: Path

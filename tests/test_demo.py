@@ -56,6 +56,17 @@ def test_demo_warns_and_finishes_when_the_shipped_checkpoint_has_other_features(
     assert json.loads((out / "results.json").read_text())["shipped"] is None
 
 
+def test_final_loss_of_a_rerun_comes_from_the_log(tmp_path):
+    """A rerun that finds a stage complete takes no step (train returns NaN); the demo then reports the
+    last logged training loss, not null."""
+    from adaslot.demo import _final_loss
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "val/fg_ari": 0.3}\n'
+                                            '{"step": 2, "loss": 0.25}\n')
+    assert _final_loss(0.125, tmp_path) == 0.125
+    assert _final_loss(float("nan"), tmp_path) == 0.25
+
+
 def test_demo_encoder_features_group_by_object():
     """The demo encoder is frozen and deterministic; its tokens are near-parallel inside a colour region and
     near-orthogonal across colours (what the demo relies on)."""
