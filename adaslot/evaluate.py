@@ -253,12 +253,12 @@ def evaluate_model(
             for batch in loader:
                 items = [b for b in batch if isinstance(b, EvalItem)]
                 for bad in (b for b in batch if not isinstance(b, EvalItem)):
+                    skip = {k: v for k, v in bad.items() if k != "ok"}  # the fields of data.coco.Skip
                     if cfg.strict:
                         from adaslot.data.coco import Skip
 
-                        raise Skip(bad["image_id"], bad["file"], bad["reason"], bad.get("detail") or "",
-                                   bad.get("index")).strict_error()
-                    skipped.append({k: v for k, v in bad.items() if k != "ok"})
+                        raise Skip(**skip).strict_error()
+                    skipped.append(skip)
                     if coco is not None:
                         coco.record(bad)
                 if items:
