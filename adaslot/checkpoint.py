@@ -33,7 +33,7 @@ REQUIRED_KEYS = ("stage", "model_config", "encoder", "model")
 LAST_NAME = "last.pt"  # -> the newest step checkpoint of a run folder
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 # Config fields that may differ between a stage-1 checkpoint and the stage-2 model it warm-starts.
-_WARMSTART_FREE_FIELDS = {"num_slots", "adaptive", "selector_hidden"}
+_WARMSTART_FREE_FIELDS = {"num_slots", "adaptive", "selector_hidden", "sparse_decoding", "split_first_layer"}
 
 
 def make_payload(
@@ -234,9 +234,10 @@ def warm_start(model: torch.nn.Module, payload: dict[str, Any], cfg: ModelConfig
                source: str = "checkpoint") -> list[str]:
     """Load every stage-1 tensor into the stage-2 `model`; only the score network keeps its fresh init.
 
-    SPEC: slot init mu/sigma, input MLP, slot attention, GRU, residual MLP, decoder and positional embedding
-    all come from stage 1. Refuses, with a one-line reason, a checkpoint of another stage or shape (the
-    tensor-level checks are the model's `load_stage1_into_stage2`). Returns the names left at fresh init.
+    docs/method.md#training: slot init mu/sigma, input MLP, slot attention, GRU, residual MLP, decoder and
+    positional embedding all come from stage 1. Refuses, with a one-line reason, a checkpoint of another
+    stage or shape (the tensor-level checks are the model's `load_stage1_into_stage2`). Returns the names
+    left at fresh init.
     """
     from adaslot.model import load_stage1_into_stage2
 

@@ -14,18 +14,17 @@ Everything goes to OUT/results.json; pictures to OUT/eval/vis (and OUT/eval-ship
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from adaslot.config import DemoConfig, EvalConfig, TrainConfig, get_preset
+from adaslot.config import CacheConfig, DataSpec, DemoConfig, EvalConfig, TrainConfig, get_preset
 from adaslot.errors import AdaslotError
+from adaslot.files import write_json
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED_CHECKPOINT = ASSETS / "demo-stage2.pt"
@@ -44,7 +43,7 @@ def _say(cfg: DemoConfig, msg: str) -> None:
 
 def _train_config(cfg: DemoConfig, stage: int, out: Path, store: Path, warmstart: str | None) -> TrainConfig:
     return TrainConfig(
-        stage=stage, out=str(out), from_cache=str(store), preset=PRESET,
+        stage=stage, out=str(out), from_cache=str(store), preset=PRESET, progress=cfg.progress,
         num_iters=cfg.stage1_steps if stage == 1 else cfg.stage2_steps,
         batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule="adaslot", warmup_steps=cfg.warmup_steps,
         lr_half_life=cfg.lr_half_life, warmstart=warmstart,
@@ -54,34 +53,6 @@ def _train_config(cfg: DemoConfig, stage: int, out: Path, store: Path, warmstart
         cache_in_memory=True,
         device="cpu", workers=0,
     )
-
-
-def baseline_fg_ari(coco: Any, max_blocks: int, side: int = 224) -> dict[str, Any]:
-    """Best trivial FG-ARI on `coco`: one label everywhere, or a fixed r x c grid of blocks with
-    r * c <= max_blocks (the same grid for every image). GT as the adaslot protocol
-    (224, crowd kept, overlaps ignored)."""
-    from adaslot.evaluate import EvalDataset, EvalItem, gt_at_side
-    from adaslot.metrics import fg_ari, overlap_free_labels
-
-    sizes = range(1, max_blocks + 1)
-    grids = [(r, c) for r in sizes for c in sizes if r * c <= max_blocks]
-    sums = dict.fromkeys(grids, 0.0)
-    n = 0
-    ds = EvalDataset(coco, with_images=False)
-    for i in range(len(ds)):
-        item = ds[i]
-        if not isinstance(item, EvalItem):
-            continue
-        labels, _ = overlap_free_labels(gt_at_side(item.masks, side))
-        for r, c in grids:
-            rows = (np.arange(side) * r) // side
-            cols = (np.arange(side) * c) // side
-            sums[(r, c)] += fg_ari(rows[:, None] * c + cols[None, :], labels)
-        n += 1
-    scores = {f"{r}x{c}": s / max(n, 1) for (r, c), s in sums.items()}
-    best = max(scores, key=scores.get)
-    return {"best": scores[best], "best_prediction": "one slot everywhere" if best == "1x1" else
-            f"fixed {best} grid", "all": scores}
 
 
 def step_time_ratio(cfg: DemoConfig, store: Path, data: Path, steps: int) -> dict[str, float]:
@@ -98,7 +69,7 @@ def step_time_ratio(cfg: DemoConfig, store: Path, data: Path, steps: int) -> dic
     for mode in ("cache", "online"):
         tcfg = _train_config(cfg, 1, Path("unused"), store, None)
         if mode == "online":
-            tcfg = dataclasses.replace(tcfg, from_cache=None, dataset="coco", root=str(data))
+            tcfg = dataclasses.replace(tcfg, from_cache=None, data=DataSpec(root=str(data)))
         else:
             tcfg = dataclasses.replace(tcfg, cache_in_memory=False)  # streaming reads, as a big cache would
         source = build_source(tcfg, dist, cfg.batch_size)
@@ -127,9 +98,10 @@ def step_time_ratio(cfg: DemoConfig, store: Path, data: Path, steps: int) -> dic
 def _eval(checkpoint: Path, data: Path, out: Path, seed: int, num_vis: int, progress: bool) -> dict[str, Any]:
     from adaslot.evaluate import run_eval
 
-    ecfg = EvalConfig(checkpoint=str(checkpoint), dataset="coco", root=str(data), split="val", out=str(out),
-                      protocols=f"{PROTOCOL},fullres", num_vis=num_vis, device="cpu", workers=0, seed=seed)
-    return run_eval(ecfg, progress=progress)
+    ecfg = EvalConfig(checkpoint=str(checkpoint), data=DataSpec(root=str(data), split="val"), out=str(out),
+                      protocol=f"{PROTOCOL},fullres", num_vis=num_vis, device="cpu", workers=0, seed=seed,
+                      progress=progress)
+    return run_eval(ecfg)
 
 
 def _summary(result: dict[str, Any], baseline: float, mean_objects: float, ratio: float | None
@@ -147,10 +119,8 @@ def _summary(result: dict[str, Any], baseline: float, mean_objects: float, ratio
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the demo pipeline into cfg.out; returns (and writes to OUT/results.json) the results dict."""
-    from adaslot.config import CacheConfig
-    from adaslot.data.coco import CocoDataset
-    from adaslot.data.synthetic import SyntheticConfig, make_synthetic
-    from adaslot.evaluate import patch_ceiling
+    from adaslot.data.synthetic import make_synthetic
+    from adaslot.evaluate import patch_ceiling, trivial_baseline
     from adaslot.store.writer import cache_features
     from adaslot.train import train
 
@@ -168,39 +138,37 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     t = time.perf_counter()
     _say(cfg, f"[bold]1/6 make-synthetic[/] -> {data}")
-    syn = make_synthetic(SyntheticConfig(
-        out=str(data), num_train=cfg.num_train, num_val=cfg.num_val, image_size=cfg.image_size, seed=cfg.seed,
-        min_objects=cfg.min_objects, max_objects=cfg.max_objects, min_radius=cfg.min_radius,
-        max_radius=cfg.max_radius, texture=False, background="plain", categories=tuple(cfg.categories),
-        min_visible=cfg.min_visible, overwrite=True, progress=cfg.progress))
+    side = cfg.data.image_size
+    syn = make_synthetic(cfg.data.replace(out=str(data), seed=cfg.seed, overwrite=True,
+                                          progress=cfg.progress))
     times["make_synthetic"] = time.perf_counter() - t
 
     t = time.perf_counter()
     _say(cfg, f"[bold]2/6 cache-features[/] ({get_preset(PRESET).encoder}) -> {store}")
     cache_features(CacheConfig(
-        out=str(store), dataset="coco", root=str(data), split="train", encoder=get_preset(PRESET).encoder,
-        image_size=cfg.image_size, views=2, batch_size=256, workers=0, device="cpu", chunk_samples=64,
-        shard_samples=512, overwrite=True, progress=cfg.progress))
+        out=str(store), data=DataSpec(root=str(data), split="train"), encoder=get_preset(PRESET).encoder,
+        image_size=side, views=2, batch_size=256, workers=0, device="cpu", chunk_size=64, shard_size=512,
+        overwrite=True, progress=cfg.progress))
     times["cache_features"] = time.perf_counter() - t
 
     t = time.perf_counter()
     _say(cfg, f"[bold]3/6 train stage 1[/] ({cfg.stage1_steps} steps) -> {out / 'stage1'}")
-    s1 = train(_train_config(cfg, 1, out / "stage1", store, None), progress=cfg.progress)
+    s1 = train(_train_config(cfg, 1, out / "stage1", store, None))
     times["train_stage1"] = time.perf_counter() - t
 
     t = time.perf_counter()
     _say(cfg, f"[bold]4/6 train stage 2[/] ({cfg.stage2_steps} steps, warm start) -> {out / 'stage2'}")
-    s2 = train(_train_config(cfg, 2, out / "stage2", store, s1["checkpoint"]), progress=cfg.progress)
+    s2 = train(_train_config(cfg, 2, out / "stage2", store, s1["checkpoint"]))
     times["train_stage2"] = time.perf_counter() - t
 
     t = time.perf_counter()
     _say(cfg, "[bold]5/6 eval[/] on the val split")
     num_vis = 8
     res = _eval(Path(s2["checkpoint"]), data, out / "eval", cfg.seed, num_vis, cfg.progress)
-    val = CocoDataset.from_root(data, "val", size=cfg.image_size)
+    val = DataSpec(root=str(data), split="val").open(side)
     k_max = get_preset(PRESET).num_slots_stage2
-    base = baseline_fg_ari(val, k_max)
-    ceiling = patch_ceiling(val, grid=cfg.image_size // 8, side=224)
+    base = trivial_baseline(val, k_max)
+    ceiling = patch_ceiling(val, grid=side // 8, side=224)
     mean_objects = syn["val_objects"] / max(1, syn["val_images"])
     times["eval"] = time.perf_counter() - t
 
@@ -212,7 +180,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     results: dict[str, Any] = _summary(res, base["best"], mean_objects, ratio["ratio"])
     results.update({
         "baseline": base, "patch_ceiling_fg_ari": ceiling, "step_times": ratio,
-        "profile": cfg.profile, "config": dataclasses.asdict(cfg), "threads": torch.get_num_threads(),
+        "profile": cfg.profile, "config": cfg.to_dict(), "threads": torch.get_num_threads(),
         "stage1_final_loss": _final_loss(s1["loss"], out / "stage1"),
         "stage2_final_loss": _final_loss(s2["loss"], out / "stage2"),
     })
@@ -236,9 +204,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         results["assets"] = export_assets(Path(s2["checkpoint"]), res, results, ASSETS)
     times["total"] = time.perf_counter() - t_all
     results["seconds"] = {k: round(v, 1) for k, v in times.items()}
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(_clean(results), indent=2) + "\n")
-    tmp.replace(out / "results.json")
+    write_json(out / "results.json", results)
     results["results_path"] = str(out / "results.json")
     return results
 
@@ -246,9 +212,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 def _final_loss(loss: float, run: Path) -> float | None:
     """The run's last training loss: train's return value, or (a rerun that found the stage complete
     returns NaN, having taken no step) the last loss logged in run/metrics.jsonl."""
+    from adaslot.train import read_metrics
+
     if loss == loss:
         return loss
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    rows = [r for r in read_metrics(run) if "loss" in r]
     return rows[-1]["loss"] if rows else None
 
 
@@ -272,9 +240,9 @@ def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[s
                          + (f" --threads {dc['threads']}" if dc["threads"] else "")
                          + (f" --sparsity-weight {dc['sparsity_weight']}"
                             if dc["sparsity_weight"] != DemoConfig.sparsity_weight else ""))
-    (dest / "demo-config.json").write_text(json.dumps(_clean(config), indent=2, default=str) + "\n")
+    write_json(dest / "demo-config.json", config)
     metrics = {k: v for k, v in results.items() if k not in ("config", "shipped")}
-    (dest / "demo-metrics.json").write_text(json.dumps(_clean(metrics), indent=2, default=str) + "\n")
+    write_json(dest / "demo-metrics.json", metrics)
     pictures = sorted((Path(eval_result["out"]) / "vis").glob("*.png"))[:4]
     if pictures:  # the first four val images, stacked: no picking of good examples
         from PIL import Image
@@ -287,16 +255,6 @@ def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[s
             y += tile.height
         sheet.save(dest / "demo-result.png", optimize=True)
     return {"checkpoint": str(dest / SHIPPED_CHECKPOINT.name), "dir": str(dest)}
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    return x
 
 
 def print_results(results: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from adaslot.errors import AdaslotError
+from adaslot.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -31,19 +31,6 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
-    """`auto` -> cuda:LOCAL_RANK if available else cpu; `cuda` without a GPU -> AdaslotError."""
-    if pref not in ("auto", "cpu", "cuda") and not pref.startswith("cuda:"):
-        raise AdaslotError(f"--device must be auto, cpu or cuda, got {pref!r}")
-    if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise AdaslotError("--device cuda but no CUDA GPU is visible; use --device cpu")
-    if pref.startswith("cuda:"):
-        return torch.device(pref)
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def init(device: str = "auto") -> DistInfo:

@@ -2,7 +2,8 @@
 
 `build_encoder(name, weights=None)` returns a `FrozenEncoder`: images [B, 3, H, W] in [0, 1] (not normalised)
 -> tokens [B, T, D] = output of the last transformer block BEFORE the final LayerNorm, prefix tokens (CLS,
-registers) dropped (SPEC "Encoder"). The module is frozen, always in eval mode, and runs under no_grad.
+registers) dropped (docs/method.md#encoder). The module is frozen, always in eval mode, and runs under
+no_grad.
 
 Weights never come from the network. In order: `weights=FILE` (a timm state dict, the original DINO /
 DINOv2 release file, a DINO full training checkpoint, or any of these wrapped in 'model'/'state_dict'),
@@ -98,7 +99,7 @@ def get_encoder_spec(name: str) -> EncoderSpec:
 _DINO = "https://dl.fbaipublicfiles.com/dino"
 register_encoder(name="dino-vitb-16", timm_name="vit_base_patch16_224.dino", embed_dim=768, patch_size=16,
                  download_url=f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
-                 hf_hub_id="timm/vit_base_patch16_224.dino", description="DINO ViT-B/16 (SPEC reference)")
+                 hf_hub_id="timm/vit_base_patch16_224.dino", description="DINO ViT-B/16 (the reference)")
 register_encoder(name="dino-vits-16", timm_name="vit_small_patch16_224.dino", embed_dim=384, patch_size=16,
                  download_url=f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
                  hf_hub_id="timm/vit_small_patch16_224.dino", description="DINO ViT-S/16")
@@ -344,7 +345,7 @@ def load_into_vit(vit: nn.Module, obj: dict[str, Any], source: str = "weights") 
                            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); wrong encoder name?")
 
 
-# == section: demo encoder (demo helper) ==
+# ---- the demo encoder (docs/method.md#demo) ----
 
 
 class PatchColourPositionEncoder(nn.Module):
@@ -355,17 +356,14 @@ class PatchColourPositionEncoder(nn.Module):
                       W ~ N(0, sigma^2) and b ~ U(0, 2 pi) fixed by `seed` (random Fourier features: dot
                       products approximate the Gaussian kernel exp(-sigma^2 |c1 - c2|^2 / 2) of colours, so
                       patches of one object are near-parallel and objects of different colours
-                      near-orthogonal). Averaging per pixel, not featurising the patch's mean colour,
-                      makes a patch on a boundary the area-weighted mixture of its objects' features:
-                      exactly what the decoder's alpha blending rebuilds, like a DINO token that leans to
-                      the object covering most of it. (The mean colour of a boundary patch is a new colour
-                      whose features match neither object, and slots spent themselves on object rims.)
+                      near-orthogonal). Averaged per pixel, so a patch on a boundary is the area-weighted
+                      mixture of its objects' features, which the decoder's alpha blending rebuilds
+                      (docs/method.md#demo).
       position part = a 2-D sin-cos code of the patch centre (log-spaced frequencies per axis), scaled to
-                      norm `position_weight` per token, so same-coloured objects at different places differ.
-                      Small (0.1 of the colour part's norm): slots then group by colour first and split one
-                      object's patches by position less often.
+                      norm `position_weight` per token (0.1 of the colour part's), so same-coloured objects
+                      at different places differ while slots still group by colour first.
     The concatenation is multiplied by sqrt(D), so values are O(1) per dimension like a ViT's features: the
-    reconstruction MSE then has the magnitude SPEC's sparsity weight (0.1) was chosen against.
+    reconstruction MSE then has the magnitude the reference sparsity weight (0.1) was chosen against.
     No learned or trained weights: W and b are buffers drawn from a fixed seed (so the weights checksum in
     the feature contract identifies them; the tap-point string names the averaging and the position weight).
     """

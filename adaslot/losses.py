@@ -1,4 +1,5 @@
-"""Losses (SPEC): feature reconstruction MSE and the sparsity penalty (its weight is applied by train)."""
+"""Losses (docs/method.md#losses): feature reconstruction MSE and the sparsity penalty (its weight is
+applied by train)."""
 
 from __future__ import annotations
 

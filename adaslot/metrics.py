@@ -1,6 +1,6 @@
 """Object-discovery metrics on label maps: pure numpy, per image; the caller averages over images.
 
-Definitions follow SPEC "Metrics" and the official ocl code (`ocl/metrics.py`):
+Definitions: docs/method.md#metrics (they follow the official ocl code):
 - inputs are a predicted label map `pred [H, W]` (slot id per pixel, the argmax over slots) and GT instance
   masks `gt_masks [M, H, W]` bool (or, for FG-ARI, an instance label map `gt [H, W]`, 0 = background/ignored);
 - pixels covered by more than one GT mask are ignored in prediction and target (`overlap_free_labels`);

@@ -1,4 +1,4 @@
-"""Learning-rate schedules: pure functions of the optimiser step (SPEC "Training").
+"""Learning-rate schedules: pure functions of the optimiser step (docs/method.md#schedules).
 
 `step` is the number of optimiser steps already taken (0 for the first update), the same convention as
 `torch.optim.lr_scheduler.LambdaLR` stepped once per update in the official code, so the very first update

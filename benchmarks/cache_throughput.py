@@ -25,7 +25,7 @@ import time
 import torch
 from _timing import alternate
 
-from adaslot.config import CacheConfig
+from adaslot.config import CacheConfig, DataSpec
 from adaslot.data.coco import CocoDataset
 from adaslot.data.synthetic import SyntheticConfig, make_synthetic
 from adaslot.encoders import build_encoder
@@ -74,9 +74,9 @@ def main() -> None:
         def cache() -> float:
             out = f"{tmp}/store.zarr"
             shutil.rmtree(out, ignore_errors=True)
-            cfg = CacheConfig(out=out, dataset="coco", root=f"{tmp}/coco", split="val", encoder=args.encoder,
+            cfg = CacheConfig(out=out, data=DataSpec(root=f"{tmp}/coco", split="val"), encoder=args.encoder,
                               image_size=args.side, batch_size=args.batch_size, workers=args.workers,
-                              device=args.device, chunk_samples=8, shard_samples=16, progress=False)
+                              device=args.device, chunk_size=8, shard_size=16, progress=False)
             c0 = cpu_seconds()
             t = time.perf_counter()
             s = cache_features(cfg)

@@ -32,7 +32,7 @@ def write_store(path: str, n: int, views: int, chunk: int, shard: int) -> None:
     settings = {"feature_contract": {"encoder": "bench", "feature_dim": d, "num_tokens": t},
                 "dataset": {"split": "train"}, "transform": {}, "views": ["image", "hflip"][:views],
                 "layout": {"chunk_samples": chunk, "shard_samples": shard}}
-    _prepare_store(CacheConfig(out=path, chunk_samples=chunk, shard_samples=shard), settings, np.arange(n),
+    _prepare_store(CacheConfig(out=path, chunk_size=chunk, shard_size=shard), settings, np.arange(n),
                    views, t, d, source={})
     root = zarr.open_group(path, mode="r+")
     rng = np.random.default_rng(0)

@@ -20,8 +20,9 @@ import time
 import torch
 
 from adaslot.config import model_config_for
+from adaslot.device import set_matmul_precision
 from adaslot.model import AdaSlot
-from adaslot.train import NoiseSampler, TrainForward, set_matmul_precision
+from adaslot.train import NoiseSampler, TrainForward
 
 SMALL = dict(slot_dim=32, input_mlp_hidden=64, slot_mlp_hidden=64, decoder_hidden=(64, 64), num_slots=4)
 

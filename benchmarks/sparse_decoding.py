@@ -44,7 +44,7 @@ def run(batch: int = 1, keep_fraction: float = 7 / 33, repeats: int = 3, threads
     noise = forced_noise(batch, cfg.num_slots, kept, g)
 
     def step(sparse: bool) -> float:
-        model.sparse_decoding = sparse
+        model.cfg.sparse_decoding = sparse
         t = time.perf_counter()
         out = model(feats, gumbel_noise=noise, keep_mode="gumbel")
         loss = reconstruction_loss(out.recon, feats) + 0.1 * sparsity_loss(out.keep)

@@ -1,6 +1,6 @@
 """Issue 6 benchmark (+ issue 8 item 2): what the feature cache buys a stage-1 training step, on this machine.
 
-1. Input cost per sample: online (JPEG decode + SPEC transform + frozen encoder forward) / reading one
+1. Input cost per sample: online (JPEG decode + reference transform + frozen encoder forward) / reading one
    sample from a feature store (streaming FeatureLoader, one view of a 2-view train store), for
    `random-vit-tiny` (a store cached from the images) and a random-init ViT-B/16 (the reference encoder's
    cost; weights do not change FLOPs), read from a COCO-shaped 196 x 768 fp16 store of --store-samples
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from _timing import alternate, seconds
 
-from adaslot.config import CacheConfig, model_config_for
+from adaslot.config import CacheConfig, DataSpec, model_config_for
 from adaslot.model import AdaSlot
 from adaslot.train import NoiseSampler, TrainForward, optimisation_step
 
@@ -52,9 +52,8 @@ def build_store(root: Path, encoder: str, out: Path) -> None:
     """A real 2-view train store of the synthetic images (cache-features)."""
     from adaslot.store.writer import cache_features
 
-    cache_features(CacheConfig(out=str(out), dataset="coco", root=str(root), split="train", encoder=encoder,
-                               chunk_samples=8, shard_samples=8, batch_size=8, workers=0, device="cpu",
-                               progress=False))
+    cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(root)), encoder=encoder, chunk_size=8,
+                               shard_size=8, batch_size=8, workers=0, device="cpu", progress=False))
 
 
 def build_coco_shaped_store(out: Path, n: int) -> None:

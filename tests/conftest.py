@@ -1,4 +1,5 @@
-"""Shared fixtures. `synthetic_coco`: a tiny COCO-2017-layout dataset written once per test session."""
+"""Shared fixtures: a tiny synthetic COCO dataset and a train feature store made from it, once per session.
+Shared helpers (not fixtures) are in helpers.py."""
 
 from __future__ import annotations
 
@@ -23,3 +24,17 @@ def synthetic_coco(tmp_path_factory: pytest.TempPathFactory) -> Path:
         out=str(root), num_train=TINY_TRAIN, num_val=TINY_VAL, image_size=TINY_SIZE, seed=0, progress=False,
     ))
     return root
+
+
+@pytest.fixture(scope="session")
+def train_store(synthetic_coco: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete 2-view train store of `synthetic_coco` (random-vit-tiny, 196 x 192 tokens), chunks of 4.
+    Read-only for tests."""
+    from adaslot.config import CacheConfig, DataSpec
+    from adaslot.store.writer import cache_features
+
+    out = tmp_path_factory.mktemp("train_store") / "train.zarr"
+    cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(synthetic_coco)),
+                               encoder="random-vit-tiny", chunk_size=4, shard_size=8, batch_size=6, workers=0,
+                               device="cpu", progress=False))
+    return out

@@ -6,23 +6,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from adaslot.config import CacheConfig
+from helpers import shard_files
+
+from adaslot.config import CacheConfig, DataSpec
 from adaslot.store import open_store
 from adaslot.store.export import same_contents
 from adaslot.store.writer import cache_features
 
 
-def _shard_files(store: Path) -> dict[str, bytes]:
-    base = store / "features" / "c"
-    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
-
-
 def test_torchrun_two_ranks_equals_single_process(synthetic_coco, tmp_path):
-    common = dict(dataset="coco", root=str(synthetic_coco), split="train", encoder="random-vit-tiny",
-                  image_size=64, batch_size=2, workers=0, device="cpu", chunk_samples=1, shard_samples=2,
-                  progress=False)
+    common = dict(data=DataSpec(root=str(synthetic_coco)), encoder="random-vit-tiny", image_size=64,
+                  batch_size=2, workers=0, device="cpu", chunk_size=1, shard_size=2, progress=False)
     single = tmp_path / "single.zarr"
     cache_features(CacheConfig(out=str(single), **common))
 
@@ -30,12 +25,12 @@ def test_torchrun_two_ranks_equals_single_process(synthetic_coco, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "adaslot.cli", "cache-features", "--out", str(multi), "--dataset", "coco",
            "--root", str(synthetic_coco), "--split", "train", "--encoder", "random-vit-tiny",
-           "--resize-to", "64", "64", "--batch-size", "2", "--workers", "0", "--device", "cpu",
+           "--image-size", "64", "--batch-size", "2", "--workers", "0", "--device", "cpu",
            "--chunk-size", "1", "--shard-size", "2", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     st = open_store(multi)
     assert st.complete and st.shards_done() == (6, 6)
-    assert _shard_files(multi) == _shard_files(single)
+    assert shard_files(multi) == shard_files(single)
     assert same_contents(str(multi), str(single))

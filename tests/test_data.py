@@ -209,16 +209,19 @@ def test_messy_files_handled_or_skipped(messy: tuple[Path, dict[str, int]], synt
     assert gt.instance_masks.shape == (0, 224, 224) and gt.class_masks.shape == (0, 224, 224)
 
 
-def test_strict_turns_skips_into_errors(messy: tuple[Path, dict[str, int]]) -> None:
+def test_strict_is_a_policy_of_the_loops(messy: tuple[Path, dict[str, int]]) -> None:
+    """The dataset reports bad images (it never raises for one); `DataSpec(strict=True).open` refuses a
+    missing image up front, and the loops stop at the first skip the workers report."""
+    from adaslot.config import DataSpec
+
     root, ids = messy
-    with pytest.raises(AdaslotError, match="missing"):
-        CocoDataset.from_root(root, "val", strict=True)
+    spec = DataSpec(root=str(root), split="val", strict=True)
+    with pytest.raises(AdaslotError, match=r"image \d+ \(.*\): missing .*drop --strict"):
+        spec.open(224)
     (root / "val2017" / f"{ids['missing']:012d}.jpg").write_bytes(b"")  # now present but empty
-    ds = CocoDataset.from_root(root, "val", strict=True)
-    with pytest.raises(AdaslotError, match="unreadable"):
-        ds[ds.index_of(ids["missing"])]
-    with pytest.raises(AdaslotError, match="truncated"):
-        ds[ds.index_of(ids["truncated"])]
+    ds = spec.open(224)
+    bad = {ds[ds.index_of(ids[k])]["reason"] for k in ("missing", "truncated")}
+    assert bad == {"unreadable", "truncated"} and not ds[ds.index_of(ids["missing"])]["ok"]
 
 
 def test_skips_survive_a_multiworker_loader(messy: tuple[Path, dict[str, int]]) -> None:

@@ -1,13 +1,14 @@
-"""DDP under torchrun: 2 CPU ranks (gloo) resume a 1-process run and match the uninterrupted 1-process run.
+"""DDP under torchrun: 2 CPU ranks (gloo), online and from a feature store.
 
 Online mode: the sample stream and the slot/Gumbel noise are functions of the global batch, so rank r's
 rows of every global batch are exactly what one process computes on those rows; only float summation order
-differs (DDP averages the two half-batch gradients).
+differs (DDP averages the two half-batch gradients). Cache mode: each rank streams its own chunks, so the
+global batch of a step is rank 0's local batch followed by rank 1's; one process fed that concatenation
+computes the same losses.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,18 +16,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, TINY_FLAGS, TINY_MODEL, losses
 
 from adaslot.checkpoint import list_checkpoints, load_checkpoint
-from adaslot.config import TrainConfig
+from adaslot.config import DataSpec, TrainConfig
 from adaslot.distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, init
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = {"slot_dim": 32, "input_mlp_hidden": 64, "slot_mlp_hidden": 64, "decoder_hidden": (64, 64)}
+COMMON = ["--num-slots", "4", "--batch-size", "4", "--lr", "1e-3", "--lr-schedule", "constant", "--log-every",
+          "1", "--ckpt-every", "2", "--workers", "0", "--device", "cpu", "--seed", "1", "--no-progress"]
 
 
-def _losses(run: Path) -> dict[int, float]:
-    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 cli.py ARGS` on CPU (gloo), one thread per rank."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "cli.py"), *args, *TINY_FLAGS, *COMMON]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                       timeout=180, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
 
 
 def test_helpers_are_noops_in_one_process():
@@ -41,26 +48,18 @@ def test_torchrun_two_ranks_resume_and_match_one_process(tmp_path, synthetic_coc
     from adaslot.train import train
 
     def cfg(out: Path, n: int) -> TrainConfig:
-        return TrainConfig(out=str(out), dataset="coco", root=str(synthetic_coco), encoder="random-vit-tiny",
-                           model_overrides=dict(TINY), num_slots=4, batch_size=4, num_iters=n, lr=1e-3,
-                           lr_schedule="constant", log_every=1, ckpt_every=2, workers=0, device="cpu", seed=1)
+        return TrainConfig(out=str(out), data=DataSpec(root=str(synthetic_coco)), encoder="random-vit-tiny",
+                           model_overrides=dict(TINY_MODEL), num_slots=4, batch_size=4, num_iters=n, lr=1e-3,
+                           lr_schedule="constant", log_every=1, ckpt_every=2, workers=0, device="cpu", seed=1,
+                           progress=False)
 
     ref, run = tmp_path / "ref", tmp_path / "ddp"
-    train(cfg(ref, 4), progress=False)  # one process, 4 steps
-    train(cfg(run, 2), progress=False)  # one process, 2 steps; 2 DDP ranks continue it to 4
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "cli.py"), "train", "--out", str(run), "--dataset", "coco",
-           "--root", str(synthetic_coco),
-           "--encoder", "random-vit-tiny", "--num-slots", "4", "--batch-size", "4", "--num-iters", "4",
-           "--lr", "1e-3", "--lr-schedule", "constant", "--log-every", "1", "--ckpt-every", "2",
-           "--workers", "0", "--device", "cpu", "--seed", "1", "--no-progress"]
-    for k, v in TINY.items():
-        cmd += ["--model", f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180, cwd=REPO)
-    assert r.returncode == 0, r.stderr[-2000:]
+    train(cfg(ref, 4))  # one process, 4 steps
+    train(cfg(run, 2))  # one process, 2 steps; 2 DDP ranks continue it to 4
+    r = torchrun("train", "--out", str(run), "--root", str(synthetic_coco), "--encoder", "random-vit-tiny",
+                 "--num-iters", "4")
     assert r.stdout.count("resuming") == 1  # rank 0 speaks; both ranks resumed
-    got, want = _losses(run), _losses(ref)
+    got, want = losses(run), losses(ref)
     assert sorted(got) == [1, 2, 3, 4]
     for step in (3, 4):
         assert got[step] == pytest.approx(want[step], rel=1e-5)
@@ -73,3 +72,39 @@ def test_torchrun_two_ranks_resume_and_match_one_process(tmp_path, synthetic_coc
     # of the positional embedding's): bound the worst case at 20% of one step, and count the outliers.
     diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
     assert diff.max() <= 2e-4 and (diff > 1e-5).float().mean() < 1e-2
+
+
+def test_torchrun_two_ranks_from_a_store_equal_one_process_on_the_joined_batches(tmp_path, train_store):
+    """2 ranks streaming their own chunks of one store: the logged losses equal a 1-process replay that feeds
+    [rank 0's batch; rank 1's batch] (read with the ranks' own loaders) through the same step code."""
+    from adaslot.model import AdaSlot
+    from adaslot.store.loader import FeatureLoader
+    from adaslot.train import NoiseSampler, TrainForward, optimisation_step, resolve_model_config
+
+    run = tmp_path / "ddp-cache"
+    torchrun("train", "--out", str(run), "--from-cache", str(train_store), "--num-iters", "3")
+    got = losses(run)
+    assert sorted(got) == [1, 2, 3]
+    assert load_checkpoint(run / "checkpoints" / "step-00000003.pt")["world_size"] == 2
+
+    cfg = TrainConfig(out=str(run), from_cache=str(train_store), model_overrides=dict(TINY_MODEL),
+                      num_slots=4, batch_size=4, lr=1e-3, lr_schedule="constant", seed=1)
+    mcfg = resolve_model_config(cfg, 192, 196)
+    torch.manual_seed(cfg.seed)
+    model = AdaSlot(mcfg)
+    forward = TrainForward(model, cfg.sparsity_weight, "fp32")
+    noise = NoiseSampler(cfg.seed, torch.device("cpu"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    loaders = [FeatureLoader(str(train_store), 2, seed=cfg.seed, rank=r, world_size=2) for r in (0, 1)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for step in (1, 2, 3):
+            feats = torch.cat([next(ld)[0] for ld in loaders]).float()
+            slot_noise, gumbel = noise.sample(4, mcfg, slice(0, 4))
+            loss, *_ = optimisation_step(forward, model, optimizer, feats, slot_noise, gumbel, cfg.grad_clip)
+            assert got[step] == pytest.approx(loss, rel=1e-5), step
+    finally:
+        torch.set_num_threads(threads)
+        for ld in loaders:
+            ld.close()

@@ -109,7 +109,7 @@ def test_demo_profiles_and_preset():
     assert demo_config("long").stage1_steps > demo_config("normal").stage1_steps
     assert demo_config("normal", seed=3).seed == 3
     assert model_config_for("demo", 2).adaptive
-    assert model_config_for("coco", 1).attention_temperature == 1.0  # the reference preset stays SPEC
+    assert model_config_for("coco", 1).attention_temperature == 1.0  # reference value
     assert math.isclose(model_config_for("coco", 1).slot_init_scale, 1.0)
 
 

@@ -4,18 +4,16 @@ files read by pycocotools (the synthetic fixture, plus a small non-square datase
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli, write_coco
 from PIL import Image
-from pycocotools import mask as mask_utils
 
-from adaslot import cli
 from adaslot.checkpoint import make_payload, save_checkpoint
-from adaslot.config import EvalConfig, ModelConfig
+from adaslot.config import DataSpec, EvalConfig, ModelConfig
 from adaslot.data.coco import CocoDataset
 from adaslot.data.transforms import compute_geometry
 from adaslot.encoders import build_encoder
@@ -37,6 +35,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 torch.set_num_threads(1)
 
 ENCODER = "random-vit-tiny"
+
+
+def _files(root: Path, strict: bool = False) -> DataSpec:
+    """The val data of a dataset written by `write_coco` (img/ + ann.json)."""
+    return DataSpec(split="val", images=str(root / "img"), annotations=str(root / "ann.json"), strict=strict)
+
+
+def _quick(checkpoint: Path, root: Path, tmp_path: Path, strict: bool = False) -> EvalConfig:
+    """Eval of `checkpoint` on a `write_coco` dataset into tmp_path/o: no pictures, main process, CPU."""
+    return EvalConfig(checkpoint=str(checkpoint), data=_files(root, strict), out=str(tmp_path / "o"),
+                      workers=0, num_vis=0, device="cpu", progress=False)
 
 
 def tiny_config(adaptive: bool) -> ModelConfig:
@@ -64,34 +73,6 @@ def checkpoints(tmp_path_factory, encoder) -> dict[int, Path]:
             stage=stage, model_config=cfg, encoder=ENCODER, model_state=model.state_dict(),
             feature_contract=encoder.contract(), step=123))
     return out
-
-
-def _rle(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode()
-    return rle
-
-
-Box = tuple[int, int, int, int]
-
-
-def write_coco(root: Path, images: list[tuple[int, int, list[tuple[Box, int, int]]]]) -> Path:
-    """images: (height, width, [((y0, y1, x0, x1), category, iscrowd), ...]) -> root/{img,ann.json}."""
-    (root / "img").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    js: dict = {"images": [], "annotations": [],
-                "categories": [{"id": c, "name": f"c{c}"} for c in (1, 2, 3)]}
-    for i, (h, w, objs) in enumerate(images, start=1):
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
-        js["images"].append({"id": i, "file_name": f"{i}.png", "height": h, "width": w})
-        for (y0, y1, x0, x1), cat, crowd in objs:
-            m = np.zeros((h, w), bool)
-            m[y0:y1, x0:x1] = True
-            js["annotations"].append({"id": len(js["annotations"]) + 1, "image_id": i, "category_id": cat,
-                                      "iscrowd": crowd, "segmentation": _rle(m), "area": float(m.sum()),
-                                      "bbox": [x0, y0, x1 - x0, y1 - y0]})
-    (root / "ann.json").write_text(json.dumps(js))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -170,10 +151,9 @@ def test_patch_ceiling_below_one_for_unaligned_objects(synthetic_coco):
 
 def test_eval_stage2_end_to_end(checkpoints, odd_coco, tmp_path):
     out = tmp_path / "ev"
-    cfg = EvalConfig(checkpoint=str(checkpoints[2]), images=str(odd_coco / "img"),
-                     annotations=str(odd_coco / "ann.json"), out=str(out), save_masks=True, num_vis=2,
-                     workers=0, batch_size=2, device="cpu")
-    r = run_eval(cfg, progress=False)
+    cfg = EvalConfig(checkpoint=str(checkpoints[2]), data=_files(odd_coco), out=str(out), save_masks=True,
+                     num_vis=2, workers=0, batch_size=2, device="cpu")
+    r = run_eval(cfg)
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["protocols"]) == {"adaslot", "dinosaur", "fullres"}
     for p, s in m["protocols"].items():
@@ -205,7 +185,7 @@ def test_gumbel_eval_is_seeded_and_recorded(checkpoints, synthetic_coco):
     model, _ = load_model(checkpoints[2])
     enc = build_encoder(ENCODER)
     ds = CocoDataset.from_root(synthetic_coco, "val")
-    cfg = EvalConfig(protocols="adaslot", workers=0, gumbel_eval=3)
+    cfg = EvalConfig(protocol="adaslot", workers=0, gumbel_eval=3)
     model.train()
     rng_before = torch.get_rng_state()
     a = evaluate_model(model, enc, ds, cfg)
@@ -214,7 +194,7 @@ def test_gumbel_eval_is_seeded_and_recorded(checkpoints, synthetic_coco):
     assert torch.equal(torch.get_rng_state(), rng_before)  # caller's RNG untouched
     assert a["protocols"] == b["protocols"]
     assert "gumbel" in a["keep_mode"] and "seed 3" in a["keep_mode"]
-    det = evaluate_model(model, enc, ds, EvalConfig(protocols="adaslot", workers=0, max_images=4))
+    det = evaluate_model(model, enc, ds, EvalConfig(protocol="adaslot", workers=0, max_images=4))
     assert det["keep_mode"].startswith("deterministic") and det["num_images"] == 4
 
 
@@ -223,7 +203,7 @@ def test_stage1_in_memory_on_synthetic(checkpoints, synthetic_coco):
 
     model, _ = load_model(checkpoints[1])
     r = evaluate_model(model, build_encoder(ENCODER), CocoDataset.from_root(synthetic_coco, "val"),
-                       EvalConfig(protocols="adaslot,fullres", workers=0))
+                       EvalConfig(protocol="adaslot,fullres", workers=0))
     s = r["protocols"]["adaslot"]
     assert set(r["protocols"]) == {"adaslot", "fullres"} and "mean_kept_slots" not in s
     assert s["num_images"] == 6 and s["num_skipped"] == 0
@@ -233,13 +213,6 @@ def test_stage1_in_memory_on_synthetic(checkpoints, synthetic_coco):
 
 
 # ---------------------------------------------------------------- one-line errors through the CLI
-
-
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["adaslot", *args])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    return e.value.code, capsys.readouterr().err.strip()
 
 
 def test_cli_eval_table(checkpoints, synthetic_coco, tmp_path, monkeypatch, capsys):
@@ -289,24 +262,18 @@ def test_unreadable_image_is_skipped_and_listed(checkpoints, tmp_path):
     data = write_coco(tmp_path / "d", [(64, 96, [((8, 40, 8, 60), 1, 0)]),
                                        (80, 80, [((0, 30, 0, 30), 2, 0)])])
     (data / "img" / "2.png").write_bytes(b"not a png")
-    r = run_eval(EvalConfig(checkpoint=str(checkpoints[1]), images=str(data / "img"),
-                            annotations=str(data / "ann.json"), out=str(tmp_path / "o"), workers=0, num_vis=0,
-                            device="cpu"), progress=False)
+    r = run_eval(_quick(checkpoints[1], data, tmp_path))
     assert r["num_images"] == 1 and r["protocols"]["adaslot"]["num_images"] == 1
     assert [s["image_id"] for s in r["skipped_images"]] == [2]
     assert r["skipped_images"][0]["reason"] == "unreadable"
     assert r["dataset"]["skipped"] == 1
     # --strict: the first unusable image stops the run with one line, and no metrics.json is left behind
     with pytest.raises(AdaslotError, match=r"image 2 \(.*2\.png\): unreadable .*drop --strict"):
-        run_eval(EvalConfig(checkpoint=str(checkpoints[1]), images=str(data / "img"),
-                            annotations=str(data / "ann.json"), out=str(tmp_path / "o"), workers=0, num_vis=0,
-                            device="cpu", strict=True), progress=False)
+        run_eval(_quick(checkpoints[1], data, tmp_path, strict=True))
     assert not (tmp_path / "o" / "metrics.json").exists()
     (data / "img" / "1.png").unlink()  # an image listed in the annotations but missing on disk
     with pytest.raises(AdaslotError, match=r"image 1 \(.*1\.png\): missing"):
-        run_eval(EvalConfig(checkpoint=str(checkpoints[1]), images=str(data / "img"),
-                            annotations=str(data / "ann.json"), out=str(tmp_path / "o"), workers=0, num_vis=0,
-                            device="cpu", strict=True), progress=False)
+        run_eval(_quick(checkpoints[1], data, tmp_path, strict=True))
 
 
 def test_from_cache_proxy_matches_the_image_pass(checkpoints, synthetic_coco, tmp_path):
@@ -314,13 +281,14 @@ def test_from_cache_proxy_matches_the_image_pass(checkpoints, synthetic_coco, tm
     from adaslot.store.writer import cache_features
 
     store = tmp_path / "val.zarr"
-    cache_features(CacheConfig(out=str(store), dataset="coco", root=str(synthetic_coco), split="val",
-                               encoder=ENCODER, workers=0, device="cpu", progress=False, chunk_samples=2,
-                               shard_samples=4))
-    common = dict(checkpoint=str(checkpoints[2]), root=str(synthetic_coco), workers=0, num_vis=0,
-                  device="cpu", batch_size=4, protocols="adaslot,dinosaur")
-    full = run_eval(EvalConfig(out=str(tmp_path / "a"), **common), progress=False)
-    proxy = run_eval(EvalConfig(out=str(tmp_path / "b"), from_cache=str(store), **common), progress=False)
+    cache_features(CacheConfig(out=str(store), data=DataSpec(root=str(synthetic_coco), split="val"),
+                               encoder=ENCODER, workers=0, device="cpu", progress=False, chunk_size=2,
+                               shard_size=4))
+    common = dict(checkpoint=str(checkpoints[2]), data=DataSpec(root=str(synthetic_coco), split="val"),
+                  workers=0, num_vis=0,
+                  device="cpu", batch_size=4, protocol="adaslot,dinosaur")
+    full = run_eval(EvalConfig(out=str(tmp_path / "a"), **common))
+    proxy = run_eval(EvalConfig(out=str(tmp_path / "b"), from_cache=str(store), **common))
     assert "PROXY" in proxy["source"] and "PROXY" not in full["source"]
     for p in ("adaslot", "dinosaur"):
         for key in ("fg_ari", "mbo_i", "miou", "mean_kept_slots"):
@@ -333,7 +301,7 @@ def test_from_cache_proxy_matches_the_image_pass(checkpoints, synthetic_coco, tm
     save_checkpoint(other, payload)
     cfg = EvalConfig(out=str(tmp_path / "c"), from_cache=str(store), **{**common, "checkpoint": str(other)})
     with pytest.raises(AdaslotError, match="does not match"):
-        run_eval(cfg, progress=False)
+        run_eval(cfg)
 
 
 @pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--workers", "-1"), ("--max-images", "0"),
@@ -351,8 +319,6 @@ def test_missing_images_are_reported(checkpoints, tmp_path, capsys):
     data = write_coco(tmp_path / "d", [(64, 96, [((8, 40, 8, 60), 1, 0)]),
                                        (80, 80, [((0, 30, 0, 30), 2, 0)])])
     (data / "img" / "2.png").unlink()
-    r = run_eval(EvalConfig(checkpoint=str(checkpoints[1]), images=str(data / "img"),
-                            annotations=str(data / "ann.json"), out=str(tmp_path / "o"), workers=0, num_vis=0,
-                            device="cpu"), progress=False)
+    r = run_eval(_quick(checkpoints[1], data, tmp_path))
     print_results(r)
     assert "1 annotated images missing on disk" in capsys.readouterr().out

@@ -1,6 +1,6 @@
-"""Model core vs SPEC: parameter counts, shapes, masked decoding, Gumbel straight-through, determinism, and a
-float64 forward against an independent re-computation from raw tensors (`reference_forward`, also used by
-tests/test_convert.py)."""
+"""Model core vs the reference (docs/method.md): parameter counts, shapes, masked decoding, Gumbel
+straight-through, determinism, and a float64 forward against an independent re-computation from raw
+tensors (`reference_forward`, also used by tests/test_convert.py)."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def as_official(state: dict) -> dict:
     return out
 
 
-# ---- SPEC numbers ----
+# ---- reference numbers (docs/method.md#parameter-counts) ----
 
 @pytest.mark.parametrize("stage,k,count,tensors", [(1, 7, 12_452_865, 34), (2, 33, 12_718_595, 40)])
 def test_reference_size_parameter_counts_and_shapes(stage, k, count, tensors):
@@ -198,7 +198,7 @@ def test_slot_init_scale_and_temperature_are_honoured():
 
 def test_dropped_slots_have_zero_alpha_and_recon_equals_kept_only_decoding():
     model = small(True).train()
-    model.sparse_decoding = False
+    model.cfg.sparse_decoding = False
     f, s0, noise = inputs(model.cfg)
     out = model(f, s0, noise)
     keep = out.keep.detach()

@@ -1,4 +1,4 @@
-"""Learning-rate schedules against hand-computed values (SPEC "Training")."""
+"""Learning-rate schedules against hand-computed values (docs/method.md#schedules)."""
 
 import math
 

@@ -40,7 +40,7 @@ def batch(noise_shift: float = 0.0, b: int = 4):
 def step(model: AdaSlot, sparse: bool, f, s0, noise):
     """One stage-2 loss + backward -> (outputs, {param name: grad})."""
     model.zero_grad()
-    model.sparse_decoding = sparse
+    model.cfg.sparse_decoding = sparse
     out = model(f, s0, noise, keep_mode="gumbel")
     loss = ((out.recon - f) ** 2).mean() + 0.1 * out.keep.mean()
     loss.backward()
@@ -51,7 +51,7 @@ def test_sparse_forward_equals_dense():
     model = build()
     f, s0, noise = batch()
     with torch.no_grad():
-        model.sparse_decoding = False
+        model.cfg.sparse_decoding = False
         dense = model(f, s0, noise, keep_mode="gumbel")
     sparse, _ = step(model, True, f, s0, noise)
     assert 0 < dense.keep.sum() < dense.keep.numel()
@@ -115,11 +115,11 @@ def test_sparse_path_not_used_without_autograd_or_keep():
     f, s0, noise = batch()
     with torch.no_grad():
         a = model(f, s0, noise, keep_mode="gumbel")
-    model.sparse_decoding = False
+    model.cfg.sparse_decoding = False
     with torch.no_grad():
         b = model(f, s0, noise, keep_mode="gumbel")
     assert torch.equal(a.recon, b.recon)
     stage1 = build(adaptive=False)
-    stage1.sparse_decoding = True
+    stage1.cfg.sparse_decoding = True
     out = stage1(f, s0)
     assert out.keep is None and out.recon.requires_grad

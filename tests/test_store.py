@@ -15,33 +15,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import shard_files
 
-from adaslot.config import CacheConfig
+from adaslot.config import CacheConfig, DataSpec, VerifyConfig
 from adaslot.errors import AdaslotError
 from adaslot.store import STATUS_OK, open_store
 from adaslot.store.export import export_hdf5, same_contents
-from adaslot.store.writer import cache_features, verify_store
+from adaslot.store.verify import verify_store
+from adaslot.store.writer import cache_features
 
 SIDE = 64  # 4 x 4 tokens of the random ViT-Tiny: small and fast, same code path as 224
 
 
-def _cfg(root: Path, out: Path, **kw) -> CacheConfig:
-    base = dict(out=str(out), dataset="coco", root=str(root), split="train", encoder="random-vit-tiny",
-                image_size=SIDE, batch_size=1, workers=0, device="cpu", chunk_samples=1, shard_samples=2,
-                progress=False)
+def _cfg(root: Path, out: Path, split: str = "train", strict: bool = False, **kw) -> CacheConfig:
+    base = dict(out=str(out), data=DataSpec(root=str(root), split=split, strict=strict),
+                encoder="random-vit-tiny", image_size=SIDE, batch_size=1, workers=0, device="cpu",
+                chunk_size=1, shard_size=2, progress=False)
     return CacheConfig(**{**base, **kw})
 
 
 def _cli_args(cfg: CacheConfig) -> list[str]:
     return [sys.executable, "-m", "adaslot.cli", "cache-features", "--out", cfg.out, "--dataset", "coco",
-            "--root", str(cfg.root), "--split", cfg.split, "--encoder", cfg.encoder, "--resize-to", str(SIDE),
+            "--root", str(cfg.data.root), "--split", cfg.data.split, "--encoder", cfg.encoder, "--image-size",
             str(SIDE), "--batch-size", str(cfg.batch_size), "--workers", str(cfg.workers), "--device", "cpu",
-            "--chunk-size", str(cfg.chunk_samples), "--shard-size", str(cfg.shard_samples), "--no-progress"]
-
-
-def _shard_files(store: Path) -> dict[str, bytes]:
-    base = store / "features" / "c"
-    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+            "--chunk-size", str(cfg.chunk_size), "--shard-size", str(cfg.shard_size), "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +83,7 @@ def test_kill9_then_rerun_is_byte_identical(synthetic_coco, reference, tmp_path)
     assert summary["shards_this_run"] == total - done
     st = open_store(cfg.out)
     assert st.complete
-    assert _shard_files(Path(cfg.out)) == _shard_files(reference)  # same bytes on disk, file by file
+    assert shard_files(Path(cfg.out)) == shard_files(reference)  # same bytes on disk, file by file
     assert same_contents(cfg.out, str(reference))  # arrays and attributes (run timings aside)
 
 
@@ -102,7 +99,7 @@ def test_readback_equals_online_encoder(synthetic_coco, reference):
         stored = torch.from_numpy(st.read(row, row + 1)[0]).float()
         bound = online.abs() * 2.0**-11 + 1e-6  # fp16 round-to-nearest: relative error <= 2^-11
         assert ((stored - online).abs() <= bound).all()
-    r = verify_store(str(reference), sample=2, device="cpu")
+    r = verify_store(VerifyConfig(store=str(reference), sample=2, device="cpu"))
     assert r["ok"] and r["rows"] == 2 and r["max_abs_error"] <= r["bound"]
 
 
@@ -111,10 +108,11 @@ def test_settings_mismatch_refused_unless_overwrite(synthetic_coco, reference, t
     shutil.copytree(reference, out)
     cfg = _cfg(synthetic_coco, out)
     assert cache_features(cfg)["already_complete"]
-    for change in (dict(chunk_samples=2), dict(precision="bf16"), dict(image_size=32), dict(views=1)):
+    for change in (dict(chunk_size=2), dict(precision="bf16"), dict(image_size=32), dict(views=1)):
         with pytest.raises(AdaslotError, match="different settings"):
             cache_features(dataclasses.replace(cfg, **change))
-    cache_features(dataclasses.replace(cfg, split="val", overwrite=True, shard_samples=4))
+    val = DataSpec(root=str(synthetic_coco), split="val")
+    cache_features(dataclasses.replace(cfg, data=val, overwrite=True, shard_size=4))
     st = open_store(out)
     assert st.complete and st.features.shape == (6, 1, 16, 192) and st.attrs["dataset"]["split"] == "val"
     with pytest.raises(AdaslotError, match="split 'val'"):
@@ -204,9 +202,10 @@ def test_export_creates_the_folder_and_refuses_a_folder_as_file(reference, tmp_p
         export_hdf5(str(reference), str(tmp_path / "new"), overwrite=True)
 
 
-@pytest.mark.parametrize("kw,msg", [({"image_size": -16}, "--resize-to must be positive"),
+@pytest.mark.parametrize("kw,msg", [({"image_size": -16}, "--image-size must be >= 1"),
                                     ({"workers": -1}, "--workers must be >= 0"),
-                                    ({"chunk_samples": 0}, "--chunk-size must be >= 1")])
+                                    ({"chunk_size": 0}, "--chunk-size must be >= 1"),
+                                    ({"chunk_size": 2, "shard_size": 3}, "a multiple of --chunk-size")])
 def test_bad_cache_flags_refused_before_writing(synthetic_coco, tmp_path, kw, msg):
     out = tmp_path / "bad.zarr"
     with pytest.raises(AdaslotError, match=msg):
@@ -244,6 +243,7 @@ def test_verify_refuses_another_dataset_and_an_empty_sample(reference, tmp_path)
     make_synthetic(SyntheticConfig(out=str(other), num_train=12, num_val=6, image_size=224, seed=5,
                                    progress=False))
     with pytest.raises(AdaslotError, match="not the annotation file the store was made from"):
-        verify_store(str(reference), sample=2, root=str(other), device="cpu")
+        verify_store(VerifyConfig(store=str(reference), sample=2, data=DataSpec(root=str(other)),
+                                  device="cpu"))
     with pytest.raises(AdaslotError, match="--sample must be >= 1"):
-        verify_store(str(reference), sample=0, device="cpu")
+        verify_store(VerifyConfig(store=str(reference), sample=0, device="cpu"))

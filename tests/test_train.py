@@ -9,70 +9,44 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_FLAGS, TINY_MODEL, cli_command, losses
 
 from adaslot.checkpoint import list_checkpoints, load_checkpoint
-from adaslot.config import CacheConfig, TrainConfig, model_config_for
+from adaslot.config import DataSpec, TrainConfig, model_config_for
 from adaslot.errors import AdaslotError
 from adaslot.train import NoiseSampler, TrainForward, optimisation_step, train
-
-REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = {"slot_dim": 32, "input_mlp_hidden": 64, "slot_mlp_hidden": 64, "decoder_hidden": (64, 64),
-              "selector_hidden": 32}
-TINY_FLAGS = ["--model", "slot_dim=32", "--model", "input_mlp_hidden=64", "--model", "slot_mlp_hidden=64",
-              "--model", "decoder_hidden=64,64", "--model", "selector_hidden=32", "--num-slots", "4"]
-
-
-@pytest.fixture(scope="module")
-def train_store(synthetic_coco, tmp_path_factory) -> Path:
-    """A complete 2-view train store of the synthetic dataset (random-vit-tiny), chunks of 4 samples."""
-    from adaslot.store.writer import cache_features
-
-    out = tmp_path_factory.mktemp("train_store") / "train.zarr"
-    cache_features(CacheConfig(out=str(out), dataset="coco", root=str(synthetic_coco), split="train",
-                               encoder="random-vit-tiny", chunk_samples=4, shard_samples=8, batch_size=6,
-                               workers=0, device="cpu", progress=False))
-    return out
 
 
 def tiny(out: Path, **kw) -> TrainConfig:
     base = dict(out=str(out), model_overrides=dict(TINY_MODEL), num_slots=4, batch_size=4,
-                lr_schedule="constant", lr=1e-3, log_every=1, ckpt_every=2, workers=0, device="cpu")
+                lr_schedule="constant", lr=1e-3, log_every=1, ckpt_every=2, workers=0, device="cpu",
+                progress=False)
     base.update(kw)
     return TrainConfig(**base)
 
 
-def losses(run: Path) -> dict[int, float]:
-    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, str(REPO / "cli.py"), *args]
-
-
 def test_kill_and_resume_gives_the_uninterrupted_loss_sequence(tmp_path, train_store):
-    args = ["train", "--from-cache", str(train_store), *TINY_FLAGS, "--batch-size", "4", "--lr-schedule",
-            "constant", "--lr", "1e-3", "--num-iters", "30", "--ckpt-every", "5", "--keep-last", "2",
-            "--log-every", "1", "--seed", "3", "--device", "cpu", "--no-progress"]
+    args = ["train", "--from-cache", str(train_store), *TINY_FLAGS, "--num-slots", "4",
+            "--batch-size", "4", "--lr-schedule", "constant", "--lr", "1e-3", "--num-iters", "30",
+            "--ckpt-every", "5", "--keep-last", "2", "--log-every", "1", "--seed", "3", "--device", "cpu",
+            "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ref, run = tmp_path / "ref", tmp_path / "run"
     # The uninterrupted reference runs in this process with the subprocesses' thread count (same sums).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(tiny(ref, from_cache=str(train_store), num_iters=30, ckpt_every=5, keep_last=2, seed=3),
-              progress=False)
+        train(tiny(ref, from_cache=str(train_store), num_iters=30, ckpt_every=5, keep_last=2, seed=3))
     finally:
         torch.set_num_threads(threads)
 
-    proc = subprocess.Popen(_cli(*args, "--out", str(run)), env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cli_command(*args, "--out", str(run)), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     first = run / "checkpoints" / "step-00000005.pt"
     deadline = time.time() + 90
@@ -83,7 +57,7 @@ def test_kill_and_resume_gives_the_uninterrupted_loss_sequence(tmp_path, train_s
     killed_at = max(int(p.stem.split("-")[1]) for p in list_checkpoints(run / "checkpoints"))
     assert 5 <= killed_at < 30, "the kill should land mid-run"
 
-    done = subprocess.run(_cli(*args, "--out", str(run)), env=env, capture_output=True, text=True,
+    done = subprocess.run(cli_command(*args, "--out", str(run)), env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"resuming {run} from step {killed_at}" in done.stdout
@@ -97,11 +71,11 @@ def test_kill_and_resume_gives_the_uninterrupted_loss_sequence(tmp_path, train_s
 
 def test_ctrl_c_says_interrupted_and_a_rerun_resumes(tmp_path, train_store):
     """SIGINT (Ctrl-C) mid-run: one line on stderr, exit 130, and the same command continues the run."""
-    args = ["train", "--from-cache", str(train_store), *TINY_FLAGS, "--batch-size", "4", "--num-iters", "300",
-            "--ckpt-every", "20", "--log-every", "1", "--device", "cpu", "--no-progress",
-            "--out", str(tmp_path)]
+    args = ["train", "--from-cache", str(train_store), *TINY_FLAGS, "--num-slots", "4",
+            "--batch-size", "4", "--num-iters", "300", "--ckpt-every", "20", "--log-every", "1",
+            "--device", "cpu", "--no-progress", "--out", str(tmp_path)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(_cli(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(cli_command(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     first = tmp_path / "checkpoints" / "step-00000020.pt"
     deadline = time.time() + 90
@@ -113,7 +87,7 @@ def test_ctrl_c_says_interrupted_and_a_rerun_resumes(tmp_path, train_store):
         pytest.skip("the run finished before the signal arrived")
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == "adaslot: interrupted" and "Traceback" not in err
-    done = subprocess.run(_cli(*args), env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cli_command(*args), env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "resuming" in done.stdout
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 300
@@ -147,7 +121,8 @@ def test_one_step_from_cache_equals_online(train_store, synthetic_coco):
     (s_c, g_c, p_c), (s_o, g_o, p_o) = results
     assert s_c[0] == pytest.approx(s_o[0], rel=1e-4)
     for n in g_c:
-        if n != "slot_attention.norm_slots.bias":  # exactly-zero gradient in theory (SPEC): noise only
+        # norm_slots.bias: exactly-zero gradient in theory (docs/method.md#slot-attention), noise only
+        if n != "slot_attention.norm_slots.bias":
             assert (g_c[n] - g_o[n]).norm() <= 1e-2 * g_o[n].norm() + 1e-9, n
     # Adam's first update is ~lr * sign(grad): only near-zero gradients can flip between the two.
     diff = torch.cat([(p_c[k] - p_o[k]).abs().flatten() for k in p_c])
@@ -156,7 +131,7 @@ def test_one_step_from_cache_equals_online(train_store, synthetic_coco):
 
 def test_stage1_then_stage2_warm_start_from_cache(tmp_path, train_store):
     s1 = tmp_path / "s1"
-    r1 = train(tiny(s1, from_cache=str(train_store), num_iters=2, cache_in_memory=True), progress=False)
+    r1 = train(tiny(s1, from_cache=str(train_store), num_iters=2, cache_in_memory=True))
     assert r1["step"] == 2 and Path(r1["checkpoint"]).name == "step-00000002.pt"
     saved = json.loads((s1 / "config.json").read_text())
     assert saved["model"]["feature_dim"] == 192 and saved["model"]["num_tokens"] == 196  # from the store
@@ -164,7 +139,7 @@ def test_stage1_then_stage2_warm_start_from_cache(tmp_path, train_store):
 
     s2 = tmp_path / "s2"
     r2 = train(tiny(s2, stage=2, from_cache=str(train_store), num_iters=2, num_slots=6,
-                    warmstart=r1["checkpoint"]), progress=False)
+                    warmstart=r1["checkpoint"]))
     p1, p2 = load_checkpoint(r1["checkpoint"]), load_checkpoint(r2["checkpoint"])
     assert p2["stage"] == 2 and p2["model_config"]["adaptive"] and p2["model_config"]["num_slots"] == 6
     new = set(p2["model"]) - set(p1["model"])
@@ -173,22 +148,22 @@ def test_stage1_then_stage2_warm_start_from_cache(tmp_path, train_store):
     assert 0 <= row["kept_slots"] <= 6 and row["loss"] == pytest.approx(row["mse"] + 0.1 * row["sparsity"])
     with pytest.raises(AdaslotError, match="stage-2 checkpoint"):
         train(tiny(tmp_path / "s3", stage=2, from_cache=str(train_store), num_iters=1,
-                   warmstart=r2["checkpoint"]), progress=False)
+                   warmstart=r2["checkpoint"]))
     with pytest.raises(AdaslotError, match="slot_dim"):
         train(tiny(tmp_path / "s4", stage=2, from_cache=str(train_store), num_iters=1,
-                   model_overrides={**TINY_MODEL, "slot_dim": 16}, warmstart=r1["checkpoint"]),
-              progress=False)
+                   model_overrides={**TINY_MODEL, "slot_dim": 16}, warmstart=r1["checkpoint"]))
 
 
 def test_dense_decoding_flag_matches_sparse_default(tmp_path, train_store):
-    s1 = train(tiny(tmp_path / "s1", from_cache=str(train_store), num_iters=1), progress=False)
+    s1 = train(tiny(tmp_path / "s1", from_cache=str(train_store), num_iters=1))
     runs = {}
     for dense in (False, True):
         run = tmp_path / f"s2-{dense}"
-        train(tiny(run, stage=2, from_cache=str(train_store), num_iters=3, num_slots=6, dense_decoding=dense,
-                   warmstart=s1["checkpoint"]), progress=False)
+        model = {**TINY_MODEL, "sparse_decoding": not dense}
+        train(tiny(run, stage=2, from_cache=str(train_store), num_iters=3, num_slots=6, model_overrides=model,
+                   warmstart=s1["checkpoint"]))
         runs[dense] = losses(run)
-        assert json.loads((run / "config.json").read_text())["train"]["dense_decoding"] is dense
+        assert json.loads((run / "config.json").read_text())["model"]["sparse_decoding"] is not dense
     # Same batches and noise: only the 1e-5 renormaliser term of the dropped slots' gradients differs.
     assert runs[False].keys() == runs[True].keys()
     for step, loss in runs[True].items():
@@ -199,7 +174,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, train_store):
     run = tmp_path / "nan"
     # lr 1e30: the first update overflows the parameters, so step 2's loss is not finite.
     with pytest.raises(AdaslotError) as e:
-        train(tiny(run, from_cache=str(train_store), num_iters=5, lr=1e30, ckpt_every=1), progress=False)
+        train(tiny(run, from_cache=str(train_store), num_iters=5, lr=1e30, ckpt_every=1))
     msg = str(e.value)
     assert "at step 2" in msg and "step-00000001.pt" in msg and "\n" not in msg
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000001.pt"]
@@ -208,25 +183,25 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, train_store):
 
 def test_resume_and_store_refusals(tmp_path, train_store, synthetic_coco):
     run = tmp_path / "r"
-    train(tiny(run, from_cache=str(train_store), num_iters=2), progress=False)
+    train(tiny(run, from_cache=str(train_store), num_iters=2))
     with pytest.raises(AdaslotError, match="other settings"):
-        train(tiny(run, from_cache=str(train_store), num_iters=4, lr=5e-3), progress=False)
-    r = train(tiny(run, from_cache=str(train_store), num_iters=3), progress=False)  # longer: continues
+        train(tiny(run, from_cache=str(train_store), num_iters=4, lr=5e-3))
+    r = train(tiny(run, from_cache=str(train_store), num_iters=3))  # longer: continues
     assert r["step"] == 3 and sorted(losses(run)) == [1, 2, 3]
     with pytest.raises(AdaslotError, match="does not match"):  # store of another encoder
-        train(tiny(tmp_path / "e", from_cache=str(train_store), encoder="dino-vitb-16"), progress=False)
+        train(tiny(tmp_path / "e", from_cache=str(train_store), encoder="dino-vitb-16"))
     with pytest.raises(AdaslotError, match="feature store"):
-        train(tiny(tmp_path / "f", from_cache=str(synthetic_coco)), progress=False)
+        train(tiny(tmp_path / "f", from_cache=str(synthetic_coco)))
     with pytest.raises(AdaslotError, match="give one input"):
-        train(tiny(tmp_path / "g"), progress=False)
+        train(tiny(tmp_path / "g"))
     with pytest.raises(AdaslotError, match="wandb"):
-        train(tiny(tmp_path / "h", from_cache=str(train_store), wandb=True), progress=False)
+        train(tiny(tmp_path / "h", from_cache=str(train_store), wandb=True))
 
 
 def test_online_mode_with_validation(tmp_path, synthetic_coco):
     run = tmp_path / "online"
-    r = train(tiny(run, dataset="coco", root=str(synthetic_coco), encoder="random-vit-tiny", batch_size=2,
-                   num_iters=2, val_every=2, val_max_images=2), progress=False)
+    r = train(tiny(run, data=DataSpec(root=str(synthetic_coco)), encoder="random-vit-tiny", batch_size=2,
+                   num_iters=2, val_every=2, val_max_images=2))
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert r["step"] == 2 and [x["step"] for x in rows if "loss" in x] == [1, 2]
     assert any("val/fg_ari" in x for x in rows)  # periodic validation through adaslot.evaluate
@@ -240,20 +215,19 @@ def test_online_strict_stops_at_an_unreadable_image(tmp_path, synthetic_coco):
     shutil.copytree(synthetic_coco, data)
     victim = sorted((data / "train2017").iterdir())[0]
     victim.write_bytes(b"not a jpeg")
-    common = dict(dataset="coco", root=str(data), encoder="random-vit-tiny", batch_size=12, num_iters=1,
-                  workers=0)
-    r = train(tiny(tmp_path / "lenient", **common), progress=False)
+    common = dict(encoder="random-vit-tiny", batch_size=12, num_iters=1, workers=0)
+    r = train(tiny(tmp_path / "lenient", data=DataSpec(root=str(data)), **common))
     assert r["step"] == 1
     with pytest.raises(AdaslotError, match=rf"\({victim}\): unreadable .*drop --strict"):
-        train(tiny(tmp_path / "strict", strict=True, **common), progress=False)
+        train(tiny(tmp_path / "strict", data=DataSpec(root=str(data), strict=True), **common))
     for image in (data / "train2017").iterdir():  # nothing readable: an error, not an endless loop
         image.write_bytes(b"not a jpeg")
     with pytest.raises(AdaslotError, match="no training image could be read"):
-        train(tiny(tmp_path / "none", **common), progress=False)
+        train(tiny(tmp_path / "none", data=DataSpec(root=str(data)), **common))
 
 
 def test_cli_error_is_one_line(tmp_path):
-    r = subprocess.run(_cli("train", "--out", str(tmp_path / "x"), "--model", "colour=3"),
+    r = subprocess.run(cli_command("train", "--out", str(tmp_path / "x"), "--model", "colour=3"),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--model expects KEY=VALUE" in r.stderr
 
@@ -262,8 +236,7 @@ def test_bf16_autocast_tracks_fp32(tmp_path, train_store):
     """Short parity check of --precision bf16 (the few-hundred-step curve is benchmarks/precision.py)."""
     runs = {p: tmp_path / p for p in ("fp32", "bf16")}
     for p, out in runs.items():
-        train(tiny(out, from_cache=str(train_store), num_iters=4, precision=p, cache_in_memory=True),
-              progress=False)
+        train(tiny(out, from_cache=str(train_store), num_iters=4, precision=p, cache_in_memory=True))
     a, b = losses(runs["fp32"]), losses(runs["bf16"])
     assert a.keys() == b.keys() and a != b  # bf16 really changed the arithmetic
     for step in a:
@@ -275,8 +248,7 @@ def test_compile_tracks_fp32(tmp_path, train_store):
     """--compile (torch.compile of model + loss; ~1 min of compilation on CPU, hence benchmark-marked)."""
     runs = {c: tmp_path / str(c) for c in (False, True)}
     for c, out in runs.items():
-        train(tiny(out, from_cache=str(train_store), num_iters=4, compile=c, cache_in_memory=True),
-              progress=False)
+        train(tiny(out, from_cache=str(train_store), num_iters=4, compile=c, cache_in_memory=True))
     a, b = losses(runs[False]), losses(runs[True])
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4)
@@ -284,14 +256,14 @@ def test_compile_tracks_fp32(tmp_path, train_store):
 
 @pytest.mark.parametrize("kw,msg", [
     ({"ckpt_every": 0}, "--ckpt-every must be >= 1"), ({"log_every": 0}, "--log-every must be >= 1"),
-    ({"lr_half_life": 0}, "--lr-half-life must be >= 1"), ({"lr": -1.0}, "--lr must be positive"),
-    ({"workers": -1}, "--workers must be >= 0"), ({"num_slots": 0}, "--num-slots must be positive"),
-    ({"model_overrides": {**TINY_MODEL, "slot_dim": 0}}, "--model slot_dim must be positive"),
+    ({"lr_half_life": 0}, "--lr-half-life must be >= 1"), ({"lr": -1.0}, "--lr must be > 0"),
+    ({"workers": -1}, "--workers must be >= 0"), ({"num_slots": 0}, "--num-slots must be >= 1"),
+    ({"model_overrides": {**TINY_MODEL, "slot_dim": 0}}, "--model slot_dim must be >= 1"),
 ])
 def test_bad_numeric_flags_refused_before_the_run_folder(tmp_path, train_store, kw, msg):
     run = tmp_path / "r"
     with pytest.raises(AdaslotError, match=msg):
-        train(tiny(run, from_cache=str(train_store), num_iters=2, **kw), progress=False)
+        train(tiny(run, from_cache=str(train_store), num_iters=2, **kw))
     assert not run.exists()  # no config.json / metrics.jsonl left looking like a run
 
 
@@ -303,8 +275,8 @@ def test_cli_bad_model_value_and_finished_rerun(tmp_path, train_store):
     r = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "x"), "--model", "slot_dim=abc"])
     assert isinstance(r.exception, AdaslotError) and "expects an integer" in str(r.exception)
     run = tmp_path / "done"
-    args = ["train", "--from-cache", str(train_store), "--out", str(run), *TINY_FLAGS, "--num-iters", "1",
-            "--batch-size", "4", "--workers", "0", "--device", "cpu", "--no-progress"]
+    args = ["train", "--from-cache", str(train_store), "--out", str(run), *TINY_FLAGS, "--num-slots", "4",
+            "--num-iters", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--no-progress"]
     assert CliRunner().invoke(app, args).exit_code == 0
     r = CliRunner().invoke(app, args)  # already complete: no step taken, so no "loss nan"
     assert r.exit_code == 0 and "nan" not in r.output and "step 1, checkpoint" in r.output

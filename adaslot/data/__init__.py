@@ -1,4 +1,5 @@
-"""Data: COCO-format datasets (pycocotools), the SPEC image transforms with their geometry, and the built-in
+"""Data: COCO-format datasets (pycocotools), the image transforms (docs/method.md#transforms) with their
+geometry, and the built-in
 synthetic shapes dataset. Heavy modules are imported lazily by the names below."""
 
 from __future__ import annotations

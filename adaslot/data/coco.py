@@ -5,16 +5,18 @@
 COCO-format dataset. Item i is a dict:
     ok=True:  image [3, S, S] (views=1) or [V, 3, S, S] (views=2: image, its horizontal flip), float in
               [0, 1], not normalised; index, image_id, file, geometry (transforms.Geometry)
-    ok=False: index, image_id, file, reason, detail (the image could not be used; strict=True raises instead)
+    ok=False: index, image_id, file, reason, detail (the image could not be used)
 `collate` stacks the good items and carries the bad ones in `batch["skipped"]`, so skipping works inside a
 multi-worker DataLoader; call `dataset.record(batch)` in the main process to keep the skip list and counts
 (workers hold copies of the dataset, so nothing a worker records would reach the main process).
 
 Images listed in the json but missing on disk are found at construction (one stat per image) and left out of
 the index space up front (recorded with reason "missing"); decode failures are found when read.
-Images without annotations are kept: their ground truth is empty.
+Images without annotations are kept: their ground truth is empty. The dataset never raises for a bad image
+or annotation: it reports them (skips, `GroundTruth.problems`); the loops apply `--strict` (stop at the
+first).
 
-Ground truth (`ground_truth(image_id)`) follows SPEC: every annotation, crowd included by default
+Ground truth (`ground_truth(image_id)`, docs/method.md#protocols): every annotation, crowd included by default
 (AdaSlot configs) or excluded (`include_crowd=False`, DINOSAUR paper), as instance masks at the original
 resolution [M, H, W] bool plus class masks (instances merged by category). `protocol_ground_truth` resizes
 them for the two published protocols (shorter side 224 or 320, nearest-exact, center crop).
@@ -97,7 +99,8 @@ class GroundTruth:
 
     instance_masks: [M, H, W] bool; category_ids: [M] int64; iscrowd: [M] bool;
     class_masks: [C, H, W] bool (union of the instances of each category); class_ids: [C] int64 (sorted).
-    M = C = 0 for an image without (kept) annotations."""
+    M = C = 0 for an image without (kept) annotations. problems: annotations that could not be decoded
+    (left out), one readable line each."""
 
     image_id: int
     height: int
@@ -107,6 +110,7 @@ class GroundTruth:
     iscrowd: np.ndarray
     class_masks: np.ndarray
     class_ids: np.ndarray
+    problems: list[str] = field(default_factory=list)
 
 
 def _load_coco(annotation_file: Path) -> Any:
@@ -125,14 +129,13 @@ def _load_coco(annotation_file: Path) -> Any:
 
 
 class CocoDataset(Dataset):
-    """COCO-format images -> SPEC-transformed tensors, plus ground truth and a skip list.
+    """COCO-format images -> transformed tensors (docs/method.md#transforms), ground truth and a skip list.
 
     size: network input side S; views: 1 (image) or 2 (image, hflip) stacked; antialias: see transforms;
-    strict: raise AdaslotError instead of skipping; exif: "auto" | "transpose" | "raw" (see load_image)."""
+    exif: "auto" | "transpose" | "raw" (see load_image). Open one from flags with `config.DataSpec.open`."""
 
     def __init__(self, images_dir: str | Path, annotation_file: str | Path, size: int = 224,
-                 views: int = 1, antialias: bool = False, strict: bool = False, exif: str = "auto",
-                 crop: bool = True) -> None:
+                 views: int = 1, antialias: bool = False, exif: str = "auto", crop: bool = True) -> None:
         self.images_dir = Path(images_dir)
         self.annotation_file = Path(annotation_file)
         if not self.images_dir.is_dir():
@@ -141,8 +144,7 @@ class CocoDataset(Dataset):
             raise AdaslotError(f"views must be 1 or 2, got {views}")
         if exif not in ("auto", "transpose", "raw"):
             raise AdaslotError(f"exif must be auto, transpose or raw, got {exif!r}")
-        self.size, self.views, self.antialias, self.strict, self.exif, self.crop = (
-            size, views, antialias, strict, exif, crop)
+        self.size, self.views, self.antialias, self.exif, self.crop = size, views, antialias, exif, crop
         self.coco = _load_coco(self.annotation_file)
         self.skips = SkipLog()
         self.notes: Counter[str] = Counter()  # handled oddities (EXIF rotated, CMYK, ...), see `record`
@@ -154,8 +156,8 @@ class CocoDataset(Dataset):
             if name in on_disk or ("/" in name and (self.images_dir / name).is_file()):
                 present.append(image_id)
             else:
-                self._skip(Skip(image_id, str(self.images_dir / name), "missing",
-                                "listed in the annotations, not on disk"))
+                self.skips.add(Skip(image_id, str(self.images_dir / name), "missing",
+                                    "listed in the annotations, not on disk"))
         self.image_ids: list[int] = present
         # What __getitem__ needs, as flat arrays: DataLoader workers then do not touch (and copy-on-write
         # duplicate, through refcounts) the annotation dicts just to find a file name.
@@ -169,20 +171,11 @@ class CocoDataset(Dataset):
     @classmethod
     def from_root(cls, root: str | Path, split: str = "val", **kwargs: Any) -> CocoDataset:
         """The COCO 2017 layout: root/{split}2017/ and root/annotations/instances_{split}2017.json."""
-        root = Path(root)
-        if not root.is_dir():
-            raise AdaslotError(f"dataset root {root} not found (expected {split}2017/ and annotations/)")
-        ann = root / "annotations" / f"instances_{split}2017.json"
-        if not ann.is_file():
-            raise AdaslotError(f"{ann} not found: is {root} a COCO 2017 root and '{split}' a split in it?")
-        return cls(root / f"{split}2017", ann, **kwargs)
+        from adaslot.config.data import DataSpec
+
+        return cls(*DataSpec(root=str(root), split=split).paths(), **kwargs)
 
     # ------------------------------------------------------------ images
-
-    def _skip(self, skip: Skip) -> None:
-        if self.strict:
-            raise skip.strict_error()
-        self.skips.add(skip)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -216,10 +209,7 @@ class CocoDataset(Dataset):
         try:
             image, notes = self.load(index)
         except ImageLoadError as e:
-            skip = Skip(image_id, file, e.reason, e.detail, index)
-            if self.strict:
-                self._skip(skip)  # raises
-            return {"ok": False, **asdict(skip)}
+            return {"ok": False, **asdict(Skip(image_id, file, e.reason, e.detail, index))}
         x, geom = transform_image(image, self.size, antialias=self.antialias, crop=self.crop)
         if self.views == 2:
             x = torch.stack([x, hflip(x)])
@@ -237,7 +227,7 @@ class CocoDataset(Dataset):
             skipped, notes = batch_or_item.get("skipped", []), batch_or_item.get("notes", [])
         new = [Skip(**s) for s in skipped]
         for s in new:
-            self._skip(s)
+            self.skips.add(s)
         self.notes.update(notes)
         return new
 
@@ -248,15 +238,14 @@ class CocoDataset(Dataset):
         info = self.coco.imgs[image_id]
         h, w = int(info["height"]), int(info["width"])
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if include_crowd or not a.get("iscrowd", 0)]
-        masks, cats, crowd = [], [], []
+        masks, cats, crowd, problems = [], [], [], []
         for a in anns:
             try:
                 m = self.coco.annToMask(a).astype(bool)
             except Exception as e:  # malformed segmentation (pycocotools raises various types)
                 self.notes["bad-annotation"] += 1
-                if self.strict:
-                    raise AdaslotError(f"annotation {a.get('id')} of image {image_id} is malformed: {e}") \
-                        from e
+                problems.append(f"annotation {a.get('id')} of image {image_id} is malformed "
+                                f"({type(e).__name__})")
                 continue
             if m.shape != (h, w) or not m.any():
                 self.notes["empty-annotation"] += 1
@@ -269,7 +258,23 @@ class CocoDataset(Dataset):
         class_ids = np.unique(cat_arr)
         class_masks = (np.stack([inst[cat_arr == c].any(0) for c in class_ids]) if len(class_ids)
                        else np.zeros((0, h, w), bool))
-        return GroundTruth(image_id, h, w, inst, cat_arr, np.asarray(crowd, bool), class_masks, class_ids)
+        return GroundTruth(image_id, h, w, inst, cat_arr, np.asarray(crowd, bool), class_masks, class_ids,
+                           problems)
+
+    def first_malformed_annotation(self) -> str | None:
+        """A structural check of every annotation, without decoding masks (fast enough for COCO train):
+        the first one pycocotools could not turn into a mask, as one readable line, or None."""
+        for a in self.coco.dataset.get("annotations", []):
+            info = self.coco.imgs.get(a.get("image_id"))
+            what = f"annotation {a.get('id')} of image {a.get('image_id')}"
+            if info is None:
+                return f"{what} refers to no image of {self.annotation_file.name}"
+            if "category_id" not in a:
+                return f"{what} has no category_id"
+            problem = _segmentation_problem(a.get("segmentation"), int(info["height"]), int(info["width"]))
+            if problem:
+                return f"{what} is malformed ({problem})"
+        return None
 
     def summary(self) -> dict[str, Any]:
         """Counts for the end-of-job summary (complete once every batch went through `record`). Skips count
@@ -282,6 +287,27 @@ class CocoDataset(Dataset):
             "skipped_by_reason": self.skips.counts(),
             "notes": dict(self.notes),
         }
+
+
+def _segmentation_problem(seg: Any, h: int, w: int) -> str | None:
+    """Why `seg` (a COCO segmentation) cannot be decoded for an h x w image, or None."""
+    if isinstance(seg, list):
+        if not seg:
+            return "empty polygon list"
+        for poly in seg:
+            if not isinstance(poly, list | tuple) or len(poly) < 6 or len(poly) % 2:
+                return "a polygon needs an even number (>= 6) of coordinates"
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in poly):
+                return "a polygon coordinate is not a number"
+        return None
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not isinstance(size, list | tuple) or list(size) != [h, w]:
+            return f"RLE size {size} is not the image's [{h}, {w}]"
+        if not isinstance(counts, str | list):
+            return "RLE without counts"
+        return None
+    return f"segmentation of type {type(seg).__name__}"
 
 
 def protocol_ground_truth(gt: GroundTruth, size: int) -> GroundTruth:

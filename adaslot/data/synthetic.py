@@ -27,71 +27,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from adaslot.config.data import BACKGROUNDS, CATEGORIES, SyntheticConfig
 from adaslot.errors import AdaslotError
 
-# Category ids 1..6 in this order (COCO ids start at 1; 0 is never a category).
-CATEGORIES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "hexagon", "star")
-BACKGROUNDS: tuple[str, ...] = ("plain", "gradient", "stripes", "noise")
 TEXTURES: tuple[str, ...] = ("solid", "stripes", "checker", "noise")
 SPLIT_SEED = {"train": 0, "val": 1}
 VAL_ID_OFFSET = 1_000_000  # val image ids = 1_000_000 + i + 1, so ids are unique across splits (as in COCO)
 
-
-@dataclass
-class SyntheticConfig:
-    """Knobs of `make_synthetic`. Sizes are fractions of the image side so they scale with `image_size`.
-
-    `min_radius` / `max_radius`: half the object extent; 0.134 / 0.25 = 30 / 56 px at 224 (DEMO-PROBES),
-    i.e. every object spans >= ~4 patches of 16 px. `background`: one of BACKGROUNDS, or "varied" (random
-    per image). `texture`: False = solid colours only; True = a random pattern of TEXTURES per object.
-    `min_visible`: an object whose visible fraction after occlusion falls below this is re-placed (then
-    dropped after a few tries), so every annotated object is really visible.
-    `crowd_prob`: chance that an annotation is marked iscrowd=1 (0 by default; tests use it to exercise the
-    crowd protocols).
-    """
-
-    out: str
-    num_train: int = 1000
-    num_val: int = 200
-    image_size: int = 224
-    seed: int = 0
-    min_objects: int = 1
-    max_objects: int = 6
-    min_radius: float = 0.134
-    max_radius: float = 0.25
-    texture: bool = True
-    background: str = "varied"
-    categories: tuple[str, ...] = CATEGORIES
-    min_visible: float = 0.5
-    crowd_prob: float = 0.0
-    jpeg_quality: int = 95
-    overwrite: bool = False
-    progress: bool = True
-
-    def validate(self) -> None:
-        if self.num_train < 0 or self.num_val < 0 or self.num_train + self.num_val == 0:
-            raise AdaslotError("--num-train and --num-val must be >= 0 and not both 0")
-        if self.image_size < 32:
-            raise AdaslotError(f"--image-size must be >= 32, got {self.image_size}")
-        if not 0 <= self.min_objects <= self.max_objects:
-            raise AdaslotError(
-                f"need 0 <= --min-objects <= --max-objects, got {self.min_objects} and {self.max_objects}"
-            )
-        if not 0 < self.min_radius <= self.max_radius <= 0.5:
-            raise AdaslotError(
-                f"need 0 < --min-radius <= --max-radius <= 0.5 (fractions of the image side), "
-                f"got {self.min_radius} and {self.max_radius}"
-            )
-        if self.background not in (*BACKGROUNDS, "varied"):
-            raise AdaslotError(
-                f"unknown --background {self.background!r}; choose one of "
-                f"{', '.join((*BACKGROUNDS, 'varied'))}"
-            )
-        bad = [c for c in self.categories if c not in CATEGORIES]
-        if bad or not self.categories:
-            raise AdaslotError(f"unknown categories {bad}; choose from {', '.join(CATEGORIES)}")
-        if not 0 <= self.min_visible <= 1 or not 0 <= self.crowd_prob <= 1:
-            raise AdaslotError("--min-visible and crowd_prob must be in [0, 1]")
+__all__ = ["BACKGROUNDS", "CATEGORIES", "Scene", "SyntheticConfig", "make_synthetic", "render_scene"]
 
 
 @dataclass
@@ -313,6 +256,8 @@ def make_synthetic(cfg: SyntheticConfig) -> dict[str, Any]:
     """Write the dataset to `cfg.out` (atomically: a temp dir renamed at the end). Returns a summary dict
     (root, images per split, objects per split, mean objects per image)."""
     cfg.validate()
+    if not cfg.out:
+        raise AdaslotError("give the output folder of make-synthetic")
     out = Path(cfg.out)
     occupied = out.is_file() or (out.is_dir() and any(out.iterdir()))
     if occupied and not cfg.overwrite:

@@ -1,6 +1,7 @@
-"""Image loading, the SPEC transforms, and the geometry between network input and original pixels.
+"""Image loading, the image transforms (docs/method.md#transforms), and the geometry between network input
+and original pixels.
 
-SPEC (train and val): to tensor -> resize shorter side to S (bicubic) -> clamp [0, 1] -> center crop S.
+Train and val: to tensor -> resize shorter side to S (bicubic) -> clamp [0, 1] -> center crop S.
 Flip is a separate step (`hflip`) so a feature cache can store both views; normalisation is NOT done here
 (the frozen encoder normalises with its own mean/std).
 
@@ -188,7 +189,7 @@ def compute_geometry(orig_h: int, orig_w: int, size: int, crop: bool = True) -> 
 
 
 def resize_crop(x: torch.Tensor, geom: Geometry, antialias: bool = False) -> torch.Tensor:
-    """The SPEC image transform on a float tensor x [C, H, W] (or [B, C, H, W]) in [0, 1]:
+    """The image transform (docs/method.md#transforms) on x [C, H, W] or [B, C, H, W], float in [0, 1]:
     bicubic resize to the geometry's resized size, clamp [0, 1], crop. Returns [C, out_h, out_w]."""
     squeeze = x.dim() == 3
     xb = x[None] if squeeze else x

@@ -38,8 +38,8 @@ class AdaSlot(nn.Module):
 
     Submodules (and so state_dict keys): `input_mlp` (LN, Linear, ReLU, Linear), `slot_attention`
     (incl. `slots_mu`, `slots_logsigma`), `selector` (stage 2 only), `decoder` (`pos_embed`, `mlp`).
-    `sparse_decoding` (default True) uses the packed kept-slot decoder when autograd is on and the keep mask
-    is hard; set it False for the dense official computation (see `MLPDecoder.forward` for the 1e-5 caveat).
+    `cfg.sparse_decoding` (default True) uses the packed kept-slot decoder when autograd is on and the keep
+    mask is hard; False gives the dense official computation (docs/method.md#deviations: the 1e-5 caveat).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -51,8 +51,8 @@ class AdaSlot(nn.Module):
             cfg.slot_init_scale, cfg.attention_temperature,
         )
         self.selector = GumbelSelector(cfg.slot_dim, cfg.selector_hidden) if cfg.adaptive else None
-        self.decoder = MLPDecoder(cfg.slot_dim, cfg.feature_dim, cfg.num_tokens, tuple(cfg.decoder_hidden))
-        self.sparse_decoding = True
+        self.decoder = MLPDecoder(cfg.slot_dim, cfg.feature_dim, cfg.num_tokens, tuple(cfg.decoder_hidden),
+                                  cfg.split_first_layer)
 
     def forward(self, features: torch.Tensor, slots_init: torch.Tensor | None = None,
                 gumbel_noise: torch.Tensor | None = None, keep_mode: str | None = None) -> ModelOutput:
@@ -74,7 +74,7 @@ class AdaSlot(nn.Module):
             if mode not in KEEP_MODES:
                 raise AdaslotError(f"keep_mode must be one of {KEEP_MODES}, got {mode!r}")
             keep, keep_logits = self.selector(slots, mode, gumbel_noise)
-        sparse = self.sparse_decoding and keep is not None and torch.is_grad_enabled()
+        sparse = self.cfg.sparse_decoding and keep is not None and torch.is_grad_enabled()
         recon, alpha = self.decoder(slots, keep, sparse=sparse)
         return ModelOutput(slots=slots, alpha=alpha, recon=recon, keep=keep, keep_logits=keep_logits,
                            attn=attn)

@@ -1,5 +1,5 @@
-"""MLP patch decoder with alpha masks (SPEC "Decoder"), masked alpha renormalisation (stage 2), and two
-exact speed-ups (issue 8):
+"""MLP patch decoder with alpha masks (docs/method.md#decoder), masked alpha renormalisation (stage 2), and
+two exact speed-ups (docs/method.md#deviations):
 
 - split first layer: W (slot + pos) + b = (W slot + b) + W pos, computed once per slot and once per token and
   broadcast-added, instead of a matmul over K x T rows (mathematically identical);
@@ -32,7 +32,8 @@ def masked_alpha(alpha_logits: torch.Tensor, keep: torch.Tensor | None) -> torch
 class MLPDecoder(nn.Module):
     """slots [B, K, S] -> (recon [B, T, D], alpha [B, K, T]); each slot decodes every token independently."""
 
-    def __init__(self, slot_dim: int, feature_dim: int, num_tokens: int, hidden: tuple[int, ...]) -> None:
+    def __init__(self, slot_dim: int, feature_dim: int, num_tokens: int, hidden: tuple[int, ...],
+                 split_first_layer: bool = True) -> None:
         super().__init__()
         self.feature_dim = feature_dim
         self.num_tokens = num_tokens
@@ -47,7 +48,7 @@ class MLPDecoder(nn.Module):
         for m in self.mlp:
             if isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
-        self.split_first_layer = True  # issue 8 item 4; False = the official broadcast-then-Linear
+        self.split_first_layer = split_first_layer  # False = the official broadcast-then-Linear
 
     def decode(self, slots: torch.Tensor) -> torch.Tensor:
         """slots [N, S] -> per-slot outputs [N, T, D + 1] (features then alpha logit)."""

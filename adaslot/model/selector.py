@@ -1,4 +1,4 @@
-"""AdaSlot's Gumbel keep/drop selector (stage 2, SPEC "Adaptive selection").
+"""AdaSlot's Gumbel keep/drop selector (stage 2, docs/method.md#selector).
 
 `net` = official `single_gumbel_score_network`: LN -> Linear -> ReLU -> Linear(., 2); index 1 = keep.
 """

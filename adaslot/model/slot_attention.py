@@ -1,4 +1,4 @@
-"""Slot attention with a learned Gaussian slot initialisation (SPEC "Slot attention").
+"""Slot attention with a learned Gaussian slot initialisation (docs/method.md#slot-attention).
 
 Layer names follow the official `ocl` modules so the checkpoint converter is a prefix rename:
 `slots_mu`/`slots_logsigma` (conditioning), `norm_input`, `to_q/to_k/to_v`, `gru`, `norm_slots`,
@@ -50,7 +50,8 @@ class SlotAttention(nn.Module):
         self.to_k = nn.Linear(slot_dim, slot_dim, bias=False)
         self.to_v = nn.Linear(slot_dim, slot_dim, bias=False)
         self.norm_slots = nn.LayerNorm(slot_dim)
-        self.gru = nn.GRUCell(slot_dim, slot_dim)  # PyTorch default init, biases not zeroed (SPEC)
+        # PyTorch's default init, biases not zeroed (docs/method.md#slot-attention)
+        self.gru = nn.GRUCell(slot_dim, slot_dim)
         self.mlp = two_layer_mlp(slot_dim, mlp_hidden, slot_dim)
 
     def init_from_noise(self, noise: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from adaslot.contract import IDENTITY_KEYS, check_contract
 from adaslot.errors import AdaslotError
 
 STORE_FORMAT = "adaslot-feature-store"
@@ -35,9 +36,6 @@ STATUS_NOT_WRITTEN, STATUS_OK = 0, 1
 SKIP_REASONS = ("unreadable", "truncated", "too-large", "size-mismatch", "other")
 STATUS_CODES = {STATUS_NOT_WRITTEN: "not written", STATUS_OK: "ok",
                 **{i + 2: r for i, r in enumerate(SKIP_REASONS)}}
-# Contract keys that define "the same features"; informational keys (timm version, ...) are not compared.
-IDENTITY_KEYS = ("encoder", "weights_sha256", "tap_point", "input_size", "normalisation", "num_tokens",
-                 "feature_dim")
 
 
 def shard_done_mask(status: np.ndarray, shard_samples: int) -> np.ndarray:
@@ -104,9 +102,9 @@ class FeatureStore:
                          split: str | None = None, require_complete: bool = True) -> None:
         """Raise AdaslotError (one line, with the fix) unless this store can feed the given configuration.
 
-        contract: an encoder contract (`FrozenEncoder.contract(side)` or a checkpoint's `feature_contract`);
-        only IDENTITY_KEYS present on both sides are compared. encoder / feature_dim / num_tokens / split:
-        simpler checks for callers that do not have a contract.
+        contract: an encoder contract (`FrozenEncoder.contract(side)` or a checkpoint's `feature_contract`),
+        compared by `adaslot.contract`. encoder / feature_dim / num_tokens / split: simpler checks for
+        callers that do not have a whole contract.
         """
         where = f"feature store {self.path}"
         if self.attrs.get("format") != STORE_FORMAT:
@@ -115,19 +113,12 @@ class FeatureStore:
             done, total = self.shards_done()
             raise AdaslotError(f"{where} is incomplete ({done}/{total} shards written); rerun the same "
                                f"`adaslot cache-features` command to finish it")
-        mine = self.contract
         want: dict[str, Any] = dict(contract or {})
-        if encoder is not None:
-            want["encoder"] = encoder
-        if feature_dim is not None:
-            want["feature_dim"] = feature_dim
-        if num_tokens is not None:
-            want["num_tokens"] = num_tokens
-        for key in IDENTITY_KEYS:
-            if key in want and key in mine and _norm(want[key]) != _norm(mine[key]):
-                raise AdaslotError(f"{where} does not match: {key} is {_short(mine[key])} in the store but "
-                                   f"{_short(want[key])} is expected; cache features with the matching "
-                                   f"encoder/settings or pick another store")
+        for key, value in (("encoder", encoder), ("feature_dim", feature_dim), ("num_tokens", num_tokens)):
+            if value is not None:
+                want[key] = value
+        check_contract(want, self.contract, where, "the features expected",
+                       "cache features with the matching encoder/settings or pick another store")
         if split is not None and self.attrs.get("dataset", {}).get("split") not in (None, split):
             raise AdaslotError(f"{where} holds split {self.attrs['dataset']['split']!r}, not {split!r}")
 
@@ -136,7 +127,7 @@ class FeatureStore:
         a = self.attrs
         c = self.contract
         done, total = self.shards_done()
-        size = _size_on_disk(self.path)
+        size = size_on_disk(self.path)
         ds = a.get("dataset", {})
         lines = [
             f"store       {self.path} ({self.backend})",
@@ -164,16 +155,7 @@ class FeatureStore:
         return lines
 
 
-def _norm(v: Any) -> Any:
-    return json.loads(json.dumps(v))  # tuples vs lists, numpy scalars: compare as JSON
-
-
-def _short(v: Any) -> str:
-    s = json.dumps(_norm(v))
-    return s if len(s) <= 40 else s[:37] + "..."
-
-
-def _size_on_disk(path: str) -> int | None:
+def size_on_disk(path: str) -> int | None:
     p = Path(path)
     if "://" in path or not p.exists():
         return None
@@ -227,4 +209,4 @@ def open_store(path: str | Path) -> FeatureStore:
     return FeatureStore(path, "zarr", root, attrs)
 
 
-__all__ = ["FeatureStore", "open_store", "STORE_FORMAT", "STATUS_CODES", "IDENTITY_KEYS"]
+__all__ = ["FeatureStore", "open_store", "STORE_FORMAT", "STATUS_CODES", "IDENTITY_KEYS", "size_on_disk"]

@@ -19,7 +19,6 @@ import json
 import queue
 import threading
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,10 @@ import torch
 
 from adaslot import __version__, distributed
 from adaslot.config import CacheConfig
+from adaslot.device import autocast, resolve_workers
 from adaslot.errors import AdaslotError
+from adaslot.files import file_sha256
+from adaslot.progress import progress_bar
 from adaslot.store import (
     STATUS_CODES,
     STATUS_OK,
@@ -36,38 +38,11 @@ from adaslot.store import (
     STORE_VERSION,
     normalize_path,
     shard_done_mask,
+    size_on_disk,
     status_code,
 )
 
 VIEW_NAMES = ("image", "hflip")
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _build_dataset(cfg: CacheConfig, side: int, views: int) -> Any:
-    from adaslot.data.coco import CocoDataset
-
-    if cfg.images or cfg.annotations:
-        if not (cfg.images and cfg.annotations):
-            raise AdaslotError("--images and --annotations go together")
-        if cfg.dataset or cfg.root:
-            raise AdaslotError("give either --dataset coco --root R or --images/--annotations, not both")
-        return CocoDataset(cfg.images, cfg.annotations, size=side, views=views, antialias=cfg.antialias,
-                           strict=cfg.strict)
-    # synthetic: `adaslot make-synthetic` writes the COCO 2017 layout, read the same way.
-    if cfg.dataset not in (None, "coco", "synthetic"):
-        raise AdaslotError(f"--dataset {cfg.dataset!r} is not supported (coco or synthetic with --root, or "
-                           f"--images/--annotations)")
-    if not cfg.root:
-        raise AdaslotError("give the input: --dataset coco --root R, or --images DIR --annotations FILE")
-    return CocoDataset.from_root(cfg.root, cfg.split, size=side, views=views, antialias=cfg.antialias,
-                                 strict=cfg.strict)
 
 
 def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, views: int) -> dict[str, Any]:
@@ -80,7 +55,7 @@ def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, view
         "feature_contract": contract,
         "dataset": {
             "name": "coco-format",  # the annotation checksum is the identity; the flag spelling is not
-            "split": cfg.split,
+            "split": cfg.data.split,
             "annotation_file": Path(dataset.annotation_file).name,
             "annotation_sha256": file_sha256(dataset.annotation_file),
             "num_listed": int(dataset.num_listed),
@@ -90,7 +65,7 @@ def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, view
         },
         "transform": describe_transform(side, antialias=cfg.antialias, crop=True),
         "views": list(VIEW_NAMES[:views]),
-        "layout": {"chunk_samples": cfg.chunk_samples, "shard_samples": cfg.shard_samples},
+        "layout": {"chunk_samples": cfg.chunk_size, "shard_samples": cfg.shard_size},
     }
 
 
@@ -130,7 +105,7 @@ def _prepare_store(cfg: CacheConfig, settings: dict[str, Any], image_ids: np.nda
                                f"settings to resume it, or --overwrite to replace it")
     # New (or replaced) store. mode="w" deletes what was there.
     root = zarr.open_group(out, mode="w")
-    c, s = cfg.chunk_samples, cfg.shard_samples
+    c, s = cfg.chunk_size, cfg.shard_size
     num_samples = len(image_ids)
     root.create_array("features", shape=(num_samples, views, tokens, dim), dtype="float16",
                       chunks=(c, views, tokens, dim), shards=(s, views, tokens, dim), compressors=None,
@@ -201,68 +176,27 @@ class _ShardWriter:
             raise AdaslotError(f"writing the store failed: {type(self.error).__name__}: {self.error}")
 
 
-def _progress(enabled: bool, total: int, label: str) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    class _Rate(TextColumn):
-        def render(self, task: Any) -> Any:  # images/s over the whole run (stable, unlike rich's window)
-            from rich.text import Text
-
-            el = task.elapsed or 0.0
-            return Text(f"{task.completed / el:7.1f} img/s" if el > 0 else "    --- img/s")
-
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), _Rate(""), TextColumn("ETA"),
-                    TimeRemainingColumn(), TextColumn("elapsed"), TimeElapsedColumn(), disable=not enabled)
-
-
 def cache_features(cfg: CacheConfig) -> dict[str, Any]:
     """Run the frozen encoder over the dataset into `cfg.out` (resumable, see module doc) -> summary dict."""
     from adaslot.data.coco import collate
     from adaslot.encoders import build_encoder
 
-    if not cfg.out:
-        raise AdaslotError("give the store path: --out PATH (a directory ending in .zarr, or an fsspec URL)")
-    cfg = dataclasses.replace(cfg, out=normalize_path(cfg.out))
-    if cfg.precision not in ("fp32", "bf16"):
-        raise AdaslotError(f"--precision must be fp32 or bf16, got {cfg.precision!r}")
-    if cfg.chunk_samples < 1:
-        raise AdaslotError(f"--chunk-size must be >= 1, got {cfg.chunk_samples}")
-    if cfg.shard_samples < 1 or cfg.shard_samples % cfg.chunk_samples:
-        raise AdaslotError(f"--shard-size ({cfg.shard_samples}) must be a multiple of --chunk-size "
-                           f"({cfg.chunk_samples})")
-    if cfg.batch_size < 1:
-        raise AdaslotError("--batch-size must be >= 1")
-    if cfg.workers < 0:
-        raise AdaslotError(f"--workers must be >= 0 (0 decodes in the main process), got {cfg.workers}")
-    if cfg.image_size is not None and cfg.image_size < 0:
-        raise AdaslotError(f"--resize-to must be positive (or 0 0 for the encoder's native size), got "
-                           f"{cfg.image_size}")
+    cfg = dataclasses.replace(cfg.validate(), out=normalize_path(cfg.out))
     if "://" not in cfg.out and Path(cfg.out).is_file():
         raise AdaslotError(f"--out {cfg.out} is a file; the store is a folder (e.g. {cfg.out}.zarr)")
-    views = cfg.views if cfg.views is not None else (2 if cfg.split == "train" else 1)
-    if views not in (1, 2):
-        raise AdaslotError(f"--views must be 1 or 2, got {views}")
+    views = cfg.num_views
     t_start = time.time()
     dist = distributed.init(cfg.device)
     device = dist.device
     encoder = build_encoder(cfg.encoder, weights=cfg.encoder_weights, device=device)
     side = cfg.image_size or encoder.image_size
     if side % encoder.patch_size:
-        raise AdaslotError(f"--resize-to {side} is not a multiple of the patch size {encoder.patch_size}")
-    dataset = _build_dataset(cfg, side, views)  # strict: a missing image raises here
-    # Unreadable images are found in DataLoader workers, where a raise would come back as a multi-line
-    # wrapped traceback: workers skip, and the main loop stops at the first recorded skip (see --strict).
-    dataset.strict = False
+        raise AdaslotError(f"--image-size {side} is not a multiple of the patch size {encoder.patch_size}")
+    # --strict: a missing image or malformed annotation is refused here; an unreadable image is found by a
+    # loader worker, which skips it, and the encoding loop stops at the first skip (a raise inside a worker
+    # would come back as a multi-line wrapped traceback).
+    dataset = cfg.data.open(side, views=views, antialias=cfg.antialias)
     n = len(dataset)
-    if n == 0:
-        raise AdaslotError("the dataset has no usable images (all missing on disk?)")
     tokens, dim = encoder.num_tokens(side), encoder.embed_dim
 
     # Rank 0 creates or validates the store and lists the missing shards; the others wait, then get its
@@ -282,7 +216,7 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
             else:
                 _remove_partial_files(cfg.out)  # rank 0 only, before any rank writes
                 status = np.asarray(zarr.open_group(cfg.out, mode="r")["status"][:])
-                done = shard_done_mask(status, cfg.shard_samples)
+                done = shard_done_mask(status, cfg.shard_size)
                 verdict = ("ready", [k for k in range(done.size) if not done[k]])
         except AdaslotError as e:
             verdict = ("error", str(e))
@@ -295,7 +229,7 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
         return {"already_complete": True, "out": cfg.out}
 
     root = zarr.open_group(cfg.out, mode="r+")
-    s = cfg.shard_samples
+    s = cfg.shard_size
     missing: list[int] = payload
     # Round-robin over the *missing* shards: after a partial run the ranks still get equal work (a rank idle
     # at the final barrier for long would hit the process-group timeout).
@@ -324,7 +258,7 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
                    side: int, tokens: int, dim: int, device: torch.device, dist: Any, collate: Any
                    ) -> tuple[int, int]:
     """Encode the given shards (in order) and hand each finished one to the writer thread."""
-    n, s, bs = len(dataset), cfg.shard_samples, cfg.batch_size
+    n, s, bs = len(dataset), cfg.shard_size, cfg.batch_size
     bounds = {k: (k * s, min((k + 1) * s, n)) for k in shards}
     # Batches start at each shard's first row and never cross a shard: the bytes of a shard do not depend
     # on which other shards this run encodes (resume, ranks) even if the kernels depend on the batch size.
@@ -334,11 +268,10 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
     if not batches:
         return 0, 0
     on_cuda = device.type == "cuda"
+    workers = resolve_workers(cfg.workers)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=batches, num_workers=cfg.workers, collate_fn=collate, pin_memory=on_cuda,
-        prefetch_factor=4 if cfg.workers > 0 else None, persistent_workers=False)
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
-                else nullcontext())
+        dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate, pin_memory=on_cuda,
+        prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
     writer = _ShardWriter(root)
     open_shards: dict[int, dict[str, Any]] = {}
     counts = {"written": 0, "skipped": 0}
@@ -363,14 +296,14 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
             writer.submit(k, cur["a"], cur["b"], cur["feats"], cur["status"])
 
     label = "caching" if dist.world_size == 1 else f"caching (rank 0 of {dist.world_size})"
-    progress = _progress(cfg.progress and dist.is_main, total, label)
+    progress = progress_bar(label, cfg.progress and dist.is_main, unit="img")
     pending = None
     try:
         with progress:
             task = progress.add_task("cache", total=total)
             for batch in loader:
                 new_skips = dataset.record(batch)
-                if cfg.strict and new_skips:  # the shard is not written: the store stays incomplete
+                if cfg.data.strict and new_skips:  # the shard is not written: the store stays incomplete
                     raise new_skips[0].strict_error()
                 idx = batch["index"].numpy()
                 rows = idx.tolist() + [int(sk["index"]) for sk in batch["skipped"]]
@@ -383,7 +316,7 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
                 host = event = None
                 if len(idx):
                     x = batch["image"].to(device, non_blocking=True).reshape(-1, 3, side, side)
-                    with autocast:
+                    with autocast(cfg.precision, device):
                         f = encoder(x)
                     f = f.reshape(len(idx), views, tokens, dim).to(torch.float16)
                     if on_cuda:  # async copy into pinned memory; the next batch is queued before we wait
@@ -436,9 +369,7 @@ def _finalize(cfg: CacheConfig, root: Any, dataset: Any, n: int, s: int, seconds
         "skipped_by_reason": dict(reasons),
         "seconds_this_run": round(seconds, 2),
     }
-    from adaslot.store import _size_on_disk
-
-    size = _size_on_disk(cfg.out)
+    size = size_on_disk(cfg.out)
     if size is not None:
         summary["size_bytes"] = size
     root.attrs.update({"complete": True, "summary": summary, "skipped_images": skipped_list})
@@ -460,68 +391,3 @@ def _print_summary(summary: dict[str, Any], encoded_now: int, seconds: float) ->
         f"  size on disk    {size}\n"
         f"  time            {seconds:.1f} s this run (~{rate:.1f} images/s incl. start-up)"
     )
-
-
-def verify_store(path: str, sample: int = 64, seed: int = 0, encoder_weights: str | None = None,
-                 root: str | None = None, images: str | None = None, annotations: str | None = None,
-                 device: str = "auto") -> dict[str, Any]:
-    """Recompute `sample` random stored rows (all views) online and compare: -> {max_abs_error, bound, ...}.
-
-    `bound` is the fp16 rounding allowance (half an fp16 ulp of the largest value, plus fp32 noise); the
-    check passes when max_abs_error <= bound. The dataset location defaults to the one recorded at caching.
-    """
-    from adaslot.data.coco import CocoDataset
-    from adaslot.encoders import build_encoder
-    from adaslot.store import open_store
-
-    if sample < 1:
-        raise AdaslotError(f"--sample must be >= 1, got {sample}")
-    store = open_store(path)
-    a = store.attrs
-    src = a.get("source", {})
-    images, annotations = images or src.get("images"), annotations or src.get("annotations")
-    if root:
-        split = a.get("dataset", {}).get("split", "train")
-        images, annotations = f"{root}/{split}2017", f"{root}/annotations/instances_{split}2017.json"
-    if not (images and annotations):
-        raise AdaslotError("the store does not record its dataset location; pass --root or "
-                           "--images/--annotations")
-    c = store.contract
-    dev = distributed.resolve_device(device)
-    encoder = build_encoder(c["encoder"], weights=encoder_weights, device=dev)
-    if encoder.weights_sha256 != c.get("weights_sha256"):
-        raise AdaslotError(f"the encoder weights found differ from the store's (sha256 "
-                           f"{encoder.weights_sha256[:12]} vs {str(c.get('weights_sha256'))[:12]}); pass the "
-                           f"right --encoder-weights")
-    side = int(c["input_size"][0])
-    antialias = "antialias=True" in str(a.get("transform", {}).get("resize", ""))
-    ds = CocoDataset(images, annotations, size=side, views=store.num_views, antialias=antialias)
-    want_sha = a.get("dataset", {}).get("annotation_sha256")
-    if want_sha and file_sha256(ds.annotation_file) != want_sha:
-        # Another dataset: comparing its images would report a feature MISMATCH that is not one.
-        raise AdaslotError(f"{ds.annotation_file} is not the annotation file the store was made from (sha256 "
-                           f"differs); pass the original dataset with --root or --images/--annotations")
-    if len(ds) != store.num_samples or [int(i) for i in ds.image_ids[:1]] != [int(store.raw_image_ids[0])]:
-        raise AdaslotError("the dataset found does not match the store's rows; pass the dataset it was made "
-                           "from")
-    rows = np.flatnonzero(store.valid)
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(rows, size=min(sample, rows.size), replace=False))
-    autocast = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if c.get("precision") == "bf16"
-                else nullcontext())
-    max_err, bound = 0.0, 0.0
-    for r in rows:
-        item = ds[int(r)]
-        if not item["ok"]:
-            raise AdaslotError(f"image {item['image_id']} cannot be read now ({item['reason']}), but it was "
-                               f"cached")
-        x = item["image"].reshape(-1, 3, side, side).to(dev)
-        with autocast:
-            online = encoder(x).float().cpu()
-        stored = torch.from_numpy(np.asarray(store.features[int(r)])).float()
-        max_err = max(max_err, float((online - stored).abs().max()))
-        # fp16 has 11 significant bits: rounding error <= |x| * 2^-11; plus slack for fp32 reduction order.
-        bound = max(bound, float(online.abs().max()) * 2.0**-11 * 1.01 + 1e-5)
-    if c.get("precision") == "bf16":
-        bound *= 16  # bf16 compute: 8 significant bits instead of fp32's 24
-    return {"rows": int(rows.size), "max_abs_error": max_err, "bound": bound, "ok": max_err <= bound}

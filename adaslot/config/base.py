@@ -1,0 +1,210 @@
+"""Settings: each setting is declared once, as a dataclass field made by `setting(...)`.
+
+The field carries the name, default, help text and valid range. The CLI (adaslot.cli) turns every field into
+the flag `--field-name`; `validate()` checks ranges and choices with one-line errors naming that flag;
+`to_dict()` / `from_dict()` give the JSON saved beside runs and checkpoints; `parse_value()` turns a string
+(`--model KEY=VALUE`, sweep grids) into a field's type. A field whose type is itself a `Settings` (e.g.
+`data: DataSpec`) contributes its fields as flags of their own, without a prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+from adaslot.errors import AdaslotError
+
+S = TypeVar("S", bound="Settings")
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | None = None,
+            max: float | None = None, above: float | None = None, choices: Sequence[Any] | None = None,
+            flag: str | None = None, argument: bool = False, required: bool = False, cli: bool = True,
+            shortcuts: dict[str, Any] | None = None, parser: Any = None,
+            default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with its CLI/validation metadata.
+
+    min / max: inclusive bounds; above: exclusive lower bound; choices: allowed values; flag: the flag name
+    when it is not the field name; argument: a positional CLI argument; required: the CLI needs it;
+    cli=False: library-only; shortcuts: {"long": "long"} adds a flag `--long` meaning `--FIELD long`;
+    parser: the flag is repeatable (`--model a=1 --model b=2`) and parser(list of strings) gives the value.
+    """
+    meta = {"help": help, "min": min, "max": max, "above": above,
+            "choices": tuple(choices) if choices else None, "flag": flag, "argument": argument,
+            "required": required, "cli": cli, "shortcuts": shortcuts or {}, "parser": parser}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def flag_of(f: dataclasses.Field, prefix: str = "--") -> str:
+    """`--batch-size` for the field `batch_size` (or its declared flag name); with another prefix (e.g.
+    "--model ") the field name is kept as written: `--model slot_dim`."""
+    name = f.metadata.get("flag") or f.name
+    return prefix + name.replace("_", "-") if prefix == "--" else prefix + name
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Resolved annotations of a dataclass (the modules use `from __future__ import annotations`)."""
+    return typing.get_type_hints(cls)
+
+
+def base_type(annotation: Any) -> tuple[Any, bool]:
+    """(X, optional) for `X | None` / `Optional[X]`; (annotation, False) otherwise."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return annotation, False
+
+
+def is_settings(annotation: Any) -> bool:
+    t, _ = base_type(annotation)
+    return isinstance(t, type) and issubclass(t, Settings)
+
+
+def parse_value(cls: type, name: str, text: str) -> Any:
+    """A string -> the type of field `name` of `cls` (int, float, bool, str, tuple of ints, or None).
+
+    Tuples of ints accept "128x128" or "128,128"; booleans true/false/1/0/yes/no; "none" gives None for an
+    optional field. Raises AdaslotError naming the field on a value of the wrong kind.
+    """
+    t, optional = base_type(field_types(cls)[name])
+    if optional and text.strip().lower() == "none":
+        return None
+    try:
+        if typing.get_origin(t) is tuple:
+            parts = text.replace("x", ",").split(",")
+            return tuple(int(v) for v in parts if v.strip())
+        if t is bool:
+            low = text.strip().lower()
+            if low not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(text)
+            return low in ("1", "true", "yes")
+        if t is int:
+            return int(text)
+        if t is float:
+            return float(text)
+    except ValueError:
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(t, "integers like 128x128")
+        raise AdaslotError(f"{name} expects {kind}, got {text!r}") from None
+    return text
+
+
+class Settings:
+    """Base of every config dataclass: validation from field metadata, JSON round trip."""
+
+    FLAG_PREFIX = "--"  # how error messages name a field: `--batch-size`, or e.g. `--model slot_dim`
+
+    def check(self) -> None:
+        """Cross-field rules of a config (one-line AdaslotError); subclasses override."""
+
+    def validate(self: S) -> S:
+        """Check every field's range / choices (then `check()`), nested settings included; returns self."""
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, Settings):
+                value.validate()
+                continue
+            _check_field(f, value, self.FLAG_PREFIX)
+        self.check()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls: type[S], d: dict[str, Any], strict: bool = False) -> S:
+        """Build from `to_dict()` output; unknown keys raise when `strict`, else they are ignored (a run made
+        by an older or newer adaslot). Missing keys take their defaults."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - set(fields))
+        if strict and unknown:
+            raise AdaslotError(f"unknown {cls.__name__} keys {unknown}")
+        hints = field_types(cls)
+        kwargs: dict[str, Any] = {}
+        for name, value in d.items():
+            if name not in fields:
+                continue
+            t, _ = base_type(hints[name])
+            if is_settings(t) and isinstance(value, dict):
+                value = t.from_dict(value, strict=strict)
+            elif typing.get_origin(t) is tuple and isinstance(value, list):
+                value = tuple(value)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def cli_base(cls: type[S], given: dict[str, Any]) -> S:
+        """The config CLI values are applied to (the defaults; a config with profiles picks its profile)."""
+        return cls()
+
+    def replace(self: S, **changes: Any) -> S:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _check_field(f: dataclasses.Field, value: Any, prefix: str) -> None:
+    m = f.metadata
+    if value is None or not m:
+        return
+    flag = flag_of(f, prefix)
+    if m.get("choices") and value not in m["choices"]:
+        raise AdaslotError(f"{flag} must be one of {', '.join(map(str, m['choices']))}, got {value!r}")
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        if isinstance(v, float) and math.isnan(v):
+            raise AdaslotError(f"{flag} must be a number, got nan")
+        if m.get("min") is not None and v < m["min"]:
+            raise AdaslotError(f"{flag} must be >= {m['min']}, got {value}")
+        if m.get("above") is not None and not v > m["above"]:
+            raise AdaslotError(f"{flag} must be > {m['above']}, got {value}")
+        if m.get("max") is not None and v > m["max"]:
+            raise AdaslotError(f"{flag} must be <= {m['max']}, got {value}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Settings):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def cli_fields(cls: type) -> Iterator[tuple[dataclasses.Field, Any, tuple[str, ...]]]:
+    """(field, resolved type, path) of every CLI setting of `cls`, nested settings flattened; path is the
+    chain of nested field names leading to it (empty for top-level fields)."""
+    hints = field_types(cls)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True):
+            continue
+        if is_settings(hints[f.name]):
+            inner = base_type(hints[f.name])[0]
+            for g, t, path in cli_fields(inner):
+                yield g, t, (f.name, *path)
+        else:
+            yield f, hints[f.name], ()
+
+
+def from_flags(cls: type[S], given: dict[str, Any], base: S | None = None) -> S:
+    """A config from CLI values: `given` maps flat field names to values (None = not given, keep the default).
+
+    Nested settings start from `base`'s (or the class default's) nested value, so a command-specific default
+    (e.g. eval's split "val") stays unless the flag is given."""
+    obj = base if base is not None else cls.cli_base(given)
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if isinstance(value, Settings):
+            inner_given = {g.name: given[g.name] for g in dataclasses.fields(value)  # type: ignore[arg-type]
+                           if given.get(g.name) is not None}
+            if inner_given:
+                changes[f.name] = from_flags(type(value), inner_given, value)
+        elif given.get(f.name) is not None:
+            changes[f.name] = given[f.name]
+    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]

@@ -1,0 +1,122 @@
+"""Input settings: `DataSpec` (which COCO-format dataset a command reads) and `SyntheticConfig` (the built-in
+shapes dataset of `adaslot make-synthetic`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adaslot.config.base import Settings, setting
+from adaslot.errors import AdaslotError
+
+if TYPE_CHECKING:
+    from adaslot.data.coco import CocoDataset
+
+DATASETS = ("coco", "synthetic")  # both read the COCO 2017 layout (make-synthetic writes it)
+
+
+@dataclass
+class DataSpec(Settings):
+    """A COCO-format dataset: `--root R` (COCO 2017 layout: R/{split}2017/ + R/annotations/
+    instances_{split}2017.json) or `--images DIR --annotations FILE`. `strict` is the policy of the loops
+    that read it: stop at the first missing/unreadable image or malformed annotation instead of skipping."""
+
+    dataset: str = setting("coco", "layout of --root: coco, or synthetic (a root written by make-synthetic)",
+                           choices=DATASETS)
+    root: str | None = setting(None, "dataset root in the COCO 2017 layout")
+    split: str = setting("train", "split under --root (train2017/, val2017/, ...)")
+    images: str | None = setting(None, "image folder of a COCO-format dataset (with --annotations)")
+    annotations: str | None = setting(None, "COCO-format annotation json (with --images)")
+    strict: bool = setting(False, "stop at the first missing or unreadable image or malformed annotation "
+                                  "(default: skip it and list it in the outputs)")
+
+    @property
+    def given(self) -> bool:
+        return bool(self.root or self.images or self.annotations)
+
+    def check(self) -> None:
+        if self.images or self.annotations:
+            if not (self.images and self.annotations):
+                raise AdaslotError("--images and --annotations go together")
+            if self.root:
+                raise AdaslotError("give either --root R or --images/--annotations, not both")
+
+    def paths(self) -> tuple[Path, Path]:
+        """(image folder, annotation file) this spec names."""
+        self.check()
+        if self.images:
+            return Path(self.images), Path(str(self.annotations))
+        if not self.root:
+            raise AdaslotError("no input data: pass --root R (COCO 2017 layout) or --images DIR "
+                               "--annotations FILE")
+        root = Path(self.root)
+        if not root.is_dir():
+            raise AdaslotError(f"dataset root {root} not found (expected {self.split}2017/ and annotations/)")
+        ann = root / "annotations" / f"instances_{self.split}2017.json"
+        if not ann.is_file():
+            raise AdaslotError(f"{ann} not found: is {root} a COCO 2017 root and '{self.split}' a split "
+                               "in it?")
+        return root / f"{self.split}2017", ann
+
+    def open(self, size: int, views: int = 1, antialias: bool = False) -> CocoDataset:
+        """The dataset at network input side `size` (never strict itself: loops apply the policy, see
+        `data.coco.CocoDataset`). With `strict`, a malformed annotation is refused here, before any work."""
+        from adaslot.data.coco import CocoDataset
+
+        images, annotations = self.paths()
+        ds = CocoDataset(images, annotations, size=size, views=views, antialias=antialias)
+        if self.strict:
+            missing = next((s for s in ds.skips.items if s.reason == "missing"), None)
+            if missing is not None:
+                raise missing.strict_error()
+            problem = ds.first_malformed_annotation()
+            if problem:
+                raise AdaslotError(f"{problem}; drop --strict to skip it")
+        if len(ds) == 0:
+            raise AdaslotError(f"no usable images in {ds.images_dir} (listed {ds.num_listed}, all missing)")
+        return ds
+
+
+BACKGROUNDS = ("plain", "gradient", "stripes", "noise")
+CATEGORIES = ("circle", "square", "triangle", "diamond", "hexagon", "star")  # ids 1..6 in this order
+
+
+@dataclass
+class SyntheticConfig(Settings):
+    """`adaslot make-synthetic`: shape scenes written as a COCO 2017 dataset. Sizes are fractions of the image
+    side, so they scale with `image_size`; every image is a function of (seed, split, index)."""
+
+    out: str = setting("", "output folder (COCO 2017 layout: train2017/, val2017/, annotations/)",
+                       argument=True, required=True)
+    num_train: int = setting(1000, "number of train images", min=0)
+    num_val: int = setting(200, "number of val images", min=0)
+    image_size: int = setting(224, "square image side in pixels", min=32)
+    seed: int = setting(0, "seed; the dataset is a deterministic function of it and the settings")
+    min_objects: int = setting(1, "fewest objects drawn per image", min=0)
+    max_objects: int = setting(6, "most objects drawn per image (crowded scenes may get fewer)", min=0)
+    min_radius: float = setting(0.134, "smallest radius / side (0.134 = 30 px at 224)", above=0, max=0.5)
+    max_radius: float = setting(0.25, "largest radius / side (0.25 = 56 px at 224)", above=0, max=0.5)
+    texture: bool = setting(True, "textured objects (else solid colours)")
+    background: str = setting("varied", "plain, gradient, stripes, noise, or varied (random per image)",
+                              choices=(*BACKGROUNDS, "varied"))
+    categories: tuple[str, ...] = setting(CATEGORIES, "shape categories drawn", cli=False)
+    # An object whose visible fraction after occlusion falls below this is re-placed (then dropped).
+    min_visible: float = setting(0.5, "minimum visible fraction of each object after occlusion", min=0, max=1)
+    crowd_prob: float = setting(0.0, "chance that an annotation is marked iscrowd=1", min=0, max=1)
+    jpeg_quality: int = setting(95, "JPEG quality", min=1, max=100)
+    overwrite: bool = setting(False, "replace OUT if it exists")
+    progress: bool = setting(True, "show a progress bar")
+
+    def check(self) -> None:
+        if self.num_train + self.num_val == 0:
+            raise AdaslotError("--num-train and --num-val must not both be 0")
+        if self.min_objects > self.max_objects:
+            raise AdaslotError(f"need --min-objects <= --max-objects, got {self.min_objects} and "
+                               f"{self.max_objects}")
+        if self.min_radius > self.max_radius:
+            raise AdaslotError(f"need --min-radius <= --max-radius, got {self.min_radius} and "
+                               f"{self.max_radius}")
+        bad = [c for c in self.categories if c not in CATEGORIES]
+        if bad or not self.categories:
+            raise AdaslotError(f"unknown categories {bad}; choose from {', '.join(CATEGORIES)}")

@@ -1,0 +1,74 @@
+"""Settings of `adaslot demo` (docs/method.md#demo) and its three profiles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from adaslot.config.base import Settings, setting
+from adaslot.config.data import SyntheticConfig
+from adaslot.errors import AdaslotError
+
+PROFILES = ("normal", "long", "quick")
+
+
+def demo_data() -> SyntheticConfig:
+    """The demo's shapes: 64 px, plain background, solid circles and squares, 2-4 objects of radius 12-20 px,
+    each >= 80 % visible (objects span several 8-px patches, so the patch grid caps FG-ARI high)."""
+    return SyntheticConfig(num_train=2000, num_val=200, image_size=64, min_objects=2, max_objects=4,
+                           min_radius=0.1875, max_radius=0.3125, texture=False, background="plain",
+                           categories=("circle", "square"), min_visible=0.8)
+
+
+@dataclass
+class DemoConfig(Settings):
+    """`adaslot demo`: make-synthetic -> cache-features -> train stage 1 -> stage 2 (warm start) -> eval.
+
+    Profiles (`demo_config`): normal (< 10 min on 2 CPU cores), long (the run whose checkpoint ships in
+    adaslot/assets), quick (seconds, for tests). A run is defined by step counts, never by wall time, and
+    fixed by `seed`, so it is reproducible."""
+
+    out: str = setting("cache/demo", "output folder (data, features, runs, eval, results.json)")
+    profile: str = setting("normal", "normal (< 10 min on 2 cores), long (the run whose checkpoint ships, "
+                                     "<= 1 h), quick (tiny, seconds; numbers meaningless)",
+                           choices=PROFILES, shortcuts={"long": "long", "quick": "quick"})
+    seed: int = setting(0, "seed of data, model init and noise (the run is a function of it)")
+    data: SyntheticConfig = setting(default_factory=demo_data, cli=False)
+    stage1_steps: int = setting(5000, "stage-1 steps", min=1, cli=False)
+    stage2_steps: int = setting(1500, "stage-2 steps", min=1, cli=False)
+    batch_size: int = setting(32, "batch size", min=1, cli=False)
+    lr: float = setting(2e-3, "peak learning rate", above=0, cli=False)
+    warmup_steps: int = setting(200, "warm-up steps", min=0, cli=False)
+    lr_half_life: int = setting(100_000, "steps per halving of the learning rate", min=1, cli=False)
+    sparsity_weight: float = setting(0.1, "stage-2 sparsity weight (higher drops more slots)", min=0)
+    ratio_steps: int = setting(10, "steps timed online vs from the cache", min=1, cli=False)
+    shipped: str | None = setting(None, "checkpoint to evaluate as 'shipped' (default: adaslot/assets; '' "
+                                        "skips it)")
+    export_assets: bool = setting(True, "long profile: write the shipped files into adaslot/assets",
+                                  cli=False)
+    # 1 thread: the demo's matrices are tiny, and on a busy 2-core machine 2 threads ran ~10x slower.
+    threads: int = setting(1, "torch threads (0 = torch's default)", min=0)
+    progress: bool = setting(True, "progress bars", cli=False)
+
+    @classmethod
+    def cli_base(cls, given: dict[str, Any]) -> DemoConfig:
+        return demo_config(given.get("profile") or "normal")
+
+
+PROFILE_CHANGES: dict[str, dict[str, Any]] = {
+    "normal": {},
+    "long": {"data": {"num_train": 5000}, "stage1_steps": 30_000, "stage2_steps": 4000,
+             "lr_half_life": 15_000},
+    "quick": {"data": {"num_train": 64, "num_val": 16}, "stage1_steps": 4, "stage2_steps": 3, "batch_size": 8,
+              "ratio_steps": 2},
+}
+
+
+def demo_config(profile: str = "normal", **overrides: Any) -> DemoConfig:
+    """The DemoConfig of `profile` with its changes, then non-None `overrides`, applied."""
+    if profile not in PROFILE_CHANGES:
+        raise AdaslotError(f"unknown demo profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    changes = dict(PROFILE_CHANGES[profile])
+    data = demo_data().replace(**changes.pop("data", {}))
+    cfg = DemoConfig(profile=profile, data=data, **changes)
+    return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,120 @@
+"""The slot model's settings (`ModelConfig`) and named presets (coco, movi-c, movi-e, demo).
+
+Defaults are the reference model of docs/method.md; presets give its published sizes and scaled variants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from adaslot.config.base import Settings, parse_value, setting
+from adaslot.errors import AdaslotError
+
+
+@dataclass
+class ModelConfig(Settings):
+    """Slot model after the frozen encoder: features [B, T, feature_dim] -> slots [B, K, slot_dim]."""
+
+    FLAG_PREFIX = "--model "
+
+    feature_dim: int = setting(768, "D of the encoder tokens (input and reconstruction target)", min=1)
+    num_tokens: int = setting(196, "T, e.g. 14 x 14 patches", min=1)
+    slot_dim: int = setting(256, "slot size S", min=1)
+    num_slots: int = setting(7, "K (K_max in stage 2)", min=1)
+    num_iterations: int = setting(3, "slot-attention iterations", min=1)
+    input_mlp_hidden: int = setting(768, "hidden size of LN -> Linear -> ReLU -> Linear(S)", min=1)
+    slot_mlp_hidden: int = setting(1024, "hidden size of the residual MLP inside slot attention", min=1)
+    decoder_hidden: tuple[int, ...] = setting((2048, 2048, 2048), "decoder MLP hidden sizes, e.g. 512x512",
+                                              min=1)
+    adaptive: bool = setting(False, "stage 2: a keep/drop decision per slot masks the decoder")
+    selector_hidden: int = setting(1024, "hidden size of the Gumbel score network", min=1)
+    eps: float = setting(1e-8, "slot-attention renormalisation epsilon", above=0)
+    # Options only a non-reference preset changes; the defaults are the reference (docs/method.md#deviations).
+    slot_init_scale: float = setting(1.0, "multiplies exp(log sigma) of the slot initialisation", above=0)
+    attention_temperature: float = setting(1.0, "logits = q k^T / (sqrt(S) * temperature)", above=0)
+    # Exact speed-ups (docs/method.md#deviations); False gives the official computation.
+    sparse_decoding: bool = setting(True, "stage 2: decode dropped slots without autograd")
+    split_first_layer: bool = setting(True, "decoder: W(slot + pos) computed as W slot + W pos")
+
+    def to_dict(self) -> dict[str, Any]:
+        return super().to_dict()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], strict: bool = True) -> ModelConfig:
+        return super().from_dict(d, strict=strict)
+
+    @classmethod
+    def parse_overrides(cls, items: list[str], flag: str = "--model") -> dict[str, Any]:
+        """["slot_dim=64", "decoder_hidden=512x512"] -> {"slot_dim": 64, "decoder_hidden": (512, 512)}."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        out: dict[str, Any] = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in names:
+                raise AdaslotError(f"{flag} expects KEY=VALUE with KEY one of {', '.join(names)}; "
+                                   f"got {item!r}")
+            try:
+                out[key] = parse_value(cls, key, value)
+            except AdaslotError as e:
+                raise AdaslotError(f"{flag} {e}") from None
+        return out
+
+
+@dataclass
+class Preset:
+    """A named model size plus the encoder it expects and its stage-1 / stage-2 slot counts."""
+
+    name: str
+    encoder: str
+    model: ModelConfig
+    num_slots_stage1: int
+    num_slots_stage2: int
+    notes: str = ""
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> Preset:
+    PRESETS[preset.name] = preset
+    return preset
+
+
+register_preset(Preset("coco", "dino-vitb-16", ModelConfig(), 7, 33, "reference: DINO ViT-B/16, COCO"))
+# MOVi (docs/method.md#presets): slot dim 128, decoder [1024]x3; only K_max is published, stage 1 uses it too.
+_MOVI = dict(slot_dim=128, slot_mlp_hidden=512, selector_hidden=512, decoder_hidden=(1024, 1024, 1024))
+register_preset(Preset("movi-c", "dino-vitb-16", ModelConfig(num_slots=11, **_MOVI), 11, 11, "MOVi-C"))
+register_preset(Preset("movi-e", "dino-vitb-16", ModelConfig(num_slots=24, **_MOVI), 24, 24, "MOVi-E"))
+# The demo (docs/method.md#demo): 64-px shapes, the demo-colour-pos encoder (8 x 8 tokens of 128 dims), a
+# scaled-down model; attention_temperature 0.5 sharpens slot competition at init, so the slots leave the
+# collapsed state (all equal, alpha = 1/K) sooner.
+register_preset(Preset(
+    "demo", "demo-colour-pos",
+    ModelConfig(feature_dim=128, num_tokens=64, slot_dim=64, num_slots=5, input_mlp_hidden=128,
+                slot_mlp_hidden=128, decoder_hidden=(128, 128), selector_hidden=128,
+                attention_temperature=0.5),
+    5, 6, "demo: 64-px synthetic shapes, demo-colour-pos encoder, K=5, K_max=6",
+))
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise AdaslotError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
+
+
+def model_config_for(preset: str, stage: int, **overrides: Any) -> ModelConfig:
+    """The model config of `preset` for `stage` (1: fixed K, 2: adaptive), with non-None overrides applied."""
+    if stage not in (1, 2):
+        raise AdaslotError(f"--stage must be 1 or 2, got {stage}")
+    p = get_preset(preset)
+    cfg = dataclasses.replace(p.model, num_slots=p.num_slots_stage1 if stage == 1 else p.num_slots_stage2,
+                              adaptive=stage == 2)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)}
+    if unknown:
+        raise AdaslotError(f"unknown model setting {sorted(unknown)[0]!r}")
+    return dataclasses.replace(cfg, **overrides)

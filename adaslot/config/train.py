@@ -1,0 +1,100 @@
+"""Settings of `adaslot train` (docs/method.md#training gives the reference values used as defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from adaslot.config.base import Settings, setting
+from adaslot.config.data import DataSpec
+from adaslot.config.model import PRESETS, ModelConfig
+from adaslot.config.store import DEVICE_HELP, WORKERS_HELP
+from adaslot.errors import AdaslotError
+
+DEFAULT_NUM_ITERS = {1: 200_000, 2: 500_000}  # steps per stage when --num-iters is not given
+SCHEDULES = ("adaslot", "dinosaur", "constant")
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@dataclass
+class TrainConfig(Settings):
+    """`adaslot train`. One input: `from_cache` (a feature store) or images (`data`) through the frozen
+    encoder. None means "the default for this stage / preset" (`resolved()`)."""
+
+    stage: int = setting(1, "1: fixed K (DINOSAUR-style); 2: adaptive K (warm start from stage 1)",
+                         choices=(1, 2))
+    out: str = setting("", "run folder (config, metrics.jsonl, checkpoints/); rerun to resume", required=True)
+    from_cache: str | None = setting(None, "feature store (zarr folder or .h5) to train from")
+    data: DataSpec = setting(default_factory=DataSpec)
+    encoder: str | None = setting(None, "online mode: frozen encoder name (default: the preset's)")
+    encoder_weights: str | None = setting(None, "encoder weights file (online mode, validation)")
+    image_size: int | None = setting(None, "online mode: network input side (default: the encoder's)", min=1)
+    preset: str = setting("coco", "model preset: coco (reference), movi-c, movi-e, demo",
+                          choices=tuple(PRESETS))
+    num_slots: int | None = setting(None, "K (default: the preset's stage-1 K, or its K_max in stage 2)",
+                                    min=1)
+    model_overrides: dict[str, Any] = setting(
+        default_factory=dict, flag="model", parser=ModelConfig.parse_overrides,
+        help="override a model setting: KEY=VALUE, repeatable (e.g. --model decoder_hidden=512x512)")
+    num_iters: int | None = setting(None, "optimiser steps (default 200k stage 1, 500k stage 2)", min=1)
+    batch_size: int = setting(64, "global batch size (split over torchrun ranks)", min=1)
+    lr: float = setting(4e-4, "peak learning rate (Adam)", above=0)
+    lr_schedule: str = setting("adaslot", "adaslot (decay from step 0), dinosaur (decay after the warm-up), "
+                                          "or constant", choices=SCHEDULES)
+    warmup_steps: int = setting(10_000, "linear warm-up steps", min=0)
+    lr_half_life: int = setting(100_000, "steps per halving of the learning rate", min=1)
+    grad_clip: float = setting(1.0, "gradient-norm clipping (0: off)", min=0)
+    warmstart: str | None = setting(None, "stage 2: the stage-1 checkpoint to start from")
+    sparsity_weight: float = setting(0.1, "stage 2: weight of the mean-kept-fraction penalty", min=0)
+    precision: str = setting("fp32", "fp32 (reference), tf32, or bf16 (autocast)", choices=PRECISIONS)
+    compile: bool = setting(False, "torch.compile the slot model and loss")
+    seed: int = setting(0, "seed of init, data order and noise")
+    val_every: int = setting(0, "validate every N steps (0: never)", min=0)
+    val_root: str | None = setting(None, "COCO root whose val split validates (default: --root)")
+    val_from_cache: str | None = setting(None, "validate on this cached val store instead (fast proxy)")
+    val_max_images: int = setting(64, "validation subset size", min=1)
+    ckpt_every: int = setting(5_000, "checkpoint every N steps (and at the end)", min=1)
+    keep_last: int = setting(3, "checkpoints kept (older ones deleted; 0 keeps all)", min=0)
+    log_every: int = setting(50, "write metrics.jsonl every N steps", min=1)
+    cache_in_memory: bool = setting(False, "load the store into memory first")
+    device: str = setting("auto", DEVICE_HELP)
+    workers: int | None = setting(None, WORKERS_HELP, min=0)
+    wandb: bool = setting(False, "also log to Weights & Biases")
+    wandb_project: str = setting("adaslot", "Weights & Biases project")
+    progress: bool = setting(True, "show the progress bar")
+
+    def check(self) -> None:
+        if not self.out:
+            raise AdaslotError("--out is required (the run folder, e.g. cache/runs/NAME)")
+        if self.from_cache and self.data.given:
+            raise AdaslotError("give one input: --from-cache STORE, or images (--root R or --images/"
+                               "--annotations), not both")
+        if not self.from_cache and not self.data.given:
+            raise AdaslotError("give one input: --from-cache STORE, --root R, or --images DIR "
+                               "--annotations FILE")
+        if self.warmstart and self.stage != 2:
+            raise AdaslotError("--warmstart is for stage 2 (it loads a stage-1 checkpoint)")
+        if self.val_every and not (self.val_source()):
+            raise AdaslotError("--val-every needs val data: --val-root R (a COCO root with val2017/) or "
+                               "--val-from-cache STORE")
+
+    def val_source(self) -> str | None:
+        """The val store or COCO root periodic validation reads (None: no validation data)."""
+        return self.val_from_cache or self.val_root or self.data.root
+
+    def resolved(self) -> TrainConfig:
+        """A copy with stage defaults filled in (num_iters)."""
+        n = self.num_iters if self.num_iters is not None else DEFAULT_NUM_ITERS[self.stage]
+        return self.replace(num_iters=n)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], strict: bool = False) -> TrainConfig:
+        """Also reads the flat layout of older run folders (dataset/root/... beside the other keys, and
+        `dense_decoding`, now the model setting `sparse_decoding`)."""
+        d = dict(d)
+        old_data = {k: d.pop(k) for k in ("dataset", "root", "images", "annotations", "strict") if k in d}
+        if old_data and "data" not in d:
+            d["data"] = {**old_data, "dataset": old_data.get("dataset") or "coco"}
+        if d.pop("dense_decoding", False):
+            d["model_overrides"] = {**d.get("model_overrides", {}), "sparse_decoding": False}
+        return super().from_dict(d, strict=strict)

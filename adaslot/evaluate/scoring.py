@@ -1,0 +1,224 @@
+"""Scoring a model: per-image metrics under each protocol (docs/method.md#protocols), and the eval loop.
+
+Stage-2 models keep a slot when its keep logit beats its drop logit, unless `gumbel_eval=SEED` samples the
+Gumbel noise as the official evaluation does (seeded here, so it is reproducible). The slot initialisation
+is sampled, as official, from a seeded generator; the caller's global RNG state is left untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from adaslot.config import EvalConfig
+from adaslot.data.transforms import Geometry, compute_geometry
+from adaslot.device import resolve_workers
+from adaslot.evaluate.masks import alpha_grids, gt_at_side, labels_at_side, labels_fullres
+from adaslot.metrics import MetricAccumulator, image_scores
+
+if TYPE_CHECKING:
+    from adaslot.data.coco import CocoDataset
+
+PROTOCOL_SIDE = {"adaslot": 224, "dinosaur": 320}
+PROTOCOL_CROWD = {"adaslot": True, "dinosaur": False, "fullres": True}  # crowd annotations kept?
+PROTOCOL_DESCRIPTION = {
+    "adaslot": "AdaSlot configs: crowd kept; GT shorter side 224 (nearest-exact) + center crop; alpha "
+               "bilinear to 224",
+    "dinosaur": "DINOSAUR paper: crowd dropped; GT shorter side 320 (nearest-exact) + center crop; alpha "
+                "bilinear to 320",
+    "fullres": "crowd kept; original pixels of the center-crop region; alpha bilinear straight to them; GT "
+               "never resized",
+}
+
+
+@dataclass
+class EvalItem:
+    """One evaluation image: the network input (None when features come from a cache) and the ground truth
+    at original resolution: masks [M, H, W] bool, categories [M] int, iscrowd [M] bool; problems: its
+    annotations that could not be decoded."""
+
+    image_id: int
+    image: torch.Tensor | None
+    geometry: Geometry
+    masks: np.ndarray
+    categories: np.ndarray
+    iscrowd: np.ndarray
+    file: str = ""
+    problems: list[str] = field(default_factory=list)
+
+
+class EvalDataset(Dataset):
+    """A CocoDataset seen as EvalItems (image + GT decoded in the loader workers).
+
+    with_images=False reads only the ground truth (feature-cache proxy, patch ceiling). Unusable images
+    come out as the data module's skip dicts ({"ok": False, ...}); the eval loop records them.
+    """
+
+    def __init__(self, coco: CocoDataset, with_images: bool = True, indices: Sequence[int] | None = None):
+        self.coco = coco
+        self.with_images = with_images
+        self.indices = list(range(len(coco))) if indices is None else list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> EvalItem | dict[str, Any]:
+        index = self.indices[i]
+        if self.with_images:
+            raw = self.coco[index]
+            if not raw["ok"]:
+                return raw
+            image, geom, image_id, file = raw["image"], raw["geometry"], raw["image_id"], raw["file"]
+        else:
+            info = self.coco.image_info(index)
+            image_id, file, image = int(info["id"]), str(info["file_name"]), None
+            geom = compute_geometry(int(info["height"]), int(info["width"]), self.coco.size)
+        gt = self.coco.ground_truth(image_id, include_crowd=True)
+        return EvalItem(image_id, image, geom, gt.instance_masks, gt.category_ids, gt.iscrowd, file,
+                        gt.problems)
+
+
+def score_image(alpha_grid: torch.Tensor, item: EvalItem, protocols: Sequence[str]
+                ) -> dict[str, dict[str, float]]:
+    """alpha [K, g, g] of one image -> {protocol: metrics.image_scores(...)} for the requested protocols."""
+    out = {}
+    for p in protocols:
+        sel = np.ones(len(item.masks), bool) if PROTOCOL_CROWD[p] else ~item.iscrowd
+        masks, cats = item.masks[sel], item.categories[sel]
+        if p == "fullres":
+            pred, (top, left, bottom, right) = labels_fullres(alpha_grid, item.geometry)
+            gt = masks[:, top:bottom, left:right]
+        else:
+            side = PROTOCOL_SIDE[p]
+            pred = labels_at_side(alpha_grid, side)
+            gt = gt_at_side(masks, side)
+        out[p] = image_scores(pred, gt, cats)
+    return out
+
+
+@dataclass
+class ImageResult:
+    """What `evaluate_model` hands to its per-image callback (pictures, saved masks)."""
+
+    item: EvalItem
+    alpha_grid: torch.Tensor  # [K, g, g]
+    keep: np.ndarray | None  # [K] 0/1, stage 2 only
+    scores: dict[str, dict[str, float]]
+
+
+def is_adaptive(model: torch.nn.Module) -> bool:
+    """True for a stage-2 (adaptive) model (also through DDP / torch.compile wrappers)."""
+    for attr in ("module", "_orig_mod"):
+        model = getattr(model, attr, model)
+    return bool(getattr(getattr(model, "cfg", None), "adaptive", False))
+
+
+def keep_mode_label(model: torch.nn.Module, gumbel_eval: int | None) -> str:
+    if not is_adaptive(model):
+        return "all slots (stage 1)"
+    return "deterministic (keep-logit > drop-logit)" if gumbel_eval is None else (
+        f"gumbel (official stochastic protocol, seed {gumbel_eval})")
+
+
+def _collate(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    encoder: torch.nn.Module | None,
+    dataset: CocoDataset | Dataset | Sequence[EvalItem],
+    cfg: EvalConfig | None = None,
+    *,
+    features_fn: Callable[[list[EvalItem]], torch.Tensor] | None = None,
+    on_image: Callable[[ImageResult], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Score an in-memory model; returns {"protocols": {name: summary}, "keep_mode", "num_images", "skipped"}.
+
+    dataset: a CocoDataset (wrapped in EvalDataset), an EvalDataset, or any sequence of EvalItems.
+    Features come from `encoder(images [B, 3, S, S]) -> [B, T, D]`, or from `features_fn(items)` (cache
+    proxy). Uses cfg.protocol, batch_size, workers, max_images, gumbel_eval, seed, data.strict (defaults:
+    EvalConfig()). The model is put in eval mode and restored afterwards; the global RNG is left untouched.
+    Summaries: metrics.MetricAccumulator.summary.
+    """
+    from adaslot.data.coco import CocoDataset, Skip
+
+    cfg = cfg or EvalConfig()
+    protocols = cfg.protocols
+    coco = None
+    if isinstance(dataset, CocoDataset):
+        coco = dataset
+        dataset = EvalDataset(dataset, with_images=features_fn is None)
+    elif isinstance(dataset, EvalDataset):
+        coco = dataset.coco
+    if cfg.max_images is not None and cfg.max_images < len(dataset):  # type: ignore[arg-type]
+        dataset = torch.utils.data.Subset(dataset, range(cfg.max_images))  # type: ignore[arg-type]
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,  # type: ignore[arg-type]
+                        num_workers=resolve_workers(cfg.workers), collate_fn=_collate)
+    device = next(model.parameters()).device
+    adaptive = is_adaptive(model)
+    keep_mode = "gumbel" if cfg.gumbel_eval is not None else "deterministic"
+    seed = cfg.seed if cfg.gumbel_eval is None else cfg.gumbel_eval
+    accs = {p: MetricAccumulator() for p in protocols}
+    skipped: list[dict[str, Any]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for batch in loader:
+                items = [b for b in batch if isinstance(b, EvalItem)]
+                for bad in (b for b in batch if not isinstance(b, EvalItem)):
+                    skip = {k: v for k, v in bad.items() if k != "ok"}  # the fields of data.coco.Skip
+                    if cfg.data.strict:
+                        raise Skip(**skip).strict_error()
+                    skipped.append(skip)
+                    if coco is not None:
+                        coco.record(bad)
+                if cfg.data.strict:
+                    problem = next((p for it in items for p in it.problems), None)
+                    if problem:
+                        from adaslot.errors import AdaslotError
+
+                        raise AdaslotError(f"{problem}; drop --strict to skip it")
+                if items:
+                    _score_batch(model, encoder, features_fn, items, protocols, accs, adaptive, keep_mode,
+                                 device, on_image)
+                if progress is not None:
+                    progress(len(batch))
+    finally:
+        model.train(was_training)
+    return {
+        "protocols": {p: accs[p].summary() for p in protocols},
+        "keep_mode": keep_mode_label(model, cfg.gumbel_eval),
+        "num_images": accs[protocols[0]].num_images,
+        "skipped": skipped,
+    }
+
+
+def _score_batch(model: torch.nn.Module, encoder: Any, features_fn: Any, items: list[EvalItem],
+                 protocols: Sequence[str], accs: dict[str, MetricAccumulator], adaptive: bool, keep_mode: str,
+                 device: torch.device, on_image: Callable[[ImageResult], None] | None) -> None:
+    if features_fn is not None:
+        feats = features_fn(items)
+    else:
+        if encoder is None:
+            raise ValueError("evaluate_model needs an encoder or a features_fn")
+        feats = encoder(torch.stack([it.image for it in items]).to(device))
+    out = model(feats.to(device=device, dtype=torch.float32), keep_mode=keep_mode if adaptive else None)
+    grids = alpha_grids(out.alpha)
+    keeps = out.keep.detach().cpu().numpy() if out.keep is not None else None
+    for i, item in enumerate(items):
+        scores = score_image(grids[i], item, protocols)
+        kept = int(keeps[i].sum()) if keeps is not None else None
+        for p in protocols:
+            accs[p].add(scores[p], kept)
+        if on_image is not None:
+            on_image(ImageResult(item, grids[i], keeps[i] if keeps is not None else None, scores))

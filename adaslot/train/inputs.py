@@ -1,0 +1,167 @@
+"""Training inputs: features [b, T, D] float32 on the device, this rank's rows of each global batch.
+
+  CacheSource    a feature store (adaslot.store.loader), one stored view per sample
+  OnlineSource   images -> train transform (docs/method.md#transforms, random flip) -> frozen encoder
+Both expose feature_dim, num_tokens, contract, encoder_name, next_batch(), state_dict() / load_state_dict()
+(the resume position) and close().
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from adaslot import distributed
+from adaslot.config import TrainConfig, get_preset
+from adaslot.device import resolve_workers
+from adaslot.errors import AdaslotError
+
+
+class SampleStream:
+    """The online sample order: an endless stream of (dataset index, flip) over epochs.
+
+    Epoch e is a permutation of the N images plus one flip bit each (p = 0.5), both from a generator seeded
+    with (seed, e); global batch j is stream positions [j B, (j + 1) B) and rank r takes its slice. The
+    position `consumed` is the whole state, so resume (and any rank count) reproduces the same stream.
+    """
+
+    def __init__(self, n: int, seed: int, global_batch: int, rows: slice, consumed: int = 0) -> None:
+        self.n, self.seed, self.global_batch, self.rows, self.consumed = n, seed, global_batch, rows, consumed
+        self._epoch, self._perm, self._flip = -1, torch.empty(0), torch.empty(0)
+
+    def _at(self, pos: int) -> tuple[int, bool]:
+        epoch, i = divmod(pos, self.n)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm, self._flip = epoch, torch.randperm(self.n, generator=g), \
+                torch.rand(self.n, generator=g) < 0.5
+        return int(self._perm[i]), bool(self._flip[i])
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        start = self.consumed
+        while True:
+            batch = [self._at(p) for p in range(start, start + self.global_batch)][self.rows]
+            start += self.global_batch
+            yield batch
+
+
+class FlippedViews(torch.utils.data.Dataset):
+    """dataset[(i, flip)] = dataset[i], the image horizontally flipped when flip (the train augmentation)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, bool]) -> dict[str, Any]:
+        from adaslot.data.transforms import hflip
+
+        index, flip = key
+        item = self.dataset[index]
+        if item["ok"] and flip:
+            item["image"] = hflip(item["image"])
+        return item
+
+
+class OnlineSource:
+    """Images -> train transform (resize, clamp, center crop, random flip) -> frozen encoder."""
+
+    def __init__(self, cfg: TrainConfig, dist: distributed.DistInfo, local_batch: int) -> None:
+        from adaslot.data.coco import collate
+        from adaslot.encoders import build_encoder
+
+        self.device = dist.device
+        self.encoder = build_encoder(cfg.encoder or get_preset(cfg.preset).encoder, cfg.encoder_weights,
+                                     device=self.device)
+        side = cfg.image_size or self.encoder.image_size
+        self.dataset = cfg.data.open(side)
+        self.feature_dim, self.num_tokens = self.encoder.embed_dim, self.encoder.num_tokens(side)
+        self.encoder_name, self.contract = self.encoder.name, self.encoder.contract(side)
+        self.cfg, self.dist, self.collate = cfg, dist, collate
+        rows = slice(dist.rank * local_batch, (dist.rank + 1) * local_batch)
+        self.stream = SampleStream(len(self.dataset), cfg.seed, cfg.batch_size, rows)
+        self._iter: Any = None
+
+    def _start(self) -> None:
+        workers = resolve_workers(self.cfg.workers)
+        loader = torch.utils.data.DataLoader(
+            FlippedViews(self.dataset), batch_sampler=self.stream, num_workers=workers,
+            collate_fn=self.collate, pin_memory=self.device.type == "cuda",
+            persistent_workers=False, prefetch_factor=4 if workers else None,
+        )
+        self._iter = iter(loader)
+
+    def next_batch(self) -> torch.Tensor:
+        """-> features [b, T, D] float32 (b < local batch only if an image could not be decoded)."""
+        if self._iter is None:
+            self._start()
+        empty = 0  # samples drawn since the last usable one
+        while True:
+            batch = next(self._iter)
+            self.stream.consumed += self.cfg.batch_size
+            new_skips = self.dataset.record(batch)
+            if self.cfg.data.strict and new_skips:  # workers skip; the policy is applied here
+                raise new_skips[0].strict_error()
+            if len(batch["index"]):
+                return self.encoder(batch["image"].to(self.device, non_blocking=True)).float()
+            empty += self.cfg.batch_size
+            if empty > 2 * len(self.dataset):  # two epochs without one readable image: it would loop forever
+                raise AdaslotError("no training image could be read (skip reasons: "
+                                   f"{self.dataset.skips.summary()})")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"consumed": self.stream.consumed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream.consumed = int(state["consumed"])
+        self._iter = None
+
+    def close(self) -> None:
+        self._iter = None
+
+
+class CacheSource:
+    """Features streamed from a feature store (adaslot.store.loader); one random stored view per sample."""
+
+    def __init__(self, cfg: TrainConfig, dist: distributed.DistInfo, local_batch: int) -> None:
+        from adaslot.store import open_store
+        from adaslot.store.loader import FeatureLoader
+
+        store = open_store(str(cfg.from_cache))
+        # Refuses (one line) a foreign, incomplete, val-split or other-encoder store.
+        store.check_compatible(encoder=cfg.encoder, split="train", require_complete=True)
+        if store.num_views == 1 and dist.is_main:
+            print(f"note: {cfg.from_cache} stores one view per image, so training sees no flips "
+                  "(cache the train split with 2 views to match the reference augmentation)")
+        self.device = dist.device
+        self.loader = FeatureLoader(store, local_batch, seed=cfg.seed, in_memory=cfg.cache_in_memory,
+                                    rank=dist.rank, world_size=dist.world_size,
+                                    pin_memory=self.device.type == "cuda")
+        self.feature_dim, self.num_tokens = store.feature_dim, store.num_tokens
+        self.contract = dict(store.contract)
+        self.encoder_name = self.contract.get("encoder", "unknown")
+
+    def next_batch(self) -> torch.Tensor:
+        """-> features [b, T, D] float32 (stored as float16)."""
+        feats, _rows = next(self.loader)
+        return feats.to(self.device, non_blocking=True).float()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state)
+
+    def close(self) -> None:
+        self.loader.close()
+
+
+def build_source(cfg: TrainConfig, dist: distributed.DistInfo,
+                 local_batch: int) -> CacheSource | OnlineSource:
+    """The input of this run: a feature store (`--from-cache`) or images through the frozen encoder."""
+    if cfg.from_cache:
+        return CacheSource(cfg, dist, local_batch)
+    return OnlineSource(cfg, dist, local_batch)

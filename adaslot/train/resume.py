@@ -1,0 +1,42 @@
+"""What a run folder's config allows: the model config of a run, and which settings may change on resume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adaslot.config import ModelConfig, TrainConfig, model_config_for
+from adaslot.contract import check_contract
+
+# TrainConfig fields that may change between a run and its resumption (they do not change the math).
+RESUMABLE_CHANGES = {"num_iters", "val_every", "val_root", "val_from_cache", "val_max_images", "ckpt_every",
+                     "keep_last", "log_every", "device", "workers", "wandb", "wandb_project", "compile",
+                     "cache_in_memory", "strict", "progress"}
+
+
+def resolve_model_config(cfg: TrainConfig, feature_dim: int, num_tokens: int) -> ModelConfig:
+    """Preset + stage defaults, then --num-slots / --model overrides; D and T always come from the input."""
+    overrides = {**cfg.model_overrides, "feature_dim": feature_dim, "num_tokens": num_tokens}
+    if cfg.num_slots is not None:
+        overrides["num_slots"] = cfg.num_slots
+    return model_config_for(cfg.preset, cfg.stage, **overrides).validate()
+
+
+def _flat(cfg: TrainConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    return {**{k: v for k, v in d.items() if k != "data"}, **d["data"]}
+
+
+def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """`--flag old -> new` for every setting (outside RESUMABLE_CHANGES) that differs from a saved run's
+    config. A setting missing from `saved` (a run from an older adaslot) counts as its default."""
+    old, new = _flat(TrainConfig.from_dict(saved)), _flat(cfg)
+    return [f"--{k.replace('_', '-')} {old[k]!r} -> {v!r}" for k, v in new.items()
+            if k not in RESUMABLE_CHANGES and old[k] != v]
+
+
+def check_warmstart_features(payload: dict[str, Any], contract: dict[str, Any] | None, encoder_name: str,
+                             what: str) -> None:
+    """Refuse a warm-start checkpoint trained on other features (encoder, weights, tap point, resolution)."""
+    theirs = payload.get("feature_contract") or {"encoder": payload.get("encoder")}
+    check_contract(theirs, contract or {"encoder": encoder_name}, "this run's features",
+                   f"those --warmstart {what} was trained on", "train stage 2 on the features of stage 1")

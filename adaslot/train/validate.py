@@ -1,0 +1,59 @@
+"""Periodic validation during training: the `adaslot` protocol on the first val images, scored by the same
+code as `adaslot eval` (deterministic keep, seeded slot noise; the global RNG is left untouched)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from adaslot.config import DataSpec, EvalConfig, TrainConfig
+
+
+class Validator:
+    """`validator(model) -> {fg_ari, mbo_i, ...}` on `cfg.val_max_images` val images: re-running the encoder
+    on a COCO root's val split (--val-root, or --root online), or reading a cached val store
+    (--val-from-cache, the fast proxy; its ground truth comes from the dataset recorded in the store)."""
+
+    def __init__(self, cfg: TrainConfig, source: Any, device: torch.device) -> None:
+        self.cfg, self.source, self.device = cfg, source, device
+        self.dataset: Any = None
+        self.encoder: Any = None
+        self.features_fn: Any = None
+
+    def _setup(self) -> None:
+        from adaslot.encoders import build_encoder
+        from adaslot.evaluate import cache_reader
+
+        cfg = self.cfg
+        side = (self.source.contract or {}).get("input_size", [None])[0]
+        if cfg.val_from_cache:
+            from adaslot.store import open_store
+
+            store = open_store(cfg.val_from_cache)
+            store.check_compatible(self.source.contract)
+            src = store.attrs.get("source", {})
+            data = (DataSpec(root=cfg.val_root, split="val") if cfg.val_root else
+                    DataSpec(images=src.get("images"), annotations=src.get("annotations")))
+            self.dataset = data.open(int(store.contract["input_size"][0]))
+            self.features_fn, indices = cache_reader(store, self.dataset, self.device)
+            self.indices = indices
+            return
+        self.encoder = getattr(self.source, "encoder", None) or build_encoder(
+            self.source.encoder_name, cfg.encoder_weights, device=self.device)
+        self.dataset = DataSpec(root=cfg.val_root or cfg.data.root, split="val").open(
+            side or self.encoder.image_size)
+        self.indices = None
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        from adaslot.evaluate import EvalDataset, evaluate_model
+
+        if self.dataset is None:
+            self._setup()
+        ecfg = EvalConfig(protocol="adaslot", batch_size=16, workers=0, max_images=self.cfg.val_max_images,
+                          seed=self.cfg.seed)
+        data = EvalDataset(self.dataset, with_images=self.features_fn is None, indices=self.indices)
+        result = evaluate_model(model, self.encoder, data, ecfg, features_fn=self.features_fn)
+        summary = result["protocols"]["adaslot"]
+        return {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}

@@ -1,0 +1,85 @@
+"""Helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from adaslot.train import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+# A tiny slot model on random-vit-tiny features: fast, same code paths as the reference sizes.
+TINY_MODEL = {"slot_dim": 32, "input_mlp_hidden": 64, "slot_mlp_hidden": 64, "decoder_hidden": (64, 64),
+              "selector_hidden": 32}
+TINY_FLAGS = [arg for k, v in TINY_MODEL.items()
+              for arg in ("--model", f"{k}={'x'.join(map(str, v)) if isinstance(v, tuple) else v}")]
+
+Box = tuple[int, int, int, int]
+
+
+def rle(mask: np.ndarray) -> dict:
+    """A bool mask [H, W] as COCO compressed RLE (json-ready)."""
+    r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    r["counts"] = r["counts"].decode()
+    return r
+
+
+def write_coco(root: Path, images: list[tuple[int, int, list[tuple[Box, int, int]]]]) -> Path:
+    """images: (height, width, [((y0, y1, x0, x1), category, iscrowd), ...]) -> root/{img/N.png, ann.json}
+    with random pixels and box-shaped RLE annotations."""
+    (root / "img").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    js: dict = {"images": [], "annotations": [],
+                "categories": [{"id": c, "name": f"c{c}"} for c in (1, 2, 3)]}
+    for i, (h, w, objs) in enumerate(images, start=1):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
+        js["images"].append({"id": i, "file_name": f"{i}.png", "height": h, "width": w})
+        for (y0, y1, x0, x1), cat, crowd in objs:
+            m = np.zeros((h, w), bool)
+            m[y0:y1, x0:x1] = True
+            js["annotations"].append({"id": len(js["annotations"]) + 1, "image_id": i, "category_id": cat,
+                                      "iscrowd": crowd, "segmentation": rle(m), "area": float(m.sum()),
+                                      "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    (root / "ann.json").write_text(json.dumps(js))
+    return root
+
+
+def break_annotation(ann_file: Path, index: int = 0) -> int:
+    """Make annotation `index` of a COCO json malformed (an odd-length polygon); returns its id."""
+    js = json.loads(ann_file.read_text())
+    js["annotations"][index]["segmentation"] = [[1.0, 2.0, 3.0]]
+    ann_file.write_text(json.dumps(js))
+    return int(js["annotations"][index]["id"])
+
+
+def shard_files(store: Path) -> dict[str, bytes]:
+    """Every file of a zarr store's features array, by relative path: byte-identity of two stores."""
+    base = store / "features" / "c"
+    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+def losses(run: Path) -> dict[int, float]:
+    """{step: loss} of a run folder's metrics.jsonl."""
+    return {r["step"]: r["loss"] for r in read_metrics(run) if "loss" in r}
+
+
+def cli_command(*args: str) -> list[str]:
+    """The `adaslot ...` command line through this checkout's cli.py shim (for subprocesses)."""
+    return [sys.executable, str(REPO / "cli.py"), *args]
+
+
+def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+            ) -> tuple[int, str]:
+    """Run `adaslot ARGS` in this process through `cli.main` -> (exit code, stripped stderr)."""
+    from adaslot import cli
+
+    monkeypatch.setattr(sys, "argv", ["adaslot", *args])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    return e.value.code or 0, capsys.readouterr().err.strip()
