@@ -64,7 +64,8 @@ def _parameters(cls: type[Settings], aliases: dict[str, tuple[str, str]]) -> lis
                                             default=typer.Option(None, flag, help=text, show_default=False)))
             continue
         if m.get("argument"):
-            info = typer.Argument(... if m.get("required") else None, help=text, show_default=False)
+            info = typer.Argument(... if m.get("required") else None, help=text, show_default=False,
+                                  metavar=f.name.upper())
             params.append(inspect.Parameter(f.name, pos, annotation=base_type(t)[0], default=info))
             continue
         if default not in (None, "") and not m.get("required"):

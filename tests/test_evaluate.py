@@ -21,6 +21,7 @@ from adaslot.errors import AdaslotError
 from adaslot.evaluate import (
     EvalItem,
     evaluate_model,
+    gt_at_side,
     labels_at_side,
     labels_full_image,
     labels_fullres,
@@ -29,6 +30,7 @@ from adaslot.evaluate import (
     run_eval,
     score_image,
 )
+from adaslot.metrics import overlap_free_labels
 from adaslot.model import AdaSlot
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -161,7 +163,9 @@ def test_eval_stage2_end_to_end(checkpoints, odd_coco, tmp_path):
                     "mean_kept_slots", "kept_vs_objects_r"):
             assert key in s, (p, key)
         assert s["num_images"] == 3
-        assert 0 <= s["mean_kept_slots"] <= 5
+        hist = s["kept_histogram"]  # entry k = images with k kept slots
+        assert sum(hist) == 3
+        assert s["mean_kept_slots"] == pytest.approx(np.dot(np.arange(len(hist)), hist) / 3)
     # image 3 has no annotation; image 2 only a crowd one (dropped by the dinosaur protocol)
     assert m["protocols"]["adaslot"]["num_skipped"] == 1
     assert m["protocols"]["fullres"]["num_skipped"] == 1
@@ -199,15 +203,25 @@ def test_gumbel_eval_is_seeded_and_recorded(checkpoints, synthetic_coco):
 
 
 def test_stage1_in_memory_on_synthetic(checkpoints, synthetic_coco):
+    from sklearn.metrics import adjusted_rand_score
+
     from adaslot.checkpoint import load_model
 
     model, _ = load_model(checkpoints[1])
+    seen = []
     r = evaluate_model(model, build_encoder(ENCODER), CocoDataset.from_root(synthetic_coco, "val"),
-                       EvalConfig(protocol="adaslot,fullres", workers=0))
+                       EvalConfig(protocol="adaslot,fullres", workers=0), on_image=seen.append)
     s = r["protocols"]["adaslot"]
     assert set(r["protocols"]) == {"adaslot", "fullres"} and "mean_kept_slots" not in s
-    assert s["num_images"] == 6 and s["num_skipped"] == 0
-    assert -1 <= s["fg_ari"] <= 1 and 0 <= s["mbo_i"] <= s["corloc"] + 1
+    assert s["num_images"] == 6 and s["num_skipped"] == 0 and len(seen) == 6
+    # Known values: each image's FG-ARI is scikit-learn's ARI over its single-object GT pixels at 224, and
+    # the summary is the mean of the per-image scores.
+    for x in seen:
+        gt, _ = overlap_free_labels(gt_at_side(x.item.masks, 224))
+        pred = labels_at_side(x.alpha_grid, 224)
+        assert x.scores["adaslot"]["fg_ari"] == pytest.approx(adjusted_rand_score(gt[gt > 0], pred[gt > 0]))
+    for key in ("fg_ari", "mbo_i", "miou", "corloc"):
+        assert s[key] == pytest.approx(np.mean([x.scores["adaslot"][key] for x in seen]))
     # 224 px originals: full resolution == the adaslot protocol (up to float near-ties)
     assert abs(r["protocols"]["fullres"]["mbo_i"] - s["mbo_i"]) < 1e-3
 

@@ -169,10 +169,13 @@ def _check_field(f: dataclasses.Field, value: Any, prefix: str) -> None:
 
 
 def _plain(value: Any) -> Any:
+    """JSON-plain: nested settings -> dicts, tuples -> lists (also inside dicts)."""
     if isinstance(value, Settings):
         return value.to_dict()
-    if isinstance(value, tuple):
-        return list(value)
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     return value
 
 

@@ -97,4 +97,7 @@ class TrainConfig(Settings):
             d["data"] = {**old_data, "dataset": old_data.get("dataset") or "coco"}
         if d.pop("dense_decoding", False):
             d["model_overrides"] = {**d.get("model_overrides", {}), "sparse_decoding": False}
+        # JSON turns tuples (decoder_hidden) into lists; the model settings want them back
+        d["model_overrides"] = {k: tuple(v) if isinstance(v, list) else v
+                                for k, v in d.get("model_overrides", {}).items()}
         return super().from_dict(d, strict=strict)

@@ -266,32 +266,19 @@ def make_synthetic(cfg: SyntheticConfig) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     summary: dict[str, Any] = {"root": str(out)}
     try:
-        progress = None
-        if cfg.progress:
-            from rich.progress import Progress
+        from adaslot.progress import progress_bar
 
-            progress = Progress(transient=False)
-            progress.start()
-            task = progress.add_task("make-synthetic", total=cfg.num_train + cfg.num_val)
-
-            def advance() -> None:
-                progress.advance(task)
-        else:
-            def advance() -> None:
-                pass
-        try:
+        with progress_bar("make-synthetic", cfg.progress, unit="img") as bar:
+            task = bar.add_task("make-synthetic", total=cfg.num_train + cfg.num_val)
             ann_id = 1
             (tmp / "annotations").mkdir()
             for split, count in (("train", cfg.num_train), ("val", cfg.num_val)):
-                coco, ann_id_next = _write_split(cfg, tmp, split, count, ann_id, advance)
+                coco, ann_id_next = _write_split(cfg, tmp, split, count, ann_id, lambda: bar.advance(task))
                 with open(tmp / "annotations" / f"instances_{split}2017.json", "w") as f:
                     json.dump(coco, f)
                 summary[f"{split}_images"] = count
                 summary[f"{split}_objects"] = ann_id_next - ann_id
                 ann_id = ann_id_next
-        finally:
-            if progress is not None:
-                progress.stop()
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)
