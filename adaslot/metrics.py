@@ -25,11 +25,13 @@ __all__ = [
     "MetricAccumulator",
     "class_masks",
     "corloc",
+    "count_confusion",
     "fg_ari",
     "image_scores",
     "iou_matrix",
     "mbo",
     "miou",
+    "object_diagnostics",
     "overlap_free_labels",
     "slot_count_stats",
 ]
@@ -37,6 +39,10 @@ __all__ = [
 # Above this many contingency cells, compact the label ids with np.unique first (never hit with slot ids and
 # per-image instance indices; guards against callers passing e.g. raw annotation ids).
 _MAX_DENSE_CELLS = 1 << 22
+# Object diagnostics (`object_diagnostics`): a slot holds a real share of an object at >= 20 % of its pixels,
+# and covers it at more than half of them.
+HOLD_SHARE = 0.2
+COVER_SHARE = 0.5
 
 
 def overlap_free_labels(gt_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,17 +147,27 @@ def iou_matrix(pred: np.ndarray, gt_masks: np.ndarray) -> np.ndarray:
 
 def _iou_from_labels(pred: np.ndarray, labels: np.ndarray, overlap: np.ndarray, num_masks: int) -> np.ndarray:
     """`iou_matrix` from precomputed `overlap_free_labels` of `num_masks` GT masks."""
+    return _iou_from_table(_slot_table(pred, labels, overlap, num_masks))
+
+
+def _slot_table(pred: np.ndarray, labels: np.ndarray, overlap: np.ndarray, num_masks: int) -> np.ndarray:
+    """Pixel counts [1 + M', P] over the non-ignored pixels: row 0 = background, row 1 + i = the i-th GT mask
+    that is non-empty after overlap removal (input order); column s = slot id s (P = max(pred) + 1)."""
     valid = ~overlap
     n = _contingency(labels[valid], pred[valid])  # row 0 = background, row m + 1 = instance m
     num_slots = max(int(pred.max()) + 1 if pred.size else 1, n.shape[1])
     counts = np.zeros((num_masks + 1, num_slots), np.int64)
     counts[: n.shape[0], : n.shape[1]] = n
-    inter = counts[1:].astype(np.float64)  # [M, P]
+    return np.concatenate([counts[:1], counts[1:][counts[1:].sum(1) > 0]])
+
+
+def _iou_from_table(counts: np.ndarray) -> np.ndarray:
+    """IoU [M', P] of every object row of a `_slot_table` with every slot (background counts in slot area)."""
+    inter = counts[1:].astype(np.float64)  # [M', P]
     gt_area = inter.sum(1, keepdims=True)
     slot_area = counts.sum(0, keepdims=True).astype(np.float64)  # includes background pixels
     union = gt_area + slot_area - inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    return iou[gt_area[:, 0] > 0]
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def mbo(pred: np.ndarray, gt_masks: np.ndarray) -> float:
@@ -182,10 +198,49 @@ def corloc(pred: np.ndarray, gt_masks: np.ndarray, threshold: float = 0.5) -> fl
     return float(iou.max(1).max() > threshold)
 
 
+def object_diagnostics(pred: np.ndarray, gt_masks: np.ndarray, hold_share: float = HOLD_SHARE,
+                       cover_share: float = COVER_SHARE) -> dict[str, float]:
+    """How slots and GT objects pair up in one image: `pred [H, W]` slot ids, `gt_masks [M, H, W]` bool.
+
+    Pixels covered by two or more GT masks are ignored; GT masks left empty are dropped (as in `mbo`).
+    Returns counts (as floats, like every per-image score):
+    - active_slots: slots winning at least one pixel of `pred` (ignored pixels included);
+    - split_objects: GT objects held by >= 2 slots, where slot s holds object m when it wins
+      >= hold_share of m's pixels;
+    - merge_slots: slots covering >= 2 objects, where slot s covers object m when it wins more than
+      cover_share of m's pixels (with the default 1/2 an object has at most one covering slot);
+    - background_slots: active slots whose non-ignored pixels are more than half background.
+    """
+    pred = np.asarray(pred)
+    labels, overlap = overlap_free_labels(gt_masks)
+    if labels.shape != pred.shape:
+        raise ValueError(f"pred {pred.shape} and gt_masks {np.shape(gt_masks)} differ in shape")
+    return _diagnostics(pred, _slot_table(pred, labels, overlap, len(gt_masks)), hold_share, cover_share)
+
+
+def _diagnostics(pred: np.ndarray, counts: np.ndarray, hold_share: float, cover_share: float
+                 ) -> dict[str, float]:
+    """`object_diagnostics` from a `_slot_table` [1 + M', P] of `pred`."""
+    if not (0 < hold_share <= 1 and 0 <= cover_share < 1):
+        raise ValueError(f"need 0 < hold_share <= 1 and 0 <= cover_share < 1, got {hold_share}, {cover_share}")
+    num_slots = counts.shape[1]
+    active = np.bincount(pred.ravel().astype(np.int64), minlength=num_slots)[:num_slots] > 0
+    objects = counts[1:]  # [M', P], every row non-empty
+    # Shares by division: exact fractions such as 3/15 compare equal to the literal 0.2.
+    share = objects / objects.sum(1, keepdims=True) if len(objects) else np.zeros((0, num_slots))
+    holders = (share >= hold_share).sum(1)  # [M']
+    covered = (share > cover_share).sum(0)  # [P]
+    background = active & (2 * counts[0] > counts.sum(0))
+    return {"active_slots": float(active.sum()), "split_objects": float((holders >= 2).sum()),
+            "merge_slots": float((covered >= 2).sum()), "background_slots": float(background.sum())}
+
+
 def image_scores(
-    pred: np.ndarray, gt_masks: np.ndarray, categories: Sequence[int] | None = None
+    pred: np.ndarray, gt_masks: np.ndarray, categories: Sequence[int] | None = None,
+    hold_share: float = HOLD_SHARE, cover_share: float = COVER_SHARE,
 ) -> dict[str, float]:
-    """All per-image metrics at once: keys fg_ari, mbo_i, mbo_c, miou, corloc, num_objects.
+    """All per-image metrics at once: keys fg_ari, mbo_i, mbo_c, miou, corloc, num_objects and the
+    `object_diagnostics` counts (active_slots, split_objects, merge_slots, background_slots).
 
     `pred [H, W]` slot ids, `gt_masks [M, H, W]` bool, `categories [M]` (None -> mbo_c is NaN).
     num_objects = GT masks that are non-empty after removing overlap pixels.
@@ -195,7 +250,8 @@ def image_scores(
     if gt_masks.shape[1:] != pred.shape:
         raise ValueError(f"pred {pred.shape} and gt_masks {gt_masks.shape} differ in shape")
     labels, overlap = overlap_free_labels(gt_masks)
-    iou = _iou_from_labels(pred, labels, overlap, len(gt_masks))
+    table = _slot_table(pred, labels, overlap, len(gt_masks))
+    iou = _iou_from_table(table)
     out = {"fg_ari": fg_ari(pred, labels), "num_objects": float(len(iou))}
     if len(iou) == 0:
         out.update(mbo_i=math.nan, miou=math.nan, corloc=math.nan)
@@ -210,6 +266,7 @@ def image_scores(
     out["mbo_c"] = math.nan if categories is None or len(gt_masks) == 0 else mbo(
         pred, class_masks(gt_masks, categories)
     )
+    out.update(_diagnostics(pred, table, hold_share, cover_share))
     return out
 
 
@@ -238,44 +295,98 @@ def slot_count_stats(kept: Sequence[int], num_objects: Sequence[int]) -> dict:
     }
 
 
+def count_confusion(slots: Sequence[int], num_objects: Sequence[int]) -> list[list[int]]:
+    """Images per (object count, slot count): `[O + 1][S + 1]` nested lists, entry [o][s] = #images with o GT
+    objects and s slots (O, S = the largest counts seen; [] without images)."""
+    s = np.asarray(slots, dtype=np.int64)
+    o = np.asarray(num_objects, dtype=np.int64)
+    if s.shape != o.shape:
+        raise ValueError(f"{len(s)} slot counts but {len(o)} object counts")
+    if len(s) == 0:
+        return []
+    width = int(s.max()) + 1
+    flat = np.bincount(o * width + s, minlength=(int(o.max()) + 1) * width)
+    return flat.reshape(-1, width).tolist()
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if len(v) else math.nan
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else math.nan
+
+
+METRIC_KEYS = ("fg_ari", "mbo_i", "mbo_c", "miou", "corloc")
+
+
 @dataclass
 class MetricAccumulator:
-    """Running means of per-image scores: NaN entries (images without GT) are skipped per metric.
+    """Per-image scores (`image_scores` dicts) of one protocol, summarised over images by `summary()`.
 
-    `summary()` gives each metric's mean, num_images (all images added) and num_skipped (images without
-    any GT mask, i.e. not in the mBO / mIoU / CorLoc means; they do count in FG-ARI).
+    NaN entries (images without GT) are skipped per metric. `kept_slots` (stage 2: the number of slots the
+    model kept for the image) is stored in the row; it counts only when every image has it.
     """
 
-    sums: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    num_images: int = 0
-    num_skipped: int = 0
-    kept: list[int] = field(default_factory=list)
-    objects: list[int] = field(default_factory=list)
+    rows: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.rows)
 
     def add(self, scores: dict[str, float], kept_slots: int | None = None) -> None:
-        self.num_images += 1
-        if scores.get("num_objects", 1) == 0:
-            self.num_skipped += 1
-        for key, value in scores.items():
-            if key == "num_objects" or value is None or math.isnan(value):
-                continue
-            self.sums[key] = self.sums.get(key, 0.0) + float(value)
-            self.counts[key] = self.counts.get(key, 0) + 1
+        row = dict(scores)
         if kept_slots is not None:
-            self.kept.append(int(kept_slots))
-            self.objects.append(int(scores.get("num_objects", 0)))
+            row["kept_slots"] = float(kept_slots)
+        self.rows.append(row)
 
     def summary(self) -> dict:
-        out: dict = {}
-        for key in ("fg_ari", "mbo_i", "mbo_c", "miou", "corloc"):
-            n = self.counts.get(key, 0)
-            out[key] = self.sums[key] / n if n else math.nan
-        out["num_images"] = self.num_images
-        out["num_skipped"] = self.num_skipped
-        if self.kept:
-            stats = slot_count_stats(self.kept, self.objects)
+        """Means of METRIC_KEYS; num_images; num_skipped (images without any GT mask: not in the mBO / mIoU /
+        CorLoc means, but in FG-ARI's); mean_objects. With `object_diagnostics` in the scores:
+        split_rate (objects held by >= 2 slots / all objects), merge_rate (slots covering >= 2 objects /
+        active slots), background_slots (mean per image), mean_active_slots, active_vs_objects_r,
+        count_confusion {"slots": "kept" or "active", "counts": `count_confusion`} and per_object_count
+        {"<objects>": {num_images, fg_ari, mbo_i, split_rate, mean_slots}} (JSON-ready: string keys).
+        With kept slots (stage 2): mean_kept_slots, kept_vs_objects_r, kept_histogram; the confusion
+        matrix and mean_slots then count kept slots, else active ones."""
+        rows = self.rows
+
+        def column(key: str) -> np.ndarray:
+            return np.asarray([r.get(key, math.nan) for r in rows], dtype=np.float64)
+
+        out: dict = {key: _nanmean(column(key)) for key in METRIC_KEYS}
+        objects = column("num_objects")
+        out["num_images"] = len(rows)
+        out["num_skipped"] = int((objects == 0).sum())
+        out["mean_objects"] = _nanmean(objects)
+        kept = column("kept_slots")
+        has_kept = bool(rows) and not np.isnan(kept).any()
+        if has_kept:
+            stats = slot_count_stats(kept, objects)
             out["mean_kept_slots"] = stats["mean"]
             out["kept_vs_objects_r"] = stats["pearson_r"]
             out["kept_histogram"] = stats["histogram"]
+        if not rows or any("active_slots" not in r for r in rows):
+            return out
+        active = column("active_slots")
+        out["split_rate"] = _ratio(column("split_objects").sum(), objects.sum())
+        out["merge_rate"] = _ratio(column("merge_slots").sum(), active.sum())
+        out["background_slots"] = float(column("background_slots").mean())
+        out["mean_active_slots"] = float(active.mean())
+        out["active_vs_objects_r"] = _pearson(active, objects)
+        slots, source = (kept, "kept") if has_kept else (active, "active")
+        out["count_confusion"] = {"slots": source, "counts": count_confusion(slots, objects)}
+        per_count = {}
+        for n in np.unique(objects).astype(np.int64):
+            sel = objects == n
+            per_count[str(n)] = {
+                "num_images": int(sel.sum()),
+                "fg_ari": _nanmean(column("fg_ari")[sel]),
+                "mbo_i": _nanmean(column("mbo_i")[sel]),
+                "split_rate": _ratio(column("split_objects")[sel].sum(), objects[sel].sum()),
+                "mean_slots": float(slots[sel].mean()),
+            }
+        out["per_object_count"] = per_count
         return out

@@ -202,3 +202,122 @@ def test_sparse_ids_are_compacted():
     pred = np.array([[0, 10**6, 10**6, 5]])
     gt = np.array([[10**6, 10**6, 3, 3]])
     assert M.fg_ari(pred, gt) == pytest.approx(adjusted_rand_score(gt.ravel(), pred.ravel()))
+
+
+# ---- object diagnostics (split / merge / background slots) ------------------------------------------
+
+# Example D (4 x 6). GT: A = rows 0-1 x cols 0-2 (6 px), B = rows 0-1 x cols 3-4 (4 px),
+# C = rows 2-3 x cols 0-1 (4 px); the other 10 px are background.
+D_GT = np.zeros((3, 4, 6), bool)
+D_GT[0, :2, :3] = True
+D_GT[1, :2, 3:5] = True
+D_GT[2, 2:, :2] = True
+D_PRED = np.array([[0, 0, 1, 2, 2, 3],
+                   [0, 0, 1, 2, 2, 3],
+                   [2, 2, 3, 3, 3, 3],
+                   [2, 2, 3, 3, 3, 4]])
+# A: slot 0 wins 4/6, slot 1 2/6 (both >= 20 %: A is split); B: slot 2 4/4; C: slot 2 4/4 (slot 2 covers
+# more than half of two objects: merged). Slot 3 wins 9 background px only, slot 4 one background px: two
+# background slots. Active slots: 0..4 = 5.
+
+
+def test_object_diagnostics_by_hand():
+    d = M.object_diagnostics(D_PRED, D_GT)
+    assert d == {"active_slots": 5, "split_objects": 1, "merge_slots": 1, "background_slots": 2}
+    # hold share 0.4: slot 1's 2/6 of A no longer counts -> no split
+    assert M.object_diagnostics(D_PRED, D_GT, hold_share=0.4)["split_objects"] == 0
+    # cover share 0.7: slot 0's 4/6 of A is not cover, slot 2 still covers B and C whole
+    assert M.object_diagnostics(D_PRED, D_GT, cover_share=0.7)["merge_slots"] == 1
+    s = M.image_scores(D_PRED, D_GT)
+    assert s["num_objects"] == 3 and s["split_objects"] == 1 and s["background_slots"] == 2
+
+
+def test_object_diagnostics_thresholds_are_exact_fractions():
+    gt = np.ones((1, 1, 15), bool)
+    pred = np.array([[0] * 12 + [1] * 3])  # slot 1 holds 3/15 = exactly 20 % (0.2 * 15 > 3 in floats)
+    assert M.object_diagnostics(pred, gt)["split_objects"] == 1
+    # an object halved between two slots: held by both (split), covered (more than half) by neither
+    gt = masks([[1, 1, 1, 1]])
+    d = M.object_diagnostics(np.array([[0, 0, 1, 1]]), gt)
+    assert d["split_objects"] == 1 and d["merge_slots"] == 0
+    # one slot over 2 object px + 2 background px: exactly half background is not "mostly background"
+    d = M.object_diagnostics(np.zeros((1, 4), int), masks([[1, 1, 0, 0]]))
+    assert d == {"active_slots": 1, "split_objects": 0, "merge_slots": 0, "background_slots": 0}
+
+
+def test_object_diagnostics_edge_cases():
+    pred = np.array([[0, 1], [2, 2]])
+    zero = {"split_objects": 0, "merge_slots": 0}
+    # no GT: every active slot is on background
+    assert M.object_diagnostics(pred, np.zeros((0, 2, 2), bool)) == {"active_slots": 3, **zero,
+                                                                     "background_slots": 3}
+    # two masks over every pixel: all pixels are ignored, so no slot has a pixel that could be background
+    assert M.object_diagnostics(pred, np.ones((2, 2, 2), bool)) == {"active_slots": 3, **zero,
+                                                                    "background_slots": 0}
+    # one object held whole by one slot, background by another
+    d = M.object_diagnostics(np.array([[0, 0, 1, 1]]), masks([[1, 1, 0, 0]]))
+    assert d == {"active_slots": 2, "split_objects": 0, "merge_slots": 0, "background_slots": 1}
+    # slot ids with no pixel are not active; a slot on overlap pixels only is active but not background
+    gt = masks([[1, 1, 1, 0, 0]], [[0, 0, 1, 1, 1]])
+    d = M.object_diagnostics(np.array([[0, 0, 5, 1, 1]]), gt)
+    assert d == {"active_slots": 3, "split_objects": 0, "merge_slots": 0, "background_slots": 0}
+    with pytest.raises(ValueError):
+        M.object_diagnostics(pred, np.zeros((0, 2, 2), bool), hold_share=0)
+
+
+def test_count_confusion():
+    # objects (3, 0, 1, 3), slots (5, 2, 3, 4): rows 0..3, columns 0..5
+    assert M.count_confusion([5, 2, 3, 4], [3, 0, 1, 3]) == [
+        [0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1]]
+    assert M.count_confusion([], []) == []
+
+
+def _row(fg_ari, mbo_i, objects, active, split, merge, background):
+    return {"fg_ari": fg_ari, "mbo_i": mbo_i, "mbo_c": math.nan, "miou": mbo_i, "corloc": 1.0,
+            "num_objects": objects, "active_slots": active, "split_objects": split, "merge_slots": merge,
+            "background_slots": background}
+
+
+def test_accumulator_object_diagnostics():
+    import json
+
+    rows = [_row(0.5, 0.6, 3, 5, 1, 1, 2), _row(1.0, math.nan, 0, 2, 0, 0, 2), _row(0.0, 0.5, 1, 3, 1, 0, 1),
+            _row(0.2, 0.7, 3, 4, 0, 1, 1)]
+    acc = M.MetricAccumulator()
+    for r in rows:
+        acc.add(r)
+    s = acc.summary()
+    assert s["split_rate"] == pytest.approx(2 / 7)  # (1 + 0 + 1 + 0) split of (3 + 0 + 1 + 3) objects
+    assert s["merge_rate"] == pytest.approx(2 / 14)  # (1 + 0 + 0 + 1) of (5 + 2 + 3 + 4) active slots
+    assert s["background_slots"] == 1.5 and s["mean_active_slots"] == 3.5 and s["mean_objects"] == 1.75
+    # active (5, 2, 3, 4) vs objects (3, 0, 1, 3): dx = (1.5, -1.5, -0.5, 0.5), dy = (1.25, -1.75, -0.75, 1.25)
+    # sum dx dy = 5.5, |dx|^2 = 5, |dy|^2 = 6.75
+    assert s["active_vs_objects_r"] == pytest.approx(5.5 / math.sqrt(5 * 6.75))
+    assert s["count_confusion"] == {"slots": "active", "counts": M.count_confusion([5, 2, 3, 4], [3, 0, 1, 3])}
+    per = s["per_object_count"]
+    assert list(per) == ["0", "1", "3"]
+    assert per["0"]["num_images"] == 1 and per["0"]["fg_ari"] == 1.0 and math.isnan(per["0"]["mbo_i"])
+    assert per["1"] == {"num_images": 1, "fg_ari": 0.0, "mbo_i": 0.5, "split_rate": 1.0, "mean_slots": 3.0}
+    assert per["3"]["fg_ari"] == pytest.approx(0.35) and per["3"]["mbo_i"] == pytest.approx(0.65)
+    assert per["3"]["split_rate"] == pytest.approx(1 / 6) and per["3"]["mean_slots"] == 4.5
+    assert "mean_kept_slots" not in s
+    json.dumps(s)  # plain Python types only
+
+    kept = M.MetricAccumulator()
+    for r, k in zip(rows, (4, 2, 2, 4), strict=True):
+        kept.add(r, k)
+    s = kept.summary()
+    assert s["count_confusion"]["slots"] == "kept" and s["count_confusion"]["counts"][3] == [0, 0, 0, 0, 2]
+    assert s["per_object_count"]["3"]["mean_slots"] == 4.0 and s["mean_kept_slots"] == 3.0
+    assert s["mean_active_slots"] == 3.5  # active slots are still reported beside the kept ones
+
+
+def test_accumulator_from_image_scores():
+    acc = M.MetricAccumulator()
+    acc.add(M.image_scores(D_PRED, D_GT))
+    acc.add(M.image_scores(np.array([[0, 0], [1, 1]]), np.zeros((0, 2, 2), bool)))  # no GT
+    s = acc.summary()
+    assert s["num_images"] == 2 and s["num_skipped"] == 1
+    assert s["split_rate"] == pytest.approx(1 / 3) and s["merge_rate"] == pytest.approx(1 / 7)
+    assert s["background_slots"] == 2.0  # (2 + 2) / 2
+    assert s["count_confusion"]["counts"] == [[0, 0, 1, 0, 0, 0], [0] * 6, [0] * 6, [0, 0, 0, 0, 0, 1]]
