@@ -222,7 +222,8 @@ def _diagnostics(pred: np.ndarray, counts: np.ndarray, hold_share: float, cover_
                  ) -> dict[str, float]:
     """`object_diagnostics` from a `_slot_table` [1 + M', P] of `pred`."""
     if not (0 < hold_share <= 1 and 0 <= cover_share < 1):
-        raise ValueError(f"need 0 < hold_share <= 1 and 0 <= cover_share < 1, got {hold_share}, {cover_share}")
+        raise ValueError(f"need 0 < hold_share <= 1 and 0 <= cover_share < 1, got {hold_share} and "
+                         f"{cover_share}")
     num_slots = counts.shape[1]
     active = np.bincount(pred.ravel().astype(np.int64), minlength=num_slots)[:num_slots] > 0
     objects = counts[1:]  # [M', P], every row non-empty

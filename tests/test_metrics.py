@@ -290,10 +290,11 @@ def test_accumulator_object_diagnostics():
     assert s["split_rate"] == pytest.approx(2 / 7)  # (1 + 0 + 1 + 0) split of (3 + 0 + 1 + 3) objects
     assert s["merge_rate"] == pytest.approx(2 / 14)  # (1 + 0 + 0 + 1) of (5 + 2 + 3 + 4) active slots
     assert s["background_slots"] == 1.5 and s["mean_active_slots"] == 3.5 and s["mean_objects"] == 1.75
-    # active (5, 2, 3, 4) vs objects (3, 0, 1, 3): dx = (1.5, -1.5, -0.5, 0.5), dy = (1.25, -1.75, -0.75, 1.25)
-    # sum dx dy = 5.5, |dx|^2 = 5, |dy|^2 = 6.75
+    # active (5, 2, 3, 4) vs objects (3, 0, 1, 3): dx = (1.5, -1.5, -0.5, 0.5),
+    # dy = (1.25, -1.75, -0.75, 1.25); sum dx dy = 5.5, |dx|^2 = 5, |dy|^2 = 6.75
     assert s["active_vs_objects_r"] == pytest.approx(5.5 / math.sqrt(5 * 6.75))
-    assert s["count_confusion"] == {"slots": "active", "counts": M.count_confusion([5, 2, 3, 4], [3, 0, 1, 3])}
+    confusion = M.count_confusion([5, 2, 3, 4], [3, 0, 1, 3])
+    assert s["count_confusion"] == {"slots": "active", "counts": confusion}
     per = s["per_object_count"]
     assert list(per) == ["0", "1", "3"]
     assert per["0"]["num_images"] == 1 and per["0"]["fg_ari"] == 1.0 and math.isnan(per["0"]["mbo_i"])
