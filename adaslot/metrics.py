@@ -6,7 +6,8 @@ Definitions: docs/method.md#metrics (they follow the official ocl code):
 - pixels covered by more than one GT mask are ignored in prediction and target (`overlap_free_labels`);
   a GT mask left empty after that is dropped;
 - FG-ARI of an image without any GT pixel is 1.0 and counts in the mean (official quirk); mBO / mIoU / CorLoc
-  of such an image are NaN and the caller skips it (`MetricAccumulator` does).
+  of such an image are NaN and the caller skips it (`MetricAccumulator` does);
+- how slots and objects pair up (split / merge / background slots, counts): docs/method.md#object-diagnostics.
 
 Everything is built from one contingency table per image (`np.bincount` over `gt_label * K + slot`), so an
 image at full resolution costs a few passes over its pixels.

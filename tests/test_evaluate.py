@@ -336,3 +336,48 @@ def test_missing_images_are_reported(checkpoints, tmp_path, capsys):
     r = run_eval(_quick(checkpoints[1], data, tmp_path))
     print_results(r)
     assert "1 annotated images missing on disk" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- object diagnostics and slot merging
+
+
+def test_diagnostics_for_every_protocol_and_merging(checkpoints, synthetic_coco, tmp_path, capsys):
+    data = DataSpec(root=str(synthetic_coco), split="val")
+    cfg = EvalConfig(checkpoint=str(checkpoints[1]), data=data, out=str(tmp_path / "plain"), workers=0,
+                     num_vis=0, device="cpu", progress=False)
+    plain = run_eval(cfg)
+    m = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    for p, s in m["protocols"].items():
+        for key in ("split_rate", "merge_rate", "background_slots", "count_confusion", "per_object_count"):
+            assert key in s, (p, key)
+        assert s["count_confusion"]["slots"] == "active"  # stage 1: slots that win a pixel
+        assert sum(map(sum, s["count_confusion"]["counts"])) == 6
+        assert sum(v["num_images"] for v in s["per_object_count"].values()) == 6
+    assert m["count_confusion_png"] and Image.open(m["count_confusion_png"]).format == "PNG"
+    print_results(plain)
+    assert "per GT object count (adaslot protocol)" in capsys.readouterr().out
+
+    # a threshold above every cosine distance (<= 2) merges all slots into one: one kept slot per image,
+    # its mask is every pixel
+    merged = run_eval(cfg.replace(out=str(tmp_path / "all"), merge_slots=2.5))
+    s = merged["protocols"]["adaslot"]
+    assert "merged below cosine distance 2.5" in merged["keep_mode"]
+    assert s["mean_kept_slots"] == 1.0 and s["mean_active_slots"] == 1.0
+    assert s["count_confusion"]["slots"] == "kept"
+    assert all(len(row) == 2 and row[0] == 0 for row in s["count_confusion"]["counts"])
+    assert s["split_rate"] == 0.0  # one slot cannot split an object
+    # a threshold below every distance merges nothing: the plain result, now counted as kept slots
+    none = run_eval(cfg.replace(out=str(tmp_path / "none"), merge_slots=1e-12))
+    for p, s in none["protocols"].items():
+        assert s["fg_ari"] == plain["protocols"][p]["fg_ari"] and s["mean_kept_slots"] == 5.0
+
+
+def test_cli_merge_slots_flag(checkpoints, synthetic_coco, tmp_path, monkeypatch, capsys):
+    args = ["eval", str(checkpoints[2]), "--root", str(synthetic_coco), "--num-vis", "0", "--workers", "0",
+            "--no-progress", "--device", "cpu", "--protocol", "adaslot"]
+    code, err = run_cli([*args, "--out", str(tmp_path / "bad"), "--merge-slots", "0"], monkeypatch, capsys)
+    assert code == 2 and err == "adaslot: error: --merge-slots must be > 0, got 0.0"
+    code, _ = run_cli([*args, "--out", str(tmp_path / "ok"), "--merge-slots", "0.12"], monkeypatch, capsys)
+    m = json.loads((tmp_path / "ok" / "metrics.json").read_text())
+    assert code == 0 and m["config"]["merge_slots"] == 0.12 and m["keep_mode"].startswith("deterministic")
+    assert m["protocols"]["adaslot"]["count_confusion"]["slots"] == "kept"

@@ -17,7 +17,7 @@ def test_identical_slots_merge_into_one_summed_mask():
     # slots 0 and 2 identical, slot 3 = 2 x slot 0, slot 1 orthogonal to them
     slots = torch.tensor([[[1.0, 2.0, 0.0], [0.0, 0.0, 3.0], [1.0, 2.0, 0.0], [2.0, 4.0, 0.0]]])
     alpha = torch.softmax(torch.randn(1, 4, 6, generator=torch.Generator().manual_seed(0)), dim=1)
-    groups = merge_groups(slots)
+    groups = merge_groups(slots, 0.12)
     assert groups.tolist() == [[0, 1, 0, 0]]  # same direction = cosine distance 0, whatever the length
     merged = sum_groups(alpha, groups)
     torch.testing.assert_close(merged[0, 0], alpha[0, 0] + alpha[0, 2] + alpha[0, 3])
@@ -45,7 +45,7 @@ def test_threshold_and_complete_linkage():
 def test_orthogonal_slots_stay_apart_and_batches_are_independent():
     eye = torch.eye(3)[None]
     same = torch.ones(1, 3, 3)
-    groups = merge_groups(torch.cat([eye, same]))
+    groups = merge_groups(torch.cat([eye, same]), 0.12)
     assert groups.tolist() == [[0, 1, 2], [0, 0, 0]]
     assert merged_keep(groups).sum(1).tolist() == [3, 1]
 
@@ -53,6 +53,6 @@ def test_orthogonal_slots_stay_apart_and_batches_are_independent():
 def test_dropped_slots_are_not_merged():
     slots = torch.ones(1, 4, 3)
     keep = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
-    groups = merge_groups(slots, keep=keep)
+    groups = merge_groups(slots, 0.12, keep=keep)
     assert groups.tolist() == [[0, 1, 0, 0]]
     assert merged_keep(groups, keep).tolist() == [[True, False, False, False]]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adaslot.config import ModelConfig
+from adaslot.model import AdaSlot
 from adaslot.model.quality import quality_select, slot_quality
 
 # Slot attention over 8 tokens (columns sum to 1 over the 4 slots):
@@ -18,6 +20,11 @@ from adaslot.model.quality import quality_select, slot_quality
 COLUMNS = [(0.85, 0.05, 0.05, 0.05)] * 3 + [(0.0, 0.8, 0.2, 0.0)] * 2 + [(0.0, 0.4, 0.6, 0.0)] + [
     (0.0, 0.0, 0.3, 0.7)] * 2
 ATTN = torch.tensor(COLUMNS).t()[None]  # [1, 4, 8]
+PUBLISHED = {"k_min": 2, "tau": 0.5, "rho": 0.8, "alpha": 0.3}  # QASA on COCO = ModelConfig defaults
+
+
+def select(attn: torch.Tensor, **changes) -> torch.Tensor:
+    return quality_select(attn, **{**PUBLISHED, **changes})
 
 
 def test_quality_by_hand():
@@ -30,20 +37,20 @@ def test_greedy_selection_by_hand():
     # K_min 2 -> {0, 3}. Covered (active sum >= 0.5): tokens 0-2 (0.9), 6-7 (0.7) = 5/8 < 0.8.
     # Next slot 1: mass 2.15, on covered tokens 0.15 -> novelty 0.93 >= 0.3: taken. Now tokens 3-4 (0.8) are
     # covered too, token 5 (0.4) is not: 7/8 >= 0.8 -> stop; slot 2 stays off.
-    assert quality_select(ATTN)[0].tolist() == [True, True, False, True]
+    assert select(ATTN)[0].tolist() == [True, True, False, True]
     # rho 0.95: 7/8 is short, so slot 2 is considered: mass 1.75, on covered tokens 0.15 + 0.4 + 0.6 = 1.15
     # -> novelty 1 - 1.15 / 1.75 = 0.343: taken with alpha 0.3, skipped with alpha 0.35.
-    assert quality_select(ATTN, rho=0.95)[0].tolist() == [True, True, True, True]
-    assert quality_select(ATTN, rho=0.95, alpha=0.35)[0].tolist() == [True, True, False, True]
+    assert select(ATTN, rho=0.95)[0].tolist() == [True, True, True, True]
+    assert select(ATTN, rho=0.95, alpha=0.35)[0].tolist() == [True, True, False, True]
     # K_min 1 reaches the same set ({0} covers 3/8; slot 3 novelty 1 - 0.15/1.55 = 0.90: taken; then slot 1)
-    assert quality_select(ATTN, k_min=1)[0].tolist() == [True, True, False, True]
+    assert select(ATTN, k_min=1)[0].tolist() == [True, True, False, True]
     # rho 0.6: {0, 3} already covers 5/8 = 0.625 -> nothing added
-    assert quality_select(ATTN, rho=0.6)[0].tolist() == [True, False, False, True]
+    assert select(ATTN, rho=0.6)[0].tolist() == [True, False, False, True]
 
 
 @pytest.mark.parametrize("k_min", [3, 4, 9])
 def test_k_min_honoured(k_min):
-    keep = quality_select(ATTN, k_min=k_min, rho=0.0)  # rho 0: nothing beyond the first k_min
+    keep = select(ATTN, k_min=k_min, rho=0.0)  # rho 0: nothing beyond the first k_min
     assert int(keep.sum()) == min(k_min, 4)
     assert keep[0, 0] and keep[0, 3]  # the two best-quality slots are always among them
 
@@ -52,17 +59,97 @@ def test_batch_independence_and_slot_permutation():
     perm = torch.tensor([2, 0, 3, 1])
     other = torch.softmax(torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(0)) * 3, dim=1)
     batch = torch.cat([ATTN, ATTN[:, perm], other])
-    keep = quality_select(batch, rho=0.9)
+    keep = select(batch, rho=0.9)
     for i in range(3):
-        assert torch.equal(keep[i], quality_select(batch[i:i + 1], rho=0.9)[0])
+        assert torch.equal(keep[i], select(batch[i:i + 1], rho=0.9)[0])
     assert torch.equal(keep[1], keep[0][perm])  # relabelling the slots relabels the selection
     assert not keep.requires_grad and keep.dtype == torch.bool
 
 
+def test_defaults_are_the_published_settings():
+    m = ModelConfig()
+    assert (m.quality_k_min, m.quality_tau, m.quality_rho, m.quality_alpha) == tuple(PUBLISHED.values())
+    assert m.selector == "adaslot"
+
+
 def test_no_gradient_and_zero_mass_slot():
     attn = ATTN.clone().requires_grad_(True)
-    assert quality_select(attn).tolist() == [[True, True, False, True]]
+    assert select(attn).tolist() == [[True, True, False, True]]
     # a slot with no attention at all is never added, however short the coverage is (tau 1.5: no token
     # can be covered, so every other slot is taken with novelty 1)
     dead = torch.cat([ATTN, torch.zeros(1, 1, 8)], dim=1)
-    assert quality_select(dead, tau=1.5)[0].tolist() == [True, True, True, True, False]
+    assert select(dead, tau=1.5)[0].tolist() == [True, True, True, True, False]
+
+
+# ---- in the model and in training -------------------------------------------------------------------
+
+def quality_model(**kw) -> AdaSlot:
+    cfg = ModelConfig(feature_dim=24, num_tokens=9, slot_dim=16, num_slots=6, input_mlp_hidden=20,
+                      slot_mlp_hidden=32, decoder_hidden=(32,), adaptive=True, selector="quality", **kw)
+    torch.manual_seed(0)
+    return AdaSlot(cfg).double()
+
+
+def test_quality_selector_masks_the_decoder():
+    model = quality_model(quality_rho=0.0)  # rho 0: exactly the K_min = 2 best slots per image
+    assert model.selector is None and not any(k.startswith("selector.") for k in model.state_dict())
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(3, 9, 24, generator=g, dtype=torch.float64)
+    s0 = torch.randn(3, 6, 16, generator=g, dtype=torch.float64)
+    out = model(f, s0)
+    assert out.keep_logits is None and out.keep.sum(1).tolist() == [2.0, 2.0, 2.0]
+    best = slot_quality(out.attn).argsort(dim=1, descending=True, stable=True)[:, :2]
+    assert torch.equal(out.keep.bool(), torch.zeros(3, 6, dtype=torch.bool).scatter(1, best, True))
+    assert torch.all(out.alpha[out.keep == 0] == 0)
+    torch.testing.assert_close(out.alpha.sum(1), torch.full((3, 9), 1.0, dtype=torch.float64), atol=1e-4,
+                               rtol=0)
+    # warm-up: no selection, every slot decodes with the plain softmax (stage-1 alpha)
+    warm = model(f, s0, select=False)
+    assert warm.keep is None
+    torch.testing.assert_close(warm.alpha.sum(1), torch.ones(3, 9, dtype=torch.float64))
+    # training: MSE only (no penalty on a keep mask without gradient); the decoder still learns
+    model.train()
+    from adaslot.train import TrainForward
+
+    sa = model.slot_attention
+    slot_noise = ((s0 - sa.slots_mu) / sa.slots_logsigma.exp()).detach()  # the noise that gives S0 = s0
+    loss, mse, kept = TrainForward(model, sparsity_weight=0.5, precision="fp32")(f, slot_noise, None)
+    assert loss.item() == mse.item() and kept.item() == pytest.approx(2 / 6)
+    loss.backward()
+    assert model.decoder.mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_train_quality_selector_with_warmup_then_eval(tmp_path, train_store, synthetic_coco):
+    from helpers import TINY_MODEL
+
+    from adaslot.checkpoint import load_checkpoint
+    from adaslot.config import DataSpec, EvalConfig, TrainConfig
+    from adaslot.errors import AdaslotError
+    from adaslot.evaluate import run_eval
+    from adaslot.train import read_metrics, train
+
+    common = dict(from_cache=str(train_store), stage=2, num_slots=6, batch_size=4, lr_schedule="constant",
+                  lr=1e-3, log_every=1, ckpt_every=10, workers=0, device="cpu", progress=False)
+    model = {**TINY_MODEL, "selector": "quality", "quality_rho": 0.0}  # rho 0: K_min = 2 slots after warm-up
+    r = train(TrainConfig(out=str(tmp_path / "q"), num_iters=4, selection_warmup=2, model_overrides=model,
+                          **common))
+    rows = [row for row in read_metrics(tmp_path / "q") if "loss" in row]
+    assert [row["kept_slots"] for row in rows] == pytest.approx([6, 6, 2, 2])
+    assert all(row["loss"] == row["mse"] for row in rows)  # no sparsity penalty
+    payload = load_checkpoint(r["checkpoint"])
+    assert payload["model_config"]["selector"] == "quality"
+    assert not any(k.startswith("selector.") for k in payload["model"])
+    with pytest.raises(AdaslotError, match="quality selector"):  # the warm-up is for the quality selector
+        train(TrainConfig(out=str(tmp_path / "a"), num_iters=1, selection_warmup=1,
+                          model_overrides=dict(TINY_MODEL), **common))
+
+    # eval selects as training did: exactly K_min slots kept on every image
+    ecfg = EvalConfig(checkpoint=r["checkpoint"], data=DataSpec(root=str(synthetic_coco), split="val"),
+                      out=str(tmp_path / "e"), workers=0, num_vis=0, device="cpu", progress=False)
+    m = run_eval(ecfg)
+    assert m["keep_mode"].startswith("quality selection (tau 0.5, rho 0.0")
+    s = m["protocols"]["adaslot"]
+    assert s["mean_kept_slots"] == 2.0 and s["count_confusion"]["slots"] == "kept"
+    assert all(len(row) == 3 and row[:2] == [0, 0] for row in s["count_confusion"]["counts"])
+    with pytest.raises(AdaslotError, match="quality"):
+        run_eval(ecfg.replace(gumbel_eval=1))

@@ -29,7 +29,7 @@ def resolve_protocols(protocols: str | Sequence[str]) -> tuple[str, ...]:
 @dataclass
 class EvalConfig(Settings):
     """`adaslot eval`; `evaluate.evaluate_model` (in-memory models) uses protocol, batch_size, workers,
-    max_images, gumbel_eval, seed and data.strict only."""
+    max_images, gumbel_eval, merge_slots, seed and data.strict only."""
 
     checkpoint: str = setting("", "an adaslot checkpoint (.pt) written by `adaslot train`", argument=True,
                               required=True)
@@ -44,6 +44,9 @@ class EvalConfig(Settings):
     gumbel_eval: int | None = setting(None, "stage 2: sample the keep decision with Gumbel noise of this "
                                             "seed (the official, stochastic protocol); default: keep-logit "
                                             "> drop-logit")
+    merge_slots: float | None = setting(None, "merge slots whose vectors are closer than this cosine "
+                                              "distance (complete linkage; SOLV uses 0.12) and sum their "
+                                              "masks; default: no merging", above=0)
     encoder_weights: str | None = setting(None, "encoder weights file (default: local caches)")
     device: str = setting("auto", DEVICE_HELP)
     batch_size: int = setting(32, "images per forward pass", min=1)

@@ -12,6 +12,8 @@ from typing import Any
 from adaslot.config.base import Settings, parse_value, setting
 from adaslot.errors import AdaslotError
 
+SELECTORS = ("adaslot", "quality")
+
 
 @dataclass
 class ModelConfig(Settings):
@@ -29,7 +31,18 @@ class ModelConfig(Settings):
     decoder_hidden: tuple[int, ...] = setting((2048, 2048, 2048), "decoder MLP hidden sizes, e.g. 512x512",
                                               min=1)
     adaptive: bool = setting(False, "stage 2: a keep/drop decision per slot masks the decoder")
+    # Stage 2's keep/drop decision (docs/method.md#selector, docs/method.md#quality-selection).
+    selector: str = setting("adaslot", "stage 2: adaslot (learned Gumbel selector + sparsity penalty) or "
+                                       "quality (greedy selection by slot quality; no parameters, no "
+                                       "penalty)", choices=SELECTORS)
     selector_hidden: int = setting(1024, "hidden size of the Gumbel score network", min=1)
+    quality_tau: float = setting(0.5, "quality selector: a token is covered when the selected slots' "
+                                      "attention on it sums to >= tau", above=0)
+    quality_rho: float = setting(0.8, "quality selector: add slots until this fraction of tokens is "
+                                      "covered", min=0, max=1)
+    quality_alpha: float = setting(0.3, "quality selector: skip a slot whose novelty (share of its attention "
+                                        "on uncovered tokens) is below alpha", min=0, max=1)
+    quality_k_min: int = setting(2, "quality selector: slots always kept (the best by quality)", min=1)
     eps: float = setting(1e-8, "slot-attention renormalisation epsilon", above=0)
     # Options only a non-reference preset changes; the defaults are the reference (docs/method.md#deviations).
     slot_init_scale: float = setting(1.0, "multiplies exp(log sigma) of the slot initialisation", above=0)

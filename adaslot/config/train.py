@@ -45,7 +45,11 @@ class TrainConfig(Settings):
     lr_half_life: int = setting(100_000, "steps per halving of the learning rate", min=1)
     grad_clip: float = setting(1.0, "gradient-norm clipping (0: off)", min=0)
     warmstart: str | None = setting(None, "stage 2: the stage-1 checkpoint to start from")
-    sparsity_weight: float = setting(0.1, "stage 2: weight of the mean-kept-fraction penalty", min=0)
+    sparsity_weight: float = setting(0.1, "stage 2: weight of the mean-kept-fraction penalty (adaslot "
+                                          "selector only)", min=0)
+    selection_warmup: int = setting(0, "stage 2: first steps without slot selection (every slot decodes, as "
+                                       "in stage 1); QASA trains its quality selector after a warm-up",
+                                    min=0)
     precision: str = setting("fp32", "fp32 (reference), tf32, or bf16 (autocast)", choices=PRECISIONS)
     compile: bool = setting(False, "torch.compile the slot model and loss")
     seed: int = setting(0, "seed of init, data order and noise")

@@ -1,11 +1,14 @@
-"""What `adaslot eval` shows and writes besides metrics.json: per-image pictures and label PNGs, and the
-terminal table."""
+"""What `adaslot eval` shows and writes besides metrics.json: per-image pictures and label PNGs, the count
+confusion heat map, and the terminal tables."""
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from adaslot.evaluate.masks import gt_at_side, labels_at_side, labels_full_image
 from adaslot.evaluate.scoring import PROTOCOL_SIDE, ImageResult
@@ -53,9 +56,53 @@ class ImageSaver:
 
 
 ROWS = (("fg_ari", "FG-ARI"), ("mbo_i", "mBO^i"), ("mbo_c", "mBO^c"), ("miou", "mIoU"), ("corloc", "CorLoc"),
-        ("mean_kept_slots", "kept slots"), ("kept_vs_objects_r", "r(kept, #objects)"),
-        ("num_images", "images"), ("num_skipped", "images without GT"))
-PERCENT = {"fg_ari", "mbo_i", "mbo_c", "miou", "corloc"}
+        ("mean_objects", "objects"), ("mean_kept_slots", "kept slots"),
+        ("kept_vs_objects_r", "r(kept, #objects)"), ("mean_active_slots", "active slots"),
+        ("active_vs_objects_r", "r(active, #objects)"), ("split_rate", "split objects"),
+        ("merge_rate", "merge slots"), ("background_slots", "background slots"), ("num_images", "images"),
+        ("num_skipped", "images without GT"))
+PERCENT = {"fg_ari", "mbo_i", "mbo_c", "miou", "corloc", "split_rate", "merge_rate"}
+CONFUSION_PNG = "count_confusion.png"
+
+
+def save_count_confusion(protocols: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """Heat map of every protocol's `count_confusion` side by side (rows: GT objects, columns: slots; colour:
+    share of the row's images, number: images), the line slots = objects + 1 (one background slot) drawn
+    in. Written atomically; None (nothing written) if no protocol has the matrix."""
+    from matplotlib.figure import Figure  # the Agg canvas: no display needed
+
+    panels = {p: s["count_confusion"] for p, s in protocols.items()
+              if s.get("count_confusion", {}).get("counts")}
+    if not panels:
+        return None
+    fig = Figure(figsize=(4.2 * len(panels), 4.0), layout="constrained")
+    for ax, (name, conf) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items(), strict=True):
+        counts = np.asarray(conf["counts"], dtype=np.float64)
+        share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1, origin="lower", aspect="auto")
+        for (o, k), n in np.ndenumerate(counts):
+            if n:
+                ax.text(k, o, f"{int(n)}", ha="center", va="center", fontsize=8,
+                        color="white" if share[o, k] > 0.6 else "black")
+        rows = np.arange(counts.shape[0])
+        ax.plot(rows + 1, rows, color="tab:orange", lw=1, ls="--", label="objects + 1")
+        ax.set_xlim(-0.5, counts.shape[1] - 0.5)
+        ax.set_ylim(-0.5, counts.shape[0] - 0.5)
+        ax.set_xlabel(f"{conf['slots']} slots")
+        ax.set_ylabel("GT objects")
+        s = {k: format_value("x", protocols[name].get(k)) for k in (
+            f"{conf['slots']}_vs_objects_r", f"mean_{conf['slots']}_slots", "mean_objects")}
+        r, slots, objects = s.values()
+        ax.set_title(f"{name}: r {r}, {slots} slots vs {objects} objects", fontsize=9)
+        ax.legend(loc="upper left", fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def format_value(key: str, v: Any) -> str:
@@ -84,6 +131,18 @@ def print_results(result: dict[str, Any]) -> None:
             table.add_row(label, *(format_value(key, s.get(key)) for s in protos.values()))
     console = Console()
     console.print(table)
+    name = "adaslot" if "adaslot" in protos else next(iter(protos))
+    per = protos[name].get("per_object_count")
+    if per:
+        slots = protos[name]["count_confusion"]["slots"]
+        by_count = Table(title=f"per GT object count ({name} protocol)")
+        for col in ("objects", "images", "FG-ARI", "mBO^i", "split objects", f"{slots} slots"):
+            by_count.add_column(col, justify="right")
+        for n, s in per.items():
+            by_count.add_row(n, str(s["num_images"]), format_value("fg_ari", s["fg_ari"]),
+                             format_value("mbo_i", s["mbo_i"]), format_value("split_rate", s["split_rate"]),
+                             format_value("mean", s["mean_slots"]))
+        console.print(by_count)
     if "PROXY" in result.get("source", ""):
         console.print(f"[yellow]{result['source']}[/yellow]")
     if result.get("skipped_images"):

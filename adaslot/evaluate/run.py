@@ -15,7 +15,7 @@ from adaslot.config import EvalConfig
 from adaslot.contract import check_contract
 from adaslot.device import resolve_device
 from adaslot.errors import AdaslotError
-from adaslot.evaluate.report import ImageSaver
+from adaslot.evaluate.report import CONFUSION_PNG, ImageSaver, save_count_confusion
 from adaslot.evaluate.scoring import PROTOCOL_DESCRIPTION, EvalDataset, EvalItem, evaluate_model
 from adaslot.files import file_sha256, write_json
 from adaslot.progress import progress_bar
@@ -38,6 +38,9 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.gumbel_eval is not None and not mcfg.adaptive:
         raise AdaslotError(f"--gumbel-eval samples the stage-2 keep decision, but {cfg.checkpoint} is a "
                            "stage-1 checkpoint (all slots are kept); drop the flag")
+    if cfg.gumbel_eval is not None and mcfg.selector == "quality":
+        raise AdaslotError(f"--gumbel-eval samples the Gumbel selector's keep decision, but {cfg.checkpoint} "
+                           "selects slots by quality (no noise); drop the flag")
     trained_on = payload.get("feature_contract") or {"encoder": payload.get("encoder")}
     encoder, features_fn, indices = None, None, None
     if cfg.from_cache:
@@ -72,7 +75,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     out_dir = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).resolve().parent / f"eval-{cfg.data.split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     # metrics.json is written last; an old one must not pass for this run's result if this run stops
-    (out_dir / "metrics.json").unlink(missing_ok=True)
+    for stale in ("metrics.json", CONFUSION_PNG):
+        (out_dir / stale).unlink(missing_ok=True)
     saver = ImageSaver(out_dir, cfg.save_masks, cfg.num_vis)
     t0 = time.perf_counter()
     with progress_bar("eval", cfg.progress, unit="img") as bar:
@@ -103,6 +107,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
                     "split": cfg.data.split, **coco.summary()},
         "config": cfg.to_dict(),
     }
+    confusion = save_count_confusion(result["protocols"], out_dir / CONFUSION_PNG)
+    result["count_confusion_png"] = str(confusion) if confusion else None
     write_json(out_dir / "metrics.json", result)
     result["out"] = str(out_dir)
     return result

@@ -1,7 +1,8 @@
 """Scoring a model: per-image metrics under each protocol (docs/method.md#protocols), and the eval loop.
 
 Stage-2 models keep a slot when its keep logit beats its drop logit, unless `gumbel_eval=SEED` samples the
-Gumbel noise as the official evaluation does (seeded here, so it is reproducible). The slot initialisation
+Gumbel noise as the official evaluation does (seeded here, so it is reproducible); a quality-selector model
+selects as in training. `merge_slots` merges similar slots of any model afterwards. The slot initialisation
 is sampled, as official, from a seeded generator; the caller's global RNG state is left untouched.
 """
 
@@ -20,6 +21,7 @@ from adaslot.data.transforms import Geometry, compute_geometry
 from adaslot.device import resolve_workers
 from adaslot.evaluate.masks import alpha_grids, gt_at_side, labels_at_side, labels_fullres
 from adaslot.metrics import MetricAccumulator, image_scores
+from adaslot.model.merge import merge_groups, merged_keep, sum_groups
 
 if TYPE_CHECKING:
     from adaslot.data.coco import CocoDataset
@@ -107,22 +109,37 @@ class ImageResult:
 
     item: EvalItem
     alpha_grid: torch.Tensor  # [K, g, g]
-    keep: np.ndarray | None  # [K] 0/1, stage 2 only
+    keep: np.ndarray | None  # [K] 0/1: kept (stage 2) or left after merging; None: every slot
     scores: dict[str, dict[str, float]]
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP / torch.compile wrappers."""
+    for attr in ("module", "_orig_mod"):
+        model = getattr(model, attr, model)
+    return model
 
 
 def is_adaptive(model: torch.nn.Module) -> bool:
     """True for a stage-2 (adaptive) model (also through DDP / torch.compile wrappers)."""
-    for attr in ("module", "_orig_mod"):
-        model = getattr(model, attr, model)
-    return bool(getattr(getattr(model, "cfg", None), "adaptive", False))
+    return bool(getattr(getattr(_unwrap(model), "cfg", None), "adaptive", False))
 
 
-def keep_mode_label(model: torch.nn.Module, gumbel_eval: int | None) -> str:
+def keep_mode_label(model: torch.nn.Module, gumbel_eval: int | None, merge_slots: float | None = None) -> str:
+    """How the evaluated slots were chosen, in words (metrics.json `keep_mode`)."""
+    cfg = getattr(_unwrap(model), "cfg", None)
     if not is_adaptive(model):
-        return "all slots (stage 1)"
-    return "deterministic (keep-logit > drop-logit)" if gumbel_eval is None else (
-        f"gumbel (official stochastic protocol, seed {gumbel_eval})")
+        label = "all slots (stage 1)"
+    elif getattr(cfg, "selector", "adaslot") == "quality":
+        label = (f"quality selection (tau {cfg.quality_tau}, rho {cfg.quality_rho}, "
+                 f"alpha {cfg.quality_alpha}, K_min {cfg.quality_k_min})")
+    elif gumbel_eval is None:
+        label = "deterministic (keep-logit > drop-logit)"
+    else:
+        label = f"gumbel (official stochastic protocol, seed {gumbel_eval})"
+    if merge_slots is not None:
+        label += f", then slots merged below cosine distance {merge_slots}"
+    return label
 
 
 def _collate(batch: list[Any]) -> list[Any]:
@@ -190,14 +207,14 @@ def evaluate_model(
                         raise AdaslotError(f"{problem}; drop --strict to skip it")
                 if items:
                     _score_batch(model, encoder, features_fn, items, protocols, accs, adaptive, keep_mode,
-                                 device, on_image)
+                                 cfg.merge_slots, device, on_image)
                 if progress is not None:
                     progress(len(batch))
     finally:
         model.train(was_training)
     return {
         "protocols": {p: accs[p].summary() for p in protocols},
-        "keep_mode": keep_mode_label(model, cfg.gumbel_eval),
+        "keep_mode": keep_mode_label(model, cfg.gumbel_eval, cfg.merge_slots),
         "num_images": accs[protocols[0]].num_images,
         "skipped": skipped,
     }
@@ -205,7 +222,8 @@ def evaluate_model(
 
 def _score_batch(model: torch.nn.Module, encoder: Any, features_fn: Any, items: list[EvalItem],
                  protocols: Sequence[str], accs: dict[str, MetricAccumulator], adaptive: bool, keep_mode: str,
-                 device: torch.device, on_image: Callable[[ImageResult], None] | None) -> None:
+                 merge_slots: float | None, device: torch.device,
+                 on_image: Callable[[ImageResult], None] | None) -> None:
     if features_fn is not None:
         feats = features_fn(items)
     else:
@@ -213,8 +231,12 @@ def _score_batch(model: torch.nn.Module, encoder: Any, features_fn: Any, items: 
             raise ValueError("evaluate_model needs an encoder or a features_fn")
         feats = encoder(torch.stack([it.image for it in items]).to(device))
     out = model(feats.to(device=device, dtype=torch.float32), keep_mode=keep_mode if adaptive else None)
-    grids = alpha_grids(out.alpha)
-    keeps = out.keep.detach().cpu().numpy() if out.keep is not None else None
+    alpha, keep = out.alpha, out.keep
+    if merge_slots is not None:  # docs/method.md#slot-merging: a group's masks summed into one slot
+        groups = merge_groups(out.slots, merge_slots, keep=keep)
+        alpha, keep = sum_groups(alpha, groups), merged_keep(groups, keep)
+    grids = alpha_grids(alpha)
+    keeps = keep.detach().float().cpu().numpy() if keep is not None else None
     for i, item in enumerate(items):
         scores = score_image(grids[i], item, protocols)
         kept = int(keeps[i].sum()) if keeps is not None else None

@@ -13,16 +13,13 @@ import torch
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
-MERGE_THRESHOLD = 0.12  # SOLV's cosine-distance threshold
 
-
-def merge_groups(slots: torch.Tensor, threshold: float = MERGE_THRESHOLD,
-                 keep: torch.Tensor | None = None) -> torch.Tensor:
+def merge_groups(slots: torch.Tensor, threshold: float, keep: torch.Tensor | None = None) -> torch.Tensor:
     """slots [B, K, S] -> groups [B, K] long: groups[b, k] = the representative slot index of k's cluster.
 
     Two clusters merge while their complete-linkage cosine distance (1 - cos, the largest over member pairs)
     is below `threshold` (strictly, as scikit-learn's `distance_threshold` that SOLV uses). Slots with
-    keep [B, K] false (dropped by a selector) are left out and stay alone.
+    keep [B, K] false (dropped by a selector) are left out and stay alone. SOLV's threshold: 0.12.
     """
     b, k, _ = slots.shape
     x = torch.nn.functional.normalize(slots.detach().double(), dim=-1).cpu()

@@ -10,8 +10,6 @@ from __future__ import annotations
 import torch
 
 QUALITY_EPS = 1e-6  # the constant of QASA's quality and novelty ratios
-# Published settings (COCO): coverage threshold, coverage target, novelty threshold, minimum slots.
-TAU, RHO, ALPHA, K_MIN = 0.5, 0.8, 0.3, 2
 
 
 def slot_quality(attn: torch.Tensor) -> torch.Tensor:
@@ -25,15 +23,15 @@ def slot_quality(attn: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def quality_select(attn: torch.Tensor, k_min: int = K_MIN, tau: float = TAU, rho: float = RHO,
-                   alpha: float = ALPHA) -> torch.Tensor:
+def quality_select(attn: torch.Tensor, *, k_min: int, tau: float, rho: float, alpha: float) -> torch.Tensor:
     """attn [B, K, T] (last slot-attention iteration, softmax over slots) -> keep [B, K] bool.
 
     Per image: order slots by `slot_quality`, descending; activate the first `k_min` (at least 1). A token is
     covered when the active slots' attention on it sums to >= tau. While fewer than a fraction rho of the
     tokens are covered, take the next slot in order: skip it if its attention mass is ~0 or its novelty
     1 - (its mass on covered tokens) / (its mass) is below alpha, else activate it. Images are independent;
-    the loop runs over slot ranks, batched over images.
+    the loop runs over slot ranks, batched over images. Settings: ModelConfig.quality_* (the published COCO
+    values are their defaults).
     """
     attn = attn.detach().float()
     b, k, _ = attn.shape

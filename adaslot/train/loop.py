@@ -73,6 +73,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # ---- input (features [b, T, D] float32 on `device`), model (same init on every rank), optimiser, noise
     source = build_source(cfg, dist, local_batch)
     model_cfg = resolve_model_config(cfg, source.feature_dim, source.num_tokens)
+    if cfg.selection_warmup and not (model_cfg.adaptive and model_cfg.selector == "quality"):
+        raise AdaslotError("--selection-warmup is for the quality selector: --stage 2 --model "
+                           "selector=quality")
     torch.manual_seed(cfg.seed)
     model = AdaSlot(model_cfg).to(device)
     step = 0
@@ -151,7 +154,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             slot_noise, gumbel = slot_noise[:b], None if gumbel is None else gumbel[:b]
             try:
                 loss_v, mse_v, kept_v, grad_norm = optimisation_step(
-                    forward, model, optimizer, features, slot_noise, gumbel, cfg.grad_clip)
+                    forward, model, optimizer, features, slot_noise, gumbel, cfg.grad_clip,
+                    select=step >= cfg.selection_warmup)
             except NonFiniteError as e:
                 raise AdaslotError(_nan_message(e.what, e.value, step + 1, last_ckpt)) from None
             step += 1

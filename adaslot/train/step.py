@@ -46,8 +46,9 @@ class NoiseSampler:
 class TrainForward(nn.Module):
     """model + loss as one module (what DDP / torch.compile wrap).
 
-    features [B, T, D], slot_noise [B, K, S], gumbel [B, K, 2] | None -> (loss, mse, kept fraction [scalar]).
-    S0 comes from `SlotAttention.init_from_noise` with the noise passed in (so ranks can slice one draw).
+    features [B, T, D], slot_noise [B, K, S], gumbel [B, K, 2] | None, select (False: selection warm-up) ->
+    (loss, mse, kept fraction [scalar]). S0 comes from `SlotAttention.init_from_noise` with the noise passed
+    in (so ranks can slice one draw).
     Loss: docs/method.md#losses.
     """
 
@@ -57,15 +58,18 @@ class TrainForward(nn.Module):
         self.sparsity_weight = sparsity_weight
         self.precision = precision
 
-    def forward(self, features: torch.Tensor, slot_noise: torch.Tensor,
-                gumbel: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor, slot_noise: torch.Tensor, gumbel: torch.Tensor | None,
+                select: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         slots_init = self.model.slot_attention.init_from_noise(slot_noise)
         with autocast(self.precision, features.device):
-            out = self.model(features, slots_init=slots_init, gumbel_noise=gumbel, keep_mode="gumbel")
+            out = self.model(features, slots_init=slots_init, gumbel_noise=gumbel, keep_mode="gumbel",
+                             select=select)
         mse = reconstruction_loss(out.recon.float(), features)
         if out.keep is None:
             return mse, mse.detach(), torch.ones((), device=features.device)
         kept = sparsity_loss(out.keep.float())
+        if out.keep_logits is None:  # quality selection: no gradient reaches the keep mask, so no penalty
+            return mse, mse.detach(), kept.detach()
         return mse + self.sparsity_weight * kept, mse.detach(), kept.detach()
 
 
@@ -79,13 +83,14 @@ class NonFiniteError(Exception):
 
 def optimisation_step(forward: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
                       features: torch.Tensor, slot_noise: torch.Tensor, gumbel: torch.Tensor | None,
-                      grad_clip: float) -> tuple[float, float, float, float]:
+                      grad_clip: float, select: bool = True) -> tuple[float, float, float, float]:
     """One update: loss, backward, clip, Adam -> (loss, mse, kept fraction, grad norm) as floats.
 
-    features [b, T, D]; the loss values are averaged over DDP ranks, so every rank takes the same NaN
-    decision. Raises NonFiniteError (parameters untouched) on a NaN/inf loss or gradient norm.
+    features [b, T, D]; select False skips stage 2's keep decision (a selection warm-up). The loss values
+    are averaged over DDP ranks, so every rank takes the same NaN decision. Raises NonFiniteError
+    (parameters untouched) on a NaN/inf loss or gradient norm.
     """
-    loss, mse, kept = forward(features, slot_noise, gumbel)
+    loss, mse, kept = forward(features, slot_noise, gumbel, select)
     stats = distributed.all_reduce_mean(torch.stack([loss.detach(), mse, kept]).float())
     loss_v, mse_v, kept_v = stats.tolist()
     if not math.isfinite(loss_v):
