@@ -381,13 +381,14 @@ class MetricAccumulator:
         slots, source = (kept, "kept") if has_kept else (active, "active")
         out["count_confusion"] = {"slots": source, "counts": count_confusion(slots, objects)}
         per_count = {}
+        fg_ari, mbo_i, split = column("fg_ari"), column("mbo_i"), column("split_objects")
         for n in np.unique(objects).astype(np.int64):
             sel = objects == n
             per_count[str(n)] = {
                 "num_images": int(sel.sum()),
-                "fg_ari": _nanmean(column("fg_ari")[sel]),
-                "mbo_i": _nanmean(column("mbo_i")[sel]),
-                "split_rate": _ratio(column("split_objects")[sel].sum(), objects[sel].sum()),
+                "fg_ari": _nanmean(fg_ari[sel]),
+                "mbo_i": _nanmean(mbo_i[sel]),
+                "split_rate": _ratio(split[sel].sum(), objects[sel].sum()),
                 "mean_slots": float(slots[sel].mean()),
             }
         out["per_object_count"] = per_count
