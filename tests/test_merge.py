@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from adaslot.model.merge import mean_groups, merge_groups, merged_keep, sum_groups
+from adaslot.model.merge import mean_groups, merge_groups, merged_keep, slot_features, sum_groups
 
 
 def _unit(degrees: float) -> list[float]:
@@ -56,3 +56,18 @@ def test_dropped_slots_are_not_merged():
     groups = merge_groups(slots, 0.12, keep=keep)
     assert groups.tolist() == [[0, 1, 0, 0]]
     assert merged_keep(groups, keep).tolist() == [[True, False, False, False]]
+
+
+def test_slot_features_are_alpha_weighted_means_and_merge_split_objects():
+    """Two slots splitting one object explain the same features: merging on features joins them even when
+    their slot vectors point apart."""
+    feats = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])  # object A: tokens 0-1, B: 2-3
+    alpha = torch.tensor([[[1.0, 0.0, 0.0, 0.0],    # slot 0: half of A
+                           [0.0, 1.0, 0.0, 0.0],    # slot 1: the other half of A
+                           [0.0, 0.0, 0.5, 0.5]]])  # slot 2: B
+    f = slot_features(alpha, feats)
+    assert torch.equal(f, torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]]))
+    slots = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])  # orthogonal vectors
+    assert merge_groups(slots, 0.12).tolist() == [[0, 1, 2]]
+    assert merge_groups(f, 0.12).tolist() == [[0, 0, 2]]
+    assert torch.equal(sum_groups(alpha, merge_groups(f, 0.12))[0, 0], torch.tensor([1.0, 1.0, 0.0, 0.0]))

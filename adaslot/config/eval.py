@@ -47,6 +47,9 @@ class EvalConfig(Settings):
     merge_slots: float | None = setting(None, "merge slots whose vectors are closer than this cosine "
                                               "distance (complete linkage; SOLV uses 0.12) and sum their "
                                               "masks; default: no merging", above=0)
+    merge_on: str = setting("slots", "what --merge-slots compares: slots (the slot vectors, after SOLV) or "
+                                     "features (each slot's alpha-weighted mean input feature, ours)",
+                            choices=("slots", "features"))
     encoder_weights: str | None = setting(None, "encoder weights file (default: local caches)")
     device: str = setting("auto", DEVICE_HELP)
     batch_size: int = setting(32, "images per forward pass", min=1)

@@ -21,7 +21,7 @@ from adaslot.data.transforms import Geometry, compute_geometry
 from adaslot.device import resolve_workers
 from adaslot.evaluate.masks import alpha_grids, gt_at_side, labels_at_side, labels_fullres
 from adaslot.metrics import MetricAccumulator, image_scores
-from adaslot.model.merge import merge_groups, merged_keep, sum_groups
+from adaslot.model.merge import merge_groups, merged_keep, slot_features, sum_groups
 
 if TYPE_CHECKING:
     from adaslot.data.coco import CocoDataset
@@ -125,7 +125,8 @@ def is_adaptive(model: torch.nn.Module) -> bool:
     return bool(getattr(getattr(_unwrap(model), "cfg", None), "adaptive", False))
 
 
-def keep_mode_label(model: torch.nn.Module, gumbel_eval: int | None, merge_slots: float | None = None) -> str:
+def keep_mode_label(model: torch.nn.Module, gumbel_eval: int | None, merge_slots: float | None = None,
+                    merge_on: str = "slots") -> str:
     """How the evaluated slots were chosen, in words (metrics.json `keep_mode`)."""
     cfg = getattr(_unwrap(model), "cfg", None)
     if not is_adaptive(model):
@@ -138,7 +139,8 @@ def keep_mode_label(model: torch.nn.Module, gumbel_eval: int | None, merge_slots
     else:
         label = f"gumbel (official stochastic protocol, seed {gumbel_eval})"
     if merge_slots is not None:
-        label += f", then slots merged below cosine distance {merge_slots}"
+        what = "slot vectors" if merge_on == "slots" else "mean input features"
+        label += f", then slots merged below cosine distance {merge_slots} of their {what}"
     return label
 
 
@@ -207,14 +209,14 @@ def evaluate_model(
                         raise AdaslotError(f"{problem}; drop --strict to skip it")
                 if items:
                     _score_batch(model, encoder, features_fn, items, protocols, accs, adaptive, keep_mode,
-                                 cfg.merge_slots, device, on_image)
+                                 cfg, device, on_image)
                 if progress is not None:
                     progress(len(batch))
     finally:
         model.train(was_training)
     return {
         "protocols": {p: accs[p].summary() for p in protocols},
-        "keep_mode": keep_mode_label(model, cfg.gumbel_eval, cfg.merge_slots),
+        "keep_mode": keep_mode_label(model, cfg.gumbel_eval, cfg.merge_slots, cfg.merge_on),
         "num_images": accs[protocols[0]].num_images,
         "skipped": skipped,
     }
@@ -222,7 +224,7 @@ def evaluate_model(
 
 def _score_batch(model: torch.nn.Module, encoder: Any, features_fn: Any, items: list[EvalItem],
                  protocols: Sequence[str], accs: dict[str, MetricAccumulator], adaptive: bool, keep_mode: str,
-                 merge_slots: float | None, device: torch.device,
+                 cfg: EvalConfig, device: torch.device,
                  on_image: Callable[[ImageResult], None] | None) -> None:
     if features_fn is not None:
         feats = features_fn(items)
@@ -230,10 +232,12 @@ def _score_batch(model: torch.nn.Module, encoder: Any, features_fn: Any, items: 
         if encoder is None:
             raise ValueError("evaluate_model needs an encoder or a features_fn")
         feats = encoder(torch.stack([it.image for it in items]).to(device))
-    out = model(feats.to(device=device, dtype=torch.float32), keep_mode=keep_mode if adaptive else None)
+    feats = feats.to(device=device, dtype=torch.float32)
+    out = model(feats, keep_mode=keep_mode if adaptive else None)
     alpha, keep = out.alpha, out.keep
-    if merge_slots is not None:  # docs/method.md#slot-merging: a group's masks summed into one slot
-        groups = merge_groups(out.slots, merge_slots, keep=keep)
+    if cfg.merge_slots is not None:  # docs/method.md#slot-merging: a group's masks summed into one slot
+        vectors = out.slots if cfg.merge_on == "slots" else slot_features(alpha, feats)
+        groups = merge_groups(vectors, cfg.merge_slots, keep=keep)
         alpha, keep = sum_groups(alpha, groups), merged_keep(groups, keep)
     grids = alpha_grids(alpha)
     keeps = keep.detach().float().cpu().numpy() if keep is not None else None

@@ -54,6 +54,13 @@ def mean_groups(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     return sum_groups(x, groups) / size.view(*size.shape, *([1] * (x.dim() - 2))).to(x.dtype)
 
 
+def slot_features(alpha: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """alpha [B, K, T], features [B, T, D] -> [B, K, D]: each slot's alpha-weighted mean input feature, what
+    it explains of the image (docs/method.md#slot-merging); a slot with no alpha gets zeros."""
+    weight = alpha / alpha.sum(-1, keepdim=True).clamp_min(1e-12)
+    return torch.einsum("bkt,btd->bkd", weight, features)
+
+
 def merged_keep(groups: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """groups [B, K] -> [B, K] bool: the representatives (of kept slots, if keep [B, K] is given); its row sum
     is the number of slots after merging."""
