@@ -25,6 +25,7 @@ from adaslot.config import ModelConfig
 from adaslot.errors import AdaslotError
 
 if TYPE_CHECKING:
+    from adaslot.encoders import FrozenEncoder
     from adaslot.model import AdaSlot
 
 FORMAT = "adaslot-checkpoint"
@@ -131,6 +132,34 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         raise AdaslotError(f"{path}: weights do not fit its own model_config ({first})") from None
     model.to(device).eval()
     return model, payload
+
+
+ENCODER_FIX = "use the encoder weights (or the cache) the model was trained with"
+
+
+def load_encoder(payload: dict[str, Any], weights: str | os.PathLike | None = None,
+                 device: str | torch.device = "cpu") -> FrozenEncoder:
+    """The frozen encoder a checkpoint was trained with (`payload["encoder"]`; weights from `weights` or the
+    local caches), refused with one line when its feature contract or token grid differ from the
+    checkpoint's."""
+    from adaslot.contract import check_contract
+    from adaslot.encoders import build_encoder
+
+    encoder = build_encoder(payload["encoder"], weights=weights, device=device)
+    contract = encoder.contract()
+    trained_on = payload.get("feature_contract") or {"encoder": payload.get("encoder")}
+    what = f"--encoder-weights {weights}" if weights else "the encoder weights found"
+    check_contract(trained_on, contract, what, "the checkpoint's feature contract", ENCODER_FIX)
+    check_feature_shape(contract, payload)
+    return encoder
+
+
+def check_feature_shape(contract: dict[str, Any], payload: dict[str, Any]) -> None:
+    """Refuse features of another token count or width than the checkpoint's model takes (one line)."""
+    mcfg = ModelConfig.from_dict(payload["model_config"])
+    if (contract.get("num_tokens"), contract.get("feature_dim")) != (mcfg.num_tokens, mcfg.feature_dim):
+        raise AdaslotError(f"the encoder gives {contract.get('num_tokens')}x{contract.get('feature_dim')} "
+                           f"features, the checkpoint's model expects {mcfg.num_tokens}x{mcfg.feature_dim}")
 
 
 # ---- run folders: step-numbered files, newest = resume point, keep the last N ----

@@ -22,6 +22,7 @@ from adaslot.config import (
     EvalConfig,
     ExportConfig,
     InfoConfig,
+    SegmentConfig,
     Settings,
     SyntheticConfig,
     TrainConfig,
@@ -201,6 +202,25 @@ def eval_cmd(cfg: EvalConfig) -> None:
     from adaslot.evaluate import print_results, run_eval
 
     print_results(run_eval(cfg))
+
+
+@config_command("segment", SegmentConfig)
+def segment_cmd(cfg: SegmentConfig) -> None:
+    """Segment any images (files, folders, globs) with a trained checkpoint: label PNGs at the original size.
+
+    Rerunning the same command skips the images already done."""
+    from adaslot.segment import run_segment
+
+    r = run_segment(cfg)
+    n = r["num_images"]
+    print(f"{n} image{'s' if n != 1 else ''} segmented ({r['new']} in this run) into {r['out']}/masks"
+          + (f", slots in {r['out']}/slots.npz" if cfg.save_slots and r["num_images"] else ""))
+    if r["skipped"]:
+        print(f"skipped {len(r['skipped'])} unreadable or missing inputs (in {r['out']}/manifest.json):")
+        for s in r["skipped"][:10]:
+            print(f"  {s['file']}: {s['reason']}" + (f" ({s['detail']})" if s["detail"] else ""))
+        if len(r["skipped"]) > 10:
+            print(f"  ... and {len(r['skipped']) - 10} more")
 
 
 @config_command("convert-official", ConvertConfig)

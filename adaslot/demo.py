@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 
+from adaslot import DEMO_CHECKPOINT
 from adaslot.config import CacheConfig, DataSpec, DemoConfig, EvalConfig, TrainConfig, get_preset
 from adaslot.errors import AdaslotError
 from adaslot.files import write_json
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-SHIPPED_CHECKPOINT = ASSETS / "demo-stage2.pt"
+SHIPPED_CHECKPOINT = DEMO_CHECKPOINT
 PRESET = "demo"
 PROTOCOL = "adaslot"  # headline protocol (GT at 224, as the patch ceiling); fullres is reported beside it
 RESULT_KEYS = ("fg_ari", "baseline_fg_ari", "mean_kept_slots", "mean_objects", "kept_vs_objects_r",

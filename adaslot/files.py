@@ -1,11 +1,13 @@
-"""Small file helpers used by every command: content hashing and atomic JSON writing (one copy of each)."""
+"""Small file helpers used by every command: content hashing, atomic writing and JSON (one copy of each)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +37,22 @@ def json_safe(x: Any) -> Any:
     return x
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write `obj` as indented JSON atomically (temp name in the same folder + rename), so a killed process
-    never leaves a half-written file under the real name; NaN / inf become null (valid JSON)."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a file under a temporary name in the same folder, renamed to `path` when the block ends without
+    an error: a killed process never leaves a half-written file under the real name (parents are created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(json_safe(obj), indent=2, default=str) + "\n")
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write `obj` as indented JSON atomically (`atomic_path`); NaN / inf become null (valid JSON)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(json_safe(obj), indent=2, default=str) + "\n")
+    return Path(path)

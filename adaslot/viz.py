@@ -1,8 +1,8 @@
 """PNG pictures of slot masks: one grid per image, and colour label maps. Pillow + numpy only.
 
-Grid layout (`slot_grid`): top row = image | ground truth | predicted segmentation over the image; below,
-one tile per slot with its alpha map (white = 1), framed in the slot's colour; a dropped slot (stage 2) is
-drawn dimmed with a red cross.
+Grid layout (`slot_grid`): top row = image | ground truth (without one: the predicted segmentation alone) |
+predicted segmentation over the image; below, one tile per slot with its alpha map (white = 1), framed in the
+slot's colour; a dropped slot (stage 2) is drawn dimmed with a red cross. Files are written atomically.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["colorize", "palette", "save_label_png", "slot_grid"]
+__all__ = ["colorize", "palette", "save_label_png", "save_png", "slot_grid"]
 
 MIN_SIDE = 192  # pictures of smaller images are magnified to at least this side
 
@@ -57,7 +57,7 @@ def _resize(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray
 
 def slot_grid(
     image: np.ndarray,
-    gt_labels: np.ndarray,
+    gt_labels: np.ndarray | None,
     pred_labels: np.ndarray,
     alpha: np.ndarray,
     keep: np.ndarray | None = None,
@@ -65,21 +65,25 @@ def slot_grid(
 ) -> Image.Image:
     """The picture of one image.
 
-    image [3, S, S] float in [0, 1] (the network input), gt_labels [S, S] int (0 = background/ignored),
-    pred_labels [S, S] int slot ids, alpha [K, h, w] per-slot masks (any resolution, in [0, 1]),
-    keep [K] 0/1 or None (stage 1). Returns a PIL image (3 S' wide, S' = S magnified by a whole factor to
-    at least MIN_SIDE).
+    image [3, S, S] float in [0, 1] (the network input), gt_labels [S, S] int (0 = background/ignored) or
+    None (unlabelled images: the middle panel shows the predicted slot ids), pred_labels [S, S] int slot
+    ids, alpha [K, h, w] per-slot masks (any resolution, in [0, 1]), keep [K] 0/1 or None (stage 1).
+    Returns a PIL image (3 S' wide, S' = S magnified by a whole factor to at least MIN_SIDE).
     """
     img = _to_uint8_image(image)
     # Small inputs (e.g. the demo's 64 px) are magnified by whole pixels so tiles and labels stay readable.
     zoom = max(1, -(-MIN_SIDE // img.shape[0]))
-    img, gt_labels, pred_labels = (np.asarray(a).repeat(zoom, 0).repeat(zoom, 1)
-                                   for a in (img, gt_labels, pred_labels))
+    img, pred_labels = (np.asarray(a).repeat(zoom, 0).repeat(zoom, 1) for a in (img, pred_labels))
     s = img.shape[0]
     k = alpha.shape[0]
     cols = palette(max(k, 1))
-    overlay = (0.45 * img + 0.55 * cols[np.clip(pred_labels, 0, k - 1)]).astype(np.uint8)
-    top = np.concatenate([img, colorize(gt_labels, background_zero=True), overlay], axis=1)
+    slot_colours = cols[np.clip(pred_labels, 0, k - 1)]
+    overlay = (0.45 * img + 0.55 * slot_colours).astype(np.uint8)
+    if gt_labels is None:
+        middle = slot_colours
+    else:
+        middle = colorize(np.asarray(gt_labels).repeat(zoom, 0).repeat(zoom, 1), background_zero=True)
+    top = np.concatenate([img, middle, overlay], axis=1)
 
     ncol = 8
     tile = (3 * s) // ncol
@@ -114,11 +118,17 @@ def save_label_png(path: str | Path, labels: np.ndarray) -> Path:
     8-bit grayscale when ids fit (< 256), else 16-bit; values are the ids themselves, not colours.
     """
     labels = np.asarray(labels)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if labels.size and labels.max() > 255:
         img = Image.fromarray(labels.astype(np.uint16))
     else:
         img = Image.fromarray(labels.astype(np.uint8))  # mode L
-    img.save(path)
-    return path
+    return save_png(img, path)
+
+
+def save_png(img: Image.Image, path: str | Path) -> Path:
+    """Save `img` as a PNG at `path` atomically (temp name + rename; parent folders are created)."""
+    from adaslot.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)

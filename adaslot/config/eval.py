@@ -55,7 +55,8 @@ class EvalConfig(Settings):
     batch_size: int = setting(32, "images per forward pass", min=1)
     workers: int | None = setting(None, WORKERS_HELP, min=0)
     max_images: int | None = setting(None, "evaluate only the first N images", min=1)
-    seed: int = setting(0, "seed of the slot-initialisation noise (sampled in eval too, as official)")
+    seed: int = setting(0, "seed of the slot-initialisation noise, one draw shared by every image (with "
+                           "--gumbel-eval SEED: sampled per image, as official, from SEED)")
     progress: bool = setting(True, "show the progress bar")
 
     @property

@@ -53,7 +53,7 @@ class LoadedImage:
     exif_transposed: bool  # EXIF orientation was applied
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB. Alpha is dropped (as `convert("RGB")` in the official pipeline does)."""
     if im.mode == "RGB":
         return im
@@ -95,7 +95,7 @@ def load_image(path: str | Path, expected_wh: tuple[int, int] | None = None,
                 if tuple(raw_wh) == tuple(expected_wh) and tuple(rot_wh) != tuple(expected_wh):
                     transpose = False
             out = ImageOps.exif_transpose(im) if transpose else im.copy()
-            out = _to_rgb(out)
+            out = to_rgb(out)
     except Image.DecompressionBombError as e:
         raise ImageLoadError(path, "too-large", str(e)) from e
     except UnidentifiedImageError as e:
@@ -245,20 +245,23 @@ def resize_masks_nearest_exact(masks: torch.Tensor | np.ndarray, size: int,
     return out > 0.5 if dtype == torch.bool else out.round().to(dtype)
 
 
-def maps_to_original(maps: torch.Tensor, geom: Geometry, mode: str = "bilinear",
-                     full_image: bool = False) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+def maps_to_original(maps: torch.Tensor, geom: Geometry, mode: str = "bilinear", full_image: bool = False,
+                     rows: tuple[int, int] | None = None) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """Resample per-slot maps [K, h, w] covering the network input (any h, w: 14x14 alpha or 224x224) onto
     original pixels. Each original pixel centre is mapped exactly through the geometry (grid_sample,
     align_corners=False, so at the input resolution this equals F.interpolate).
 
     full_image=False: returns ([K, bottom - top, right - left], region) for region =
     `geom.crop_region_original()`. full_image=True: every original pixel ([K, orig_h, orig_w], region = the
-    whole image); pixels outside the crop take the nearest border value (the model never saw them)."""
+    whole image); pixels outside the crop take the nearest border value (the model never saw them).
+    rows=(r0, r1): only original rows r0..r1-1 of that region (the same values, computed in row blocks)."""
     k, h, w = maps.shape
     if full_image:
         region = (0, 0, geom.orig_h, geom.orig_w)
     else:
         region = geom.crop_region_original()
+    if rows is not None:
+        region = (max(region[0], rows[0]), region[1], min(region[2], rows[1]), region[3])
     top, left, bottom, right = region
     ys = torch.arange(top, bottom, dtype=torch.float64) + 0.5
     xs = torch.arange(left, right, dtype=torch.float64) + 0.5

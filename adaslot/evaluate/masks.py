@@ -42,15 +42,26 @@ def labels_fullres(alpha_grid: torch.Tensor, geom: Geometry) -> tuple[np.ndarray
     return maps.max(0).indices.cpu().numpy(), region
 
 
-def labels_full_image(alpha_grid: torch.Tensor, geom: Geometry) -> np.ndarray:
-    """Slot ids for every pixel of the original image [orig_h, orig_w].
+def alpha_full_image(alpha_grid: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    """alpha [K, g, g] -> alpha at every pixel of the original image [K, orig_h, orig_w] (float32, on the
+    device of alpha_grid), sampled as in `labels_full_image` (bilinear weights: the sum over K is kept)."""
+    return maps_to_original(alpha_grid, geom, full_image=True)[0]
+
+
+def labels_full_image(alpha_grid: torch.Tensor, geom: Geometry, block: int = 1 << 24) -> np.ndarray:
+    """Slot ids for every pixel of the original image [orig_h, orig_w] (argmax over K of `alpha_full_image`).
 
     Inside the crop region: identical to `labels_fullres`. Outside (the ends of the longer side that the
     center crop cut off, which the model never saw): the alpha maps are extended by edge replication, so
     such a pixel takes the alpha values of the nearest point on the crop border along the cut axis.
+    Computed in blocks of whole rows of at most `block` alpha values (64 MB), so a 12-megapixel photo with
+    33 slots does not need 1.6 GB at once; every pixel's value is the same as in one pass.
     """
-    maps, _ = maps_to_original(alpha_grid, geom, full_image=True)
-    return maps.max(0).indices.cpu().numpy()
+    k = alpha_grid.shape[0]
+    step = max(1, block // max(1, k * geom.orig_w))
+    parts = [maps_to_original(alpha_grid, geom, full_image=True, rows=(r, r + step))[0].max(0).indices.cpu()
+             for r in range(0, geom.orig_h, step)]
+    return torch.cat(parts, 0).numpy()
 
 
 def gt_at_side(masks: np.ndarray, side: int) -> np.ndarray:

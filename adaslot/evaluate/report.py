@@ -46,8 +46,7 @@ class ImageSaver:
                 title += f"  kept {int(r.keep.sum())}/{len(r.keep)}"
             img = viz.slot_grid(item.image.float().cpu().numpy(), gt_labels, pred,
                                 r.alpha_grid.float().cpu().numpy(), r.keep, title)
-            (self.out_dir / "vis").mkdir(parents=True, exist_ok=True)
-            img.save(self.out_dir / "vis" / f"{item.image_id:012d}.png")
+            viz.save_png(img, self.out_dir / "vis" / f"{item.image_id:012d}.png")
             self.vis_done += 1
 
     def finish(self) -> None:

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from adaslot.config import EvalConfig
-from adaslot.contract import check_contract
 from adaslot.device import resolve_device
 from adaslot.errors import AdaslotError
 from adaslot.evaluate.report import CONFUSION_PNG, ImageSaver, save_count_confusion
@@ -23,12 +22,9 @@ from adaslot.progress import progress_bar
 if TYPE_CHECKING:
     from adaslot.data.coco import CocoDataset
 
-FIX = "use the encoder weights (or the cache) the model was trained with"
-
-
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Score `cfg.checkpoint`; returns the metrics.json content plus "out" (the output folder)."""
-    from adaslot.checkpoint import load_model
+    from adaslot.checkpoint import check_feature_shape, load_encoder, load_model
 
     cfg.validate()
     protocols = cfg.protocols
@@ -51,18 +47,11 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         contract = dict(store.contract)
         source = (f"PROXY from cached features {cfg.from_cache}: stored fp16 patch features, not a re-run of "
                   "the encoder")
+        check_feature_shape(contract, payload)
     else:
-        from adaslot.encoders import build_encoder
-
-        encoder = build_encoder(payload["encoder"], weights=cfg.encoder_weights, device=device)
+        encoder = load_encoder(payload, cfg.encoder_weights, device)
         contract = encoder.contract()
-        what = (f"--encoder-weights {cfg.encoder_weights}" if cfg.encoder_weights
-                else "the encoder weights found")
-        check_contract(trained_on, contract, what, "the checkpoint's feature contract", FIX)
         source = "images: frozen encoder re-run on every image"
-    if (contract.get("num_tokens"), contract.get("feature_dim")) != (mcfg.num_tokens, mcfg.feature_dim):
-        raise AdaslotError(f"the encoder gives {contract.get('num_tokens')}x{contract.get('feature_dim')} "
-                           f"features, the checkpoint's model expects {mcfg.num_tokens}x{mcfg.feature_dim}")
     coco = cfg.data.open(int((contract.get("input_size") or [224])[0]))
     if coco.num_without_annotations == len(coco):
         raise AdaslotError(f"{coco.annotation_file} has no annotated images (all {len(coco)} images have no "

@@ -1,9 +1,11 @@
 """Scoring a model: per-image metrics under each protocol (docs/method.md#protocols), and the eval loop.
 
-Stage-2 models keep a slot when its keep logit beats its drop logit, unless `gumbel_eval=SEED` samples the
-Gumbel noise as the official evaluation does (seeded here, so it is reproducible); a quality-selector model
-selects as in training. `merge_slots` merges similar slots of any model afterwards. The slot initialisation
-is sampled, as official, from a seeded generator; the caller's global RNG state is left untouched.
+Stage-2 models keep a slot when its keep logit beats its drop logit (a quality-selector model selects as in
+training), and every image starts from the same slot-initialisation noise (`SlotAttention.fixed_init(seed)`),
+so a score is a function of the image alone, whatever the batch size, as in `adaslot segment`
+(docs/method.md#deviations). `gumbel_eval=SEED` is the official evaluation: the slot initialisation and the
+Gumbel noise are sampled per image, from a generator seeded with SEED. `merge_slots` merges similar slots of
+any model afterwards. The caller's global RNG state is left untouched.
 """
 
 from __future__ import annotations
@@ -233,7 +235,11 @@ def _score_batch(model: torch.nn.Module, encoder: Any, features_fn: Any, items: 
             raise ValueError("evaluate_model needs an encoder or a features_fn")
         feats = encoder(torch.stack([it.image for it in items]).to(device))
     feats = feats.to(device=device, dtype=torch.float32)
-    out = model(feats, keep_mode=keep_mode if adaptive else None)
+    init = None
+    if cfg.gumbel_eval is None:  # docs/method.md#deviations: one slot-init draw for every image
+        inner = _unwrap(model)
+        init = inner.slot_attention.fixed_init(len(items), inner.cfg.num_slots, cfg.seed)
+    out = model(feats, slots_init=init, keep_mode=keep_mode if adaptive else None)
     alpha, keep = out.alpha, out.keep
     if cfg.merge_slots is not None:  # docs/method.md#slot-merging: a group's masks summed into one slot
         vectors = out.slots if cfg.merge_on == "slots" else slot_features(alpha, feats)

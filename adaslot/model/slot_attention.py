@@ -64,6 +64,16 @@ class SlotAttention(nn.Module):
                             device=self.slots_mu.device)
         return self.init_from_noise(noise)
 
+    def fixed_init(self, batch_size: int, num_slots: int, seed: int) -> torch.Tensor:
+        """S0 [B, K, S] from one N(0, I) draw [K, S] of a CPU generator seeded with `seed`, for every image.
+
+        Inference (eval, segment, the Python API) starts from it, so a result is a function of (image,
+        weights, seed) alone: the same whatever the batch, its order, the device or the rest of the run
+        (docs/method.md#deviations)."""
+        noise = torch.randn(num_slots, self.slot_dim, generator=torch.Generator().manual_seed(seed))
+        noise = noise.to(device=self.slots_mu.device, dtype=self.slots_mu.dtype)
+        return self.init_from_noise(noise.expand(batch_size, -1, -1))
+
     def forward(self, inputs: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs [B, T, S], slots (initial) [B, K, S] -> (slots [B, K, S], attn [B, K, T]).
 

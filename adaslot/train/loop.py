@@ -139,7 +139,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     last_ckpt, last_loss = resume_path, float("nan")
     bar = progress_bar("train", cfg.progress and dist.is_main, unit="step",
                        fields="loss {task.fields[loss]} lr {task.fields[lr]} kept {task.fields[kept]}")
-    task = bar.add_task("train", total=cfg.num_iters, completed=step, start=step, loss="-", lr="-", kept="-")
+    task = bar.add_task("train", total=cfg.num_iters, completed=step, resumed=step, loss="-", lr="-",
+                        kept="-")
     t_last, steps_since = time.perf_counter(), 0
 
     # ---- the loop
