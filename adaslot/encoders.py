@@ -165,13 +165,16 @@ class FrozenEncoder(nn.Module):
 
     def contract(self, side: int | None = None) -> dict[str, Any]:
         """The feature contract for inputs of `side` x `side` pixels (JSON-serialisable)."""
-        import timm
-
         side = side or self.image_size
+        timm_version = None
+        if self.spec.timm_name:  # importing timm takes seconds: not for the demo encoder
+            import timm
+
+            timm_version = timm.__version__
         return {
             "encoder": self.name,
             "timm_model": self.spec.timm_name,
-            "timm_version": timm.__version__ if self.spec.timm_name else None,
+            "timm_version": timm_version,
             "weights_sha256": self.weights_sha256,
             "tap_point": self.spec.tap_point,
             "input_size": [side, side],

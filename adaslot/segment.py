@@ -40,14 +40,15 @@ DONE_LOG, MANIFEST, SLOTS_FILE = "done.jsonl", "manifest.json", "slots.npz"
 OUTPUT_DIRS = ("masks", "vis", "slots")
 
 
-def find_images(inputs: list[str], recursive: bool = True
+def find_images(inputs: list[str], recursive: bool = True, exclude: str | None = None
                 ) -> tuple[list[tuple[str, str]], list[dict[str, str]]]:
     """INPUT arguments -> ([(image path, NAME)], [{"file", "reason": "missing", "detail"}] for inputs that
     name nothing).
 
     A folder gives its files with an image suffix (IMAGE_SUFFIXES), sorted, recursively unless told not to;
     a file is always tried, whatever its suffix; a glob (`*`, `?`, `[`, `**`) gives what it matches (folders
-    among the matches are searched like folders). A file reached twice is taken once."""
+    among the matches are searched like folders). A file reached twice is taken once; files under the
+    folder `exclude` (the output folder, when it sits among the inputs) are left out."""
     found: list[tuple[str, str]] = []  # (absolute path, the root NAME is relative to)
     missing: list[dict[str, str]] = []
     for arg in inputs:
@@ -66,6 +67,9 @@ def find_images(inputs: list[str], recursive: bool = True
         else:
             missing.append(_skip(arg, "missing", "no such file or folder"))
     unique = list(dict.fromkeys(os.path.normpath(f) for f, _ in found))
+    if exclude is not None:
+        skip_dir = os.path.join(os.path.abspath(exclude), "")
+        unique = [f for f in unique if not f.startswith(skip_dir)]
     roots = {os.path.normpath(f): r for f, r in found}
     if not unique:
         return [], missing
@@ -183,7 +187,7 @@ def run_segment(cfg: SegmentConfig) -> dict[str, Any]:
     """Run `adaslot segment`; returns the manifest plus "out", "new" (images segmented by this call)."""
     cfg.validate()
     out = Path(cfg.out)
-    images, skipped = find_images(cfg.inputs, cfg.recursive)
+    images, skipped = find_images(cfg.inputs, cfg.recursive, exclude=cfg.out)
     if skipped and cfg.strict:
         raise _strict_error(skipped[0])
     if not images:

@@ -263,7 +263,10 @@ def test_globs_and_names(awkward, tmp_path):
                                           "sixteen.png", "wide.png"]
     (tmp_path / "a.jpg").write_bytes(b"")
     (tmp_path / "a.png").write_bytes(b"")
-    assert sorted(n for _, n in find_images([str(tmp_path)])[0]) == ["a.jpg.png", "a.png.png"]
+    (tmp_path / "out" / "masks").mkdir(parents=True)
+    (tmp_path / "out" / "masks" / "a.png").write_bytes(b"")  # an earlier run's output inside the input folder
+    found, _ = find_images([str(tmp_path)], exclude=str(tmp_path / "out"))
+    assert sorted(n for _, n in found) == ["a.jpg.png", "a.png.png"]
 
 
 def test_eval_save_masks_and_segment_give_identical_pngs(tmp_path, monkeypatch, capsys):
