@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -20,6 +21,7 @@ from helpers import REPO, run_cli, write_coco
 from PIL import Image
 
 import adaslot
+from adaslot.api import prepare_image
 from adaslot.data.transforms import ImageLoadError, compute_geometry, maps_to_original
 from adaslot.errors import AdaslotError
 from adaslot.evaluate.masks import labels_full_image
@@ -149,6 +151,30 @@ def test_every_input_kind_gives_the_file_s_result(model, awkward):
         model.segment(rgb.astype(np.float32))
     with pytest.raises(AdaslotError, match="cannot read an image"):
         model.segment(42)
+
+
+def test_segment_takes_the_keep_decision_from_the_model(model, awkward):
+    """A stage-2 model with the quality selector (no learned selector): `kept` is its selection, recomputed
+    here from the slot attention of a plain forward, and dropped slots own no pixel."""
+    from adaslot.model import AdaSlot
+    from adaslot.model.quality import quality_select
+
+    cfg = dataclasses.replace(model.model.cfg, selector="quality")
+    quality = AdaSlot(cfg)
+    weights = model.model.state_dict()
+    quality.load_state_dict({k: v for k, v in weights.items() if not k.startswith("selector.")})
+    seg = adaslot.Segmenter(quality.eval(), model.encoder)
+    paths = [awkward / n for n in SIZES]
+    results = seg.segment(paths)
+    x = torch.stack([prepare_image(p, 64)[0] for p in paths])
+    with torch.no_grad():
+        attn = quality(model.encoder(x), slots_init=quality.slot_attention.fixed_init(len(x), K, 0)).attn
+    want = quality_select(attn, k_min=cfg.quality_k_min, tau=cfg.quality_tau, rho=cfg.quality_rho,
+                          alpha=cfg.quality_alpha).numpy() > 0.5
+    assert np.array_equal(np.stack([r.kept for r in results]), want)
+    assert want.sum(1).min() < K  # the selection drops slots here, so the check above is not vacuous
+    for r in results:
+        assert set(np.unique(r.labels)) <= set(np.flatnonzero(r.kept))
 
 
 def test_full_image_labels_in_row_blocks_equal_one_pass():
