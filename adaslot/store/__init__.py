@@ -1,8 +1,11 @@
 """Feature stores: frozen-encoder patch tokens, computed once (`adaslot cache-features`), read many times.
 
-Layout (zarr v3 group; any path or fsspec URL zarr understands, e.g. `s3://bucket/coco-train.zarr`):
-    features   [N, V, T, D] float16, uncompressed; chunks of `chunk_samples` samples (the unit a loader
-               reads), grouped into shards of `shard_samples` samples (one file each; unit of writing/resume)
+Layout (zarr v3 group; any path or fsspec URL zarr understands, e.g. `s3://bucket/coco-train.zarr`), format 2:
+    features   [N, V, T, D] float16, uncompressed, shards of `shard_samples` samples x all views (one file
+               each; unit of writing, resume and repair); inside a shard one chunk per (sample, view) with a
+               crc32c checksum, so a training sample reads one view and every read is checked
+               (adaslot/store/shards.py). `chunk_samples` (attrs["layout"]) is the loader's block: the unit
+               whose order it shuffles and that it splits between DDP ranks.
     image_ids  [N] int64   dataset image id of each row (one chunk, written when the store is created)
     status     [N] uint8   0 = not written yet, 1 = ok, >= 2 = skipped (code -> reason in
                            attrs["status_codes"]); a skipped row's features are zeros and must not be used.
@@ -12,6 +15,8 @@ Layout (zarr v3 group; any path or fsspec URL zarr understands, e.g. `s3://bucke
     attrs      format, feature_contract (encoder contract + stored dtype + precision), dataset identity
                (annotation sha256, split, ids checksum), transform, views, layout, adaslot version, settings
                checksum, complete (bool), summary (after completion)
+image_ids and status chunks carry crc32c checksums too. Format 1 (older stores, still read): features chunks
+of `chunk_samples` samples x all views, no checksums except zarr's shard index.
 Rows follow the dataset's index order (sorted image ids of the annotation file, images missing on disk left
 out and listed in attrs["dataset"]["missing"]); view 0 is the image, view 1 (train) its horizontal flip.
 
@@ -28,9 +33,10 @@ import numpy as np
 
 from adaslot.contract import IDENTITY_KEYS, check_contract
 from adaslot.errors import AdaslotError
+from adaslot.store.shards import Damage, ShardedFeatures
 
 STORE_FORMAT = "adaslot-feature-store"
-STORE_VERSION = 1
+STORE_VERSION = 2  # 1: chunks of all views, no checksums (still read)
 STATUS_NOT_WRITTEN, STATUS_OK = 0, 1
 # Reasons come from adaslot.data (ImageLoadError.reason); unknown reasons map to "other".
 SKIP_REASONS = ("unreadable", "truncated", "too-large", "size-mismatch", "other")
@@ -61,14 +67,46 @@ class FeatureStore:
         self.features = root["features"]
         n, v, t, d = self.features.shape
         self.num_samples, self.num_views, self.num_tokens, self.feature_dim = int(n), int(v), int(t), int(d)
-        self.status = np.asarray(root["status"][:], dtype=np.uint8)
+        self.format_version = int(attrs.get("format_version", 1))
+        self.status = np.asarray(self._small_array("status"), dtype=np.uint8)
         self.valid = self.status == STATUS_OK
-        self.raw_image_ids = np.asarray(root["image_ids"][:], dtype=np.int64)
+        self.raw_image_ids = np.asarray(self._small_array("image_ids"), dtype=np.int64)
         self.image_ids = np.where(self.valid, self.raw_image_ids, -1)
         layout = attrs.get("layout", {})
         self.chunk_samples = int(layout.get("chunk_samples", self.features.chunks[0]))
-        self.shard_samples = int(layout.get("shard_samples", self.chunk_samples))
+        shards = getattr(self.features, "shards", None)  # zarr: the shard shape (None: not sharded, or h5py)
+        self.shard_samples = int(layout.get("shard_samples", shards[0] if shards else self.chunk_samples))
         self.contract: dict[str, Any] = dict(attrs.get("feature_contract", {}))
+        # Local zarr stores are read straight from their shard files (shards.py); others through zarr/h5py.
+        self.direct: ShardedFeatures | None = None
+        if backend == "zarr" and "://" not in path:
+            self.direct = ShardedFeatures.open(Path(path) / "features")
+
+    def _small_array(self, name: str) -> np.ndarray:
+        """status / image_ids, with a damaged chunk reported as a one-line error naming its file."""
+        arr = self._root[name]
+        try:
+            return arr[:]
+        except ValueError as e:  # zarr's crc32c codec: "Stored and computed checksum do not match"
+            if self.backend != "zarr" or "checksum" not in str(e):
+                raise
+            bad = "?"
+            for i, a in enumerate(range(0, arr.shape[0], arr.chunks[0])):
+                try:
+                    arr[a:a + arr.chunks[0]]
+                except ValueError:
+                    bad = f"{self.path}/{name}/c/{i}"
+                    break
+            raise self.damaged(Damage(bad, "checksum mismatch")) from None
+
+    def damaged(self, e: Damage) -> AdaslotError:
+        """The one-line error for a damaged file of this store, with the command that repairs it."""
+        return AdaslotError(f"feature store {self.path} is damaged: {e.path}: {e.what}; "
+                            f"{repair_hint(self.path, self.attrs)}")
+
+    def close(self) -> None:
+        if self.direct is not None:
+            self.direct.close()
 
     # ---- state
 
@@ -88,10 +126,61 @@ class FeatureStore:
     # ---- data
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) -> [n, V, T, D] float16 (whole-chunk reads when aligned to chunk_samples)."""
-        return np.asarray(self.features[start:stop])
+        """Rows [start, stop), all views -> [n, V, T, D] float16 (checksums checked)."""
+        n, v = stop - start, self.num_views
+        out = np.empty((n, v, self.num_tokens, self.feature_dim), np.float16)
+        rows = np.repeat(np.arange(start, stop), v)
+        self.read_views(rows, np.tile(np.arange(v), n), out.reshape(n * v, self.num_tokens, self.feature_dim))
+        return out
+
+    def read_views(self, rows: np.ndarray, views: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """View views[i] of row rows[i] for each i -> out [n, T, D] float16 (C-contiguous if given).
+
+        Reads only those bytes and checks their checksums (format 2); a damaged file raises AdaslotError
+        naming it. Rows never written read as zeros.
+        """
+        rows, views = np.asarray(rows, np.int64), np.asarray(views, np.int64)
+        if out is None:
+            out = np.empty((rows.size, self.num_tokens, self.feature_dim), np.float16)
+        if self.direct is None:
+            self._read_views_slow(rows, views, out)
+            return out
+        try:
+            missing = self.direct.read_into(rows, views, out)
+        except Damage as e:
+            raise self.damaged(e) from None
+        if missing.any():
+            lost = missing & (self.status[rows] != STATUS_NOT_WRITTEN)
+            if lost.any():
+                r = int(rows[lost][0])
+                k = self.direct.shard_of(r)
+                path = self.direct.shard_path(k)
+                what = "missing" if not path.exists() else f"has no data for row {r}"
+                raise self.damaged(Damage(path, what))
+            out[missing] = 0
+        return out
+
+    def _read_views_slow(self, rows: np.ndarray, views: np.ndarray, out: np.ndarray) -> None:
+        """zarr-python / h5py: one read per run of consecutive rows with the same view."""
+        order = np.lexsort((rows, views))
+        i = 0
+        while i < order.size:
+            j = i + 1
+            while (j < order.size and views[order[j]] == views[order[i]]
+                   and rows[order[j]] == rows[order[j - 1]] + 1):
+                j += 1
+            a, v = int(rows[order[i]]), int(views[order[i]])
+            try:
+                out[order[i:j]] = np.asarray(self.features[a:a + j - i, v])
+            except ValueError as e:  # zarr: a shard index or chunk checksum does not match
+                if "checksum" not in str(e):
+                    raise
+                raise self.damaged(Damage(f"{self.path}/features (shard {a // self.shard_samples})",
+                                          "checksum mismatch")) from None
+            i = j
 
     def chunk_bounds(self) -> list[tuple[int, int]]:
+        """[start, stop) of each loader block of `chunk_samples` rows (format 1: the zarr chunks)."""
         c = self.chunk_samples
         return [(a, min(a + c, self.num_samples)) for a in range(0, self.num_samples, c)]
 
@@ -133,7 +222,11 @@ class FeatureStore:
             f"store       {self.path} ({self.backend})",
             f"state       {'complete' if self.complete else 'INCOMPLETE'} ({done}/{total} shards)",
             f"features    [{self.num_samples}, {self.num_views}, {self.num_tokens}, {self.feature_dim}] "
-            f"{self.features.dtype}, chunks of {self.chunk_samples} samples, shards of {self.shard_samples}",
+            f"{self.features.dtype}, shards of {self.shard_samples} samples, loader blocks of "
+            f"{self.chunk_samples}",
+            f"format      {self.format_version}: " + ("one crc32c-checked chunk per sample and view"
+                                                      if self.format_version >= 2 else
+                                                      "chunks of all views, no chunk checksums"),
             f"valid       {self.num_valid} ok, {int((self.status >= 2).sum())} skipped, "
             f"{int((self.status == STATUS_NOT_WRITTEN).sum())} not written",
             f"views       {', '.join(a.get('views', []))}",
@@ -153,6 +246,12 @@ class FeatureStore:
         if a.get("summary"):
             lines.append(f"summary     {json.dumps(a['summary'])}")
         return lines
+
+
+def repair_hint(path: str, attrs: dict[str, Any]) -> str:
+    """How to repair a damaged store: rerun the command that wrote it with --repair."""
+    return (f"repair it with the `adaslot cache-features --out {path} ...` command that wrote it plus "
+            f"--repair (`adaslot cache-verify {path} --full` lists every damaged file)")
 
 
 def size_on_disk(path: str) -> int | None:
@@ -198,15 +297,36 @@ def open_store(path: str | Path) -> FeatureStore:
 
     try:
         root = zarr.open_group(path, mode="r")
+        attrs = dict(root.attrs)
+        if attrs.get("format") != STORE_FORMAT or "features" not in root:
+            raise AdaslotError(f"{path} is not an adaslot feature store")
+        return FeatureStore(path, "zarr", root, attrs)
     except (FileNotFoundError, NotADirectoryError, zarr.errors.GroupNotFoundError) as e:
         if "://" not in path and Path(path).exists():  # a folder or file, but not a zarr group
             raise AdaslotError(f"{path} is not a feature store (no zarr group there); give a store "
                                f"written by `adaslot cache-features`") from None
         raise AdaslotError(f"feature store {path} not found (create it with `adaslot cache-features`)") from e
-    attrs = dict(root.attrs)
-    if attrs.get("format") != STORE_FORMAT or "features" not in root:
-        raise AdaslotError(f"{path} is not an adaslot feature store")
-    return FeatureStore(path, "zarr", root, attrs)
+    except json.JSONDecodeError:  # a metadata document cut short or overwritten
+        bad = _broken_metadata(path)
+        attrs = {} if bad == f"{path}/zarr.json" else _read_json(f"{path}/zarr.json").get("attributes", {})
+        raise AdaslotError(f"feature store {path} is damaged: {bad} is not valid JSON; "
+                           f"{repair_hint(path, attrs)}") from None
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _broken_metadata(path: str) -> str:
+    """The first zarr.json of a local store that does not parse (root first)."""
+    for name in ("", "/features", "/status", "/image_ids"):
+        f = f"{path}{name}/zarr.json"
+        try:
+            _read_json(f)
+        except (OSError, json.JSONDecodeError):
+            return f
+    return f"{path}/zarr.json"
 
 
 __all__ = ["FeatureStore", "open_store", "STORE_FORMAT", "STATUS_CODES", "IDENTITY_KEYS", "size_on_disk"]
