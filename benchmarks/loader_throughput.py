@@ -27,7 +27,7 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,23 +43,24 @@ def write_store(path: str, n: int, block: int, shard: int, version: int) -> None
     """A store with the writer's arrays and attributes; format 1 = the old layout (chunks of all views)."""
     import zarr
 
-    from adaslot.store.shards import create_features
+    from adaslot.store.layout import create_arrays
 
     root = zarr.open_group(path, mode="w")
     if version == 2:
-        create_features(root, n, VIEWS, T, D, shard)
+        create_arrays(root, np.arange(n), VIEWS, T, D, shard)
     else:
         root.create_array("features", shape=(n, VIEWS, T, D), dtype="float16", chunks=(block, VIEWS, T, D),
                           shards=(shard, VIEWS, T, D), compressors=None, fill_value=0)
-    root.create_array("image_ids", data=np.arange(n, dtype=np.int64), chunks=(n,), compressors=None)
-    root.create_array("status", data=np.full(n, STATUS_OK, np.uint8), chunks=(shard,), compressors=None)
+        root.create_array("image_ids", data=np.arange(n, dtype=np.int64), chunks=(n,), compressors=None)
+        root.create_array("status", shape=(n,), dtype="uint8", chunks=(shard,), compressors=None)
     rng = np.random.default_rng(0)
     data = rng.standard_normal((shard, VIEWS, T, D), dtype=np.float32).astype(np.float16)
     for a in range(0, n, shard):
         root["features"][a:a + shard] = data[:n - a]
+    root["status"][:] = STATUS_OK
     root.attrs.update({"format": "adaslot-feature-store", "format_version": version, "complete": True,
-                       "views": ["image", "hflip"], "layout": {"chunk_samples": block, "shard_samples": shard},
-                       "dataset": {"split": "train"}})
+                       "views": ["image", "hflip"], "dataset": {"split": "train"},
+                       "layout": {"chunk_samples": block, "shard_samples": shard}})
 
 
 def rchar() -> int:
@@ -73,22 +74,21 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def rate(batches: Iterator[Any], n_batches: int, batch: int) -> tuple[float, float, float]:
-    """-> (samples/s, bytes read per sample, samples per CPU-second) after one untimed batch (start-up)."""
-    next(batches)
-    r0, c0, t = rchar(), cpu_seconds(), time.perf_counter()
-    for _ in range(n_batches):
-        next(batches)
-    dt, cpu = time.perf_counter() - t, cpu_seconds() - c0
-    n = n_batches * batch
-    return n / dt, (rchar() - r0) / n, n / cpu
+def measure(step: Callable[[], int]) -> Callable[[int], dict[str, float]]:
+    """step() reads some samples and returns how many -> run(k): k timed steps after one untimed one."""
+    def run(k: int) -> dict[str, float]:
+        step()  # start-up (threads, first reads) is not steady-state throughput
+        r0, c0, t0 = rchar(), cpu_seconds(), time.perf_counter()
+        n = sum(step() for _ in range(k))
+        dt, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        return {"rate": n / dt, "bytes": (rchar() - r0) / n, "per_cpu": n / cpu}
+    return run
 
 
-def plain_read(path: str, threads: int, batch_bytes: int) -> Callable[[], float]:
-    """Sequential read of all shard files in 4 MiB preads into a reused batch-sized buffer -> bytes/s.
-
-    4 MiB was the fastest read size here (64 MiB reads run at a third of the speed: the destination no
-    longer stays in the CPU caches); the buffer has the size of one loader batch, as the loader's."""
+def plain_read(path: str, threads: int, batch_bytes: int) -> Callable[[int], dict[str, float]]:
+    """Sequential read of all shard files in 4 MiB preads into a reused batch-sized buffer, as samples of one
+    view's bytes. 4 MiB was the fastest read size here (64 MiB reads ran at a third of the speed: the
+    destination no longer stays in the CPU caches); the buffer has the size of one loader batch."""
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
@@ -104,16 +104,19 @@ def plain_read(path: str, threads: int, batch_bytes: int) -> Callable[[], float]
         os.close(fd)
         return off
 
-    def run() -> float:
-        t = time.perf_counter()
+    def run(_k: int) -> dict[str, float]:
+        c0, t0 = cpu_seconds(), time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
             total = sum(pool.map(one, files))
-        return total / (time.perf_counter() - t)
+        n = total / (T * D * 2)
+        dt, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        return {"rate": n / dt, "bytes": T * D * 2, "per_cpu": n / cpu}
 
     return run
 
 
-def tensorstore_reader(path: str, concurrency: int) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+def tensorstore_reader(path: str, concurrency: int) -> Callable[..., np.ndarray]:
+    """FeatureStore.read_views done by tensorstore (vindex over (row, view) pairs), its caching off."""
     import tensorstore as ts
 
     ctx = ts.Context({"cache_pool": {"total_bytes_limit": 0}, "data_copy_concurrency": {"limit": concurrency},
@@ -142,29 +145,30 @@ def main() -> None:
     p.add_argument("--slow-batches", type=int, default=4, help="batches timed for the slow zarr-python rows")
     args = p.parse_args()
     bs, n = args.batch_size, args.samples
-    view_bytes = T * D * 2
     with tempfile.TemporaryDirectory(dir=os.environ.get("ADASLOT_BENCH_DIR")) as tmp:
         v2, v1 = f"{tmp}/v2.zarr", f"{tmp}/v1.zarr"
         t0 = time.perf_counter()
         write_store(v2, n, args.chunk, args.shard, 2)
         write_store(v1, n, args.chunk, args.shard, 1)
-        size = n * VIEWS * view_bytes
-        print(f"stores: {n} samples x {VIEWS} views x {T} x {D} fp16 = {size / 2**30:.2f} GiB each (format 2 and"
-              f" format 1), blocks of {args.chunk}, shards of {args.shard}, batch {bs}, buffer {args.buffer}"
-              f" (written in {time.perf_counter() - t0:.0f} s; read from the page cache)")
-        n_batches = 2 * n // bs  # two epochs per timed run
+        gib = n * VIEWS * T * D * 2 / 2**30
+        print(f"stores: {n} samples x {VIEWS} views x {T} x {D} fp16 = {gib:.2f} GiB "
+              f"each (format 2 and format 1), blocks of {args.chunk}, shards of {args.shard}, batch {bs}, "
+              f"buffer {args.buffer} (written in {time.perf_counter() - t0:.0f} s; read from the page cache)")
 
-        def loader(path: str, readers: int, setup: Callable[[Any], None] | None = None,
-                   batches: int = n_batches) -> Callable[[], tuple[float, float]]:
-            def run() -> tuple[float, float]:
-                ld = FeatureLoader(path, bs, seed=0, shuffle_buffer=args.buffer, readers=readers,
-                                   reuse_buffers=True)
-                if setup:
-                    setup(ld.store)
+        def loader(path: str, readers: int, setup: Callable[[Any], None] | None = None, **kw: Any
+                   ) -> Callable[[int], dict[str, float]]:
+            ld = FeatureLoader(path, bs, seed=0, shuffle_buffer=args.buffer, readers=readers,
+                               reuse_buffers=True, **kw)
+            if setup:
+                setup(ld.store)
+            timed = measure(lambda: next(ld)[1].numel())
+
+            def run(k: int) -> dict[str, float]:
                 try:
-                    return rate(ld, batches, bs)
+                    return timed(k)
                 finally:
-                    ld.close()
+                    ld.close()  # no reads ahead left running into the next row's timing
+
             return run
 
         def no_crc(store: Any) -> None:
@@ -178,61 +182,60 @@ def main() -> None:
                 store.read_views = tensorstore_reader(v2, k)
             return setup
 
-        def old_whole_chunks() -> tuple[float, float]:
-            """Format 1 through zarr-python, whole chunks (both views) in a shuffled chunk order."""
-            st = open_store(v1)
-            order = np.random.default_rng(0).permutation(len(st.chunk_bounds()))[:args.slow_batches * 2]
-            r0, c0, t = rchar(), cpu_seconds(), time.perf_counter()
-            for c in order:
-                a, b = st.chunk_bounds()[c]
-                np.asarray(st.features[a:b])
-            dt, cpu = time.perf_counter() - t, cpu_seconds() - c0
-            used = len(order) * args.chunk
-            return used / dt, (rchar() - r0) / used, used / cpu
+        old = open_store(v1)
+        order = iter(np.random.default_rng(0).permutation(len(old.chunk_bounds())).tolist() * 1000)
 
-        rows: dict[str, Callable[[], Any]] = {
-            "ceiling: plain sequential read, 1 thread": plain_read(v2, 1, bs * view_bytes),
-            "ceiling: plain sequential read, 2 threads": plain_read(v2, 2, bs * view_bytes),
-            "adaslot, 1 reader thread": loader(v2, 1),
-            "adaslot, 2 reader threads": loader(v2, 2),
-            "adaslot, 1 reader, no checksum": loader(v2, 1, no_crc),
-            "adaslot, 2 readers, no checksum": loader(v2, 2, no_crc),
-            "adaslot on a format-1 store, 2 readers": loader(v1, 2),
-            "tensorstore, concurrency 1": loader(v2, 1, via_ts(1)),
-            "tensorstore, concurrency 2": loader(v2, 1, via_ts(2)),
-            "tensorstore, concurrency 4": loader(v2, 1, via_ts(4)),
-            "zarr-python, 2 reader threads": loader(v2, 2, via_zarr, args.slow_batches),
-            "format 1 + zarr-python whole chunks": old_whole_chunks,
+        def old_chunk() -> int:
+            """The loader before format 2: a whole chunk (64 samples x 2 views) through zarr-python."""
+            a, b = old.chunk_bounds()[next(order)]
+            np.asarray(old.features[a:b])
+            return b - a
+
+        epoch2 = 2 * n // bs  # batches in two epochs
+        slow = args.slow_batches
+        rows: dict[str, tuple[Callable[[int], dict[str, float]], int]] = {
+            "ceiling: plain sequential read, 1 thread": (plain_read(v2, 1, bs * T * D * 2), 1),
+            "ceiling: plain sequential read, 2 threads": (plain_read(v2, 2, bs * T * D * 2), 1),
+            "adaslot, 1 reader thread": (loader(v2, 1), epoch2),
+            "adaslot, 2 reader threads": (loader(v2, 2), epoch2),
+            "adaslot, 1 reader, no checksum": (loader(v2, 1, no_crc), epoch2),
+            "adaslot, 2 readers, no checksum": (loader(v2, 2, no_crc), epoch2),
+            "adaslot on a format-1 store, 2 readers": (loader(v1, 2), epoch2),
+            "adaslot in-memory (--cache-in-memory)": (loader(v2, 1, in_memory=True), epoch2),
+            "tensorstore, concurrency 1": (loader(v2, 1, via_ts(1)), epoch2 // 4),
+            "tensorstore, concurrency 2": (loader(v2, 1, via_ts(2)), epoch2 // 4),
+            "tensorstore, concurrency 4": (loader(v2, 1, via_ts(4)), epoch2 // 4),
+            "zarr-python, 2 reader threads": (loader(v2, 2, via_zarr), slow),
+            "format 1 + zarr-python whole chunks": (measure(old_chunk), slow),
         }
-        results: dict[str, list[Any]] = {k: [] for k in rows}
-        for _ in range(args.repeats):
-            for name, fn in rows.items():
-                results[name].append(fn())
+        results: dict[str, list[dict[str, float]]] = {k: [] for k in rows}
+        for _ in range(args.repeats):  # interleaved, so every row sees the same mix of machine load
+            for name, (run, k) in rows.items():
+                results[name].append(run(k))
 
-        def med(name: str) -> float:
-            r = results[name]
-            return statistics.median(x[0] if isinstance(x, tuple) else x / view_bytes for x in r)
+        def med(name: str, key: str = "rate") -> float:
+            return statistics.median(r[key] for r in results[name])
 
-        print(f"{'reader':44s} {'samples/s':>10s} {'x H100':>7s} {'KB/sample':>10s} {'per CPU-s':>10s}   runs")
-        for name, r in results.items():
-            per = [x[0] if isinstance(x, tuple) else x / view_bytes for x in r]
-            kb, cpu = (view_bytes, "") if not isinstance(r[0], tuple) else (
-                statistics.median(x[1] for x in r), f"{statistics.median(x[2] for x in r):10.0f}")
-            print(f"{name:44s} {med(name):10.0f} {med(name) / H100:7.2f} {kb / 1000:10.0f} {cpu:>10s}   "
-                  f"{', '.join(f'{x:.0f}' for x in per)}")
-        for k, label in ((1, "1 reader thread"), (2, "2 reader threads")):
-            a, ceiling = med(f"adaslot, {label}"), med(f"ceiling: plain sequential read, {k} thread{'s' * (k > 1)}")
-            print(f"ratio streaming ({label}) / H100 estimate {H100} samples/s = {a / H100:.2f}; "
-                  f"/ plain-read ceiling ({k} thread{'s' * (k > 1)}) = {a / ceiling:.2f}")
-        best_ts = max(med(f"tensorstore, concurrency {k}") for k in (1, 2, 4))
-        print(f"ratio adaslot (2 readers) / best tensorstore = {med('adaslot, 2 reader threads') / best_ts:.2f}; "
-              f"/ zarr-python = {med('adaslot, 2 reader threads') / med('zarr-python, 2 reader threads'):.1f}; "
-              f"/ format 1 + zarr-python whole chunks = "
-              f"{med('adaslot, 2 reader threads') / med('format 1 + zarr-python whole chunks'):.1f}")
-        for label, a, b in (("1 reader", "adaslot, 1 reader thread", "adaslot, 1 reader, no checksum"),
-                            ("2 readers", "adaslot, 2 reader threads", "adaslot, 2 readers, no checksum")):
-            print(f"ratio streaming with / without checksums ({label}) = {med(a) / med(b):.3f} "
-                  f"(cost {100 * (1 - med(a) / med(b)):.1f} %)")
+        print(f"{'reader':40s} {'samples/s':>9s} {'x H100':>6s} {'KB/sample':>9s} {'per CPU-s':>9s}   runs")
+        for name, rs in results.items():
+            runs = ", ".join(f"{r['rate']:.0f}" for r in rs)
+            print(f"{name:40s} {med(name):9.0f} {med(name) / H100:6.2f} {med(name, 'bytes') / 1000:9.0f} "
+                  f"{med(name, 'per_cpu'):9.0f}   {runs}")
+        for k in (1, 2):
+            a = med(f"adaslot, {k} reader thread{'s' * (k > 1)}")
+            c = med(f"ceiling: plain sequential read, {k} thread{'s' * (k > 1)}")
+            print(f"ratio streaming ({k} reader thread{'s' * (k > 1)}) / H100 estimate {H100} samples/s = "
+                  f"{a / H100:.2f}; / plain-read ceiling ({k} thread{'s' * (k > 1)}) = {a / c:.2f}")
+        best = max(med("adaslot, 1 reader thread"), med("adaslot, 2 reader threads"))
+        ts_best = max(med(f"tensorstore, concurrency {k}") for k in (1, 2, 4))
+        print(f"ratio adaslot / best tensorstore = {best / ts_best:.1f}; / zarr-python = "
+              f"{best / med('zarr-python, 2 reader threads'):.0f}; / format 1 + zarr-python whole chunks = "
+              f"{best / med('format 1 + zarr-python whole chunks'):.1f}")
+        for k in (1, 2):
+            a = med(f"adaslot, {k} reader thread{'s' * (k > 1)}")
+            b = med(f"adaslot, {k} reader{'s' * (k > 1)}, no checksum")
+            print(f"ratio streaming with / without checksums ({k} reader{'s' * (k > 1)}) = {a / b:.3f} "
+                  f"(cost {100 * (1 - a / b):.1f} %)")
 
 
 if __name__ == "__main__":

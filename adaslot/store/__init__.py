@@ -4,7 +4,7 @@ Layout (zarr v3 group; any path or fsspec URL zarr understands, e.g. `s3://bucke
     features   [N, V, T, D] float16, uncompressed, shards of `shard_samples` samples x all views (one file
                each; unit of writing, resume and repair); inside a shard one chunk per (sample, view) with a
                crc32c checksum, so a training sample reads one view and every read is checked
-               (adaslot/store/shards.py). `chunk_samples` (attrs["layout"]) is the loader's block: the unit
+               (adaslot/store/layout.py). `chunk_samples` (attrs["layout"]) is the loader's block: the unit
                whose order it shuffles and that it splits between DDP ranks.
     image_ids  [N] int64   dataset image id of each row (one chunk, written when the store is created)
     status     [N] uint8   0 = not written yet, 1 = ok, >= 2 = skipped (code -> reason in
@@ -33,7 +33,7 @@ import numpy as np
 
 from adaslot.contract import IDENTITY_KEYS, check_contract
 from adaslot.errors import AdaslotError
-from adaslot.store.shards import Damage, ShardedFeatures
+from adaslot.store.layout import Damage, ShardedFeatures
 
 STORE_FORMAT = "adaslot-feature-store"
 STORE_VERSION = 2  # 1: chunks of all views, no checksums (still read)
@@ -62,8 +62,10 @@ class FeatureStore:
     image_ids: [N] int64 with -1 for rows that are not usable (skipped or not yet written); valid: [N] bool.
     """
 
-    def __init__(self, path: str, backend: str, root: Any, attrs: dict[str, Any]):
+    def __init__(self, path: str, backend: str, root: Any, attrs: dict[str, Any], strict: bool = True):
         self.path, self.backend, self._root, self.attrs = path, backend, root, attrs
+        self.strict = strict  # False: damaged status/image_ids chunks are listed in `damage`, not raised
+        self.damage: list[Damage] = []
         self.features = root["features"]
         n, v, t, d = self.features.shape
         self.num_samples, self.num_views, self.num_tokens, self.feature_dim = int(n), int(v), int(t), int(d)
@@ -77,27 +79,31 @@ class FeatureStore:
         shards = getattr(self.features, "shards", None)  # zarr: the shard shape (None: not sharded, or h5py)
         self.shard_samples = int(layout.get("shard_samples", shards[0] if shards else self.chunk_samples))
         self.contract: dict[str, Any] = dict(attrs.get("feature_contract", {}))
-        # Local zarr stores are read straight from their shard files (shards.py); others through zarr/h5py.
+        # Local zarr stores are read straight from their shard files (layout.py); others through zarr/h5py.
         self.direct: ShardedFeatures | None = None
         if backend == "zarr" and "://" not in path:
             self.direct = ShardedFeatures.open(Path(path) / "features")
 
     def _small_array(self, name: str) -> np.ndarray:
-        """status / image_ids, with a damaged chunk reported as a one-line error naming its file."""
+        """status / image_ids. A damaged chunk is a one-line error naming its file; with strict=False it is
+        recorded in `damage` and reads as "not written" (status 0, image id -1) instead."""
         arr = self._root[name]
         try:
             return arr[:]
         except ValueError as e:  # zarr's crc32c codec: "Stored and computed checksum do not match"
             if self.backend != "zarr" or "checksum" not in str(e):
                 raise
-            bad = "?"
-            for i, a in enumerate(range(0, arr.shape[0], arr.chunks[0])):
-                try:
-                    arr[a:a + arr.chunks[0]]
-                except ValueError:
-                    bad = f"{self.path}/{name}/c/{i}"
-                    break
-            raise self.damaged(Damage(bad, "checksum mismatch")) from None
+        out = np.full(arr.shape, 0 if name == "status" else -1, arr.dtype)
+        c = arr.chunks[0]
+        for i, a in enumerate(range(0, arr.shape[0], c)):
+            try:
+                out[a:a + c] = arr[a:a + c]
+            except ValueError:
+                d = Damage(f"{self.path}/{name}/c/{i}", "checksum mismatch")
+                if self.strict:
+                    raise self.damaged(d) from None
+                self.damage.append(d)
+        return out
 
     def damaged(self, e: Damage) -> AdaslotError:
         """The one-line error for a damaged file of this store, with the command that repairs it."""
@@ -273,8 +279,11 @@ def is_hdf5(path: str) -> bool:
     return str(path).endswith((".h5", ".hdf5"))
 
 
-def open_store(path: str | Path) -> FeatureStore:
-    """Open a zarr store (local path or fsspec URL) or an HDF5 export for reading."""
+def open_store(path: str | Path, strict: bool = True) -> FeatureStore:
+    """Open a zarr store (local path or fsspec URL) or an HDF5 export for reading.
+
+    strict=False (cache-verify --full, cache-features --repair): damaged status/image_ids chunks are listed
+    in `store.damage` instead of raising."""
     path = normalize_path(path)
     if is_hdf5(path):
         import h5py
@@ -300,7 +309,7 @@ def open_store(path: str | Path) -> FeatureStore:
         attrs = dict(root.attrs)
         if attrs.get("format") != STORE_FORMAT or "features" not in root:
             raise AdaslotError(f"{path} is not an adaslot feature store")
-        return FeatureStore(path, "zarr", root, attrs)
+        return FeatureStore(path, "zarr", root, attrs, strict=strict)
     except (FileNotFoundError, NotADirectoryError, zarr.errors.GroupNotFoundError) as e:
         if "://" not in path and Path(path).exists():  # a folder or file, but not a zarr group
             raise AdaslotError(f"{path} is not a feature store (no zarr group there); give a store "

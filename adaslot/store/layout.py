@@ -1,4 +1,4 @@
-"""The `features` array on disk: its zarr v3 definition, and direct reads of single sample views from its shards.
+"""The store's arrays on disk: their zarr v3 definitions, and direct reads of single sample views from shards.
 
 Format 2 (written since the loader reads one view per sample): `features [N, V, T, D]` float16 is sharded
 along N only (`shard_samples` rows x all views per shard file); inside a shard every (sample, view) is its
@@ -25,6 +25,7 @@ from typing import Any
 import google_crc32c
 import numpy as np
 
+CHECKSUMS = True  # benchmarks set False to measure the checksums' cost; stores are always written with them
 NO_CHUNK = np.uint64(2**64 - 1)  # index entry of a chunk that is not in the shard (zarr v3 sharding spec)
 
 
@@ -36,21 +37,26 @@ class Damage(Exception):
         self.path, self.what = str(path), what
 
 
-def create_features(root: Any, num_samples: int, views: int, tokens: int, dim: int, shard_samples: int,
-                    checksums: bool = True) -> Any:
-    """Create the format-2 `features` array in zarr group `root` (see module doc).
+def create_arrays(root: Any, image_ids: np.ndarray, views: int, tokens: int, dim: int, shard_samples: int
+                  ) -> None:
+    """Create the format-2 arrays in zarr group `root` and write `image_ids` (see module doc).
 
-    checksums=False exists only to measure their cost (benchmarks); stores are always written with them.
-    Every chunk is written, zeros included (`write_empty_chunks`), so a chunk missing from a finished
-    shard is damage, not an implicit zero.
+    features: one chunk per (sample, view) inside shards of `shard_samples` rows; every chunk is written,
+    zeros included (`write_empty_chunks`), so a chunk missing from a finished shard is damage, not an
+    implicit zero. status: one chunk per shard, so each rank writes only its own files.
     """
     from zarr.codecs import Crc32cCodec
 
-    return root.create_array(
-        "features", shape=(num_samples, views, tokens, dim), dtype="float16", chunks=(1, 1, tokens, dim),
-        shards=(shard_samples, views, tokens, dim), compressors=[Crc32cCodec()] if checksums else None,
-        fill_value=0, dimension_names=("sample", "view", "token", "channel"),
-        config={"write_empty_chunks": True})
+    crc = [Crc32cCodec()] if CHECKSUMS else None
+    n = len(image_ids)
+    root.create_array(
+        "features", shape=(n, views, tokens, dim), dtype="float16", chunks=(1, 1, tokens, dim),
+        shards=(shard_samples, views, tokens, dim), compressors=crc, fill_value=0,
+        dimension_names=("sample", "view", "token", "channel"), config={"write_empty_chunks": True})
+    root.create_array("image_ids", shape=(n,), dtype="int64", chunks=(n,), compressors=crc, fill_value=-1)
+    root["image_ids"][:] = image_ids
+    root.create_array("status", shape=(n,), dtype="uint8", chunks=(shard_samples,), compressors=crc,
+                      fill_value=0)
 
 
 class ShardedFeatures:
@@ -134,7 +140,8 @@ class ShardedFeatures:
         idx = np.frombuffer(raw[:-4], "<u8").reshape(*self.grid, 2)
         data_end = size - self.index_bytes
         present = idx[..., 0] != NO_CHUNK
-        if (idx[present, 1] != self.chunk_bytes).any() or (idx[present, 0] + idx[present, 1] > data_end).any():
+        ends = idx[present, 0] + idx[present, 1]
+        if (idx[present, 1] != self.chunk_bytes).any() or (ends > data_end).any():
             raise Damage(self.shard_path(k), "shard index points outside the file or at chunks of the "
                                              "wrong size")
         self._index[k] = idx
