@@ -1,6 +1,8 @@
-"""Store loader: every sample once per epoch, chunk mixing, one random view, determinism, exact resume,
-disjoint DDP ranks, in-memory mode, HDF5 input. Uses a store written through the writer's layout code whose
-features encode their own row and view (value = row + 0.5 * view), so every batch can be checked."""
+"""Store loader: every sample once per epoch, block mixing, one random view per sample, determinism, exact
+resume, disjoint DDP ranks, in-memory mode, HDF5 input, reading only the view used. Uses stores whose features
+encode their own row and view (value = row + 0.5 * view), so every batch can be checked: one written through
+the writer's layout code (current format) and the same store in format 1 (tests/data/v1-rowview.zarr,
+written by adaslot before format 2); the properties must hold for both."""
 
 from __future__ import annotations
 
@@ -38,8 +40,14 @@ def make_store(path: Path, complete: bool = True) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory) -> str:
+V1_STORE = Path(__file__).parent / "data" / "v1-rowview.zarr"
+
+
+@pytest.fixture(scope="module", params=["current", "v1"])
+def store_path(request, tmp_path_factory) -> str:
+    if request.param == "v1":
+        assert open_store(V1_STORE).format_version == 1
+        return str(V1_STORE)
     return make_store(tmp_path_factory.mktemp("loader") / "s.zarr")
 
 
@@ -137,3 +145,43 @@ def test_buffer_shuffle_is_a_permutation_with_bounded_delay():
     pos[out] = np.arange(1000)
     assert (pos >= stream - 50).all()
     assert Counter(np.abs(pos - stream) > 5)[True] > 500  # really mixed
+
+
+def test_views_are_drawn_per_sample_with_p_half(store_path):
+    """Over many epochs each sample gets each view about half of the time, independently of its block."""
+    loader = FeatureLoader(store_path, 4, seed=5)
+    epochs = 200
+    views = np.zeros(N)
+    same_in_block = []
+    for e in range(epochs):
+        rows, v, _ = loader.epoch_plan(e)
+        views[rows] += v
+        by_block: dict[int, set] = {}
+        for r, vv in zip(rows.tolist(), v.tolist(), strict=True):
+            by_block.setdefault(r // CHUNK, set()).add(vv)
+        same_in_block.append(np.mean([len(x) == 1 for x in by_block.values()]))
+    freq = np.delete(views, INVALID) / epochs
+    assert np.abs(freq - 0.5).max() < 0.15  # binomial(200, 0.5): sd 0.035
+    # a block of 4 samples has one view for all only with p = 2 * 0.5^4 when views are drawn per sample
+    assert 0.05 < np.mean(same_in_block) < 0.25
+
+
+def test_current_format_reads_only_the_view_used(tmp_path):
+    """Damage view 1 of one row: view 0 of every row still reads, view 1 of that row fails, naming the file."""
+    path = make_store(tmp_path / "s.zarr")
+    st = open_store(path)
+    if st.format_version < 2:
+        pytest.skip("the writer does not write format 2 yet")
+    row = 13
+    k, idx = st.direct.shard_of(row), st.direct.index(st.direct.shard_of(row))
+    off, _ = idx[row % SHARD, 1]
+    shard = st.direct.shard_path(k)
+    data = bytearray(shard.read_bytes())
+    data[int(off) + 10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    everyone = [r for r in range(N) if r not in INVALID]
+    got = torch.cat([r for _, r in take(FeatureLoader(path, 6, view=0), len(everyone) // 6)])
+    assert sorted(got.tolist()) == everyone
+    with pytest.raises(AdaslotError, match=f"{shard}.*row {row} view 1.*--repair") as e:
+        take(FeatureLoader(path, 6, view=1), len(everyone) // 6)
+    assert "\n" not in str(e.value)
