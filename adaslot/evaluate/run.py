@@ -105,10 +105,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
 def cache_reader(store: Any, coco: CocoDataset, device: torch.device
                  ) -> tuple[Callable[[list[EvalItem]], torch.Tensor], list[int]]:
-    """features_fn reading view 0 of a feature store by image id, and the dataset indices the store covers.
-
-    Rows are read as one contiguous range per batch (eval batches follow the store's row order).
-    """
+    """features_fn reading view 0 of a feature store by image id (checksums checked: a damaged store is a
+    one-line error), and the dataset indices the store covers."""
     row_of = {int(i): r for r, i in enumerate(np.asarray(store.image_ids)) if i >= 0}
     indices = [k for k, image_id in enumerate(coco.image_ids) if image_id in row_of]
     if not indices:
@@ -117,8 +115,7 @@ def cache_reader(store: Any, coco: CocoDataset, device: torch.device
 
     def features_fn(items: list[EvalItem]) -> torch.Tensor:
         rows = np.asarray([row_of[it.image_id] for it in items])
-        lo, hi = int(rows.min()), int(rows.max()) + 1
-        block = np.asarray(store.read(lo, hi))[rows - lo, 0]  # [B, T, D] float16, view 0 = unflipped image
-        return torch.from_numpy(block.astype(np.float32)).to(device)
+        block = store.read_views(rows, np.zeros_like(rows))  # [B, T, D] float16, view 0 = unflipped image
+        return torch.from_numpy(block).to(device).float()
 
     return features_fn, indices

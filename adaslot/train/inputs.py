@@ -137,17 +137,17 @@ class CacheSource:
             print(f"note: {cfg.from_cache} stores one view per image, so training sees no flips "
                   "(cache the train split with 2 views to match the reference augmentation)")
         self.device = dist.device
+        # device: the loader copies batches ahead onto the device and converts them there (fp16 -> fp32).
         self.loader = FeatureLoader(store, local_batch, seed=cfg.seed, in_memory=cfg.cache_in_memory,
-                                    rank=dist.rank, world_size=dist.world_size,
-                                    pin_memory=self.device.type == "cuda")
+                                    rank=dist.rank, world_size=dist.world_size, device=self.device)
         self.feature_dim, self.num_tokens = store.feature_dim, store.num_tokens
         self.contract = dict(store.contract)
         self.encoder_name = self.contract.get("encoder", "unknown")
 
     def next_batch(self) -> torch.Tensor:
-        """-> features [b, T, D] float32 (stored as float16)."""
+        """-> features [b, T, D] float32 on the device (stored as float16)."""
         feats, _rows = next(self.loader)
-        return feats.to(self.device, non_blocking=True).float()
+        return feats
 
     def state_dict(self) -> dict[str, Any]:
         return self.loader.state_dict()
