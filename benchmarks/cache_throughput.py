@@ -5,9 +5,12 @@ RAM, with nothing else (no decode, no store, no writer). cache-features does the
 DataLoader decode/resize workers, encoder, fp16 conversion, writer thread, zarr shards, completion flags),
 timed end to end inside the process (library call; Python/torch import time excluded). Runs alternate
 (bare, cache, bare, cache, ...) and the ratio uses the medians, to damp noise from other load on the machine.
-Goal >= 0.9. The ratio is printed last. On a shared machine the wall-clock rates swing with other load, so
-the CPU seconds per image (this process + its decode workers) are printed too: a load-independent view of the
-pipeline's own overhead.
+Goal >= 0.9. On a shared machine the wall-clock rates swing with other load, so the CPU seconds per image
+(this process + its decode workers) are printed too: a load-independent view of the pipeline's own overhead.
+
+The chunk checksums' cost (goal < 5 %): cache-features with / without them (end to end, alternating), and
+the shard writer alone with / without them on ViT-B-sized shards, which is what bounds cache-features when
+the encoder is much faster than here (a GPU).
 
     .venv/bin/python benchmarks/cache_throughput.py [--images 96] [--batch-size 16] [--repeats 3]
         [--encoder random-vit-tiny] [--side 224] [--workers 1] [--device cpu]
@@ -21,7 +24,9 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
+import numpy as np
 import torch
 from _timing import alternate
 
@@ -29,6 +34,7 @@ from adaslot.config import CacheConfig, DataSpec
 from adaslot.data.coco import CocoDataset
 from adaslot.data.synthetic import SyntheticConfig, make_synthetic
 from adaslot.encoders import build_encoder
+from adaslot.store import layout
 from adaslot.store.writer import cache_features
 
 
@@ -71,7 +77,8 @@ def main() -> None:
             cpu["bare"].append((cpu_seconds() - c0) / len(images))
             return len(images) / dt
 
-        def cache() -> float:
+        def cache(checksums: bool = True) -> float:
+            layout.CHECKSUMS = checksums
             out = f"{tmp}/store.zarr"
             shutil.rmtree(out, ignore_errors=True)
             cfg = CacheConfig(out=out, data=DataSpec(root=f"{tmp}/coco", split="val"), encoder=args.encoder,
@@ -81,12 +88,35 @@ def main() -> None:
             t = time.perf_counter()
             s = cache_features(cfg)
             dt = time.perf_counter() - t
-            cpu["cache"].append((cpu_seconds() - c0) / len(images))
+            if checksums:
+                cpu["cache"].append((cpu_seconds() - c0) / len(images))
             assert s["images_written"] == len(images)
             return len(images) / dt
 
+        def writer(checksums: bool) -> Callable[[], float]:
+            """The shard writer alone (what bounds cache-features when the encoder is fast, e.g. on a GPU):
+            ViT-B-sized shards (512 samples x 2 views x 196 x 768 fp16) written with zarr -> samples/s."""
+            data = np.random.default_rng(0).standard_normal((512, 2, 196, 768), np.float32).astype(np.float16)
+
+            def run() -> float:
+                import zarr
+
+                layout.CHECKSUMS = checksums
+                shutil.rmtree(f"{tmp}/w.zarr", ignore_errors=True)
+                root = zarr.open_group(f"{tmp}/w.zarr", mode="w")
+                layout.create_arrays(root, np.arange(1024), 2, 196, 768, 512)
+                t = time.perf_counter()
+                root["features"][:512] = data
+                root["features"][512:] = data
+                return 1024 / (time.perf_counter() - t)
+
+            return run
+
         bare_rates, cache_rates = alternate(bare, cache, args.repeats, warmup=False)
         b, c = statistics.median(bare_rates), statistics.median(cache_rates)
+        crc_rates, plain_rates = alternate(cache, lambda: cache(False), args.repeats, warmup=False)
+        w_crc, w_plain = alternate(writer(True), writer(False), args.repeats)
+        layout.CHECKSUMS = True
         print(f"encoder {args.encoder} at {args.side}px on {device}, {len(images)} images, batch "
               f"{args.batch_size}, {args.workers} decode worker(s), torch threads {torch.get_num_threads()}")
         print(f"bare encoder loop (preloaded batches): {b:8.2f} images/s  (runs: "
@@ -97,6 +127,13 @@ def main() -> None:
         print(f"CPU seconds per image (process + decode workers): bare {cb:.3f}, cache-features {cc:.3f} "
               f"-> CPU-cost ratio bare / cache-features = {cb / cc:.3f}")
         print(f"ratio cache-features / bare encoder = {c / b:.3f}")
+        x, y = statistics.median(crc_rates), statistics.median(plain_rates)
+        print(f"cache-features with / without chunk checksums: {x:.2f} / {y:.2f} images/s (runs: "
+              f"{', '.join(f'{u:.2f}' for u in crc_rates)} / {', '.join(f'{u:.2f}' for u in plain_rates)})")
+        print(f"ratio cache-features with / without checksums = {x / y:.3f} (cost {100 * (1 - x / y):.1f} %)")
+        x, y = statistics.median(w_crc), statistics.median(w_plain)
+        print(f"ratio shard writer alone with / without checksums (ViT-B-sized shards) = {x / y:.3f} "
+              f"({x:.0f} vs {y:.0f} samples/s; cost {100 * (1 - x / y):.1f} %)")
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ def test_views_are_drawn_per_sample_with_p_half(store_path):
 
 
 def test_current_format_reads_only_the_view_used(tmp_path):
-    """Damage view 1 of one row: view 0 of every row still reads, view 1 of that row fails, naming the file."""
+    """Damage view 1 of a row: view 0 of every row still reads; view 1 of that row fails, naming its file."""
     path = make_store(tmp_path / "s.zarr")
     st = open_store(path)
     if st.format_version < 2:
