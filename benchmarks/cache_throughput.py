@@ -106,8 +106,8 @@ def main() -> None:
                 root = zarr.open_group(f"{tmp}/w.zarr", mode="w")
                 layout.create_arrays(root, np.arange(1024), 2, 196, 768, 512)
                 t = time.perf_counter()
-                root["features"][:512] = data
-                root["features"][512:] = data
+                layout.for_writing(root, "features")[:512] = data
+                layout.for_writing(root, "features")[512:] = data
                 return 1024 / (time.perf_counter() - t)
 
             return run

@@ -43,7 +43,7 @@ def write_store(path: str, n: int, block: int, shard: int, version: int) -> None
     """A store with the writer's arrays and attributes; format 1 = the old layout (chunks of all views)."""
     import zarr
 
-    from adaslot.store.layout import create_arrays
+    from adaslot.store.layout import create_arrays, for_writing
 
     root = zarr.open_group(path, mode="w")
     if version == 2:
@@ -56,8 +56,8 @@ def write_store(path: str, n: int, block: int, shard: int, version: int) -> None
     rng = np.random.default_rng(0)
     data = rng.standard_normal((shard, VIEWS, T, D), dtype=np.float32).astype(np.float16)
     for a in range(0, n, shard):
-        root["features"][a:a + shard] = data[:n - a]
-    root["status"][:] = STATUS_OK
+        for_writing(root, "features")[a:a + shard] = data[:n - a]
+    for_writing(root, "status")[:] = STATUS_OK
     root.attrs.update({"format": "adaslot-feature-store", "format_version": version, "complete": True,
                        "views": ["image", "hflip"], "dataset": {"split": "train"},
                        "layout": {"chunk_samples": block, "shard_samples": shard}})

@@ -18,6 +18,7 @@ from adaslot.config import CacheConfig
 from adaslot.errors import AdaslotError
 from adaslot.store import STATUS_OK, open_store
 from adaslot.store.export import export_hdf5
+from adaslot.store.layout import for_writing
 from adaslot.store.loader import FeatureLoader, _buffer_shuffle
 from adaslot.store.writer import _prepare_store
 
@@ -27,15 +28,16 @@ INVALID = (7, 30)  # skipped images: never yielded
 
 def make_store(path: Path, complete: bool = True) -> str:
     settings = {"feature_contract": {"encoder": "test", "feature_dim": D, "num_tokens": T}, "dataset": {
-        "split": "train"}, "transform": {}, "views": ["image", "hflip"], "layout": {}}
+        "split": "train"}, "transform": {}, "views": ["image", "hflip"],
+        "layout": {"chunk_samples": CHUNK, "shard_samples": SHARD}}
     cfg = CacheConfig(out=str(path), chunk_size=CHUNK, shard_size=SHARD)
     _prepare_store(cfg, settings, np.arange(N) + 1000, V, T, D, source={})
     root = zarr.open_group(str(path), mode="r+")
     values = np.arange(N)[:, None] + 0.5 * np.arange(V)[None, :]
-    root["features"][:] = np.broadcast_to(values[:, :, None, None], (N, V, T, D)).astype(np.float16)
+    for_writing(root, "features")[:] = np.broadcast_to(values[:, :, None, None], (N, V, T, D)).astype(np.float16)
     status = np.full(N, STATUS_OK, np.uint8)
     status[list(INVALID)] = 2
-    root["status"][:] = status
+    for_writing(root, "status")[:] = status
     root.attrs["complete"] = complete
     return str(path)
 

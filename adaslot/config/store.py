@@ -32,14 +32,20 @@ class CacheConfig(Settings):
     batch_size: int = setting(64, "images per encoder batch", min=1)
     workers: int | None = setting(None, WORKERS_HELP, min=0)
     device: str = setting("auto", DEVICE_HELP)
-    chunk_size: int = setting(64, "samples per chunk (the unit a training loader reads)", min=1)
-    shard_size: int = setting(512, "samples per shard file (a multiple of --chunk-size)", min=1)
+    chunk_size: int = setting(64, "samples per loader block: the unit whose order the training loader "
+                                  "shuffles and that it splits between ranks", min=1)
+    shard_size: int = setting(512, "samples per shard file (a multiple of --chunk-size); the unit of "
+                                   "writing, resume and repair", min=1)
     overwrite: bool = setting(False, "replace a store made with other settings")
+    repair: bool = setting(False, "check every checksum of the existing store and re-encode exactly its "
+                                  "damaged shards (same bytes as an undamaged store)")
     progress: bool = setting(True, "progress bar and summary")
 
     def check(self) -> None:
         if not self.out:
             raise AdaslotError("give the store path: --out PATH (a folder ending in .zarr, or an fsspec URL)")
+        if self.repair and self.overwrite:
+            raise AdaslotError("--repair keeps the store and --overwrite replaces it: give one of them")
         if self.shard_size % self.chunk_size:
             raise AdaslotError(f"--shard-size ({self.shard_size}) must be a multiple of --chunk-size "
                                f"({self.chunk_size})")
@@ -60,7 +66,7 @@ class InfoConfig(Settings):
 class VerifyConfig(Settings):
     """`adaslot cache-verify`: recompute a random sample online and compare it with the stored features.
     The dataset defaults to the location recorded in the store; give --root or --images/--annotations if
-    it moved."""
+    it moved. `full`: check every stored checksum instead (adaslot/store/checksums.py)."""
 
     store: str = setting("", "feature store (zarr path/URL or .h5)", argument=True, required=True)
     sample: int = setting(64, "number of random stored images to recompute", min=1)
@@ -68,6 +74,8 @@ class VerifyConfig(Settings):
     encoder_weights: str | None = setting(None, "encoder weights file, if not in the hub cache")
     data: DataSpec = setting(default_factory=DataSpec)
     device: str = setting("auto", DEVICE_HELP)
+    full: bool = setting(False, "instead: read every chunk and check its checksum (no encoder, no images) "
+                                "and list the damaged files")
 
 
 @dataclass

@@ -26,6 +26,7 @@ out and listed in attrs["dataset"]["missing"]); view 0 is the image, view 1 (tra
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -255,9 +256,41 @@ class FeatureStore:
 
 
 def repair_hint(path: str, attrs: dict[str, Any]) -> str:
-    """How to repair a damaged store: rerun the command that wrote it with --repair."""
-    return (f"repair it with the `adaslot cache-features --out {path} ...` command that wrote it plus "
-            f"--repair (`adaslot cache-verify {path} --full` lists every damaged file)")
+    """'repair it with: CMD': the cache-features command that wrote the store (from its recorded settings and
+    source) plus --repair, which re-encodes exactly the damaged shards."""
+    s, src = attrs.get("settings") or {}, attrs.get("source") or {}
+    try:
+        c, layout = s["feature_contract"], s["layout"]
+        args = ["adaslot", "cache-features", "--out", path, "--images", src["images"], "--annotations",
+                src["annotations"]]
+        if s["dataset"]["split"] != "train":
+            args += ["--split", s["dataset"]["split"]]
+        args += ["--encoder", c["encoder"]]
+        if src.get("encoder_weights"):
+            args += ["--encoder-weights", src["encoder_weights"]]
+        args += ["--image-size", str(c["input_size"][0]), "--views", str(len(s["views"]))]
+        if c.get("precision", "fp32") != "fp32":
+            args += ["--precision", c["precision"]]
+        if "antialias=True" in str(s["transform"].get("resize", "")):
+            args.append("--antialias")
+        args += ["--chunk-size", str(layout["chunk_samples"]), "--shard-size", str(layout["shard_samples"])]
+        if src.get("batch_size"):
+            args += ["--batch-size", str(src["batch_size"])]
+    except (KeyError, TypeError, IndexError):  # settings unreadable (damaged root metadata) or foreign
+        return (f"repair it by rerunning the `adaslot cache-features --out {path} ...` command that wrote "
+                f"it with --repair")
+    return "repair it with: " + shlex.join([*args, "--repair"])
+
+
+def metadata_damage(path: str) -> AdaslotError:
+    """The one-line error for a store whose metadata (a zarr.json) does not parse, naming that file."""
+    bad = _broken_metadata(path)
+    try:
+        attrs = _read_json(f"{path}/zarr.json").get("attributes", {})
+    except (OSError, json.JSONDecodeError):
+        attrs = {}
+    return AdaslotError(f"feature store {path} is damaged: {bad} is not valid JSON (cut short?); "
+                        f"{repair_hint(path, attrs)}")
 
 
 def size_on_disk(path: str) -> int | None:
@@ -316,10 +349,7 @@ def open_store(path: str | Path, strict: bool = True) -> FeatureStore:
                                f"written by `adaslot cache-features`") from None
         raise AdaslotError(f"feature store {path} not found (create it with `adaslot cache-features`)") from e
     except json.JSONDecodeError:  # a metadata document cut short or overwritten
-        bad = _broken_metadata(path)
-        attrs = {} if bad == f"{path}/zarr.json" else _read_json(f"{path}/zarr.json").get("attributes", {})
-        raise AdaslotError(f"feature store {path} is damaged: {bad} is not valid JSON; "
-                           f"{repair_hint(path, attrs)}") from None
+        raise metadata_damage(path) from None
 
 
 def _read_json(path: str) -> dict[str, Any]:

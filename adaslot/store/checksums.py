@@ -9,22 +9,22 @@ shards (adaslot/store/writer.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from adaslot.errors import AdaslotError
-from adaslot.store import STATUS_NOT_WRITTEN, FeatureStore, open_store, shard_done_mask
+from adaslot.progress import progress_bar
+from adaslot.store import STATUS_NOT_WRITTEN, FeatureStore, open_store, repair_hint, shard_done_mask
 from adaslot.store.layout import Damage
 
 
-def check_store(path: str, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Check every checksum of the zarr store at `path`.
+def check_store(path: str, progress: bool = False) -> dict[str, Any]:
+    """Check every checksum of the zarr store at `path` (progress: a progress bar over its shards).
 
-    progress(shards checked, shards total) is called after each shard. -> {"store", "format_version",
-    "damaged": [{"file", "what", "shard" (None: not a shard's file)}], "shards": sorted damaged shard
-    indices, "shards_checked", "bytes", "seconds", "ok"}.
+    -> {"store", "format_version", "damaged": [{"file", "what", "shard" (None: not a shard's file)}],
+    "shards": sorted damaged shard indices, "shards_checked", "bytes", "seconds", "ok", "repair": the
+    command that repairs it}.
     """
     t0 = time.perf_counter()
     store = open_store(path, strict=False)  # damaged status / image_ids chunks are listed, not raised
@@ -32,25 +32,42 @@ def check_store(path: str, progress: Callable[[int, int], None] | None = None) -
         raise AdaslotError(f"{path} is an HDF5 export, which carries no checksums; check the zarr store it "
                            f"was exported from")
     s = store.shard_samples
-    damaged = [_entry(d, s, store) for d in store.damage]
+    damaged = [_entry(d) for d in store.damage]
     done = shard_done_mask(store.status, s)
     total, nbytes = int(done.size), 0
-    buf = None
-    for k in range(total):
-        d, n = _check_shard(store, k, bool(done[k]), buf)
-        nbytes += n
-        if d is not None:
-            damaged.append({"file": d.path, "what": d.what, "shard": k})
-        if progress:
-            progress(k + 1, total)
+    with progress_bar("checking", progress, unit="shard") as bar:
+        task = bar.add_task("check", total=total)
+        for k in range(total):
+            d, n = _check_shard(store, k, bool(done[k]))
+            nbytes += n
+            if d is not None:
+                damaged.append({"file": d.path, "what": d.what, "shard": k})
+            bar.update(task, advance=1)
     store.close()
     shards = sorted({d["shard"] for d in damaged if d["shard"] is not None})
     return {"store": store.path, "format_version": store.format_version, "damaged": damaged, "shards": shards,
             "shards_checked": total, "bytes": nbytes, "seconds": time.perf_counter() - t0,
-            "ok": not damaged}
+            "ok": not damaged, "repair": repair_hint(store.path, store.attrs)}
 
 
-def _entry(d: Damage, shard_samples: int, store: FeatureStore) -> dict[str, Any]:
+def report_checks(r: dict[str, Any]) -> None:
+    """Print `check_store`'s result: one line per damaged file, then a summary; damage is an AdaslotError
+    (one line with the repair command, exit 2)."""
+    for d in r["damaged"]:
+        print(f"damaged: {d['file']}: {d['what']}")
+    what = ("every chunk, shard index, status and image_ids checksum" if r["format_version"] >= 2 else
+            "the shard indexes only (a format-1 store: its chunks carry no checksums; re-cache it with "
+            "--overwrite to get them)")
+    gib = r["bytes"] / 2**30
+    print(f"checked {r['shards_checked']} shards, {gib:.2f} GiB in {r['seconds']:.1f} s: {what}")
+    if not r["ok"]:
+        n, shards = len(r["damaged"]), ", ".join(map(str, r["shards"])) or "none"
+        raise AdaslotError(f"feature store {r['store']} is damaged: {n} damaged file{'s' * (n > 1)} "
+                           f"(shards: {shards}); {r['repair']}")
+    print("OK: no damage found")
+
+
+def _entry(d: Damage) -> dict[str, Any]:
     """A damaged status chunk belongs to its shard (status chunks are one per shard); image_ids to none."""
     shard = None
     if "/status/c/" in d.path:
@@ -58,8 +75,7 @@ def _entry(d: Damage, shard_samples: int, store: FeatureStore) -> dict[str, Any]
     return {"file": d.path, "what": d.what, "shard": shard}
 
 
-def _check_shard(store: FeatureStore, k: int, done: bool, buf: np.ndarray | None
-                 ) -> tuple[Damage | None, int]:
+def _check_shard(store: FeatureStore, k: int, done: bool) -> tuple[Damage | None, int]:
     """-> (the damage found in shard k's features file or None, bytes read)."""
     direct = store.direct
     s = store.shard_samples
@@ -76,5 +92,5 @@ def _check_shard(store: FeatureStore, k: int, done: bool, buf: np.ndarray | None
         if done and (rows != STATUS_NOT_WRITTEN).any():
             return Damage(path, "missing (its status says it was written)"), 0
         return None, 0
-    n, problem = direct.check_shard(k, buf)
+    n, problem = direct.check_shard(k)
     return (Damage(path, problem) if problem else None), n

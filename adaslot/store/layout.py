@@ -52,11 +52,17 @@ def create_arrays(root: Any, image_ids: np.ndarray, views: int, tokens: int, dim
     root.create_array(
         "features", shape=(n, views, tokens, dim), dtype="float16", chunks=(1, 1, tokens, dim),
         shards=(shard_samples, views, tokens, dim), compressors=crc, fill_value=0,
-        dimension_names=("sample", "view", "token", "channel"), config={"write_empty_chunks": True})
+        dimension_names=("sample", "view", "token", "channel"))
     root.create_array("image_ids", shape=(n,), dtype="int64", chunks=(n,), compressors=crc, fill_value=-1)
-    root["image_ids"][:] = image_ids
+    for_writing(root, "image_ids")[:] = image_ids
     root.create_array("status", shape=(n,), dtype="uint8", chunks=(shard_samples,), compressors=crc,
                       fill_value=0)
+
+
+def for_writing(root: Any, name: str) -> Any:
+    """Array `name` of zarr group `root`, set to write every chunk: zarr keeps `write_empty_chunks` out of the
+    metadata, so each writer of the store opens its arrays through this."""
+    return root[name].with_config({"write_empty_chunks": True})
 
 
 class ShardedFeatures:

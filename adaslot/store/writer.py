@@ -36,11 +36,13 @@ from adaslot.store import (
     STATUS_OK,
     STORE_FORMAT,
     STORE_VERSION,
+    metadata_damage,
     normalize_path,
     shard_done_mask,
     size_on_disk,
     status_code,
 )
+from adaslot.store.layout import create_arrays, for_writing
 
 VIEW_NAMES = ("image", "hflip")
 
@@ -81,42 +83,50 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
 
 
 def _prepare_store(cfg: CacheConfig, settings: dict[str, Any], image_ids: np.ndarray, views: int,
-                   tokens: int, dim: int, source: dict[str, str]) -> bool:
+                   tokens: int, dim: int, source: dict[str, Any]) -> bool:
     """Create the store, or check an existing one can be resumed. Returns True if it is already complete."""
     import zarr
 
     out = cfg.out
-    existing = None
+    attrs = _existing_attrs(out)
+    if attrs is not None:
+        _check_resumable(cfg, attrs, settings)
+        if _first_difference(attrs.get("settings", {}), _jsonable(settings)) is None:
+            return bool(attrs.get("complete", False))
+    # New (or replaced) store. mode="w" deletes what was there.
+    _create_store(zarr.open_group(out, mode="w"), settings, image_ids, views, tokens, dim, source)
+    return False
+
+
+def _existing_attrs(out: str) -> dict[str, Any] | None:
+    """The root attributes of the store at `out`; None if there is none; a one-line error if something else
+    is there or the store's metadata is damaged."""
+    import zarr
+
     try:
-        existing = zarr.open_group(out, mode="r")
+        return dict(zarr.open_group(out, mode="r").attrs)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeNotFoundError):
         if Path(out).exists() and "://" not in out and any(Path(out).iterdir()):
             raise AdaslotError(f"{out} exists and is not a zarr store; choose another --out") from None
-    if existing is not None:
-        attrs = dict(existing.attrs)
-        if attrs.get("format") != STORE_FORMAT:
-            raise AdaslotError(f"{out} exists and is not an adaslot feature store; choose another --out")
-        stored = attrs.get("settings", {})
-        diff = _first_difference(stored, _jsonable(settings))
-        if diff is None:
-            return bool(attrs.get("complete", False))
-        if not cfg.overwrite:
-            raise AdaslotError(f"{out} was made with different settings ({diff} differs); use the same "
-                               f"settings to resume it, or --overwrite to replace it")
-    # New (or replaced) store. mode="w" deletes what was there.
-    root = zarr.open_group(out, mode="w")
-    c, s = cfg.chunk_size, cfg.shard_size
-    num_samples = len(image_ids)
-    root.create_array("features", shape=(num_samples, views, tokens, dim), dtype="float16",
-                      chunks=(c, views, tokens, dim), shards=(s, views, tokens, dim), compressors=None,
-                      fill_value=0, dimension_names=("sample", "view", "token", "channel"))
-    # image_ids are known now: one chunk, written once. status: one chunk per shard, so each rank writes
-    # only its own files; it is written after the shard's features and marks the shard as done.
-    root.create_array("image_ids", shape=(num_samples,), dtype="int64", chunks=(num_samples,),
-                      compressors=None, fill_value=-1)
-    root["image_ids"][:] = image_ids
-    root.create_array("status", shape=(num_samples,), dtype="uint8", chunks=(s,), compressors=None,
-                      fill_value=0)
+        return None
+    except json.JSONDecodeError:
+        raise metadata_damage(out) from None
+
+
+def _check_resumable(cfg: CacheConfig, attrs: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Refuse (one line) to touch a foreign store, or one made with other settings unless --overwrite."""
+    if attrs.get("format") != STORE_FORMAT:
+        raise AdaslotError(f"{cfg.out} exists and is not an adaslot feature store; choose another --out")
+    diff = _first_difference(attrs.get("settings", {}), _jsonable(settings))
+    if diff is not None and not cfg.overwrite:
+        raise AdaslotError(f"{cfg.out} was made with different settings ({diff} differs); use the same "
+                           f"settings to resume it, or --overwrite to replace it")
+
+
+def _create_store(root: Any, settings: dict[str, Any], image_ids: np.ndarray, views: int, tokens: int,
+                  dim: int, source: dict[str, Any]) -> None:
+    """Arrays (adaslot/store/layout.py) and attributes of a new, empty store in zarr group `root`."""
+    create_arrays(root, image_ids, views, tokens, dim, settings["layout"]["shard_samples"])
     root.attrs.update(_jsonable({
         "format": STORE_FORMAT,
         "format_version": STORE_VERSION,
@@ -127,9 +137,9 @@ def _prepare_store(cfg: CacheConfig, settings: dict[str, Any], image_ids: np.nda
         "settings_sha256": hashlib.sha256(json.dumps(_jsonable(settings), sort_keys=True).encode())
         .hexdigest(),
         **{k: settings[k] for k in ("feature_contract", "dataset", "transform", "views", "layout")},
-        "source": source,  # where the images were (for cache-verify); not part of the settings
+        # What recomputing it needs beyond the settings (cache-verify, the --repair command): not compared.
+        "source": source,
     }))
-    return False
 
 
 def _jsonable(obj: Any) -> Any:
@@ -156,8 +166,8 @@ class _ShardWriter:
                 continue  # drain after a failure
             shard, a, b, feats, status = item
             try:
-                self.root["features"][a:b] = feats
-                self.root["status"][a:b] = status  # last: the shard counts as written only now
+                for_writing(self.root, "features")[a:b] = feats
+                for_writing(self.root, "status")[a:b] = status  # last: the shard counts as written only now
                 self.bytes_written += feats.nbytes
             except BaseException as e:  # noqa: BLE001  (re-raised in the main thread)
                 self.error = e
@@ -209,8 +219,15 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
         try:
             settings = store_settings(cfg, encoder, dataset, side, views)
             source = {"images": str(Path(dataset.images_dir).resolve()),
-                      "annotations": str(Path(dataset.annotation_file).resolve())}
+                      "annotations": str(Path(dataset.annotation_file).resolve()),
+                      "encoder_weights": (str(Path(cfg.encoder_weights).resolve()) if cfg.encoder_weights
+                                          else None),
+                      "batch_size": cfg.batch_size}  # kernels may depend on it: a repair uses the same
             ids = np.asarray(dataset.image_ids, np.int64)
+            if cfg.repair:
+                from adaslot.store.repair import repair_prepare
+
+                repair_prepare(cfg, settings, ids, views, tokens, dim, source)
             if _prepare_store(cfg, settings, ids, views, tokens, dim, source):
                 verdict = ("complete", [])
             else:
