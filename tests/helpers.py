@@ -77,9 +77,17 @@ def cli_command(*args: str) -> list[str]:
 def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
             ) -> tuple[int, str]:
     """Run `adaslot ARGS` in this process through `cli.main` -> (exit code, stripped stderr)."""
+    code, _out, err = run_cli_output(args, monkeypatch, capsys)
+    return code, err
+
+
+def run_cli_output(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+                   ) -> tuple[int, str, str]:
+    """Run `adaslot ARGS` in this process through `cli.main` -> (exit code, stdout, stripped stderr)."""
     from adaslot import cli
 
     monkeypatch.setattr(sys, "argv", ["adaslot", *args])
     with pytest.raises(SystemExit) as e:
         cli.main()
-    return e.value.code or 0, capsys.readouterr().err.strip()
+    captured = capsys.readouterr()
+    return e.value.code or 0, captured.out, captured.err.strip()

@@ -61,8 +61,10 @@ def report_checks(r: dict[str, Any]) -> None:
     gib = r["bytes"] / 2**30
     print(f"checked {r['shards_checked']} shards, {gib:.2f} GiB in {r['seconds']:.1f} s: {what}")
     if not r["ok"]:
-        n, shards = len(r["damaged"]), ", ".join(map(str, r["shards"])) or "none"
-        raise AdaslotError(f"feature store {r['store']} is damaged: {n} damaged file{'s' * (n > 1)} "
+        first, more = r["damaged"][0], len(r["damaged"]) - 1
+        others = f" and {more} more damaged file{'s' * (more > 1)} (listed above)" if more else ""
+        shards = ", ".join(map(str, r["shards"])) or "none"
+        raise AdaslotError(f"feature store {r['store']} is damaged: {first['file']}: {first['what']}{others} "
                            f"(shards: {shards}); {r['repair']}")
     print("OK: no damage found")
 
