@@ -128,8 +128,8 @@ def test_repair_rebuilds_damaged_metadata(reference, synthetic_coco, tmp_path, m
     damage(store, "zarr.json cut short")
     (store / "features" / "zarr.json").write_text("{")
     args = ["cache-features", "--out", str(store), "--root", str(synthetic_coco), "--encoder",
-            "random-vit-tiny", "--image-size", str(SIDE), "--batch-size", "2", "--chunk-size", "2", "--shard-size", "2",
-            "--workers", "0", "--device", "cpu", "--no-progress"]
+            "random-vit-tiny", "--image-size", str(SIDE), "--batch-size", "2", "--chunk-size", "2",
+            "--shard-size", "2", "--workers", "0", "--device", "cpu", "--no-progress"]
     code, err = run_cli(args, monkeypatch, capsys)  # without --repair: refused, nothing touched
     one_line(code, err, store / "zarr.json")
     code, err = run_cli([*args, "--chunk-size", "4", "--shard-size", "4", "--repair"], monkeypatch, capsys)
