@@ -247,3 +247,23 @@ def test_verify_refuses_another_dataset_and_an_empty_sample(reference, tmp_path)
                                   device="cpu"))
     with pytest.raises(AdaslotError, match="--sample must be >= 1"):
         verify_store(VerifyConfig(store=str(reference), sample=0, device="cpu"))
+
+
+def test_format_1_store_stays_readable(reference, tmp_path):
+    """tests/data/v1-synthetic-train.zarr: cache-features of the same 12 images before format 2 (image 5
+    replaced by junk bytes; chunks of 2 samples x both views, no chunk checksums). It opens, streams one view
+    per sample, verifies its shard indexes, and holds what today's writer computes (within fp16 rounding)."""
+    from adaslot.store.checksums import check_store
+    from adaslot.store.loader import FeatureLoader
+
+    v1 = open_store(Path(__file__).parent / "data" / "v1-synthetic-train.zarr")
+    assert v1.format_version == 1 and v1.complete and v1.direct is not None and not v1.direct.crc
+    assert any(line.startswith("format      1") for line in v1.summary_lines())
+    ok = [r for r in range(12) if r != 5]
+    assert np.flatnonzero(v1.valid).tolist() == ok
+    old, new = v1.read(0, 12)[ok].astype(np.float32), open_store(reference).read(0, 12)[ok].astype(np.float32)
+    assert (np.abs(old - new) <= np.abs(new) * 2.0**-10 + 1e-6).all()  # two fp16 roundings at most
+    feats, rows = next(FeatureLoader(v1, 11, seed=1))  # one epoch: each valid row once, one view each
+    assert sorted(rows.tolist()) == ok and feats.shape == (11, 16, 192)
+    r = check_store(str(v1.path))
+    assert r["ok"] and r["format_version"] == 1 and r["shards_checked"] == 3

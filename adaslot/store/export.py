@@ -1,6 +1,7 @@
 """`adaslot export STORE out.h5`: the same arrays and attributes as an HDF5 file (h5py, chunked).
 
-HDF5 layout: datasets `features` [N, V, T, D] float16 (chunked like the zarr chunks, uncompressed),
+HDF5 layout: datasets `features` [N, V, T, D] float16 (one chunk per sample and view, as format-2 stores,
+so a training sample reads one view; uncompressed, no checksums),
 `image_ids` [N] int64, `status` [N] uint8; the zarr attributes as one JSON string in the file attribute
 `adaslot_attrs_json`, plus flat attributes (format, encoder, complete) for tools that only show flat ones.
 `open_store("out.h5")` reads it like the zarr store. Written to `out.h5.partial`, renamed when complete.
@@ -36,11 +37,10 @@ def export_hdf5(store_path: str, out: str, overwrite: bool = False, progress: bo
     out_p.parent.mkdir(parents=True, exist_ok=True)  # like the other commands' outputs
     tmp = out_p.with_name(out_p.name + ".partial")
     n, v, t, d = store.features.shape
-    c = store.chunk_samples
     try:
         with h5py.File(tmp, "w") as f:
             feats = f.create_dataset("features", shape=(n, v, t, d), dtype="float16",
-                                     chunks=(min(c, n), v, t, d))
+                                     chunks=(1, 1, t, d))
             for a, b in store.chunk_bounds():
                 feats[a:b] = store.read(a, b)
             f.create_dataset("image_ids", data=store.raw_image_ids)
