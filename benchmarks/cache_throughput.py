@@ -119,7 +119,10 @@ def main() -> None:
         b, c = statistics.median(bare_rates), statistics.median(cache_rates)
         cb, cc = statistics.median(cpu["bare"]), statistics.median(cpu["cache"])
         crc_rates, plain_rates = alternate(cache, lambda: cache(False), args.repeats, warmup=False)
-        w_crc, w_plain = alternate(writer(True), writer(False), args.repeats)
+        with_crc, without = writer(True), writer(False)
+        with_crc(), without()  # warm-up (imports, first allocations), not counted
+        cpu["writer True"].clear(), cpu["writer False"].clear()
+        w_crc, w_plain = alternate(with_crc, without, args.repeats, warmup=False)
         layout.CHECKSUMS = True
         print(f"encoder {args.encoder} at {args.side}px on {device}, {len(images)} images, batch "
               f"{args.batch_size}, {args.workers} decode worker(s), torch threads {torch.get_num_threads()}")
