@@ -82,12 +82,12 @@ def online_input_cost(root: Path, encoder_name: str, n: int) -> tuple[float, flo
 
 
 def loader_rate(store: Path, batch: int, in_memory: bool, samples: int = 2048) -> float:
-    """Steady-state samples/s of the FeatureLoader (float16 batches, background thread), after start-up.
+    """Steady-state samples/s of the FeatureLoader (float16 batches, reader threads), after start-up.
 
     Several epochs: a short run mostly drains batches prefetched during start-up and overstates the rate."""
     from adaslot.store.loader import FeatureLoader
 
-    loader = FeatureLoader(str(store), batch, seed=0, in_memory=in_memory)
+    loader = FeatureLoader(str(store), batch, seed=0, in_memory=in_memory, reuse_buffers=True)  # as training
     next(loader)
     t = time.perf_counter()
     got = 0

@@ -187,3 +187,18 @@ def test_current_format_reads_only_the_view_used(tmp_path):
     with pytest.raises(AdaslotError, match=f"{shard}.*row {row} view 1.*--repair") as e:
         take(FeatureLoader(path, 6, view=1), len(everyone) // 6)
     assert "\n" not in str(e.value)
+
+
+def test_device_mode_and_recycled_buffers_give_the_same_batches(store_path):
+    """device="cpu": float32 batches converted by the reader threads; reuse_buffers: a batch's buffer is
+    refilled after the next `next()` (so few buffers serve the whole run); both give the same batches."""
+    ref = take(FeatureLoader(store_path, 5, seed=3), 12)
+    on_device = take(FeatureLoader(store_path, 5, seed=3, device="cpu"), 12)
+    reused = FeatureLoader(store_path, 5, seed=3, reuse_buffers=True)
+    pointers = set()
+    for (f, r), (g, s) in zip(ref, on_device, strict=True):
+        assert g.dtype == torch.float32 and torch.equal(g, f.float()) and torch.equal(r, s)
+        h, t = next(reused)
+        assert torch.equal(h, f) and torch.equal(t, r)
+        pointers.add(h.data_ptr())
+    assert len(pointers) <= reused.prefetch + 2  # recycled, not one fresh buffer per batch

@@ -45,7 +45,9 @@ def export_hdf5(store_path: str, out: str, overwrite: bool = False, progress: bo
                 feats[a:b] = store.read(a, b)
             f.create_dataset("image_ids", data=store.raw_image_ids)
             f.create_dataset("status", data=store.status)
-            f.attrs["adaslot_attrs_json"] = json.dumps(store.attrs)
+            # the layout as read (HDF5 chunks differ from the zarr ones, so it must not be inferred from them)
+            layout = {"chunk_samples": store.chunk_samples, "shard_samples": store.shard_samples}
+            f.attrs["adaslot_attrs_json"] = json.dumps({**store.attrs, "layout": layout})
             f.attrs["format"] = str(store.attrs.get("format"))
             f.attrs["encoder"] = str(store.contract.get("encoder"))
             f.attrs["complete"] = True
