@@ -9,7 +9,8 @@ All rows yield batches of one view per sample, float16 [B, T, D], in the loader'
                    from the shard files), 1 and 2 reader threads, recycled batch buffers (as training uses
                    it: pinned staging buffers on CUDA); bytes read per sample from /proc/self/io
   no checksum      the same without checking the crc32c trailers: the checksum's cost
-  tensorstore      the same loader with each batch read by tensorstore (`vindex`, its own thread pools)
+  tensorstore      the same loader with each batch read by tensorstore (`vindex`, its own thread pools;
+                   concurrency 1, 2, 4; caching off), when tensorstore is installed (not a dependency)
   zarr-python      the same loader with each batch read through zarr-python
   format 1 + zarr  what the loader did before format 2: whole chunks of 64 samples x 2 views through
                    zarr-python, one view of each sample used
@@ -74,10 +75,12 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def measure(step: Callable[[], int]) -> Callable[[int], dict[str, float]]:
-    """step() reads some samples and returns how many -> run(k): k timed steps after one untimed one."""
+def measure(step: Callable[[], int], warmup: int = 1) -> Callable[[int], dict[str, float]]:
+    """step() reads some samples and returns how many -> run(k): k timed steps after `warmup` untimed ones
+    (start-up: threads, first reads, and the batches a loader reads ahead while starting)."""
     def run(k: int) -> dict[str, float]:
-        step()  # start-up (threads, first reads) is not steady-state throughput
+        for _ in range(warmup):
+            step()
         r0, c0, t0 = rchar(), cpu_seconds(), time.perf_counter()
         n = sum(step() for _ in range(k))
         dt, cpu = time.perf_counter() - t0, cpu_seconds() - c0
@@ -142,9 +145,15 @@ def main() -> None:
     p.add_argument("--shard", type=int, default=512)
     p.add_argument("--buffer", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--slow-batches", type=int, default=4, help="batches timed for the slow zarr-python rows")
+    p.add_argument("--slow-batches", type=int, default=8, help="batches timed for the slow zarr-python rows")
     args = p.parse_args()
     bs, n = args.batch_size, args.samples
+    try:  # not a dependency of adaslot: compared when installed
+        import tensorstore  # noqa: F401
+
+        has_tensorstore = True
+    except ImportError:
+        has_tensorstore = False
     with tempfile.TemporaryDirectory(dir=os.environ.get("ADASLOT_BENCH_DIR")) as tmp:
         v2, v1 = f"{tmp}/v2.zarr", f"{tmp}/v1.zarr"
         t0 = time.perf_counter()
@@ -161,7 +170,7 @@ def main() -> None:
                                reuse_buffers=True, **kw)
             if setup:
                 setup(ld.store)
-            timed = measure(lambda: next(ld)[1].numel())
+            timed = measure(lambda: next(ld)[1].numel(), warmup=ld.prefetch + 1)
 
             def run(k: int) -> dict[str, float]:
                 try:
@@ -202,9 +211,8 @@ def main() -> None:
             "adaslot, 2 readers, no checksum": (loader(v2, 2, no_crc), epoch2),
             "adaslot on a format-1 store, 2 readers": (loader(v1, 2), epoch2),
             "adaslot in-memory (--cache-in-memory)": (loader(v2, 1, in_memory=True), epoch2),
-            "tensorstore, concurrency 1": (loader(v2, 1, via_ts(1)), epoch2 // 4),
-            "tensorstore, concurrency 2": (loader(v2, 1, via_ts(2)), epoch2 // 4),
-            "tensorstore, concurrency 4": (loader(v2, 1, via_ts(4)), epoch2 // 4),
+            **{f"tensorstore, concurrency {k}": (loader(v2, 1, via_ts(k)), epoch2 // 4)
+               for k in ((1, 2, 4) if has_tensorstore else ())},
             "zarr-python, 2 reader threads": (loader(v2, 2, via_zarr), slow),
             "format 1 + zarr-python whole chunks": (measure(old_chunk), slow),
         }
@@ -227,15 +235,25 @@ def main() -> None:
             print(f"ratio streaming ({k} reader thread{'s' * (k > 1)}) / H100 estimate {H100} samples/s = "
                   f"{a / H100:.2f}; / plain-read ceiling ({k} thread{'s' * (k > 1)}) = {a / c:.2f}")
         best = max(med("adaslot, 1 reader thread"), med("adaslot, 2 reader threads"))
-        ts_best = max(med(f"tensorstore, concurrency {k}") for k in (1, 2, 4))
-        print(f"ratio adaslot / best tensorstore = {best / ts_best:.1f}; / zarr-python = "
-              f"{best / med('zarr-python, 2 reader threads'):.0f}; / format 1 + zarr-python whole chunks = "
-              f"{best / med('format 1 + zarr-python whole chunks'):.1f}")
+        if has_tensorstore:
+            ts = max(med(f"tensorstore, concurrency {k}") for k in (1, 2, 4))
+            vs_ts = f"best tensorstore = {best / ts:.1f}"
+        else:
+            vs_ts = "tensorstore: not installed (pip install tensorstore to compare)"
+        zp, old = med("zarr-python, 2 reader threads"), med("format 1 + zarr-python whole chunks")
+        print(f"ratio adaslot / {vs_ts}; / zarr-python = {best / zp:.0f}; / format 1 + zarr-python whole "
+              f"chunks = {best / old:.1f}")
         for k in (1, 2):
             a = med(f"adaslot, {k} reader thread{'s' * (k > 1)}")
             b = med(f"adaslot, {k} reader{'s' * (k > 1)}, no checksum")
             print(f"ratio streaming with / without checksums ({k} reader{'s' * (k > 1)}) = {a / b:.3f} "
-                  f"(cost {100 * (1 - a / b):.1f} %)")
+                  f"(cost {100 * (1 - a / b):.1f} %, wall clock)")
+        # Load-independent: CPU time per sample of this process (all threads).
+        a, b = med("adaslot, 1 reader thread", "per_cpu"), med("adaslot, 1 reader, no checksum", "per_cpu")
+        print(f"ratio streaming samples per CPU-second with / without checksums = {a / b:.3f} "
+              f"(cost {100 * (1 - a / b):.1f} %)")
+        print(f"ratio CPU cores busy streaming at the H100 estimate ({H100} samples/s) = {H100 / a:.2f} "
+              f"(with checksums; {H100 / b:.2f} without)")
 
 
 if __name__ == "__main__":
