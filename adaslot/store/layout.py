@@ -197,7 +197,7 @@ class ShardedFeatures:
                     raise Damage(self.shard_path(k), f"cut short (chunk of row {r})")
         return missing
 
-    def check_shard(self, k: int, buf: np.ndarray | None = None) -> tuple[int, str | None]:
+    def check_shard(self, k: int) -> tuple[int, str | None]:
         """Read every chunk of shard k and check its checksum -> (bytes read, problem or None).
 
         A missing file is not a problem here (the caller knows from `status` whether it should exist);
@@ -212,20 +212,23 @@ class ShardedFeatures:
         rows_here = min(self.shard[0], self.shape[0] - k * self.shard[0])
         expected = -(-rows_here // self.chunk[0])
         fd = self._fds[k]
-        buf = np.empty(self.chunk_bytes, np.uint8) if buf is None else buf[:self.chunk_bytes]
+        buf = np.empty(self.chunk_bytes, np.uint8)
         done = self.index_bytes
         for ci in range(self.grid[0]):
             for cj in range(self.grid[1]):
                 off, nbytes = idx[ci, cj]
+                row = k * self.shard[0] + ci * self.chunk[0]
+                what = (f"row {row} view {cj}" if self.chunk[:2] == (1, 1) else  # format 2
+                        f"rows {row}-{row + self.chunk[0] - 1}")
                 if off == NO_CHUNK:
                     if self.crc and ci < expected:
-                        return done, f"chunk {ci},{cj} is missing"
+                        return done, f"the chunk of {what} is missing"
                     continue
                 if os.preadv(fd, [buf], int(off)) != nbytes:
-                    return done, f"cut short (chunk {ci},{cj})"
+                    return done, f"cut short (chunk of {what})"
                 done += int(nbytes)
                 if self.crc and google_crc32c.value(buf[:-4]) != int.from_bytes(buf[-4:].tobytes(), "little"):
-                    return done, f"checksum mismatch in chunk {ci},{cj} (sample {k * self.shard[0] + ci})"
+                    return done, f"checksum mismatch in the chunk of {what}"
         return done, None
 
     @property
