@@ -139,3 +139,9 @@ def test_repair_rebuilds_damaged_metadata(reference, synthetic_coco, tmp_path, m
     assert code == 0, err
     assert files(store / "features") == files(reference / "features")
     assert same_contents(str(store), str(reference)) and open_store(store).complete
+    other = tmp_path / "o.zarr"  # --overwrite replaces a store whose metadata is damaged
+    shutil.copytree(reference, other)
+    damage(other, "zarr.json cut short")
+    code, err = run_cli([*args, "--out", str(other), "--overwrite"], monkeypatch, capsys)
+    assert code == 0, err
+    assert same_contents(str(other), str(reference))

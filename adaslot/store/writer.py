@@ -88,7 +88,7 @@ def _prepare_store(cfg: CacheConfig, settings: dict[str, Any], image_ids: np.nda
     import zarr
 
     out = cfg.out
-    attrs = _existing_attrs(out)
+    attrs = _existing_attrs(out, cfg.overwrite)
     if attrs is not None:
         _check_resumable(cfg, attrs, settings)
         if _first_difference(attrs.get("settings", {}), _jsonable(settings)) is None:
@@ -98,9 +98,9 @@ def _prepare_store(cfg: CacheConfig, settings: dict[str, Any], image_ids: np.nda
     return False
 
 
-def _existing_attrs(out: str) -> dict[str, Any] | None:
-    """The root attributes of the store at `out`; None if there is none; a one-line error if something else
-    is there or the store's metadata is damaged."""
+def _existing_attrs(out: str, overwrite: bool = False) -> dict[str, Any] | None:
+    """The root attributes of the store at `out`; None if there is none (or its metadata is damaged and it is
+    to be overwritten); a one-line error if something else is there or the store's metadata is damaged."""
     import zarr
 
     try:
@@ -110,6 +110,8 @@ def _existing_attrs(out: str) -> dict[str, Any] | None:
             raise AdaslotError(f"{out} exists and is not a zarr store; choose another --out") from None
         return None
     except json.JSONDecodeError:
+        if overwrite:
+            return None
         raise metadata_damage(out) from None
 
 
