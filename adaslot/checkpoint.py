@@ -3,9 +3,11 @@
 A checkpoint is one `torch.save`d dict (the payload):
   format="adaslot-checkpoint", version=1, stage (1|2), model_config (ModelConfig.to_dict()), encoder (name),
   feature_contract (dict or None), model (state_dict); optional: optimizer, step, train_config, rng, loader.
-Files are written to a temporary name in the same folder, fsynced and renamed, so a kill never leaves a
-half-written checkpoint under the real name. Payloads hold only tensors and plain Python values, so they
-load with `torch.load(weights_only=True)` (no arbitrary pickle code runs on load).
+Files are written to a temporary name in the same folder, fsynced and renamed, so a kill or a full disk never
+leaves a half-written checkpoint under the real name. Payloads hold only tensors and plain Python values, so
+they load with `torch.load(weights_only=True)` (no arbitrary pickle code runs on load). Loading checks the
+CRC-32 that torch's zip format stores per entry (torch.load does not), so changed bytes are caught, and
+`resume_point` steps back past damaged files of a run folder.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 import random
 import re
 import shutil
+import sys
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +27,7 @@ import torch
 
 from adaslot.config import ModelConfig
 from adaslot.errors import AdaslotError
+from adaslot.files import atomic_path
 
 if TYPE_CHECKING:
     from adaslot.encoders import FrozenEncoder
@@ -32,6 +37,7 @@ FORMAT = "adaslot-checkpoint"
 VERSION = 1
 REQUIRED_KEYS = ("stage", "model_config", "encoder", "model")
 LAST_NAME = "last.pt"  # -> the newest step checkpoint of a run folder
+DAMAGED_SUFFIX = ".damaged"  # an unreadable step checkpoint, moved out of the run's rotation by resume_point
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 # Config fields that may differ between a stage-1 checkpoint and the stage-2 model it warm-starts.
 _WARMSTART_FREE_FIELDS = {"num_slots", "adaptive", "selector_hidden", "sparse_decoding", "split_first_layer"}
@@ -69,44 +75,81 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise ValueError(f"checkpoint payload lacks {missing}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
+    with atomic_path(path, sync=True) as tmp, open(tmp, "wb") as f:
+        try:
             torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    # Make the rename itself durable.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        except RuntimeError as e:  # torch's zip writer wraps a failed write (disk full...) in a RuntimeError
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
     return path
 
 
+class UnreadableCheckpoint(AdaslotError):
+    """A file that cannot be read as a checkpoint: cut short, bytes changed, or not a torch file at all."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def looks_like_lightning(path: str | os.PathLike) -> bool:
+    """True for what an official AdaSlot (PyTorch Lightning) checkpoint looks like: a `.ckpt` file, or a torch
+    zip whose pickle names a 'state_dict' and 'models.*' keys. Only such files get the convert hint."""
+    path = Path(path)
+    if path.suffix == ".ckpt":
+        return True
+    try:
+        with zipfile.ZipFile(path) as z:
+            pickle_name = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)
+            data = z.read(pickle_name) if pickle_name else b""
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+    return b"state_dict" in data and b"models." in data
+
+
+def _is_lightning_payload(obj: Any) -> bool:
+    sd = obj.get("state_dict") if isinstance(obj, dict) else None
+    keys = sd if isinstance(sd, dict) else obj if isinstance(obj, dict) else {}
+    return any(str(k).startswith("models.") for k in keys)
+
+
+def _damage(f: Any) -> str | None:
+    """Why the torch file open as `f` cannot be trusted ("is cut short ..."), or None."""
+    head = f.read(4)
+    f.seek(0)
+    if head != b"PK\x03\x04":
+        return None  # not torch's zip format: torch.load says what it is
+    try:
+        with zipfile.ZipFile(f) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        return "is cut short (no zip directory at its end)"
+    return f"has changed bytes (checksum mismatch in {bad})" if bad else None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and check a payload; anything but a version-1 adaslot checkpoint -> one-line AdaslotError."""
+    """Load and check a payload; anything but a version-1 adaslot checkpoint -> one-line AdaslotError
+    (UnreadableCheckpoint when the file cannot be read). An OSError (permission, I/O) is left to the CLI."""
     path = Path(path)
     if not path.is_file():
-        raise AdaslotError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for foreign/corrupt files
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise AdaslotError(
-            f"{path} is not an adaslot checkpoint (cannot be read: {reason}); official AdaSlot checkpoints "
-            "must first be converted with `adaslot convert-official`"
-        ) from None
+        raise UnreadableCheckpoint(f"checkpoint {path} does not exist", "is gone")
+    hint = ("; it looks like an official AdaSlot (Lightning) checkpoint: convert it first with "
+            "`adaslot convert-official`")
+    with open(path, "rb") as f:
+        reason = _damage(f)
+    if reason is None:
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # torch raises several types for foreign/corrupt files
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = f"cannot be read by torch.load ({text.split('. This is an internal miniz')[0][:160]})"
+    if reason is not None:
+        raise UnreadableCheckpoint(f"{path} is not an adaslot checkpoint or is damaged: it {reason}"
+                                   + (hint if looks_like_lightning(path) else ""), reason)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise AdaslotError(
-            f"{path} is not an adaslot checkpoint (no format='{FORMAT}' marker); official AdaSlot "
-            "checkpoints must first be converted with `adaslot convert-official`"
-        )
+        raise AdaslotError(f"{path} is not an adaslot checkpoint (no format='{FORMAT}' marker)"
+                           + (hint if _is_lightning_payload(payload) or looks_like_lightning(path) else ""))
     if payload.get("version") != VERSION:
         raise AdaslotError(
             f"{path} is an adaslot checkpoint of format version {payload.get('version')!r}; this adaslot "
@@ -169,6 +212,14 @@ def checkpoint_path(ckpt_dir: str | os.PathLike, step: int) -> Path:
     return Path(ckpt_dir) / f"step-{int(step):08d}.pt"
 
 
+def step_of(path: str | os.PathLike) -> int:
+    """The step of a `step-00001000.pt` file name."""
+    m = _STEP_FILE.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path} is not a step checkpoint name")
+    return int(m.group(1))
+
+
 def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
     """Complete step checkpoints in `ckpt_dir`, oldest first (temp files are ignored)."""
     d = Path(ckpt_dir)
@@ -187,15 +238,50 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
 def update_last(ckpt_dir: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Point `ckpt_dir/last.pt` at `target` (a relative symlink, replaced atomically; a copy where the
     filesystem has no symlinks), so commands can name the newest checkpoint of a run without its step."""
-    d = Path(ckpt_dir)
-    last, tmp = d / LAST_NAME, d / f".{LAST_NAME}.tmp-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.symlink(Path(target).name, tmp)
-    except OSError:
-        shutil.copyfile(target, tmp)
-    os.replace(tmp, last)
-    return last
+    with atomic_path(Path(ckpt_dir) / LAST_NAME) as tmp:
+        try:
+            os.symlink(Path(target).name, tmp)
+        except OSError:
+            shutil.copyfile(target, tmp)
+    return Path(ckpt_dir) / LAST_NAME
+
+
+def resume_point(ckpt_dir: str | os.PathLike, is_main: bool = True
+                 ) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest readable checkpoint of a run folder -> (path, payload); (None, None) when there is none.
+
+    Newer step files that cannot be read (cut short by a full disk, bytes changed) are stepped over: the main
+    process renames each to NAME.damaged (kept for a look, out of rotation), points last.pt at the resume
+    point and says so in one line on stderr. If no checkpoint can be read, stops naming them."""
+    damaged: list[tuple[Path, str]] = []
+    for path in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            payload = load_checkpoint(path)
+        except UnreadableCheckpoint as e:
+            damaged.append((path, e.reason))
+            continue
+        if damaged and is_main:
+            for p, _ in damaged:
+                os.replace(p, p.with_name(p.name + DAMAGED_SUFFIX))
+            update_last(ckpt_dir, path)
+            names = "; ".join(f"{p.name} {why}" for p, why in damaged)
+            kept = ", ".join(p.name + DAMAGED_SUFFIX for p, _ in damaged)
+            print(f"adaslot: warning: {names}; kept as {kept}, resuming from {path.name}, the newest "
+                  "readable checkpoint", file=sys.stderr)
+        return path, payload
+    if damaged:
+        names = ", ".join(f"{p.name} {why}" for p, why in damaged)
+        raise AdaslotError(f"no checkpoint in {ckpt_dir} can be read: {names}; move them aside to start the "
+                           "run again, or use a new --out")
+    return None, None
+
+
+def kept_note(ckpt_dir: str | os.PathLike) -> str:
+    """What a run folder keeps, for the one-line error of a fault (adaslot/faults.py)."""
+    ckpts = list_checkpoints(ckpt_dir)
+    if not ckpts:
+        return "no checkpoint was written yet"
+    return f"the last good checkpoint is step {step_of(ckpts[-1])} ({ckpts[-1]})"
 
 
 def rotate_checkpoints(ckpt_dir: str | os.PathLike, keep: int) -> list[Path]:

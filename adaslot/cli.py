@@ -2,8 +2,9 @@
 
 Flags are not written here: `config_command` builds every command's options from the fields of its config
 (adaslot.config: name, default, help, range), so each setting is declared once. Library code raises
-`AdaslotError` for anything a user can cause; `main()` prints it as one line and exits 2. Heavy imports
-(torch, timm, zarr) happen inside the commands so `adaslot --help` is instant.
+`AdaslotError` for anything a user can cause; `main()` prints it as one line and exits 2, and does the same
+for an OSError (full disk, read-only folder, ...: adaslot/faults.py says which path, what happened and what is
+kept). Heavy imports (torch, timm, zarr) happen inside the commands so `adaslot --help` is instant.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Optional
 
 import typer
 
+from adaslot import faults
 from adaslot.config import (
     CacheConfig,
     ConvertConfig,
@@ -145,7 +147,18 @@ def cache_features_cmd(cfg: CacheConfig) -> None:
     `torchrun --nproc_per_node P --no-python adaslot cache-features ...` each rank encodes its own shards."""
     from adaslot.store.writer import cache_features
 
+    faults.note(kept=lambda: _store_kept(cfg.out), rerun="(it computes only the missing shards)")
     cache_features(cfg)
+
+
+def _store_kept(out: str) -> str:
+    from adaslot.store import open_store
+
+    try:
+        done, total = open_store(out).shards_done()
+    except AdaslotError:
+        return "nothing was written yet"
+    return f"{done} of {total} shards of {out} are written and kept"
 
 
 @config_command("cache-info", InfoConfig)
@@ -195,6 +208,7 @@ def train_cmd(cfg: TrainConfig) -> None:
     """Train stage 1 or 2 from a feature store or online from images; rerunning the same command resumes."""
     from adaslot.train import train
 
+    faults.note(rerun="to continue")
     result = train(cfg)
     if result["rank"] == 0:
         # No loss when a finished run was rerun (no step taken): "loss nan" would read as a failure.
@@ -254,17 +268,23 @@ def demo_cmd(cfg: DemoConfig) -> None:
     """make-synthetic -> cache-features -> train stage 1 -> stage 2 -> eval, on a CPU, < 10 min."""
     from adaslot.demo import check_results, print_results, run_demo
 
+    faults.note(rerun="(it resumes the training stages)" if cfg.profile == "long" else "(it starts over)")
     results = run_demo(cfg)
     check_results(results)
     print_results(results)
 
 
 def main() -> None:
-    """Console-script entry: user errors become one line on stderr and exit code 2, never a traceback."""
+    """Console-script entry: user errors and I/O faults become one line on stderr and exit code 2, never a
+    traceback."""
+    faults.reset()
     try:
         app()
     except AdaslotError as e:
         print(f"adaslot: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a full disk, a read-only folder...: which path, what happened, what is kept
+        print(f"adaslot: error: {faults.describe(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("adaslot: interrupted", file=sys.stderr)

@@ -248,13 +248,15 @@ def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[s
     if pictures:  # the first four val images, stacked: no picking of good examples
         from PIL import Image
 
+        from adaslot import viz
+
         tiles = [Image.open(p).convert("RGB") for p in pictures]
         sheet = Image.new("RGB", (max(t.width for t in tiles), sum(t.height for t in tiles)), "white")
         y = 0
         for tile in tiles:
             sheet.paste(tile, (0, y))
             y += tile.height
-        sheet.save(dest / "demo-result.png", optimize=True)
+        viz.save_png(sheet, dest / "demo-result.png", optimize=True)
     return {"checkpoint": str(dest / SHIPPED_CHECKPOINT.name), "dir": str(dest)}
 
 

@@ -38,21 +38,50 @@ def json_safe(x: Any) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Write a file under a temporary name in the same folder, renamed to `path` when the block ends without
-    an error: a killed process never leaves a half-written file under the real name (parents are created)."""
+def atomic_path(path: str | os.PathLike, sync: bool = False) -> Iterator[Path]:
+    """Yield a temporary name beside `path` to write to; rename it to `path` when the block succeeds, remove
+    it when it fails (parents are created). So a full disk, an error or a kill never leaves a half-written
+    file under the real name. sync: fsync the file and the rename (checkpoints). A failed write() names no
+    file; the OSError is given `path`, so the one-line error says which file (adaslot/faults.py)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(tmp):  # left by a killed process that had the same pid
+            tmp.unlink()
         yield tmp
+        if sync:
+            _fsync(tmp)
         os.replace(tmp, path)
+        if sync:
+            _fsync(path.parent)
+    except OSError as e:
+        if e.filename is None or e.filename == str(tmp):
+            e.filename, e.filename2 = str(path), None
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if os.path.lexists(tmp):
+            with contextlib.suppress(OSError):  # never hide the error that got us here
+                tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write `obj` as indented JSON atomically (`atomic_path`); NaN / inf become null (valid JSON)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(json_safe(obj), indent=2, default=str) + "\n")
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` atomically (`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
     return Path(path)

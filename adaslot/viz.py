@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import colorsys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -125,10 +126,11 @@ def save_label_png(path: str | Path, labels: np.ndarray) -> Path:
     return save_png(img, path)
 
 
-def save_png(img: Image.Image, path: str | Path) -> Path:
-    """Save `img` as a PNG at `path` atomically (temp name + rename; parent folders are created)."""
+def save_png(img: Image.Image, path: str | Path, **options: Any) -> Path:
+    """Save `img` as a PNG at `path` atomically (temp name + rename; parent folders are created); `options`
+    go to `Image.save` (e.g. optimize=True)."""
     from adaslot.files import atomic_path
 
     with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format="PNG", **options)
     return Path(path)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from adaslot.config import TrainConfig
 from adaslot.train import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,6 +26,28 @@ TINY_FLAGS = [arg for k, v in TINY_MODEL.items()
               for arg in ("--model", f"{k}={'x'.join(map(str, v)) if isinstance(v, tuple) else v}")]
 
 Box = tuple[int, int, int, int]
+
+
+def tiny_train(out: Path, **kw) -> TrainConfig:
+    """The TrainConfig of a tiny, fast run into `out` (CPU, constant lr, a checkpoint every 2 steps)."""
+    base = dict(out=str(out), model_overrides=dict(TINY_MODEL), num_slots=4, batch_size=4,
+                lr_schedule="constant", lr=1e-3, log_every=1, ckpt_every=2, workers=0, device="cpu",
+                progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` torch threads: a child process with OMP_NUM_THREADS=n sums in the same order."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def rle(mask: np.ndarray) -> dict:
@@ -91,3 +118,51 @@ def run_cli_output(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pyt
         cli.main()
     captured = capsys.readouterr()
     return e.value.code or 0, captured.out, captured.err.strip()
+
+
+# ---- real faults for a child process (no mocks of the file system) ----
+
+_LIMITED = """
+import resource, runpy, sys
+sys.path.insert(0, {repo!r})
+limit = int(sys.argv.pop(1))
+if limit >= 0:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+sys.argv[0] = "adaslot"
+runpy.run_path({cli!r}, run_name="__main__")
+"""
+
+
+def faulty_cli(*args: str, fsize: int | None = None, prefix: tuple[str, ...] = (),
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `adaslot ARGS` in a child process (one torch thread) and return it finished (text stdout/stderr).
+
+    fsize: RLIMIT_FSIZE in bytes: a write that would make a file larger fails with EFBIG, as on a full disk
+    (root included; Python ignores the SIGXFSZ that would kill other programs). prefix: a command the child
+    runs under (`read_only_prefix`)."""
+    code = _LIMITED.format(repo=str(REPO), cli=str(REPO / "cli.py"))
+    cmd = [*prefix, sys.executable, "-c", code, str(-1 if fsize is None else fsize), *args]
+    return subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def read_only_prefix(folder: Path) -> tuple[tuple[str, ...], str]:
+    """How a child process sees `folder` read-only, and the fault it then meets.
+
+    Root is not stopped by permissions, so as root: a read-only bind mount of `folder` in a private mount
+    namespace of the child (`unshare -m`; gone with the child, never visible outside) -> "read-only file
+    system (EROFS)". Otherwise chmod 0o555 (the caller restores it) -> "permission denied (EACCES)". Skips
+    the test as root where unshare / mount are not allowed."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return (), "permission denied (EACCES)"
+    mount = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && exec "$@"'
+    prefix = ("unshare", "-m", "sh", "-c", mount, str(folder))
+    try:
+        probe = subprocess.run([*prefix, "sh", "-c", 'touch "$0/.probe"', str(folder)], capture_output=True,
+                               timeout=30)
+    except FileNotFoundError:
+        probe = None
+    if probe is None or probe.returncode == 0 or b"Read-only file system" not in probe.stderr:
+        pytest.skip("root ignores chmod, and this machine allows no read-only bind mount (unshare -m)")
+    return prefix, "read-only file system (EROFS)"

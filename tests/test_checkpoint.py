@@ -48,25 +48,53 @@ def test_save_refuses_unmarked_payload(tmp_path):
         save_checkpoint(tmp_path / "x.pt", {"model": {}})
 
 
-@pytest.mark.parametrize("kind", ["text", "plain_state_dict", "wrong_version", "missing"])
+class _Hparams:  # stands for the Python objects a Lightning checkpoint pickles (omegaconf configs, ...)
+    pass
+
+
+@pytest.mark.parametrize("kind", ["text", "plain_state_dict", "wrong_version", "missing", "damaged",
+                                  "lightning_pickle", "ckpt_suffix"])
 def test_load_refuses_foreign_files_in_one_line(tmp_path, kind):
-    p = tmp_path / "x.pt"
-    if kind == "text":
+    """One line naming the file; the convert-official hint only for what looks like a Lightning checkpoint
+    (a .ckpt file, or a 'state_dict' with 'models.*' keys)."""
+    p = tmp_path / ("x.ckpt" if kind == "ckpt_suffix" else "x.pt")
+    if kind in ("text", "ckpt_suffix"):
         p.write_text("hello")
     elif kind == "plain_state_dict":
         torch.save({"state_dict": {"models.x": torch.zeros(1)}}, p)
+    elif kind == "lightning_pickle":  # weights_only refuses it, the hint still comes from the pickle's keys
+        torch.save({"state_dict": {"models.x": torch.zeros(1)}, "hyper_parameters": _Hparams()}, p)
     elif kind == "wrong_version":
         d = _payload()
         d["version"] = 7
         torch.save(d, p)
+    elif kind == "damaged":
+        save_checkpoint(p, _payload())
+        p.write_bytes(p.read_bytes()[:-100])
     with pytest.raises(AdaslotError) as e:
         load_checkpoint(p)
     msg = str(e.value)
     assert "\n" not in msg and str(p) in msg
+    assert ("convert-official" in msg) == (kind in ("plain_state_dict", "lightning_pickle", "ckpt_suffix"))
     if kind == "wrong_version":
         assert "version 7" in msg
+    elif kind == "damaged":
+        assert msg == (f"{p} is not an adaslot checkpoint or is damaged: it is cut short (no zip directory "
+                       "at its end)")
     elif kind != "missing":
         assert "not an adaslot checkpoint" in msg
+
+
+def test_changed_bytes_are_caught(tmp_path):
+    """torch.load does not check the CRC-32 its zip format stores; load_checkpoint does."""
+    p = save_checkpoint(tmp_path / "x.pt", _payload())
+    data = bytearray(p.read_bytes())
+    pos = data.index(torch.arange(6.0).numpy().tobytes())  # the tensor's bytes, stored uncompressed
+    data[pos + 5] ^= 0x01
+    p.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(p, weights_only=True)["model"]["w"], torch.arange(6.0).reshape(2, 3))
+    with pytest.raises(AdaslotError, match=r"has changed bytes \(checksum mismatch in archive/data/0\)"):
+        load_checkpoint(p)
 
 
 def test_rotation_keeps_newest(tmp_path):

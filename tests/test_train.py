@@ -16,19 +16,12 @@ import numpy as np
 import pytest
 import torch
 from helpers import TINY_FLAGS, TINY_MODEL, cli_command, losses
+from helpers import tiny_train as tiny
 
 from adaslot.checkpoint import list_checkpoints, load_checkpoint
-from adaslot.config import DataSpec, TrainConfig, model_config_for
+from adaslot.config import DataSpec, model_config_for
 from adaslot.errors import AdaslotError
 from adaslot.train import NoiseSampler, TrainForward, optimisation_step, train
-
-
-def tiny(out: Path, **kw) -> TrainConfig:
-    base = dict(out=str(out), model_overrides=dict(TINY_MODEL), num_slots=4, batch_size=4,
-                lr_schedule="constant", lr=1e-3, log_every=1, ckpt_every=2, workers=0, device="cpu",
-                progress=False)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def test_kill_and_resume_gives_the_uninterrupted_loss_sequence(tmp_path, train_store):

@@ -4,7 +4,6 @@ confusion heat map, and the terminal tables."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import numpy as np
 
 from adaslot.evaluate.masks import gt_at_side, labels_at_side, labels_full_image
 from adaslot.evaluate.scoring import PROTOCOL_SIDE, ImageResult
-from adaslot.files import write_json
+from adaslot.files import atomic_path, write_json
 from adaslot.metrics import overlap_free_labels
 
 
@@ -94,13 +93,8 @@ def save_count_confusion(protocols: dict[str, dict[str, Any]], path: Path) -> Pa
         r, slots, objects = s.values()
         ax.set_title(f"{name}: r {r}, {slots} slots vs {objects} objects", fontsize=9)
         ax.legend(loc="upper left", fontsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from adaslot import faults
 from adaslot.config import EvalConfig
 from adaslot.device import resolve_device
 from adaslot.errors import AdaslotError
@@ -62,6 +63,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     total = len(dataset) if cfg.max_images is None else min(len(dataset), cfg.max_images)
 
     out_dir = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).resolve().parent / f"eval-{cfg.data.split}"
+    faults.note(kept=f"{out_dir / 'metrics.json'} is not written (it comes last)")
     out_dir.mkdir(parents=True, exist_ok=True)
     # metrics.json is written last; an old one must not pass for this run's result if this run stops
     for stale in ("metrics.json", CONFUSION_PNG):

@@ -14,14 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from adaslot import distributed
+from adaslot import distributed, faults
 from adaslot.checkpoint import (
     capture_rng,
     checkpoint_path,
-    latest_checkpoint,
+    kept_note,
     load_checkpoint,
     make_payload,
     restore_rng,
+    resume_point,
     rotate_checkpoints,
     save_checkpoint,
     update_last,
@@ -61,9 +62,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     rows = slice(dist.rank * local_batch, (dist.rank + 1) * local_batch)  # this rank's part of a global batch
     run_dir, ckpt_dir = Path(cfg.out), Path(cfg.out) / "checkpoints"
 
-    # ---- resume point: the newest complete checkpoint of this run folder, if any
-    resume_path = latest_checkpoint(ckpt_dir)
-    resume = load_checkpoint(resume_path) if resume_path else None
+    # ---- resume point: the newest readable checkpoint of this run folder, if any
+    resume_path, resume = resume_point(ckpt_dir, dist.is_main)
+    faults.note(kept=lambda: kept_note(ckpt_dir))  # what an I/O fault leaves, for its one-line error
     if resume is not None:
         diffs = changed_settings(resume.get("train_config", {}), cfg)
         if diffs:
