@@ -20,12 +20,12 @@ _FAULTS: dict[int, tuple[str, str]] = {
     errno.EFBIG: ("file too large for the file system or `ulimit -f`",
                   "raise the limit or write to another file system"),
     errno.EROFS: ("read-only file system", "write to a writable folder (or remount it read-write)"),
-    errno.EACCES: ("permission denied", "fix the permissions or write to another folder"),
-    errno.EPERM: ("operation not permitted", "fix the permissions or write to another folder"),
+    errno.EACCES: ("permission denied", "fix the permissions or use another folder"),
+    errno.EPERM: ("operation not permitted", "fix the permissions or use another folder"),
     errno.ENOTDIR: ("a part of the path is a file, not a folder", "fix the path"),
     errno.EEXIST: ("a file is in the way", "remove it or choose another path"),
     errno.EISDIR: ("a folder, not a file", "give a file name"),
-    errno.EIO: ("input/output error (the disk or the file is damaged)",
+    errno.EIO: ("input/output error: the disk or the file is damaged",
                 "check the disk (dmesg) or restore the file"),
     errno.ENOENT: ("no such file or folder", "check the path"),
 }
@@ -57,13 +57,14 @@ def describe(e: OSError) -> str:
     """One line: `cannot write PATH: what happened (ERRNO); what is kept; what to do, then rerun ...`."""
     what, fix = _FAULTS.get(e.errno or -1, (None, None))
     if what is None:
-        what = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0]
-    path = e.filename2 if e.errno in _WRITES and e.filename2 else e.filename
-    where = f"cannot write {path}" if e.errno in _WRITES else str(path)
-    if path is None:
-        where = "cannot write a file" if e.errno in _WRITES else "a file"
-    code = f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else ""
-    parts = [f"{where}: {what}{code}"]
+        text = str(e.strerror or e).strip() or type(e).__name__
+        what = text.splitlines()[0][:200]
+    head = what + (f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else "")
+    write = e.errno in _WRITES
+    path = e.filename2 if write and e.filename2 else e.filename  # a rename: its target
+    if path is not None or write:
+        head = f"{'cannot write ' if write else ''}{path or 'a file'}: {head}"
+    parts = [head]
     try:
         kept = _kept() if callable(_kept) else _kept
     except Exception:  # noqa: BLE001  (the note is a courtesy: never hide the fault behind another error)

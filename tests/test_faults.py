@@ -7,6 +7,7 @@ The store's own faults (a cut or changed shard, zarr.json cut short) are tested 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import TINY_FLAGS, faulty_cli, losses, read_only_prefix, run_cli, tiny_train, torch_threads
 
+from adaslot import faults
 from adaslot.checkpoint import load_checkpoint
 from adaslot.train import train
 
@@ -108,7 +110,7 @@ def test_out_on_a_read_only_folder(command, train_store, synthetic_coco, tmp_pat
                               "--chunk-size", "4", "--shard-size", "8", "--workers", "0", "--device", "cpu",
                               "--no-progress", "--out", str(out), prefix=prefix)
             kept, rerun = "nothing was written yet", "(it computes only the missing shards)"
-        fix = ("fix the permissions or write to another folder" if "EACCES" in fault
+        fix = ("fix the permissions or use another folder" if "EACCES" in fault
                else "write to a writable folder (or remount it read-write)")
         where = f"cannot write {out}" if "EROFS" in fault else str(out)
         assert done.returncode == 2, done.stderr
@@ -118,6 +120,25 @@ def test_out_on_a_read_only_folder(command, train_store, synthetic_coco, tmp_pat
     finally:
         folder.chmod(0o755)
     (folder / "writable").write_text("the read-only view was the child's alone")
+
+
+def test_describe_names_path_fault_kept_and_fix():
+    """The one-line format, and a note that fails to compute is left out rather than hiding the fault."""
+    try:
+        faults.note(kept="the last good checkpoint is step 30 (run/step-30.pt)", rerun="to continue")
+        assert faults.describe(OSError(errno.ENOSPC, "No space left on device", "run/step-40.pt")) == (
+            "cannot write run/step-40.pt: no space left on device (ENOSPC); the last good checkpoint is step "
+            "30 (run/step-30.pt); free space, then rerun the same command to continue")
+        faults.note(kept=lambda: str(1 / 0))
+        rename = OSError(errno.EROFS, "Read-only file system", "out/.m.json.tmp-7", None, "out/m.json")
+        assert faults.describe(rename) == (
+            "cannot write out/m.json: read-only file system (EROFS); write to a writable folder (or remount "
+            "it read-write), then rerun the same command to continue")
+        faults.reset()
+        assert faults.describe(OSError("Unable to open file (bad superblock)\ndetails")) == (
+            "Unable to open file (bad superblock); rerun the same command")
+    finally:
+        faults.reset()
 
 
 def _flip_a_tensor_byte(path: Path) -> str:
