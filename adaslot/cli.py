@@ -231,6 +231,7 @@ def segment_cmd(cfg: SegmentConfig) -> None:
     Rerunning the same command skips the images already done."""
     from adaslot.segment import run_segment
 
+    faults.note(rerun="(it skips the images already done)")
     r = run_segment(cfg)
     n = r["num_images"]
     print(f"{n} image{'s' if n != 1 else ''} segmented ({r['new']} in this run) into {r['out']}/masks"
