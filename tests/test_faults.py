@@ -73,21 +73,21 @@ def test_disk_fills_at_a_checkpoint(runs, train_store, tmp_path):
 
 
 def test_eval_outputs_over_the_size_limit(runs, synthetic_coco, tmp_path):
-    """metrics.json does not fit: one line, exit 2; the masks are complete, no metrics.json is there (not
-    even the one of an earlier eval, which must not pass for this run's), no temp file."""
+    """The results do not fit: one line, exit 2; the masks are complete, and neither the count picture nor
+    metrics.json is there (not even the earlier eval's, which must not pass for this run's), no temp file."""
     out = tmp_path / "eval"
     out.mkdir()
     (out / "metrics.json").write_text("{}\n")  # an earlier eval's result
-    # masks ~300 B each, crop_boxes.json ~1 kB, metrics.json ~3 kB. No loader workers: the limit would also
-    # stop their shared-memory files (a full disk does not touch /dev/shm).
+    # masks ~300 B each, crop_boxes.json ~1 kB; count_confusion.png ~50 kB, then metrics.json ~7 kB. No loader
+    # workers: the limit would also stop their shared-memory files (a full disk does not touch /dev/shm).
     done = faulty_cli("eval", str(runs["run10"] / "checkpoints" / "step-00000010.pt"), "--root",
                       str(synthetic_coco), "--save-masks", "--num-vis", "0", "--workers", "0", "--device",
                       "cpu", "--no-progress", "--out", str(out), fsize=2000)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (
-        f"adaslot: error: cannot write {out / 'metrics.json'}: file too large for the file system or `ulimit "
-        f"-f` (EFBIG); {out / 'metrics.json'} is not written (it comes last); raise the limit or write to "
-        "another file system, then rerun the same command")
+        f"adaslot: error: cannot write {out / 'count_confusion.png'}: file too large for the file system or "
+        f"`ulimit -f` (EFBIG); {out / 'metrics.json'} is not written (it comes last); raise the limit or "
+        "write to another file system, then rerun the same command")
     assert names(out) == ["masks"]
     boxes = json.loads((out / "masks" / "crop_boxes.json").read_text())
     assert names(out / "masks") == sorted(f"{int(i):012d}.png" for i in boxes) + ["crop_boxes.json"]
