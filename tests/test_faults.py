@@ -195,3 +195,22 @@ def test_resume_stops_when_no_checkpoint_can_be_read(runs, train_store, tmp_path
                    f"step-00000005.pt {cut}; move them aside to start the run again, or use a new --out")
     assert {p.name: p.read_bytes() for p in ckpts.iterdir()} == before  # nothing renamed or rewritten
     assert os.readlink(ckpts / "last.pt") == "step-00000010.pt"
+
+
+def test_disk_fills_while_caching(synthetic_coco, tmp_path):
+    """A shard that does not fit: one line naming the store and what is kept, exit 2, the store left
+    incomplete (refused by train); the same command without the limit then finishes it."""
+    from adaslot.store import open_store
+
+    out = tmp_path / "train.zarr"
+    args = ["cache-features", "--root", str(synthetic_coco), "--encoder", "random-vit-tiny", "--image-size",
+            "64", "--chunk-size", "2", "--shard-size", "4", "--workers", "0", "--device", "cpu",
+            "--no-progress", "--out", str(out)]
+    done = faulty_cli(*args, fsize=30_000)  # one shard: 4 samples x 2 views x 16 x 192 fp16 = 49 kB
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.strip()
+    assert err.startswith(f"adaslot: error: cannot write {out}") and "\n" not in err
+    assert "(EFBIG); 0 of 3 shards" in err
+    assert err.endswith("rerun the same command (it computes only the missing shards)")
+    assert not open_store(out).complete
+    assert faulty_cli(*args).returncode == 0 and open_store(out).complete

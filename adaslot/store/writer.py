@@ -151,8 +151,8 @@ def _jsonable(obj: Any) -> Any:
 class _ShardWriter:
     """Background thread writing finished shards in order; errors resurface in the main thread."""
 
-    def __init__(self, root: Any, depth: int = 2):
-        self.root = root
+    def __init__(self, root: Any, path: str, depth: int = 2):
+        self.root, self.path = root, path
         self.q: queue.Queue = queue.Queue(maxsize=depth)  # bounded: at most `depth` shards held in RAM
         self.error: BaseException | None = None
         self.bytes_written = 0
@@ -184,8 +184,11 @@ class _ShardWriter:
         self._check()
 
     def _check(self) -> None:
-        if self.error is not None:
-            raise AdaslotError(f"writing the store failed: {type(self.error).__name__}: {self.error}")
+        e = self.error
+        if isinstance(e, OSError):  # a full disk, a size limit: cli.main says it in one line (adaslot.faults)
+            raise OSError(e.errno, e.strerror, e.filename or self.path) from None
+        if e is not None:
+            raise AdaslotError(f"writing the store failed: {type(e).__name__}: {e}")
 
 
 def cache_features(cfg: CacheConfig) -> dict[str, Any]:
@@ -291,7 +294,7 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate, pin_memory=on_cuda,
         prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
-    writer = _ShardWriter(root)
+    writer = _ShardWriter(root, cfg.out)
     open_shards: dict[int, dict[str, Any]] = {}
     counts = {"written": 0, "skipped": 0}
 
