@@ -26,12 +26,13 @@ from adaslot.config import (
     InfoConfig,
     SegmentConfig,
     Settings,
+    SweepConfig,
     SyntheticConfig,
     TrainConfig,
     VerifyConfig,
     from_flags,
 )
-from adaslot.config.base import base_type, cli_fields, flag_of
+from adaslot.config.base import base_type, cli_fields, flag_of, value_at
 from adaslot.errors import AdaslotError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -45,12 +46,6 @@ def _root() -> None:
 
 # ---- flags from config dataclasses ----
 
-def _default_of(obj: Any, path: tuple[str, ...], name: str) -> Any:
-    for p in path:
-        obj = getattr(obj, p)
-    return getattr(obj, name)
-
-
 def _parameters(cls: type[Settings], aliases: dict[str, tuple[str, str]]) -> list[inspect.Parameter]:
     """One typer parameter per CLI field of `cls` (nested settings flattened), plus shortcut/alias flags."""
     defaults, params, seen = cls(), [], set()
@@ -60,7 +55,7 @@ def _parameters(cls: type[Settings], aliases: dict[str, tuple[str, str]]) -> lis
             raise RuntimeError(f"{cls.__name__}: two settings are called {f.name}")
         seen.add(f.name)
         m, flag = f.metadata, flag_of(f)
-        default = _default_of(defaults, path, f.name)
+        default = value_at(defaults, path, f.name)
         text = m.get("help", "")
         if m.get("parser"):
             params.append(inspect.Parameter(f.name, kw, annotation=Optional[list[str]],  # noqa: UP045
@@ -198,6 +193,8 @@ def export_cmd(cfg: ExportConfig) -> None:
 
 
 def _dense_decoding(cfg: Settings, _name: str) -> Settings:
+    if isinstance(cfg, SweepConfig):
+        return cfg.replace(base=_dense_decoding(cfg.base, _name))
     assert isinstance(cfg, TrainConfig)
     return cfg.replace(model_overrides={**cfg.model_overrides, "sparse_decoding": False})
 
@@ -242,6 +239,21 @@ def segment_cmd(cfg: SegmentConfig) -> None:
             print(f"  {s['file']}: {s['reason']}" + (f" ({s['detail']})" if s["detail"] else ""))
         if len(r["skipped"]) > 10:
             print(f"  ... and {len(r['skipped']) - 10} more")
+
+
+@config_command("sweep", SweepConfig, aliases={"dense": ("--dense-decoding", "same as --model "
+                                                         "sparse_decoding=false")}, alias_fn=_dense_decoding)
+def sweep_cmd(cfg: SweepConfig) -> None:
+    """Train every combination of --grid values x --seeds from one base run (any train flag), score each on
+    val data and compare them: OUT/runs/<variant>/ (ordinary run folders: `adaslot train --out` resumes one,
+    `adaslot eval` scores one), OUT/sweep.csv, summary.md, curves.png, effects.png. Rerun to resume or to add
+    variants; --print-commands for a cluster, --collect OUT to tabulate folders made anywhere.
+
+    The sweep's --out is the sweep folder (each variant's run folder is set per variant), --seeds replaces
+    --seed, --devices replaces --device."""
+    from adaslot.sweep import run_sweep
+
+    run_sweep(cfg)
 
 
 @config_command("convert-official", ConvertConfig)

@@ -10,11 +10,12 @@ from adaslot.config.eval import PROTOCOLS, ConvertConfig, EvalConfig, resolve_pr
 from adaslot.config.model import PRESETS, ModelConfig, Preset, get_preset, model_config_for, register_preset
 from adaslot.config.segment import SegmentConfig
 from adaslot.config.store import CacheConfig, ExportConfig, InfoConfig, VerifyConfig
+from adaslot.config.sweep import SweepConfig
 from adaslot.config.train import DEFAULT_NUM_ITERS, TrainConfig
 
 __all__ = [
     "DEFAULT_NUM_ITERS", "PRESETS", "PROTOCOLS", "CacheConfig", "ConvertConfig", "DataSpec", "DemoConfig",
     "EvalConfig", "ExportConfig", "InfoConfig", "ModelConfig", "Preset", "SegmentConfig", "Settings",
-    "SyntheticConfig", "TrainConfig", "VerifyConfig", "demo_config", "from_flags", "get_preset",
+    "SweepConfig", "SyntheticConfig", "TrainConfig", "VerifyConfig", "demo_config", "from_flags", "get_preset",
     "model_config_for", "parse_value", "register_preset", "resolve_protocols", "setting",
 ]

@@ -24,7 +24,7 @@ S = TypeVar("S", bound="Settings")
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | None = None,
             max: float | None = None, above: float | None = None, choices: Sequence[Any] | None = None,
             flag: str | None = None, argument: bool = False, required: bool = False, cli: bool = True,
-            shortcuts: dict[str, Any] | None = None, parser: Any = None,
+            shortcuts: dict[str, Any] | None = None, parser: Any = None, omit: Sequence[str] = (),
             default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with its CLI/validation metadata.
 
@@ -32,10 +32,15 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | 
     when it is not the field name; argument: a positional CLI argument; required: the CLI needs it;
     cli=False: library-only; shortcuts: {"long": "long"} adds a flag `--long` meaning `--FIELD long`;
     parser: the flag is repeatable (`--model a=1 --model b=2`) and parser(list of strings) gives the value.
+    omit (a field whose type is a Settings): its fields of these names are not flags of the outer config,
+    which declares its own of the same name and fills them in per use (e.g. the sweep's `--out` is the sweep
+    folder; each run's `out` is set per variant); such a nested value is a template, checked by the outer
+    config's `check()` once filled in, not by `validate()`.
     """
     meta = {"help": help, "min": min, "max": max, "above": above,
             "choices": tuple(choices) if choices else None, "flag": flag, "argument": argument,
-            "required": required, "cli": cli, "shortcuts": shortcuts or {}, "parser": parser}
+            "required": required, "cli": cli, "shortcuts": shortcuts or {}, "parser": parser,
+            "omit": tuple(omit)}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -108,7 +113,8 @@ class Settings:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if isinstance(value, Settings):
-                value.validate()
+                if not f.metadata.get("omit"):
+                    value.validate()
                 continue
             _check_field(f, value, self.FLAG_PREFIX)
         self.check()
@@ -189,7 +195,8 @@ def cli_fields(cls: type) -> Iterator[tuple[dataclasses.Field, Any, tuple[str, .
         if is_settings(hints[f.name]):
             inner = base_type(hints[f.name])[0]
             for g, t, path in cli_fields(inner):
-                yield g, t, (f.name, *path)
+                if not (path == () and g.name in f.metadata.get("omit", ())):
+                    yield g, t, (f.name, *path)
         else:
             yield f, hints[f.name], ()
 
@@ -204,10 +211,51 @@ def from_flags(cls: type[S], given: dict[str, Any], base: S | None = None) -> S:
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         value = getattr(obj, f.name)
         if isinstance(value, Settings):
-            inner_given = {g.name: given[g.name] for g in dataclasses.fields(value)  # type: ignore[arg-type]
-                           if given.get(g.name) is not None}
+            omit = f.metadata.get("omit", ())
+            names = {g.name for g, _t, path in cli_fields(type(value)) if path or g.name not in omit}
+            inner_given = {n: given[n] for n in names if given.get(n) is not None}
             if inner_given:
                 changes[f.name] = from_flags(type(value), inner_given, value)
         elif given.get(f.name) is not None:
             changes[f.name] = given[f.name]
     return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+
+
+def value_text(value: Any) -> str:
+    """A setting's value as a flag takes it (parse_value reads it back): 128x128, 0.002, true, none."""
+    if isinstance(value, tuple | list):
+        return "x".join(map(str, value))
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "none"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def to_flags(cfg: Settings) -> list[str]:
+    """The command-line arguments that give `cfg` (the inverse of the CLI): positional arguments first, then
+    `--flag value` for every setting that differs from its default (required ones always), in field order."""
+    default = type(cfg)()
+    args: list[str] = []
+    flags: list[str] = []
+    for f, _t, path in cli_fields(type(cfg)):
+        value, dflt = value_at(cfg, path, f.name), value_at(default, path, f.name)
+        if value == dflt and not f.metadata.get("required"):
+            continue
+        flag = flag_of(f)
+        if f.metadata.get("argument"):
+            args.append(value_text(value))
+        elif isinstance(value, dict):  # a repeatable KEY=VALUE flag (e.g. --model)
+            flags += [a for k, v in value.items() for a in (flag, f"{k}={value_text(v)}")]
+        elif isinstance(value, bool):
+            flags.append(flag if value else f"--no-{flag[2:]}")
+        elif value is not None:
+            flags += [flag, value_text(value)]
+    return args + flags
+
+
+def value_at(obj: Any, path: tuple[str, ...], name: str) -> Any:
+    """The value of setting `name` reached through the nested settings `path` (as `cli_fields` gives them)."""
+    for p in path:
+        obj = getattr(obj, p)
+    return getattr(obj, name)

@@ -1,0 +1,134 @@
+"""Planning a sweep: what each variant still needs, which variants share an input, which worker runs what,
+the stage-1 checkpoint of `--warmstart auto`, and the `adaslot train` command of a variant.
+
+Sharing an input: variants whose input settings are equal (`SOURCE_KEYS`: store or images, encoder, preset,
+batch size, seed, cache mode, precision) see the same batches in the same order, so one loader can feed them
+in lockstep; they must also resume from the same step (the loader has one position).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from adaslot.config import TrainConfig, model_config_for
+from adaslot.config.base import to_flags
+from adaslot.config.sweep import Variant, value_text
+from adaslot.errors import AdaslotError
+
+SOURCE_KEYS = ("from_cache", "data", "encoder", "encoder_weights", "image_size", "preset", "batch_size", "seed",
+               "cache_in_memory", "workers", "precision")
+# Stage-1 grid keys a stage-2 variant may differ in from the checkpoint it warm-starts from (the warm start
+# loads everything but the selector; K, the selector, the sparsity weight and the schedule length are new).
+WARMSTART_FREE = {"stage", "num_slots", "num_iters", "sparsity_weight", "warmstart", "model.num_slots",
+                  "model.adaptive", "model.selector_hidden", "model.sparse_decoding", "model.split_first_layer",
+                  "model.feature_dim", "model.num_tokens"}
+
+
+def train_command(cfg: TrainConfig) -> str:
+    """The `adaslot train` command line of `cfg` (torchrun: `torchrun ... --no-python` + this line)."""
+    return shlex.join(["adaslot", "train", *to_flags(cfg)])
+
+
+def checkpoint_step(run_dir: str | Path) -> int:
+    """Step of the newest checkpoint of a run folder (0: none yet)."""
+    from adaslot.checkpoint import latest_checkpoint
+
+    path = latest_checkpoint(Path(run_dir) / "checkpoints")
+    return int(path.stem.split("-")[1]) if path else 0
+
+
+def read_score(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "score.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def needs(cfg: TrainConfig, score_images: int | None) -> str:
+    """What the run in cfg.out still needs: "nothing", "score" (trained, not scored with these settings),
+    or "train" (then score)."""
+    steps = cfg.resolved().num_iters
+    if checkpoint_step(cfg.out) < steps:
+        return "train"
+    score = read_score(cfg.out)
+    if score is None or score.get("step") != checkpoint_step(cfg.out) or score.get("score_images") != score_images:
+        return "score"
+    return "nothing"
+
+
+def source_key(cfg: TrainConfig) -> str:
+    d = cfg.to_dict()
+    return json.dumps([d[k] for k in SOURCE_KEYS] + [checkpoint_step(cfg.out)])
+
+
+def share_groups(cfgs: list[TrainConfig]) -> list[list[TrainConfig]]:
+    """Variants that can step in lockstep on one loader (same input settings and resume step), in order."""
+    groups: dict[str, list[TrainConfig]] = {}
+    for cfg in cfgs:
+        groups.setdefault(source_key(cfg), []).append(cfg)
+    return list(groups.values())
+
+
+def assign(groups: list[list[TrainConfig]], jobs: int) -> list[list[list[TrainConfig]]]:
+    """Groups -> at most `jobs` workers' lists of groups. Groups are split in halves while there are fewer
+    groups than workers (each half reads the input itself), then given out largest first to the worker with
+    the fewest steps so far."""
+    units = [list(g) for g in groups]
+    while len(units) < jobs and any(len(u) > 1 for u in units):
+        big = max(units, key=len)
+        units.remove(big)
+        units += [big[: len(big) // 2], big[len(big) // 2:]]
+
+    def steps(unit: list[TrainConfig]) -> int:
+        return sum(c.resolved().num_iters - checkpoint_step(c.out) for c in unit)
+
+    workers: list[list[list[TrainConfig]]] = [[] for _ in range(min(jobs, len(units)))]
+    load = [0] * len(workers)
+    for unit in sorted(units, key=steps, reverse=True):
+        i = load.index(min(load))
+        workers[i].append(unit)
+        load[i] += steps(unit)
+    return workers
+
+
+def resolve_warmstart(variants: list[Variant], stage1_sweep: str) -> list[Variant]:
+    """`--warmstart auto`: each stage-2 variant gets the last checkpoint of its matching stage-1 variant.
+
+    The stage-1 variant U of the folder `stage1_sweep` matches the stage-2 variant V when U has finished
+    training, has V's seed, and agrees with V on every grid key of the stage-1 sweep (the settings its runs
+    differ in) except those a warm start may change (`WARMSTART_FREE`). Exactly one must match.
+    """
+    from adaslot.sweep.results import find_axes, read_runs
+
+    runs = [r for r in read_runs(stage1_sweep) if r.trained]
+    if not runs:
+        raise AdaslotError(f"--stage1-sweep {stage1_sweep}: no finished stage-1 run in {stage1_sweep}/runs/")
+    if any(r.settings.get("stage") != 1 for r in runs):
+        raise AdaslotError(f"--stage1-sweep {stage1_sweep} holds stage-2 runs; give a stage-1 sweep folder")
+    keys = [a for a in find_axes(runs) if a not in WARMSTART_FREE]
+    out = []
+    for v in variants:
+        if v.cfg.warmstart != "auto":
+            out.append(v)
+            continue
+        mine = variant_settings(v.cfg)
+        found = [r for r in runs if r.seed == v.seed and all(r.settings.get(k) == mine.get(k) for k in keys)]
+        want = ", ".join([f"seed={v.seed}", *(f"{k}={value_text(mine.get(k))}" for k in keys)])
+        if len(found) != 1:
+            what = "no stage-1 run" if not found else f"{len(found)} stage-1 runs ({found[0].name}, ...)"
+            raise AdaslotError(f"--warmstart auto: {what} in {stage1_sweep} matches variant {v.name} ({want}); "
+                               "give the stage-1 grid keys the values of a stage-1 variant")
+        ckpt = Path(found[0].dir) / "checkpoints" / "last.pt"
+        out.append(Variant(v.name, v.values, v.seed, v.cfg.replace(warmstart=str(ckpt))))
+    return out
+
+
+def variant_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """A run's settings as the results name them: train settings bare (DataSpec's included), model settings
+    as model.X (the model config the run will build, before the input fixes feature_dim / num_tokens)."""
+    d = cfg.to_dict()
+    flat = {k: v for k, v in d.items() if k not in ("data", "model_overrides")} | d["data"]
+    model = model_config_for(cfg.preset, cfg.stage, **cfg.model_overrides, num_slots=cfg.num_slots)
+    flat |= {f"model.{k}": v for k, v in model.to_dict().items()}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}
