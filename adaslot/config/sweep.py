@@ -156,7 +156,8 @@ class SweepConfig(Settings):
         if self.collect:
             return
         if not self.out:
-            raise AdaslotError("--out is required (the sweep folder, e.g. cache/sweeps/NAME), or --collect OUT")
+            raise AdaslotError("--out is required (the sweep folder, e.g. cache/sweeps/NAME), or --collect "
+                               "OUT")
         if not self.base.val_source():
             raise AdaslotError("adaslot sweep scores every variant on val data: give --val-from-cache "
                                "VAL_STORE or --val-root R (a COCO-layout root with val2017/)")
@@ -228,7 +229,8 @@ def load_toml(path: str) -> SweepConfig:
         if name == "model":
             name = "model_overrides"
         if name not in fields or name == "toml":
-            raise AdaslotError(f"{path}: unknown setting {key!r} (the names of `adaslot sweep --help`, with _)")
+            raise AdaslotError(f"{path}: unknown setting {key!r} (the names of `adaslot sweep --help`, "
+                               "with _)")
         f, where = fields[name]
         try:
             if name == "grid":

@@ -18,13 +18,13 @@ from adaslot.config.base import to_flags
 from adaslot.config.sweep import Variant, value_text
 from adaslot.errors import AdaslotError
 
-SOURCE_KEYS = ("from_cache", "data", "encoder", "encoder_weights", "image_size", "preset", "batch_size", "seed",
-               "cache_in_memory", "workers", "precision")
+SOURCE_KEYS = ("from_cache", "data", "encoder", "encoder_weights", "image_size", "preset", "batch_size",
+               "seed", "cache_in_memory", "workers", "precision")
 # Stage-1 grid keys a stage-2 variant may differ in from the checkpoint it warm-starts from (the warm start
 # loads everything but the selector; K, the selector, the sparsity weight and the schedule length are new).
 WARMSTART_FREE = {"stage", "num_slots", "num_iters", "sparsity_weight", "warmstart", "model.num_slots",
-                  "model.adaptive", "model.selector_hidden", "model.sparse_decoding", "model.split_first_layer",
-                  "model.feature_dim", "model.num_tokens"}
+                  "model.adaptive", "model.selector_hidden", "model.sparse_decoding",
+                  "model.split_first_layer", "model.feature_dim", "model.num_tokens"}
 
 
 def train_command(cfg: TrainConfig) -> str:
@@ -52,7 +52,7 @@ def needs(cfg: TrainConfig, score_images: int | None) -> str:
     if checkpoint_step(cfg.out) < steps:
         return "train"
     score = read_score(cfg.out)
-    if score is None or score.get("step") != checkpoint_step(cfg.out) or score.get("score_images") != score_images:
+    if score is None or (score.get("step"), score.get("score_images")) != (steps, score_images):
         return "score"
     return "nothing"
 
@@ -117,8 +117,8 @@ def resolve_warmstart(variants: list[Variant], stage1_sweep: str) -> list[Varian
         want = ", ".join([f"seed={v.seed}", *(f"{k}={value_text(mine.get(k))}" for k in keys)])
         if len(found) != 1:
             what = "no stage-1 run" if not found else f"{len(found)} stage-1 runs ({found[0].name}, ...)"
-            raise AdaslotError(f"--warmstart auto: {what} in {stage1_sweep} matches variant {v.name} ({want}); "
-                               "give the stage-1 grid keys the values of a stage-1 variant")
+            raise AdaslotError(f"--warmstart auto: {what} in {stage1_sweep} matches variant {v.name} "
+                               f"({want}); give the stage-1 grid keys the values of a stage-1 variant")
         ckpt = Path(found[0].dir) / "checkpoints" / "last.pt"
         out.append(Variant(v.name, v.values, v.seed, v.cfg.replace(warmstart=str(ckpt))))
     return out

@@ -64,8 +64,9 @@ class RunRecord:
                 continue
             n, prev = r["step"] - prev, r["step"]
             steps, loss = steps + n, r["loss"]
-            wall += n / r["steps_per_s"] if r.get("steps_per_s") else 0.0
-            busy += n * r["step_s"] if "step_s" in r else n / r["steps_per_s"] if r.get("steps_per_s") else 0.0
+            elapsed = n / r["steps_per_s"] if r.get("steps_per_s") else 0.0
+            wall += elapsed
+            busy += n * r["step_s"] if "step_s" in r else elapsed  # runs from before step_s was logged
         out = {"final_loss": loss, "steps_per_s": steps / busy if busy else math.nan,
                "wall_s": wall if wall else math.nan}
         if self.score:
@@ -150,7 +151,8 @@ def summarise(runs: list[RunRecord], axes: list[str], rank_by: str) -> list[Grou
     done = [r for r in runs if r.status == "done"]
     cols = metric_columns(done)
     if done and rank_by not in cols:
-        raise AdaslotError(f"--rank-by {rank_by}: not a metric of these runs; choose one of {', '.join(cols)}")
+        raise AdaslotError(f"--rank-by {rank_by}: not a metric of these runs; choose one of "
+                           f"{', '.join(cols)}")
     by_label: dict[str, list[RunRecord]] = {}
     for r in done:
         by_label.setdefault(variant_label(r, axes), []).append(r)
@@ -201,15 +203,17 @@ def table_rows(groups: list[Group], rank_by: str) -> tuple[list[str], list[list[
     return header, rows
 
 
-def write_summary(runs: list[RunRecord], groups: list[Group], axes: list[str], rank_by: str, path: Path) -> Path:
+def write_summary(runs: list[RunRecord], groups: list[Group], axes: list[str], rank_by: str,
+                  path: Path) -> Path:
     direction = "lowest first" if rank_by in LOWER_IS_BETTER else "highest first"
     seeds = sorted({r.seed for r in runs})
-    lines = [f"# Sweep {path.parent.name}", "",
-             f"{len(runs)} runs: {len(groups)} finished variants x seeds {', '.join(map(str, seeds))}; grid axes: "
-             f"{', '.join(axes) or 'none'}. Ranked by {rank_by} ({direction}); mean ± std over seeds (sample "
-             "std). Scores in percent (FG-ARI, mBO, mIoU, CorLoc); steps_per_s is each run's own compute, "
-             "wall_s its elapsed time. 'inside seed spread' means the distance to the best is no larger than "
-             "the larger std of the two: read it as noise.", ""]
+    lines = [
+        f"# Sweep {path.parent.name}", "",
+        f"{len(runs)} runs: {len(groups)} finished variants x seeds {', '.join(map(str, seeds))}; grid axes: "
+        f"{', '.join(axes) or 'none'}. Ranked by {rank_by} ({direction}); mean ± std over seeds.",
+        "Scores in percent (FG-ARI, mBO, mIoU, CorLoc); steps_per_s is each run's own compute, wall_s its "
+        "elapsed time. 'inside seed spread': the distance to the best is no larger than the larger std of "
+        "the two (sample std over seeds), so read it as noise.", ""]
     if groups:
         header, rows = table_rows(groups, rank_by)
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -19,8 +19,15 @@ from adaslot.config import SweepConfig
 from adaslot.errors import AdaslotError
 from adaslot.files import write_json
 from adaslot.sweep.plan import assign, needs, resolve_warmstart, share_groups, train_command
-from adaslot.sweep.results import TRAIN_METRICS, find_axes, print_summary, read_runs, summarise, write_csv, \
-    write_summary
+from adaslot.sweep.results import (
+    TRAIN_METRICS,
+    find_axes,
+    print_summary,
+    read_runs,
+    summarise,
+    write_csv,
+    write_summary,
+)
 from adaslot.sweep.worker import Failure, run_worker, score_run
 
 
@@ -159,7 +166,8 @@ class _Progress:
                 if self.stop.wait(1.0):
                     return
                 continue
-            done = sum(read_score(d) is not None and s >= n for (d, n), s in zip(self.runs, steps, strict=True))
+            done = sum(read_score(d) is not None and s >= n
+                       for (d, n), s in zip(self.runs, steps, strict=True))
             self.bar.update(self.task, completed=sum(steps), done=f"{done}/{len(self.runs)}")
             if self.stop.wait(1.0):
                 return

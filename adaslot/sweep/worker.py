@@ -48,8 +48,8 @@ def run_worker(groups: list[list[TrainConfig]], device: str, threads: int, score
 
 def train_group(cfgs: list[TrainConfig], device: str, parent_pid: int | None = None) -> list[Failure]:
     """Train the runs `cfgs` (same input settings, same resume step) in lockstep on one input."""
-    from adaslot.distributed import DistInfo
     from adaslot.device import resolve_device
+    from adaslot.distributed import DistInfo
     from adaslot.sweep.plan import needs
     from adaslot.train import Run, build_source
 
@@ -69,7 +69,8 @@ def train_group(cfgs: list[TrainConfig], device: str, parent_pid: int | None = N
         except AdaslotError as e:
             failures.append((cfg.out, str(e)))
     if len({r.step for r in runs}) > 1:  # the planner groups by resume step; one loader has one position
-        raise RuntimeError(f"runs of one group resume at different steps: {[(r.cfg.out, r.step) for r in runs]}")
+        raise RuntimeError(f"runs of one group resume at different steps: "
+                           f"{[(r.cfg.out, r.step) for r in runs]}")
     active = [r for r in runs if not r.done]
     try:
         while active:
@@ -112,8 +113,8 @@ def score_run(run_dir: str | Path, score_images: int | None, device: str = "auto
         raise AdaslotError(f"{run_dir}: its config names no val data (--val-from-cache or --val-root)")
     dev = resolve_device(device)
     model, payload = load_model(ckpt, dev)
-    validator = Validator(cfg, RunInput(config.get("feature_contract"), config.get("encoder", "unknown")), dev,
-                          max_images=score_images or 0)
+    run_input = RunInput(config.get("feature_contract"), config.get("encoder", "unknown"))
+    validator = Validator(cfg, run_input, dev, max_images=score_images or 0)
     scores = validator(model)
     score = {"step": int(payload["step"]), "checkpoint": ckpt.name, "score_images": score_images,
              "val": cfg.val_from_cache or cfg.val_root or cfg.data.root, "eval": scores}

@@ -60,6 +60,7 @@ class Validator:
         objects: list[float] = []  # GT objects per scored image (overlap-free, as the metrics count them)
         result = evaluate_model(model, self.encoder, data, ecfg, features_fn=self.features_fn,
                                 on_image=lambda r: objects.append(r.scores["adaslot"]["num_objects"]))
-        summary = {k: float(v) for k, v in result["protocols"]["adaslot"].items() if isinstance(v, int | float)}
+        summary = {k: float(v) for k, v in result["protocols"]["adaslot"].items()
+                   if isinstance(v, int | float)}
         summary.setdefault("mean_objects", sum(objects) / max(len(objects), 1))
         return summary
