@@ -33,6 +33,7 @@ PER_VARIANT = "OUT/runs/<variant>"  # the base run's `out` until a variant sets 
 # Grid keys refused, with what to use instead.
 NOT_AXES = {"out": "--out is the sweep folder", "seed": "use --seeds", "device": "use --devices",
             "progress": "not a setting of the runs", "model_overrides": "give model settings as model.KEY",
+            "warmstart": "give one checkpoint, or --warmstart auto with --stage1-sweep",
             "model.feature_dim": "it comes from the input", "model.num_tokens": "it comes from the input"}
 GRID_HELP = ("an axis: KEY=V1,V2,... (repeatable; variants = every combination x --seeds). KEY: a train "
              "setting (num_slots, lr, ...) or model.X (model.decoder_hidden, ...); a comma always separates "
@@ -161,12 +162,12 @@ class SweepConfig(Settings):
         if not self.base.val_source():
             raise AdaslotError("adaslot sweep scores every variant on val data: give --val-from-cache "
                                "VAL_STORE or --val-root R (a COCO-layout root with val2017/)")
-        auto = self.base.warmstart == "auto" or "auto" in self.grid.get("warmstart", ())
+        self.variants()  # each variant's settings, checked before anything runs
+        auto = self.base.warmstart == "auto"
         if auto and not self.stage1_sweep:
             raise AdaslotError("--warmstart auto needs --stage1-sweep DIR (the stage-1 sweep folder)")
         if self.stage1_sweep and not auto:
             raise AdaslotError("--stage1-sweep is for --warmstart auto")
-        self.variants()  # each variant's settings, checked before anything runs
 
     def device_list(self) -> list[str]:
         return [d.strip() for d in self.devices.split(",") if d.strip()] or ["auto"]

@@ -228,17 +228,22 @@ def write_summary(runs: list[RunRecord], groups: list[Group], axes: list[str], r
     return path
 
 
+TERMINAL_METRICS = 6  # metric columns of the terminal table (summary.md has them all)
+
+
 def print_summary(groups: list[Group], rank_by: str, title: str) -> None:
+    """The summary table in the terminal: rank_by and the first few other metrics (all in summary.md)."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
     if not groups:
         Console().print(f"{title}: no finished runs")
         return
     header, rows = table_rows(groups, rank_by)
-    for h in header:
-        table.add_column(h, justify="left" if h in ("variant", "vs best") else "right")
+    keep = [i for i, h in enumerate(header) if i < 3 + TERMINAL_METRICS or h == "vs best"]
+    table = Table(title=title)
+    for i in keep:
+        table.add_column(header[i], justify="left" if header[i] in ("variant", "vs best") else "right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(row[i] for i in keep))
     Console().print(table)

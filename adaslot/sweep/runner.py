@@ -8,9 +8,11 @@ table; new grid values add variants beside the old ones.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -54,19 +56,14 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     score_only = [[v.cfg] for v in variants if todo[v.cfg.out] == "score"]
     workers = assign(share_groups(train) + score_only, cfg.jobs)
     skipped = sum(need == "nothing" for need in todo.values())
-    if cfg.progress and skipped:
+    if skipped:
         print(f"{skipped} of {len(variants)} variants are already trained and scored (skipped)")
     devices = cfg.device_list()
     failures: list[Failure] = []
     with _Progress(variants, cfg.progress):
-        if len(workers) == 1:  # in this process (threads restored afterwards)
-            import torch
-
-            threads = torch.get_num_threads()
-            try:
+        if len(workers) == 1:  # in this process
+            with _threads(cfg.threads):
                 failures = run_worker(workers[0], devices[0], cfg.threads, cfg.score_images)
-            finally:
-                torch.set_num_threads(threads)
         elif workers:
             spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked loader threads
             with ProcessPoolExecutor(len(workers), mp_context=spawn) as pool:
@@ -86,11 +83,12 @@ def collect(cfg: SweepConfig) -> dict[str, Any]:
     runs = read_runs(out)
     if not runs:
         raise AdaslotError(f"--collect {out}: no run folders (with config.json) in {out}/runs/")
-    for r in runs:
-        if r.trained and needs_score(r.dir, cfg.score_images):
-            if cfg.progress:
-                print(f"scoring {r.name}")
-            score_run(r.dir, cfg.score_images, cfg.device_list()[0])
+    with _threads(cfg.threads):
+        for r in runs:
+            if r.trained and needs_score(r.dir, cfg.score_images):
+                if cfg.progress:
+                    print(f"scoring {r.name}")
+                score_run(r.dir, cfg.score_images, cfg.device_list()[0])
     return write_results(out, cfg.rank_by)
 
 
@@ -137,6 +135,19 @@ def known_metrics() -> list[str]:
     acc.add(image_scores(np.zeros((2, 2), int), np.ones((1, 2, 2), bool), [1]), kept_slots=1)
     keys = [k for k, v in acc.summary().items() if isinstance(v, int | float)]
     return [*keys, "mean_objects", *TRAIN_METRICS]
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """torch threads = n inside, the caller's number restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _Progress:
