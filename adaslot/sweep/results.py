@@ -92,9 +92,10 @@ def read_runs(sweep_dir: str | Path) -> list[RunRecord]:
     return runs
 
 
-def find_axes(runs: list[RunRecord]) -> list[str]:
-    """The settings the runs differ in (seed and bookkeeping apart; model.X dropped when X is an axis)."""
-    keys: list[str] = []
+def find_axes(runs: list[RunRecord], order: list[str] | None = None) -> list[str]:
+    """The settings the runs differ in (seed and bookkeeping apart; model.X dropped when X is an axis), the
+    keys of `order` (a sweep's grid) first in that order, then in config order."""
+    keys: list[str] = list(order or [])
     for r in runs:
         keys += [k for k in r.settings if k not in keys]
     axes = [k for k in keys if k not in NOT_AXES and len({repr(r.settings.get(k)) for r in runs}) > 1]
@@ -171,7 +172,8 @@ def summarise(runs: list[RunRecord], axes: list[str], rank_by: str) -> list[Grou
 
 
 def versus_best(group: Group, best: Group, rank_by: str) -> str:
-    """Whether `group`'s distance to the best variant is inside the spread over seeds (then it is noise)."""
+    """"noise" when `group`'s distance to the best variant is no larger than the larger of their seed stds,
+    "behind" when it is; "1 seed" when there is no spread to compare with."""
     if group is best:
         return "best"
     d = abs(group.mean[rank_by] - best.mean[rank_by])
@@ -179,8 +181,8 @@ def versus_best(group: Group, best: Group, rank_by: str) -> str:
     if math.isnan(d):
         return "-"
     if math.isnan(spread):
-        return "1 seed: no spread"
-    return "inside seed spread: noise" if d <= spread else "behind by more than the spread"
+        return "1 seed"
+    return "noise" if d <= spread else "behind"
 
 
 def cell(key: str, g: Group) -> str:
@@ -212,8 +214,8 @@ def write_summary(runs: list[RunRecord], groups: list[Group], axes: list[str], r
         f"{len(runs)} runs: {len(groups)} finished variants x seeds {', '.join(map(str, seeds))}; grid axes: "
         f"{', '.join(axes) or 'none'}. Ranked by {rank_by} ({direction}); mean ± std over seeds.",
         "Scores in percent (FG-ARI, mBO, mIoU, CorLoc); steps_per_s is each run's own compute, wall_s its "
-        "elapsed time. 'inside seed spread': the distance to the best is no larger than the larger std of "
-        "the two (sample std over seeds), so read it as noise.", ""]
+        "elapsed time. vs best: 'noise' when the distance to the best is no larger than the larger std of "
+        "the two (sample std over seeds), 'behind' when it is larger.", ""]
     if groups:
         header, rows = table_rows(groups, rank_by)
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -228,11 +230,12 @@ def write_summary(runs: list[RunRecord], groups: list[Group], axes: list[str], r
     return path
 
 
-TERMINAL_METRICS = 6  # metric columns of the terminal table (summary.md has them all)
+# Metric columns of the terminal table besides --rank-by (summary.md has them all).
+TERMINAL = ("fg_ari", "mbo_i", "mbo_c", "mean_kept_slots", "kept_vs_objects_r", "final_loss", "steps_per_s")
 
 
 def print_summary(groups: list[Group], rank_by: str, title: str) -> None:
-    """The summary table in the terminal: rank_by and the first few other metrics (all in summary.md)."""
+    """The summary table in the terminal: rank_by and the TERMINAL metrics present (all in summary.md)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -240,7 +243,7 @@ def print_summary(groups: list[Group], rank_by: str, title: str) -> None:
         Console().print(f"{title}: no finished runs")
         return
     header, rows = table_rows(groups, rank_by)
-    keep = [i for i, h in enumerate(header) if i < 3 + TERMINAL_METRICS or h == "vs best"]
+    keep = [i for i, h in enumerate(header) if i < 4 or h in TERMINAL or h == "vs best"]
     table = Table(title=title)
     for i in keep:
         table.add_column(header[i], justify="left" if header[i] in ("variant", "vs best") else "right")

@@ -9,6 +9,7 @@ table; new grid values add variants beside the old ones.
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import threading
@@ -105,7 +106,8 @@ def write_results(out: Path, rank_by: str) -> dict[str, Any]:
     from adaslot.sweep.plots import plot_curves, plot_effects
 
     runs = read_runs(out)
-    axes = find_axes(runs)
+    manifest = out / "sweep.json"  # the grid order of the latest sweep command, if one ran here
+    axes = find_axes(runs, list(json.loads(manifest.read_text())["grid"]) if manifest.is_file() else None)
     groups = summarise(runs, axes, rank_by)
     files = {"csv": write_csv(runs, axes, out / "sweep.csv"),
              "summary": write_summary(runs, groups, axes, rank_by, out / "summary.md"),
