@@ -249,10 +249,11 @@ def sweep_cmd(cfg: SweepConfig) -> None:
     `adaslot eval` scores one), OUT/sweep.csv, summary.md, curves.png, effects.png. Rerun to resume or to add
     variants; --print-commands for a cluster, --collect OUT to tabulate folders made anywhere.
 
-    The sweep's --out is the sweep folder (each variant's run folder is set per variant), --seeds replaces
-    --seed, --devices replaces --device."""
+    Set per variant: the sweep's --out is the sweep folder (a variant's run folder is OUT/runs/<variant>),
+    and --seeds, --devices replace the train flags --seed, --device."""
     from adaslot.sweep import run_sweep
 
+    faults.note(rerun="(finished variants are skipped, unfinished ones resume from their checkpoints)")
     run_sweep(cfg)
 
 

@@ -16,6 +16,6 @@ from adaslot.config.train import DEFAULT_NUM_ITERS, TrainConfig
 __all__ = [
     "DEFAULT_NUM_ITERS", "PRESETS", "PROTOCOLS", "CacheConfig", "ConvertConfig", "DataSpec", "DemoConfig",
     "EvalConfig", "ExportConfig", "InfoConfig", "ModelConfig", "Preset", "SegmentConfig", "Settings",
-    "SweepConfig", "SyntheticConfig", "TrainConfig", "VerifyConfig", "demo_config", "from_flags", "get_preset",
-    "model_config_for", "parse_value", "register_preset", "resolve_protocols", "setting",
+    "SweepConfig", "SyntheticConfig", "TrainConfig", "VerifyConfig", "demo_config", "from_flags",
+    "get_preset", "model_config_for", "parse_value", "register_preset", "resolve_protocols", "setting",
 ]

@@ -10,7 +10,8 @@ from pathlib import Path
 from adaslot.config.base import value_text
 from adaslot.sweep.results import EVAL_ORDER, RunRecord, variant_label
 
-PLOT_METRICS = ("fg_ari", "mbo_i", "mbo_c", "mean_kept_slots", "kept_vs_objects_r", "final_loss")
+PLOT_METRICS = ("fg_ari", "mbo_i", "mbo_c", "mean_kept_slots", "kept_vs_objects_r", "split_rate",
+                "merge_rate", "final_loss")
 
 
 def _pyplot():  # noqa: ANN202  (matplotlib.pyplot, imported lazily with the file backend)

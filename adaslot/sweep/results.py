@@ -22,7 +22,7 @@ from adaslot.train.resume import RESUMABLE_CHANGES
 
 TRAIN_METRICS = ("final_loss", "steps_per_s", "wall_s")
 EVAL_ORDER = ("fg_ari", "mbo_i", "mbo_c", "miou", "corloc", "mean_kept_slots", "mean_objects",
-              "kept_vs_objects_r")
+              "kept_vs_objects_r", "split_rate", "merge_rate", "background_slots")
 LOWER_IS_BETTER = {"final_loss", "wall_s", "split_rate", "merge_rate", "background_slots"}
 TIMING = ("steps_per_s", "wall_s")  # measured, so never identical between two sweeps
 # Settings that are not grid axes even when runs differ in them: bookkeeping, and what is derived per run.

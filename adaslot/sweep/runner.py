@@ -136,7 +136,7 @@ def known_metrics() -> list[str]:
     acc = MetricAccumulator()
     acc.add(image_scores(np.zeros((2, 2), int), np.ones((1, 2, 2), bool), [1]), kept_slots=1)
     keys = [k for k, v in acc.summary().items() if isinstance(v, int | float)]
-    return [*keys, "mean_objects", *TRAIN_METRICS]
+    return list(dict.fromkeys([*keys, "mean_objects", *TRAIN_METRICS]))
 
 
 @contextlib.contextmanager
