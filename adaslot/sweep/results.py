@@ -213,9 +213,9 @@ def write_summary(runs: list[RunRecord], groups: list[Group], axes: list[str], r
         f"# Sweep {path.parent.name}", "",
         f"{len(runs)} runs: {len(groups)} finished variants x seeds {', '.join(map(str, seeds))}; grid axes: "
         f"{', '.join(axes) or 'none'}. Ranked by {rank_by} ({direction}); mean ± std over seeds.",
-        "Scores in percent (FG-ARI, mBO, mIoU, CorLoc); steps_per_s is each run's own compute, wall_s its "
-        "elapsed time. vs best: 'noise' when the distance to the best is no larger than the larger std of "
-        "the two (sample std over seeds), 'behind' when it is larger.", ""]
+        "Scores and rates in percent, as `adaslot eval` prints them; steps_per_s is each run's own compute, "
+        "wall_s its elapsed time. vs best: 'noise' when the distance to the best is no larger than the "
+        "larger std of the two (sample std over seeds), 'behind' when it is larger.", ""]
     if groups:
         header, rows = table_rows(groups, rank_by)
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
