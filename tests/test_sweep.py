@@ -294,3 +294,20 @@ def test_sigkill_and_rerun_give_the_uninterrupted_table_and_new_values_add_varia
     assert {p: p.stat().st_mtime_ns for p in before} == before
     table = rows(run / "sweep.csv")
     assert [r["num_slots"] for r in table] == ["3", "4", "5"] and {r["status"] for r in table} == {"done"}
+
+
+def test_work_is_shared_out_by_decoder_and_input_mlp_cost(tmp_path):
+    from adaslot.config import TrainConfig
+    from adaslot.sweep.plan import assign, step_cost
+
+    def run(k: int, hidden: int) -> TrainConfig:
+        return TrainConfig(out=str(tmp_path / f"{k}-{hidden}"), from_cache="s", preset="demo", num_slots=k,
+                           batch_size=32, num_iters=300, model_overrides={"decoder_hidden": (hidden, hidden)})
+
+    # demo model: T 64, D 128, slot dim 64, input MLP 128; decoder 64 -> h -> h -> 129, K times; batch 32
+    assert step_cost(run(4, 64)) == 32 * 64 * (4 * (64 * 64 + 64 * 64 + 64 * 129) + 128 * 128 + 128 * 64)
+    assert step_cost(run(6, 128)) == 555_220_992
+    group = [run(4, 64), run(4, 128), run(6, 64), run(6, 128)]  # costs 185, 387, 252, 555 (x 1e6)
+    workers = assign([group], 2)
+    names = [[[Path(c.out).name for c in unit] for unit in w] for w in workers]
+    assert names == [[["4-64", "6-128"]], [["4-128", "6-64"]]]  # 740 vs 639, not 572 vs 808 in order

@@ -70,25 +70,39 @@ def share_groups(cfgs: list[TrainConfig]) -> list[list[TrainConfig]]:
     return list(groups.values())
 
 
+def step_cost(cfg: TrainConfig) -> float:
+    """Multiply-adds of one step's decoder and input MLP (most of a step's work, docs/benchmarks.md): the
+    proxy by which variants are shared out between workers."""
+    m = model_config_for(cfg.preset, cfg.stage, **cfg.model_overrides, num_slots=cfg.num_slots)
+    widths = [m.slot_dim, *m.decoder_hidden, m.feature_dim + 1]
+    decoder = m.num_slots * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
+    input_mlp = m.feature_dim * m.input_mlp_hidden + m.input_mlp_hidden * m.slot_dim
+    return float(cfg.batch_size * m.num_tokens * (decoder + input_mlp))
+
+
+def work(cfgs: list[TrainConfig]) -> float:
+    """The remaining work of runs: steps left x step_cost."""
+    return sum((c.resolved().num_iters - checkpoint_step(c.out)) * step_cost(c) for c in cfgs)
+
+
 def assign(groups: list[list[TrainConfig]], jobs: int) -> list[list[list[TrainConfig]]]:
-    """Groups -> at most `jobs` workers' lists of groups. Groups are split in halves while there are fewer
-    groups than workers (each half reads the input itself), then given out largest first to the worker with
-    the fewest steps so far."""
+    """Groups -> at most `jobs` workers' lists of groups, balanced by `work`. While there are fewer groups
+    than workers, the largest group is split in two of about equal work (each half reads the input itself);
+    then groups are given out largest first to the worker with the least work so far."""
     units = [list(g) for g in groups]
     while len(units) < jobs and any(len(u) > 1 for u in units):
-        big = max(units, key=len)
+        big = max((u for u in units if len(u) > 1), key=work)
         units.remove(big)
-        units += [big[: len(big) // 2], big[len(big) // 2:]]
-
-    def steps(unit: list[TrainConfig]) -> int:
-        return sum(c.resolved().num_iters - checkpoint_step(c.out) for c in unit)
-
+        halves: tuple[list[TrainConfig], list[TrainConfig]] = ([], [])
+        for cfg in sorted(big, key=lambda c: work([c]), reverse=True):
+            min(halves, key=work).append(cfg)
+        units += [[c for c in big if c in half] for half in halves]  # each half in the sweep's order
     workers: list[list[list[TrainConfig]]] = [[] for _ in range(min(jobs, len(units)))]
-    load = [0] * len(workers)
-    for unit in sorted(units, key=steps, reverse=True):
+    load = [0.0] * len(workers)
+    for unit in sorted(units, key=work, reverse=True):
         i = load.index(min(load))
         workers[i].append(unit)
-        load[i] += steps(unit)
+        load[i] += work(unit)
     return workers
 
 
