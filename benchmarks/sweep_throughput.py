@@ -5,7 +5,8 @@ batch 32, streaming from a store of the demo's shapes, --steps steps each). The 
 commands `adaslot sweep --print-commands` prints, one after another, each with torch's default threads; the
 sweep runs them in --jobs worker processes of 1 thread each, the variants of a worker stepping in lockstep on
 one loader, and then also scores every variant on --score-images val images and draws its plots (the plain
-way does neither, so the ratio is conservative). Both are timed end to end as processes (start-up included).
+way does neither, so the ratio is conservative). Both are timed end to end as processes (start-up included);
+the sweep runs before and after the plain commands and its mean time counts.
 The plain commands run twice: with torch's default threads (the plain way) and with OMP_NUM_THREADS=1 (the
 sweep workers' count; then equal losses show they are the same runs).
 
@@ -129,6 +130,10 @@ def main() -> None:
                                  check=True).stdout.strip().splitlines()
         assert len(printed) == 4, printed
 
+        # the sweep before and after the plain commands (mean), so a change of machine load between the two
+        # hits both sides alike; a rerun of a finished sweep would skip everything, so each one is fresh
+        sweep_runs = [adaslot(*sweep_command({**settings, "out": str(tmp_path / "sweep-before")}),
+                              "--jobs", str(args.jobs), "--threads", "1")]
         plain_s = {}
         for threads in (None, 1):  # torch's default (one per core), and 1 thread like a sweep worker
             plain_s[threads] = 0.0
@@ -139,9 +144,11 @@ def main() -> None:
             print(f"plain: 4 x `adaslot train` ({args.steps} steps each, "
                   f"{'torch default threads' if threads is None else 'OMP_NUM_THREADS=1'}), one after "
                   f"another: {plain_s[threads]:.1f} s")
-        sweep_s = adaslot(*sweep_args, "--jobs", str(args.jobs), "--threads", "1")
+        sweep_runs.append(adaslot(*sweep_args, "--jobs", str(args.jobs), "--threads", "1"))
+        sweep_s = sum(sweep_runs) / len(sweep_runs)
         print(f"sweep: `adaslot sweep --jobs {args.jobs} --threads 1` (the same 4 runs, plus scoring on "
-              f"{args.score_images} val images and the plots): {sweep_s:.1f} s")
+              f"{args.score_images} val images and the plots): {sweep_s:.1f} s (mean of "
+              f"{', '.join(f'{t:.1f}' for t in sweep_runs)} s, before and after the plain commands)")
 
         from adaslot.train import read_metrics
 
