@@ -12,10 +12,11 @@ from adaslot.config import DataSpec, EvalConfig, TrainConfig
 
 
 class Validator:
-    """`validator(model) -> {fg_ari, mbo_i, ..., mean_objects}` on the first `max_images` val images (default
-    `cfg.val_max_images`; 0: all): re-running the encoder on a COCO root's val split (--val-root, or --root
-    online), or reading a cached val store (--val-from-cache, the fast proxy; its ground truth comes from the
-    dataset recorded in the store). `source` gives the run's feature contract and encoder name."""
+    """`validator(model) -> {fg_ari, mbo_i, ...}` (the scalars of the eval summary) on the first `max_images`
+    val images (default `cfg.val_max_images`; 0: all): re-running the encoder on a COCO root's val split
+    (--val-root, or --root online), or reading a cached val store (--val-from-cache, the fast proxy; its
+    ground truth comes from the dataset recorded in the store). `source` gives the run's feature contract and
+    encoder name."""
 
     def __init__(self, cfg: TrainConfig, source: Any, device: torch.device, max_images: int | None = None
                  ) -> None:
@@ -57,10 +58,6 @@ class Validator:
         ecfg = EvalConfig(protocol="adaslot", batch_size=16, workers=0, max_images=self.max_images,
                           seed=self.cfg.seed)
         data = EvalDataset(self.dataset, with_images=self.features_fn is None, indices=self.indices)
-        objects: list[float] = []  # GT objects per scored image (overlap-free, as the metrics count them)
-        result = evaluate_model(model, self.encoder, data, ecfg, features_fn=self.features_fn,
-                                on_image=lambda r: objects.append(r.scores["adaslot"]["num_objects"]))
-        summary = {k: float(v) for k, v in result["protocols"]["adaslot"].items()
-                   if isinstance(v, int | float)}
-        summary.setdefault("mean_objects", sum(objects) / max(len(objects), 1))
-        return summary
+        result = evaluate_model(model, self.encoder, data, ecfg, features_fn=self.features_fn)
+        summary = result["protocols"]["adaslot"]
+        return {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}
