@@ -128,7 +128,7 @@ def check_rank_by(rank_by: str) -> None:
 
 def known_metrics() -> list[str]:
     """The metric names of a sweep: the scalars of an eval summary (as `adaslot eval` computes it, on one
-    made-up stage-2 image), mean_objects, and the training metrics."""
+    made-up stage-2 image) and the training metrics."""
     import numpy as np
 
     from adaslot.metrics import MetricAccumulator, image_scores
@@ -136,7 +136,7 @@ def known_metrics() -> list[str]:
     acc = MetricAccumulator()
     acc.add(image_scores(np.zeros((2, 2), int), np.ones((1, 2, 2), bool), [1]), kept_slots=1)
     keys = [k for k, v in acc.summary().items() if isinstance(v, int | float)]
-    return list(dict.fromkeys([*keys, "mean_objects", *TRAIN_METRICS]))
+    return [*keys, *TRAIN_METRICS]
 
 
 @contextlib.contextmanager
