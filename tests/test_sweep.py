@@ -189,6 +189,7 @@ def test_stage2_warmstart_auto_picks_the_matching_stage1_run(stage1, tmp_path, m
     (["--grid", "lr"], "--grid expects KEY=V1,V2,..."),
     (["--seeds", "1,x"], "--seeds expects integers"),
     (["--rank-by", "fg_aril"], "--rank-by fg_aril: unknown metric"),
+    (["--rank-by", "mean_kept_slots"], "--rank-by mean_kept_slots is a stage-2 metric"),
     (["--warmstart", "auto"], "--warmstart is for stage 2"),
     (["--stage", "2", "--warmstart", "auto"], "--warmstart auto needs --stage1-sweep"),
 ])

@@ -38,7 +38,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     """Run (or resume, or extend) the sweep in cfg.out; with cfg.collect only score and tabulate; with
     cfg.print_commands only print the variants' `adaslot train` commands. Returns the results summary."""
     cfg = cfg.validate()
-    check_rank_by(cfg.rank_by)
+    check_rank_by(cfg.rank_by, None if cfg.collect else cfg.base.stage)
     if cfg.collect:
         return collect(cfg)
     variants = cfg.variants()
@@ -119,11 +119,17 @@ def write_results(out: Path, rank_by: str) -> dict[str, Any]:
             **{k: str(v) for k, v in files.items()}}
 
 
-def check_rank_by(rank_by: str) -> None:
-    """--rank-by must name a metric a sweep reports: a training metric or a scalar of the eval summary."""
+STAGE2_METRICS = ("mean_kept_slots", "kept_vs_objects_r")  # only adaptive (stage-2) models keep or drop
+
+
+def check_rank_by(rank_by: str, stage: int | None = None) -> None:
+    """--rank-by must name a metric a sweep reports: a training metric or a scalar of the eval summary (one
+    a stage-1 model has, for a stage-1 sweep)."""
     known = known_metrics()
     if rank_by not in known:
         raise AdaslotError(f"--rank-by {rank_by}: unknown metric; choose one of {', '.join(known)}")
+    if stage == 1 and rank_by in STAGE2_METRICS:
+        raise AdaslotError(f"--rank-by {rank_by} is a stage-2 metric (kept slots); this is a stage-1 sweep")
 
 
 def known_metrics() -> list[str]:
