@@ -45,16 +45,19 @@ def read_score(run_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def is_scored(run_dir: str | Path, step: int, score_images: int | None) -> bool:
+    """Whether run_dir/score.json scores its checkpoint of `step` on `score_images` images."""
+    score = read_score(run_dir)
+    return score is not None and (score.get("step"), score.get("score_images")) == (step, score_images)
+
+
 def needs(cfg: TrainConfig, score_images: int | None) -> str:
     """What the run in cfg.out still needs: "nothing", "score" (trained, not scored with these settings),
     or "train" (then score)."""
     steps = cfg.resolved().num_iters
     if checkpoint_step(cfg.out) < steps:
         return "train"
-    score = read_score(cfg.out)
-    if score is None or (score.get("step"), score.get("score_images")) != (steps, score_images):
-        return "score"
-    return "nothing"
+    return "nothing" if is_scored(cfg.out, steps, score_images) else "score"
 
 
 def source_key(cfg: TrainConfig) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from adaslot.config import SweepConfig
 from adaslot.errors import AdaslotError
 from adaslot.files import write_json
-from adaslot.sweep.plan import assign, needs, resolve_warmstart, share_groups, train_command
+from adaslot.sweep.plan import assign, is_scored, needs, resolve_warmstart, share_groups, train_command
 from adaslot.sweep.results import (
     TRAIN_METRICS,
     find_axes,
@@ -86,19 +86,11 @@ def collect(cfg: SweepConfig) -> dict[str, Any]:
         raise AdaslotError(f"--collect {out}: no run folders (with config.json) in {out}/runs/")
     with _threads(cfg.threads):
         for r in runs:
-            if r.trained and needs_score(r.dir, cfg.score_images):
+            if r.trained and not is_scored(r.dir, r.checkpoint_step, cfg.score_images):
                 if cfg.progress:
                     print(f"scoring {r.name}")
                 score_run(r.dir, cfg.score_images, cfg.device_list()[0])
     return write_results(out, cfg.rank_by)
-
-
-def needs_score(run_dir: str, score_images: int | None) -> bool:
-    from adaslot.sweep.plan import checkpoint_step, read_score
-
-    score = read_score(run_dir)
-    return score is None or score.get("step") != checkpoint_step(run_dir) or \
-        score.get("score_images") != score_images
 
 
 def write_results(out: Path, rank_by: str) -> dict[str, Any]:
