@@ -179,6 +179,26 @@ def test_stage2_warmstart_auto_picks_the_matching_stage1_run(stage1, tmp_path, m
     assert code == 2 and "--warmstart auto: no stage-1 run" in err and "seed=5" in err
 
 
+def test_warmstart_auto_after_a_stage1_sweep_over_k_takes_the_run_with_the_variants_k(
+        tmp_path, monkeypatch, capsys, train_store, val_store):
+    s1 = tmp_path / "s1"
+    first = sweep_args(train_store, val_store, s1, "--num-iters", "2", "--grid", "num_slots=3,4",
+                       "--seeds", "1")
+    code, err = one_thread(run_cli, first, monkeypatch, capsys)
+    assert code == 0, err
+    args = sweep_args(train_store, val_store, tmp_path / "s2", "--stage", "2", "--num-iters", "1",
+                      "--warmstart", "auto", "--stage1-sweep", str(s1), "--grid", "num_slots=3,4",
+                      "--seeds", "1")
+    code, err = one_thread(run_cli, args, monkeypatch, capsys)
+    assert code == 0, err
+    for k in (3, 4):
+        last = Path("runs") / f"num_slots={k}_seed=1" / "checkpoints" / "last.pt"
+        assert load_checkpoint(tmp_path / "s2" / last)["train_config"]["warmstart"] == str(s1 / last)
+    # K=5 was not in the stage-1 sweep: both K runs match the other keys, neither is picked silently
+    code, err = run_cli([*args[:-3], "num_slots=5", "--seeds", "1"], monkeypatch, capsys)
+    assert code == 2 and "2 stage-1 runs" in err
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--grid", "nope=1,2"], "--grid nope: unknown setting"),
     (["--grid", "num_slots=four"], "--grid num_slots=four: num_slots expects an integer"),

@@ -114,7 +114,8 @@ def resolve_warmstart(variants: list[Variant], stage1_sweep: str) -> list[Varian
 
     The stage-1 variant U of the folder `stage1_sweep` matches the stage-2 variant V when U has finished
     training, has V's seed, and agrees with V on every grid key of the stage-1 sweep (the settings its runs
-    differ in) except those a warm start may change (`WARMSTART_FREE`). Exactly one must match.
+    differ in) except those a warm start may change (`WARMSTART_FREE`); if several do, the one that also
+    agrees on those (a stage-1 sweep over K: the run with the variant's K). Exactly one must match.
     """
     from adaslot.sweep.results import find_axes, read_runs
 
@@ -123,7 +124,9 @@ def resolve_warmstart(variants: list[Variant], stage1_sweep: str) -> list[Varian
         raise AdaslotError(f"--stage1-sweep {stage1_sweep}: no finished stage-1 run in {stage1_sweep}/runs/")
     if any(r.settings.get("stage") != 1 for r in runs):
         raise AdaslotError(f"--stage1-sweep {stage1_sweep} holds stage-2 runs; give a stage-1 sweep folder")
-    keys = [a for a in find_axes(runs) if a not in WARMSTART_FREE]
+    axes = find_axes(runs)
+    keys = [a for a in axes if a not in WARMSTART_FREE]
+    free = [a for a in axes if a in WARMSTART_FREE]
     out = []
     for v in variants:
         if v.cfg.warmstart != "auto":
@@ -131,6 +134,8 @@ def resolve_warmstart(variants: list[Variant], stage1_sweep: str) -> list[Varian
             continue
         mine = variant_settings(v.cfg)
         found = [r for r in runs if r.seed == v.seed and all(r.settings.get(k) == mine.get(k) for k in keys)]
+        if len(found) > 1:  # stage 1 also varied a free key (e.g. K): the run with the variant's own value
+            found = [r for r in found if all(r.settings.get(k) == mine.get(k) for k in free)] or found
         want = ", ".join([f"seed={v.seed}", *(f"{k}={value_text(mine.get(k))}" for k in keys)])
         if len(found) != 1:
             what = "no stage-1 run" if not found else f"{len(found)} stage-1 runs ({found[0].name}, ...)"
