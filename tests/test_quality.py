@@ -130,9 +130,9 @@ def test_train_quality_selector_with_warmup_then_eval(tmp_path, train_store, syn
 
     common = dict(from_cache=str(train_store), stage=2, num_slots=6, batch_size=4, lr_schedule="constant",
                   lr=1e-3, log_every=1, ckpt_every=10, workers=0, device="cpu", progress=False)
-    model = {**TINY_MODEL, "selector": "quality", "quality_rho": 0.0}  # rho 0: K_min = 2 slots after warm-up
-    r = train(TrainConfig(out=str(tmp_path / "q"), num_iters=4, selection_warmup=2, model_overrides=model,
-                          **common))
+    model = {**TINY_MODEL, "quality_rho": 0.0}  # rho 0: K_min = 2 slots after warm-up
+    r = train(TrainConfig(out=str(tmp_path / "q"), num_iters=4, selection_warmup=2, selector="quality",
+                          model_overrides=model, **common))
     rows = [row for row in read_metrics(tmp_path / "q") if "loss" in row]
     assert [row["kept_slots"] for row in rows] == pytest.approx([6, 6, 2, 2])
     assert all(row["loss"] == row["mse"] for row in rows)  # no sparsity penalty
@@ -142,6 +142,12 @@ def test_train_quality_selector_with_warmup_then_eval(tmp_path, train_store, syn
     with pytest.raises(AdaslotError, match="quality selector"):  # the warm-up is for the quality selector
         train(TrainConfig(out=str(tmp_path / "a"), num_iters=1, selection_warmup=1,
                           model_overrides=dict(TINY_MODEL), **common))
+    with pytest.raises(AdaslotError, match="--selector is for stage 2"):
+        TrainConfig(out=str(tmp_path / "b"), from_cache=str(train_store), selector="quality").validate()
+    # the flag beats --model selector=..., as --num-slots beats --model num_slots=...
+    both = TrainConfig(out="x", from_cache="s", stage=2, selector="adaslot", model_overrides=model | {
+        "selector": "quality", "num_slots": 3}, num_slots=5)
+    assert both.model_settings()["selector"] == "adaslot" and both.model_settings()["num_slots"] == 5
 
     # eval selects as training did: exactly K_min slots kept on every image
     ecfg = EvalConfig(checkpoint=r["checkpoint"], data=DataSpec(root=str(synthetic_coco), split="val"),

@@ -184,8 +184,7 @@ class SweepConfig(Settings):
                 try:
                     cfg = self.variant_config(values, seed, str(Path(self.out) / "runs" / name))
                     cfg.validate()
-                    model_config_for(cfg.preset, cfg.stage, **cfg.model_overrides,
-                                     num_slots=cfg.num_slots).validate()
+                    model_config_for(cfg.preset, cfg.stage, **cfg.model_settings()).validate()
                 except AdaslotError as e:
                     raise AdaslotError(f"variant {where}: {e}" if where else str(e)) from None
                 out.append(Variant(name, values, seed, cfg))

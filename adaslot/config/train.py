@@ -7,7 +7,7 @@ from typing import Any
 
 from adaslot.config.base import Settings, setting
 from adaslot.config.data import DataSpec
-from adaslot.config.model import PRESETS, ModelConfig
+from adaslot.config.model import PRESETS, SELECTORS, ModelConfig
 from adaslot.config.store import DEVICE_HELP, WORKERS_HELP
 from adaslot.errors import AdaslotError
 
@@ -33,6 +33,9 @@ class TrainConfig(Settings):
                           choices=tuple(PRESETS))
     num_slots: int | None = setting(None, "K (default: the preset's stage-1 K, or its K_max in stage 2)",
                                     min=1)
+    selector: str | None = setting(None, "stage 2: adaslot (Gumbel keep/drop + sparsity penalty, the "
+                                         "reference) or quality (greedy selection by slot quality, no "
+                                         "gradient); default: the preset's", choices=SELECTORS)
     model_overrides: dict[str, Any] = setting(
         default_factory=dict, flag="model", parser=ModelConfig.parse_overrides,
         help="override a model setting: KEY=VALUE, repeatable (e.g. --model decoder_hidden=512x512)")
@@ -78,9 +81,17 @@ class TrainConfig(Settings):
                                "--annotations FILE")
         if self.warmstart and self.stage != 2:
             raise AdaslotError("--warmstart is for stage 2 (it loads a stage-1 checkpoint)")
+        if self.selector and self.stage != 2:
+            raise AdaslotError("--selector is for stage 2 (stage 1 keeps every slot)")
         if self.val_every and not (self.val_source()):
             raise AdaslotError("--val-every needs val data: --val-root R (a COCO root with val2017/) or "
                                "--val-from-cache STORE")
+
+    def model_settings(self) -> dict[str, Any]:
+        """The model overrides of this run: --model KEY=VALUE, then the model settings that have their own
+        flag (--num-slots, --selector) on top."""
+        own = {k: v for k, v in (("num_slots", self.num_slots), ("selector", self.selector)) if v is not None}
+        return {**self.model_overrides, **own}
 
     def val_source(self) -> str | None:
         """The val store or COCO root periodic validation reads (None: no validation data)."""

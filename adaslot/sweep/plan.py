@@ -22,7 +22,9 @@ SOURCE_KEYS = ("from_cache", "data", "encoder", "encoder_weights", "image_size",
                "seed", "cache_in_memory", "workers", "precision")
 # Stage-1 grid keys a stage-2 variant may differ in from the checkpoint it warm-starts from (the warm start
 # loads everything but the selector; K, the selector, the sparsity weight and the schedule length are new).
-WARMSTART_FREE = {"stage", "num_slots", "num_iters", "sparsity_weight", "warmstart", "model.num_slots",
+WARMSTART_FREE = {"stage", "num_slots", "selector", "num_iters", "sparsity_weight", "warmstart",
+                  "selection_warmup", "model.num_slots", "model.selector", "model.quality_tau",
+                  "model.quality_rho", "model.quality_alpha", "model.quality_k_min",
                   "model.adaptive", "model.selector_hidden", "model.sparse_decoding",
                   "model.split_first_layer", "model.feature_dim", "model.num_tokens"}
 
@@ -76,7 +78,7 @@ def share_groups(cfgs: list[TrainConfig]) -> list[list[TrainConfig]]:
 def step_cost(cfg: TrainConfig) -> float:
     """Multiply-adds of one step's decoder and input MLP (most of a step's work, docs/benchmarks.md): the
     proxy by which variants are shared out between workers."""
-    m = model_config_for(cfg.preset, cfg.stage, **cfg.model_overrides, num_slots=cfg.num_slots)
+    m = model_config_for(cfg.preset, cfg.stage, **cfg.model_settings())
     widths = [m.slot_dim, *m.decoder_hidden, m.feature_dim + 1]
     decoder = m.num_slots * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
     input_mlp = m.feature_dim * m.input_mlp_hidden + m.input_mlp_hidden * m.slot_dim
@@ -151,6 +153,6 @@ def variant_settings(cfg: TrainConfig) -> dict[str, Any]:
     as model.X (the model config the run will build, before the input fixes feature_dim / num_tokens)."""
     d = cfg.to_dict()
     flat = {k: v for k, v in d.items() if k not in ("data", "model_overrides")} | d["data"]
-    model = model_config_for(cfg.preset, cfg.stage, **cfg.model_overrides, num_slots=cfg.num_slots)
+    model = model_config_for(cfg.preset, cfg.stage, **cfg.model_settings())
     flat |= {f"model.{k}": v for k, v in model.to_dict().items()}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}

@@ -15,10 +15,8 @@ RESUMABLE_CHANGES = {"out", "num_iters", "val_every", "val_root", "val_from_cach
 
 
 def resolve_model_config(cfg: TrainConfig, feature_dim: int, num_tokens: int) -> ModelConfig:
-    """Preset + stage defaults, then --num-slots / --model overrides; D and T always come from the input."""
-    overrides = {**cfg.model_overrides, "feature_dim": feature_dim, "num_tokens": num_tokens}
-    if cfg.num_slots is not None:
-        overrides["num_slots"] = cfg.num_slots
+    """Preset + stage defaults, then --model, --num-slots, --selector; D and T come from the input."""
+    overrides = {**cfg.model_settings(), "feature_dim": feature_dim, "num_tokens": num_tokens}
     return model_config_for(cfg.preset, cfg.stage, **overrides).validate()
 
 

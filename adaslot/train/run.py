@@ -90,8 +90,8 @@ class Run:
         # ---- model (same init on every rank), optimiser, noise
         self.model_cfg = model_cfg = resolve_model_config(cfg, source.feature_dim, source.num_tokens)
         if cfg.selection_warmup and not (model_cfg.adaptive and model_cfg.selector == "quality"):
-            raise AdaslotError("--selection-warmup is for the quality selector: --stage 2 --model "
-                               "selector=quality")
+            raise AdaslotError("--selection-warmup is for the quality selector: --stage 2 --selector "
+                               "quality")
         torch.manual_seed(cfg.seed)
         self.model = model = AdaSlot(model_cfg).to(device)
         self.step = 0
