@@ -1,8 +1,8 @@
 """`adaslot demo`: the whole pipeline on the built-in synthetic dataset, on a CPU, with honest numbers.
 
 make-synthetic -> cache-features (train split, image + flip) -> train stage 1 (from the cache) -> train
-stage 2 (warm-started from stage 1) -> eval on the val split, each step through the library function of the
-real command. Then, on the same val images:
+stage 2 (warm-started from stage 1; `selector`) -> eval on the val split (slots merged at `merge_slots`),
+each step through the library function of the real command. Then, on the same val images:
   baseline_fg_ari   the best trivial prediction (one slot everywhere, or a fixed grid of at most K_max blocks)
   patch_ceiling     the best FG-ARI any labelling of the 8 x 8 patch grid can reach (evaluate.patch_ceiling)
   cache_vs_online_step_ratio   seconds per training step online (images -> encoder -> model) / from the cache
@@ -31,8 +31,10 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED_CHECKPOINT = DEMO_CHECKPOINT
 PRESET = "demo"
 PROTOCOL = "adaslot"  # headline protocol (GT at 224, as the patch ceiling); fullres is reported beside it
-RESULT_KEYS = ("fg_ari", "baseline_fg_ari", "mean_kept_slots", "mean_objects", "kept_vs_objects_r",
-               "cache_vs_online_step_ratio")
+RESULT_KEYS = ("method", "fg_ari", "baseline_fg_ari", "mean_kept_slots", "mean_objects", "kept_vs_objects_r",
+               "split_rate", "merge_rate", "count_confusion", "cache_vs_online_step_ratio")
+# object-level diagnostics copied from the eval summary (docs/method.md#object-diagnostics)
+DIAGNOSTICS = ("split_rate", "merge_rate", "background_slots", "count_confusion", "per_object_count")
 
 
 def _say(cfg: DemoConfig, msg: str) -> None:
@@ -48,8 +50,9 @@ def _train_config(cfg: DemoConfig, stage: int, out: Path, store: Path, warmstart
         num_iters=cfg.stage1_steps if stage == 1 else cfg.stage2_steps,
         batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule="adaslot", warmup_steps=cfg.warmup_steps,
         lr_half_life=cfg.lr_half_life, warmstart=warmstart,
-        # stage 1 has no selector: it keeps TrainConfig's default, so changing the weight reuses stage 1
+        # stage 1 has no selector: it keeps TrainConfig's defaults, so changing them reuses stage 1
         sparsity_weight=cfg.sparsity_weight if stage == 2 else TrainConfig.sparsity_weight,
+        selector=cfg.selector if stage == 2 else None,
         seed=cfg.seed + stage, ckpt_every=2000 if cfg.profile == "long" else 10**9, keep_last=1, log_every=50,
         cache_in_memory=True,
         device="cpu", workers=0,
@@ -96,12 +99,20 @@ def step_time_ratio(cfg: DemoConfig, store: Path, data: Path, steps: int) -> dic
             "ratio": seconds["online"] / seconds["cache"]}
 
 
-def _eval(checkpoint: Path, data: Path, out: Path, seed: int, num_vis: int, progress: bool) -> dict[str, Any]:
+def method_name(cfg: DemoConfig) -> str:
+    """What the demo trains and evaluates, in words (results.json `method`)."""
+    name = (f"AdaSlot selector, sparsity weight {cfg.sparsity_weight:g}" if cfg.selector == "adaslot"
+            else "quality selector")
+    merge = f" + slot merging at eval (cosine distance < {cfg.merge_slots:g})" if cfg.merge_slots else ""
+    return name + merge
+
+
+def _eval(checkpoint: Path, data: Path, out: Path, cfg: DemoConfig, num_vis: int) -> dict[str, Any]:
     from adaslot.evaluate import run_eval
 
     ecfg = EvalConfig(checkpoint=str(checkpoint), data=DataSpec(root=str(data), split="val"), out=str(out),
-                      protocol=f"{PROTOCOL},fullres", num_vis=num_vis, device="cpu", workers=0, seed=seed,
-                      progress=progress)
+                      protocol=f"{PROTOCOL},fullres", num_vis=num_vis, device="cpu", workers=0, seed=cfg.seed,
+                      merge_slots=cfg.merge_slots or None, progress=cfg.progress)
     return run_eval(ecfg)
 
 
@@ -109,12 +120,14 @@ def _summary(result: dict[str, Any], baseline: float, mean_objects: float, ratio
              ) -> dict[str, Any]:
     p = result["protocols"][PROTOCOL]
     return {
-        "fg_ari": p["fg_ari"], "baseline_fg_ari": baseline, "mean_kept_slots": p.get("mean_kept_slots"),
+        "method": result["keep_mode"], "fg_ari": p["fg_ari"], "baseline_fg_ari": baseline,
+        "mean_kept_slots": p.get("mean_kept_slots"),
         "mean_objects": mean_objects, "kept_vs_objects_r": p.get("kept_vs_objects_r"),
         "cache_vs_online_step_ratio": ratio,
         "fg_ari_fullres": result["protocols"]["fullres"]["fg_ari"], "mbo_i": p["mbo_i"],
         "kept_histogram": p.get("kept_histogram"), "pictures": str(Path(result["out"]) / "vis"),
         "checkpoint": result["checkpoint"]["path"], "checkpoint_step": result["checkpoint"]["step"],
+        **{k: p.get(k) for k in DIAGNOSTICS},
     }
 
 
@@ -165,7 +178,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     t = time.perf_counter()
     _say(cfg, "[bold]5/6 eval[/] on the val split")
     num_vis = 8
-    res = _eval(Path(s2["checkpoint"]), data, out / "eval", cfg.seed, num_vis, cfg.progress)
+    res = _eval(Path(s2["checkpoint"]), data, out / "eval", cfg, num_vis)
     val = DataSpec(root=str(data), split="val").open(side)
     k_max = get_preset(PRESET).num_slots_stage2
     base = trivial_baseline(val, k_max)
@@ -180,6 +193,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = _summary(res, base["best"], mean_objects, ratio["ratio"])
     results.update({
+        "method": method_name(cfg), "keep_mode": results["method"],
         "baseline": base, "patch_ceiling_fg_ari": ceiling, "step_times": ratio,
         "profile": cfg.profile, "config": cfg.to_dict(), "threads": torch.get_num_threads(),
         "stage1_final_loss": _final_loss(s1["loss"], out / "stage1"),
@@ -190,7 +204,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         t = time.perf_counter()
         _say(cfg, f"shipped checkpoint {shipped_path} on the same val split")
         try:
-            sres = _eval(shipped_path, data, out / "eval-shipped", cfg.seed, num_vis, cfg.progress)
+            sres = _eval(shipped_path, data, out / "eval-shipped", cfg, num_vis)
             results["shipped"] = _summary(sres, base["best"], mean_objects, ratio["ratio"])
         except AdaslotError as e:
             # e.g. a checkpoint made before a change of the demo encoder: this run's results still stand
@@ -224,8 +238,8 @@ def _final_loss(loss: float, run: Path) -> float | None:
 def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[str, Any], dest: Path
                   ) -> dict[str, str]:
     """Write the shipped files: demo-stage2.pt (model weights + configs, no optimiser state), demo-config.json
-    (model, train and demo configs, feature contract), demo-metrics.json (this run's results), demo-result.png
-    (the first four eval pictures, stacked)."""
+    (model, train and demo configs, feature contract, method), demo-metrics.json (this run's results),
+    demo-result.png (the first four eval pictures, stacked), demo-count-confusion.png (kept slots vs objects)."""
     from adaslot.checkpoint import load_checkpoint, save_checkpoint
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -235,12 +249,11 @@ def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[s
     config = {k: payload.get(k) for k in ("stage", "step", "encoder", "model_config", "feature_contract",
                                           "train_config")}
     config["demo_config"] = results["config"]
-    dc = results["config"]
-    config["command"] = (f"adaslot demo --long --out {dc['out']}"
-                         + (f" --seed {dc['seed']}" if dc["seed"] else "")
-                         + (f" --threads {dc['threads']}" if dc["threads"] else "")
-                         + (f" --sparsity-weight {dc['sparsity_weight']}"
-                            if dc["sparsity_weight"] != DemoConfig.sparsity_weight else ""))
+    dc, default = results["config"], DemoConfig().to_dict()
+    config["command"] = f"adaslot demo --long --out {dc['out']}" + "".join(
+        f" --{k.replace('_', '-')} {dc[k]}" for k in ("seed", "threads", "selector", "sparsity_weight",
+                                                      "merge_slots") if dc[k] != default[k])
+    config["method"] = results["method"]
     write_json(dest / "demo-config.json", config)
     metrics = {k: v for k, v in results.items() if k not in ("config", "shipped")}
     write_json(dest / "demo-metrics.json", metrics)
@@ -257,6 +270,8 @@ def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[s
             sheet.paste(tile, (0, y))
             y += tile.height
         viz.save_png(sheet, dest / "demo-result.png", optimize=True)
+    if eval_result.get("count_confusion_png"):
+        shutil.copyfile(eval_result["count_confusion_png"], dest / "demo-count-confusion.png")
     return {"checkpoint": str(dest / SHIPPED_CHECKPOINT.name), "dir": str(dest)}
 
 
@@ -278,7 +293,8 @@ def print_results(results: dict[str, Any]) -> None:
         table.add_column("shipped checkpoint")
     rows = [("FG-ARI", "fg_ari"), ("FG-ARI (fullres)", "fg_ari_fullres"), ("mBO", "mbo_i"),
             ("baseline FG-ARI (trivial)", "baseline_fg_ari"), ("mean kept slots", "mean_kept_slots"),
-            ("mean objects", "mean_objects"), ("kept vs objects r", "kept_vs_objects_r")]
+            ("mean objects", "mean_objects"), ("kept vs objects r", "kept_vs_objects_r"),
+            ("objects split over slots", "split_rate"), ("slots merging objects", "merge_rate")]
     for name, key in rows:
         table.add_row(name, fmt(results.get(key)), *([fmt(shipped.get(key))] if shipped else []))
     table.add_row("patch-grid ceiling FG-ARI", fmt(results["patch_ceiling_fg_ari"]),
@@ -287,6 +303,7 @@ def print_results(results: dict[str, Any]) -> None:
     table.add_row("step time online / cache", f"{st['ratio']:.2f}x ({st['online_s_per_step'] * 1e3:.0f} / "
                   f"{st['cache_s_per_step'] * 1e3:.0f} ms)", *(["-"] if shipped else []))
     console = Console()
+    console.print(f"method: {results['method']}")
     console.print(table)
     console.print(f"pictures: {results['pictures']}"
                   + (f"  (shipped checkpoint: {shipped['pictures']})" if shipped else ""))

@@ -2,7 +2,9 @@
 
 Grid layout (`slot_grid`): top row = image | ground truth (without one: the predicted segmentation alone) |
 predicted segmentation over the image; below, one tile per slot with its alpha map (white = 1), framed in the
-slot's colour; a dropped slot (stage 2) is drawn dimmed with a red cross. Files are written atomically.
+slot's colour; a dropped slot (stage 2) is drawn dimmed with a red cross; a slot merged into another
+(`eval --merge-slots`) keeps its own mask, framed in its group's colour and labelled `k>j`. Files are
+written atomically.
 """
 
 from __future__ import annotations
@@ -63,12 +65,15 @@ def slot_grid(
     alpha: np.ndarray,
     keep: np.ndarray | None = None,
     title: str = "",
+    merged_into: np.ndarray | None = None,
 ) -> Image.Image:
     """The picture of one image.
 
     image [3, S, S] float in [0, 1] (the network input), gt_labels [S, S] int (0 = background/ignored) or
     None (unlabelled images: the middle panel shows the predicted slot ids), pred_labels [S, S] int slot
-    ids, alpha [K, h, w] per-slot masks (any resolution, in [0, 1]), keep [K] 0/1 or None (stage 1).
+    ids, alpha [K, h, w] per-slot masks (any resolution, in [0, 1]), keep [K] 0/1 or None (stage 1),
+    merged_into [K] int or None: the slot each slot was merged into (itself: not merged); a merged slot's
+    tile shows its own mask (alpha before merging), the segmentation panels the merged result.
     Returns a PIL image (3 S' wide, S' = S magnified by a whole factor to at least MIN_SIDE).
     """
     img = _to_uint8_image(image)
@@ -98,18 +103,19 @@ def slot_grid(
     for i in range(k):
         a = (np.clip(np.asarray(alpha[i], dtype=np.float64), 0, 1) * 255 + 0.5).astype(np.uint8)
         a = _resize(a, (tile - 4, tile - 4), nearest=False)
-        dropped = keep is not None and not bool(keep[i])
+        into = int(merged_into[i]) if merged_into is not None else i
+        dropped = keep is not None and not bool(keep[i]) and into == i
         rgb = np.repeat(a[..., None], 3, axis=2)
-        if dropped:
-            rgb = (rgb * 0.35).astype(np.uint8)
+        if dropped or into != i:
+            rgb = (rgb * (0.35 if dropped else 0.7)).astype(np.uint8)
         x, y = (i % ncol) * tile, y0 + s + (i // ncol) * tile
-        frame = tuple(int(c) for c in cols[i])
+        frame = tuple(int(c) for c in cols[into])  # a merged slot wears its group's colour
         draw.rectangle([x, y, x + tile - 1, y + tile - 1], fill=frame if not dropped else (90, 90, 90))
         canvas.paste(Image.fromarray(rgb), (x + 2, y + 2))
         if dropped:
             draw.line([x + 2, y + 2, x + tile - 3, y + tile - 3], fill=(220, 30, 30), width=2)
             draw.line([x + 2, y + tile - 3, x + tile - 3, y + 2], fill=(220, 30, 30), width=2)
-        draw.text((x + 4, y + 3), str(i), fill=(255, 255, 0))
+        draw.text((x + 4, y + 3), str(i) if into == i else f"{i}>{into}", fill=(255, 255, 0))
     return canvas
 
 

@@ -83,7 +83,7 @@ def test_configs_round_trip_and_old_run_folders_read():
 
 def test_demo_profiles_and_shortcut_flags():
     long = demo_config("long")
-    assert long.stage1_steps == 30_000 and long.data.num_train == 5000 and long.data.max_objects == 4
+    assert long.stage1_steps == 15_000 and long.data.num_train == 5000 and long.data.max_objects == 6
     assert demo_config("quick", seed=3).seed == 3 and demo_config("quick").data.num_val == 16
     r = CliRunner().invoke(app, ["demo", "--long", "--quick"])
     assert isinstance(r.exception, AdaslotError)

@@ -22,13 +22,21 @@ def test_demo_quick_end_to_end(tmp_path):
     for key in (*RESULT_KEYS, "shipped", "patch_ceiling_fg_ari"):
         assert key in results
     assert results["shipped"] is None  # skipped on request
-    # Known values: one label everywhere scores FG-ARI 0 on images with two or more objects (all of them here)
-    assert results["baseline"]["all"]["1x1"] == pytest.approx(0.0, abs=1e-12)
+    # Known value: one label everywhere scores FG-ARI 1 on a one-object image (one cluster each side) and 0
+    # on every other image, so its mean is the share of one-object images
+    single = results["per_object_count"].get("1", {"num_images": 0})["num_images"] / 16
+    assert results["baseline"]["all"]["1x1"] == pytest.approx(single, abs=1e-12)
     assert results["baseline_fg_ari"] >= results["baseline"]["all"]["1x1"]
     assert results["baseline_fg_ari"] < results["patch_ceiling_fg_ari"] <= 1.0
     k_max = get_preset("demo").num_slots_stage2
     assert 0 <= results["mean_kept_slots"] <= k_max
-    assert 2 <= results["mean_objects"] <= 4  # the quick profile draws 2-4 objects per image
+    assert 1 <= results["mean_objects"] <= 6  # the demo draws 1-6 objects per image
+    assert results["method"] == "AdaSlot selector, sparsity weight 0.1 + slot merging at eval (cosine distance " \
+                                "< 0.12)"
+    assert "merged below cosine distance 0.12" in results["keep_mode"]
+    confusion = results["count_confusion"]
+    assert sum(map(sum, confusion["counts"])) == 16 and 0 <= results["split_rate"] <= 1
+    assert set(results["per_object_count"]) <= {str(n) for n in range(1, 7)}
     assert results["cache_vs_online_step_ratio"] > 0
     assert (out / "eval" / "vis").is_dir() and any((out / "eval" / "vis").iterdir())
     assert "pictures" in res.output

@@ -1,10 +1,10 @@
-"""viz.slot_grid: layout, magnification of small inputs, dropped slots marked."""
+"""viz.slot_grid: layout, magnification of small inputs, dropped and merged slots marked."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from adaslot.viz import MIN_SIDE, slot_grid
+from adaslot.viz import MIN_SIDE, palette, slot_grid
 
 
 def _inputs(side: int, k: int = 3):
@@ -35,3 +35,15 @@ def test_dropped_slot_is_crossed_in_red_and_kept_slot_is_not():
     red = (pic[..., 0] > 200) & (pic[..., 1] < 60) & (pic[..., 2] < 60)
     assert red[s:s + tile, tile:2 * tile].any()  # slot 1: dropped
     assert not red[s:s + tile, 0:tile].any()  # slot 0: kept
+
+
+def test_merged_slot_wears_its_groups_colour_and_is_not_crossed():
+    image, gt, pred, alpha = _inputs(64)
+    keep = np.array([1, 0, 1])  # slot 1 merged into slot 0: not a representative any more
+    pic = np.asarray(slot_grid(image, gt, pred, alpha, keep=keep, merged_into=np.array([0, 0, 2])))
+    s, tile = 3 * 64, (3 * 3 * 64) // 8
+    red = (pic[..., 0] > 200) & (pic[..., 1] < 60) & (pic[..., 2] < 60)
+    assert not red[s:s + tile, tile:2 * tile].any()  # merged, not dropped
+    colour = palette(3)
+    assert (pic[s + tile - 1, tile + tile // 2] == colour[0]).all()  # frame of slot 1 = slot 0's colour
+    assert (pic[s + tile - 1, 2 * tile + tile // 2] == colour[2]).all()

@@ -106,10 +106,10 @@ register_preset(Preset("movi-e", "dino-vitb-16", ModelConfig(num_slots=24, **_MO
 # collapsed state (all equal, alpha = 1/K) sooner.
 register_preset(Preset(
     "demo", "demo-colour-pos",
-    ModelConfig(feature_dim=128, num_tokens=64, slot_dim=64, num_slots=5, input_mlp_hidden=128,
+    ModelConfig(feature_dim=128, num_tokens=64, slot_dim=64, num_slots=8, input_mlp_hidden=128,
                 slot_mlp_hidden=128, decoder_hidden=(128, 128), selector_hidden=128,
                 attention_temperature=0.5),
-    5, 6, "demo: 64-px synthetic shapes, demo-colour-pos encoder, K=5, K_max=6",
+    8, 8, "demo: 64-px synthetic shapes (1-6 objects), demo-colour-pos encoder, K=8, K_max=8",
 ))
 
 

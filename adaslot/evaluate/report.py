@@ -43,8 +43,13 @@ class ImageSaver:
             title = f"image {item.image_id}  FG-ARI {100 * a['fg_ari']:.1f}  mBO {100 * a['mbo_i']:.1f}"
             if r.keep is not None:
                 title += f"  kept {int(r.keep.sum())}/{len(r.keep)}"
+            into = r.merged_into
+            merged = 0 if into is None else int((into != np.arange(len(into))).sum())
+            if merged:
+                title += f" ({merged} merged)"
+            masks = r.slot_masks if r.slot_masks is not None else r.alpha_grid
             img = viz.slot_grid(item.image.float().cpu().numpy(), gt_labels, pred,
-                                r.alpha_grid.float().cpu().numpy(), r.keep, title)
+                                masks.float().cpu().numpy(), r.keep, title, r.merged_into)
             viz.save_png(img, self.out_dir / "vis" / f"{item.image_id:012d}.png")
             self.vis_done += 1
 

@@ -113,6 +113,8 @@ class ImageResult:
     alpha_grid: torch.Tensor  # [K, g, g]
     keep: np.ndarray | None  # [K] 0/1: kept (stage 2) or left after merging; None: every slot
     scores: dict[str, dict[str, float]]
+    merged_into: np.ndarray | None = None  # [K] the slot each slot merged into (itself: not merged)
+    slot_masks: torch.Tensor | None = None  # [K, g, g] each slot's own mask before merging (pictures)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -240,12 +242,13 @@ def _score_batch(model: torch.nn.Module, encoder: Any, features_fn: Any, items: 
         inner = _unwrap(model)
         init = inner.slot_attention.fixed_init(len(items), inner.cfg.num_slots, cfg.seed)
     out = model(feats, slots_init=init, keep_mode=keep_mode if adaptive else None)
-    alpha, keep = out.alpha, out.keep
+    alpha, keep, groups = out.alpha, out.keep, None
     if cfg.merge_slots is not None:  # docs/method.md#slot-merging: a group's masks summed into one slot
         vectors = out.slots if cfg.merge_on == "slots" else slot_features(alpha, feats)
         groups = merge_groups(vectors, cfg.merge_slots, keep=keep)
         alpha, keep = sum_groups(alpha, groups), merged_keep(groups, keep)
     grids = alpha_grids(alpha)
+    own = alpha_grids(out.alpha) if groups is not None and on_image is not None else None
     keeps = keep.detach().float().cpu().numpy() if keep is not None else None
     for i, item in enumerate(items):
         scores = score_image(grids[i], item, protocols)
@@ -253,4 +256,6 @@ def _score_batch(model: torch.nn.Module, encoder: Any, features_fn: Any, items: 
         for p in protocols:
             accs[p].add(scores[p], kept)
         if on_image is not None:
-            on_image(ImageResult(item, grids[i], keeps[i] if keeps is not None else None, scores))
+            on_image(ImageResult(item, grids[i], keeps[i] if keeps is not None else None, scores,
+                                 groups[i].cpu().numpy() if groups is not None else None,
+                                 own[i] if own is not None else None))
