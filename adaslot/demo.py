@@ -239,7 +239,8 @@ def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[s
                   ) -> dict[str, str]:
     """Write the shipped files: demo-stage2.pt (model weights + configs, no optimiser state), demo-config.json
     (model, train and demo configs, feature contract, method), demo-metrics.json (this run's results),
-    demo-result.png (the first four eval pictures, stacked), demo-count-confusion.png (kept slots vs objects)."""
+    demo-result.png (the first four eval pictures, stacked), demo-count-confusion.png (kept slots vs
+    objects)."""
     from adaslot.checkpoint import load_checkpoint, save_checkpoint
 
     dest.mkdir(parents=True, exist_ok=True)

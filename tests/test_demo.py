@@ -31,8 +31,8 @@ def test_demo_quick_end_to_end(tmp_path):
     k_max = get_preset("demo").num_slots_stage2
     assert 0 <= results["mean_kept_slots"] <= k_max
     assert 1 <= results["mean_objects"] <= 6  # the demo draws 1-6 objects per image
-    assert results["method"] == "AdaSlot selector, sparsity weight 0.1 + slot merging at eval (cosine distance " \
-                                "< 0.12)"
+    assert results["method"] == ("AdaSlot selector, sparsity weight 0.1 + slot merging at eval (cosine "
+                                 "distance < 0.12)")
     assert "merged below cosine distance 0.12" in results["keep_mode"]
     confusion = results["count_confusion"]
     assert sum(map(sum, confusion["counts"])) == 16 and 0 <= results["split_rate"] <= 1

@@ -136,6 +136,9 @@ class SweepConfig(Settings):
     threads: int = setting(1, "torch threads per worker", min=1)
     score_images: int | None = setting(None, "score each finished variant on the first N val images "
                                              "(default: all)", min=1)
+    merge_slots: float | None = setting(None, "score with slots merged below this cosine distance (as eval "
+                                              "--merge-slots); a rerun with another value re-scores, nothing "
+                                              "retrains", above=0)
     rank_by: str = setting("fg_ari", "metric the summary is sorted by: any column of sweep.csv (fg_ari, "
                                      "mbo_i, mbo_c, final_loss, ...); losses, rates of errors and times rank "
                                      "lowest first")
@@ -168,6 +171,10 @@ class SweepConfig(Settings):
             raise AdaslotError("--warmstart auto needs --stage1-sweep DIR (the stage-1 sweep folder)")
         if self.stage1_sweep and not auto:
             raise AdaslotError("--stage1-sweep is for --warmstart auto")
+
+    def scoring(self) -> dict[str, Any]:
+        """How finished variants are scored (recorded in each score.json; a change re-scores)."""
+        return {"score_images": self.score_images, "merge_slots": self.merge_slots}
 
     def device_list(self) -> list[str]:
         return [d.strip() for d in self.devices.split(",") if d.strip()] or ["auto"]

@@ -47,19 +47,21 @@ def read_score(run_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def is_scored(run_dir: str | Path, step: int, score_images: int | None) -> bool:
-    """Whether run_dir/score.json scores its checkpoint of `step` on `score_images` images."""
+def is_scored(run_dir: str | Path, step: int, scoring: dict[str, Any]) -> bool:
+    """Whether run_dir/score.json scores its checkpoint of `step` with `scoring` (SweepConfig.scoring(): the
+    number of images, the merge threshold)."""
     score = read_score(run_dir)
-    return score is not None and (score.get("step"), score.get("score_images")) == (step, score_images)
+    return (score is not None and score.get("step") == step
+            and all(score.get(k) == v for k, v in scoring.items()))
 
 
-def needs(cfg: TrainConfig, score_images: int | None) -> str:
+def needs(cfg: TrainConfig, scoring: dict[str, Any]) -> str:
     """What the run in cfg.out still needs: "nothing", "score" (trained, not scored with these settings),
     or "train" (then score)."""
     steps = cfg.resolved().num_iters
     if checkpoint_step(cfg.out) < steps:
         return "train"
-    return "nothing" if is_scored(cfg.out, steps, score_images) else "score"
+    return "nothing" if is_scored(cfg.out, steps, scoring) else "score"
 
 
 def source_key(cfg: TrainConfig) -> str:

@@ -52,7 +52,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     write_json(out / "sweep.json", cfg.to_dict())  # the latest command's settings, for the record
-    todo = {v.cfg.out: needs(v.cfg, cfg.score_images) for v in variants}
+    todo = {v.cfg.out: needs(v.cfg, cfg.scoring()) for v in variants}
     train = [v.cfg for v in variants if todo[v.cfg.out] == "train"]
     score_only = [[v.cfg] for v in variants if todo[v.cfg.out] == "score"]
     workers = assign(share_groups(train) + score_only, cfg.jobs)
@@ -64,12 +64,12 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     with _Progress(variants, cfg.progress):
         if len(workers) == 1:  # in this process
             with _threads(cfg.threads):
-                failures = run_worker(workers[0], devices[0], cfg.threads, cfg.score_images)
+                failures = run_worker(workers[0], devices[0], cfg.threads, cfg.scoring())
         elif workers:
             spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked loader threads
             with ProcessPoolExecutor(len(workers), mp_context=spawn) as pool:
                 futures = [pool.submit(run_worker, groups, devices[i % len(devices)], cfg.threads,
-                                       cfg.score_images, os.getpid()) for i, groups in enumerate(workers)]
+                                       cfg.scoring(), os.getpid()) for i, groups in enumerate(workers)]
                 failures = [f for fut in futures for f in fut.result()]
     result = write_results(out, cfg.rank_by)
     if failures:
@@ -86,10 +86,10 @@ def collect(cfg: SweepConfig) -> dict[str, Any]:
         raise AdaslotError(f"--collect {out}: no run folders (with config.json) in {out}/runs/")
     with _threads(cfg.threads):
         for r in runs:
-            if r.trained and not is_scored(r.dir, r.checkpoint_step, cfg.score_images):
+            if r.trained and not is_scored(r.dir, r.checkpoint_step, cfg.scoring()):
                 if cfg.progress:
                     print(f"scoring {r.name}")
-                score_run(r.dir, cfg.score_images, cfg.device_list()[0])
+                score_run(r.dir, cfg.scoring(), cfg.device_list()[0])
     return write_results(out, cfg.rank_by)
 
 

@@ -28,7 +28,7 @@ class RunInput:
     encoder_name: str
 
 
-def run_worker(groups: list[list[TrainConfig]], device: str, threads: int, score_images: int | None,
+def run_worker(groups: list[list[TrainConfig]], device: str, threads: int, scoring: dict[str, Any],
                parent_pid: int | None = None) -> list[Failure]:
     """Run `groups` (each a list of runs sharing one input) in turn; returns the runs that failed, with why.
     `parent_pid`: stop (exit) as soon as the sweep process that started this worker is gone."""
@@ -40,7 +40,7 @@ def run_worker(groups: list[list[TrainConfig]], device: str, threads: int, score
         for cfg in cfgs:
             if cfg.out not in failed:
                 try:
-                    score_run(cfg.out, score_images, device)
+                    score_run(cfg.out, scoring, device)
                 except AdaslotError as e:
                     failures.append((cfg.out, str(e)))
     return failures
@@ -53,7 +53,7 @@ def train_group(cfgs: list[TrainConfig], device: str, parent_pid: int | None = N
     from adaslot.sweep.plan import needs
     from adaslot.train import Run, build_source
 
-    cfgs = [c.replace(device=device) for c in cfgs if needs(c, None) == "train"]
+    cfgs = [c.replace(device=device) for c in cfgs if needs(c, {}) == "train"]
     if not cfgs:
         return []
     failures: list[Failure] = []
@@ -93,9 +93,10 @@ def train_group(cfgs: list[TrainConfig], device: str, parent_pid: int | None = N
     return failures
 
 
-def score_run(run_dir: str | Path, score_images: int | None, device: str = "auto") -> dict[str, Any]:
+def score_run(run_dir: str | Path, scoring: dict[str, Any], device: str = "auto") -> dict[str, Any]:
     """Score the last checkpoint of a run folder on its val data with the code of `adaslot eval` (adaslot
-    protocol, deterministic keep) and write run_dir/score.json: {step, checkpoint, score_images, eval}."""
+    protocol, deterministic keep; `scoring`: score_images, merge_slots) and write run_dir/score.json:
+    {step, checkpoint, score_images, merge_slots, val, eval}."""
     import json
 
     from adaslot.checkpoint import latest_checkpoint, load_model
@@ -114,9 +115,11 @@ def score_run(run_dir: str | Path, score_images: int | None, device: str = "auto
     dev = resolve_device(device)
     model, payload = load_model(ckpt, dev)
     run_input = RunInput(config.get("feature_contract"), config.get("encoder", "unknown"))
-    validator = Validator(cfg, run_input, dev, max_images=score_images or 0)
+    score_images, merge = scoring.get("score_images"), scoring.get("merge_slots")
+    validator = Validator(cfg, run_input, dev, max_images=score_images or 0, merge_slots=merge)
     scores = validator(model)
     score = {"step": int(payload["step"]), "checkpoint": ckpt.name, "score_images": score_images,
+             "merge_slots": merge,
              "val": cfg.val_from_cache or cfg.val_root or cfg.data.root, "eval": scores}
     write_json(run_dir / "score.json", score)
     return score
