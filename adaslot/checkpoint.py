@@ -40,7 +40,10 @@ LAST_NAME = "last.pt"  # -> the newest step checkpoint of a run folder
 DAMAGED_SUFFIX = ".damaged"  # an unreadable step checkpoint, moved out of the run's rotation by resume_point
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 # Config fields that may differ between a stage-1 checkpoint and the stage-2 model it warm-starts.
-_WARMSTART_FREE_FIELDS = {"num_slots", "adaptive", "selector_hidden", "sparse_decoding", "split_first_layer"}
+# Stage 1 has no selector, so every selector setting is stage 2's own (docs/method.md#training).
+_WARMSTART_FREE_FIELDS = {"num_slots", "adaptive", "selector", "selector_hidden", "quality_tau",
+                          "quality_rho", "quality_alpha", "quality_k_min", "sparse_decoding",
+                          "split_first_layer"}
 
 
 def make_payload(

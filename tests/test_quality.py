@@ -159,3 +159,21 @@ def test_train_quality_selector_with_warmup_then_eval(tmp_path, train_store, syn
     assert all(len(row) == 3 and row[:2] == [0, 0] for row in s["count_confusion"]["counts"])
     with pytest.raises(AdaslotError, match="quality"):
         run_eval(ecfg.replace(gumbel_eval=1))
+
+
+def test_quality_stage2_warm_starts_from_a_stage1_checkpoint(tmp_path, train_store):
+    """Stage 1 has no selector: its checkpoint (selector 'adaslot', the default) warm-starts a quality
+    stage 2."""
+    from helpers import TINY_MODEL, tiny_train
+
+    from adaslot.checkpoint import load_checkpoint
+    from adaslot.train import train
+
+    s1 = train(tiny_train(tmp_path / "s1", from_cache=str(train_store), num_iters=2))
+    s2 = train(tiny_train(tmp_path / "s2", from_cache=str(train_store), num_iters=2, stage=2,
+                          selector="quality", warmstart=s1["checkpoint"],
+                          model_overrides={**TINY_MODEL, "quality_tau": 0.3}))
+    payload = load_checkpoint(s2["checkpoint"])
+    assert payload["model_config"]["selector"] == "quality" and payload["model_config"]["quality_tau"] == 0.3
+    first = load_checkpoint(s1["checkpoint"])["model"]
+    assert set(first) == set(payload["model"])  # no score network to add, nothing left out

@@ -207,6 +207,17 @@ def test_stage2_warmstart_auto_picks_the_matching_stage1_run(stage1, tmp_path, m
     assert code == 2 and "--warmstart auto: no stage-1 run" in err and "seed=5" in err
 
 
+def test_variants_that_fail_before_their_first_step_are_one_line(stage1, tmp_path, monkeypatch, capsys,
+                                                                 train_store, val_store):
+    s1, _ = stage1
+    ckpt = s1 / "runs" / "slot_dim=16_seed=1" / "checkpoints" / "last.pt"
+    args = sweep_args(train_store, val_store, tmp_path / "s2", "--stage", "2", "--num-iters", "1",
+                      "--model", "slot_dim=32", "--warmstart", str(ckpt), "--grid", "sparsity_weight=0.1,1")
+    code, err = run_cli(args, monkeypatch, capsys)
+    assert code == 2 and "2 of 2 variants failed" in err and "different model shape" in err
+    assert len(err.splitlines()) == 1
+
+
 def test_warmstart_auto_after_a_stage1_sweep_over_k_takes_the_run_with_the_variants_k(
         tmp_path, monkeypatch, capsys, train_store, val_store):
     s1 = tmp_path / "s1"

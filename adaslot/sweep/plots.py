@@ -57,8 +57,9 @@ def plot_curves(runs: list[RunRecord], axes: list[str], rank_by: str, path: Path
                     va="center", transform=ax_val.transAxes, color="0.4")
     handles = [plt.Line2D([], [], color=colour[lb], lw=2) for lb in labels]
     handles += [plt.Line2D([], [], color="0.3", ls=styles[i % len(styles)]) for i in range(len(seeds))]
-    fig.legend(handles, labels + [f"seed {s}" for s in seeds], loc="lower center", fontsize=8,
-               ncol=min(4, len(handles)), frameon=False)
+    if handles:  # none when no run has started (every variant failed before its first step)
+        fig.legend(handles, labels + [f"seed {s}" for s in seeds], loc="lower center", fontsize=8,
+                   ncol=min(4, len(handles)), frameon=False)
     fig.tight_layout(rect=(0, 0.06 + 0.035 * math.ceil(len(handles) / 4), 1, 1))
     return _save(fig, path)
 
@@ -89,7 +90,7 @@ def plot_effects(runs: list[RunRecord], axes: list[str], rank_by: str, path: Pat
                 means.append(sum(finite) / len(finite) if finite else math.nan)
             ax.plot(range(len(xs)), means, "-", color="0.2", lw=1.5, zorder=0)
             ax.set_xticks(range(len(xs)), [value_text(x) for x in xs], fontsize=8)
-            ax.set_xlim(-0.5, len(xs) - 0.5)
+            ax.set_xlim(-0.5, max(len(xs), 1) - 0.5)
             if j == 0:
                 ax.set_ylabel(metric)
             if i == len(metrics) - 1:
