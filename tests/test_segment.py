@@ -22,13 +22,14 @@ from PIL import Image
 
 import adaslot
 from adaslot.api import prepare_image
+from adaslot.config import get_preset
 from adaslot.data.transforms import ImageLoadError, compute_geometry, maps_to_original
 from adaslot.errors import AdaslotError
 from adaslot.evaluate.masks import labels_full_image
 
 torch.set_num_threads(1)
 CKPT = str(adaslot.DEMO_CHECKPOINT)
-K, D = 6, 64  # the demo checkpoint: 6 slots of 64 dims, stage 2
+K, D = get_preset("demo").num_slots_stage2, 64  # the demo checkpoint: stage 2, K_max slots of 64 dims
 # name -> (height, width) of the images `awkward` writes
 SIZES = {"one.png": (1, 1), "wide.jpg": (17, 301), "sub/tall.png": (1000, 40), "gray.png": (50, 60),
          "rgba.png": (48, 64), "sixteen.png": (40, 30), "cmyk.jpg": (33, 70)}
@@ -98,7 +99,7 @@ def test_import_adaslot_stays_light_and_exports_the_api():
 def test_segment_awkward_files_at_their_original_size(model, awkward):
     paths = [awkward / n for n in SIZES]
     results = model.segment(paths, alpha=True, batch_size=3)
-    assert repr(model).startswith("Segmenter(stage 2, K=6, encoder demo-colour-pos, 64 px")
+    assert repr(model).startswith(f"Segmenter(stage 2, K={K}, encoder demo-colour-pos, 64 px")
     assert len(results) == len(SIZES)
     for (name, (h, w)), r in zip(SIZES.items(), results, strict=True):
         assert r.labels.shape == (h, w) and r.labels.dtype == np.int64, name
