@@ -40,6 +40,14 @@ def test_demo_quick_end_to_end(tmp_path):
     assert results["cache_vs_online_step_ratio"] > 0
     assert (out / "eval" / "vis").is_dir() and any((out / "eval" / "vis").iterdir())
     assert "pictures" in res.output
+    # a run is a function of its seed: the same command into another folder gives the same numbers
+    again = tmp_path / "again"
+    res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(again), "--threads", "1", "--shipped", ""])
+    assert res.exit_code == 0, res.output
+    second = json.loads((again / "results.json").read_text())
+    for key in ("fg_ari", "mbo_i", "mean_kept_slots", "kept_vs_objects_r", "split_rate", "count_confusion",
+                "stage1_final_loss", "stage2_final_loss"):
+        assert second[key] == results[key], key
 
 
 def test_demo_warns_and_finishes_when_the_shipped_checkpoint_has_other_features(tmp_path):
