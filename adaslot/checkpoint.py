@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from adaslot.config import ModelConfig
+from adaslot.config.model import WARMSTART_FREE_FIELDS
 from adaslot.errors import AdaslotError
 from adaslot.files import atomic_path
 
@@ -39,11 +40,6 @@ REQUIRED_KEYS = ("stage", "model_config", "encoder", "model")
 LAST_NAME = "last.pt"  # -> the newest step checkpoint of a run folder
 DAMAGED_SUFFIX = ".damaged"  # an unreadable step checkpoint, moved out of the run's rotation by resume_point
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
-# Config fields that may differ between a stage-1 checkpoint and the stage-2 model it warm-starts.
-# Stage 1 has no selector, so every selector setting is stage 2's own (docs/method.md#training).
-_WARMSTART_FREE_FIELDS = {"num_slots", "adaptive", "selector", "selector_hidden", "quality_tau",
-                          "quality_rho", "quality_alpha", "quality_k_min", "sparse_decoding",
-                          "split_first_layer"}
 
 
 def make_payload(
@@ -339,7 +335,7 @@ def check_warmstart(payload: dict[str, Any], cfg: ModelConfig, source: str = "ch
     diffs = [
         f"{f.name}={getattr(src, f.name)!r} (this model: {getattr(cfg, f.name)!r})"
         for f in dataclasses.fields(ModelConfig)
-        if f.name not in _WARMSTART_FREE_FIELDS and getattr(src, f.name) != getattr(cfg, f.name)
+        if f.name not in WARMSTART_FREE_FIELDS and getattr(src, f.name) != getattr(cfg, f.name)
     ]
     if diffs:
         raise AdaslotError(

@@ -13,6 +13,11 @@ from adaslot.config.base import Settings, parse_value, setting
 from adaslot.errors import AdaslotError
 
 SELECTORS = ("adaslot", "quality")
+# ModelConfig fields in which a stage-2 model may differ from the stage-1 checkpoint it warm-starts from:
+# K, and every selector setting (stage 1 has no selector; docs/method.md#training).
+WARMSTART_FREE_FIELDS = frozenset({"num_slots", "adaptive", "selector", "selector_hidden", "quality_tau",
+                                   "quality_rho", "quality_alpha", "quality_k_min", "sparse_decoding",
+                                   "split_first_layer"})
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 
 from adaslot.config import TrainConfig, model_config_for
 from adaslot.config.base import to_flags
+from adaslot.config.model import WARMSTART_FREE_FIELDS
 from adaslot.config.sweep import Variant, value_text
 from adaslot.errors import AdaslotError
 
@@ -22,11 +23,10 @@ SOURCE_KEYS = ("from_cache", "data", "encoder", "encoder_weights", "image_size",
                "seed", "cache_in_memory", "workers", "precision")
 # Stage-1 grid keys a stage-2 variant may differ in from the checkpoint it warm-starts from (the warm start
 # loads everything but the selector; K, the selector, the sparsity weight and the schedule length are new).
-WARMSTART_FREE = {"stage", "num_slots", "selector", "num_iters", "sparsity_weight", "warmstart",
-                  "selection_warmup", "model.num_slots", "model.selector", "model.quality_tau",
-                  "model.quality_rho", "model.quality_alpha", "model.quality_k_min",
-                  "model.adaptive", "model.selector_hidden", "model.sparse_decoding",
-                  "model.split_first_layer", "model.feature_dim", "model.num_tokens"}
+# The model fields are those the warm-start check lets differ, plus D and T (fixed by the input later).
+WARMSTART_FREE = ({"stage", "num_slots", "selector", "num_iters", "sparsity_weight", "warmstart",
+                   "selection_warmup", "model.feature_dim", "model.num_tokens"}
+                  | {f"model.{name}" for name in WARMSTART_FREE_FIELDS})
 
 
 def train_command(cfg: TrainConfig) -> str:
