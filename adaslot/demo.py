@@ -120,7 +120,7 @@ def _summary(result: dict[str, Any], baseline: float, mean_objects: float, ratio
              ) -> dict[str, Any]:
     p = result["protocols"][PROTOCOL]
     return {
-        "method": result["keep_mode"], "fg_ari": p["fg_ari"], "baseline_fg_ari": baseline,
+        "keep_mode": result["keep_mode"], "fg_ari": p["fg_ari"], "baseline_fg_ari": baseline,
         "mean_kept_slots": p.get("mean_kept_slots"),
         "mean_objects": mean_objects, "kept_vs_objects_r": p.get("kept_vs_objects_r"),
         "cache_vs_online_step_ratio": ratio,
@@ -193,7 +193,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = _summary(res, base["best"], mean_objects, ratio["ratio"])
     results.update({
-        "method": method_name(cfg), "keep_mode": results["method"],
+        "method": method_name(cfg),
         "baseline": base, "patch_ceiling_fg_ari": ceiling, "step_times": ratio,
         "profile": cfg.profile, "config": cfg.to_dict(), "threads": torch.get_num_threads(),
         "stage1_final_loss": _final_loss(s1["loss"], out / "stage1"),
