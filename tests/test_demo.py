@@ -6,6 +6,8 @@ import json
 import math
 
 import pytest
+import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from adaslot.cli import app
@@ -40,6 +42,17 @@ def test_demo_quick_end_to_end(tmp_path):
     assert results["cache_vs_online_step_ratio"] > 0
     assert (out / "eval" / "vis").is_dir() and any((out / "eval" / "vis").iterdir())
     assert "pictures" in res.output
+    # the files `--long` ships, written from this run: slim checkpoint, config (command, method), pictures
+    from adaslot.demo import export_assets
+
+    dest = tmp_path / "assets"
+    evaluated = {"out": str(out / "eval"), "count_confusion_png": str(out / "eval" / "count_confusion.png")}
+    export_assets(out / "stage2" / "checkpoints" / "last.pt", evaluated, results, dest)
+    shipped = json.loads((dest / "demo-config.json").read_text())
+    assert shipped["method"] == results["method"] and shipped["command"].startswith("adaslot demo --long")
+    assert "optimizer" not in torch.load(dest / "demo-stage2.pt", weights_only=False)
+    for png in ("demo-result.png", "demo-count-confusion.png"):
+        assert Image.open(dest / png).size[0] > 100, png
     # a run is a function of its seed: the same command into another folder gives the same numbers
     again = tmp_path / "again"
     res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(again), "--threads", "1", "--shipped", ""])
