@@ -5,8 +5,8 @@ Definitions: docs/method.md#metrics (they follow the official ocl code):
   masks `gt_masks [M, H, W]` bool (or, for FG-ARI, an instance label map `gt [H, W]`, 0 = background/ignored);
 - pixels covered by more than one GT mask are ignored in prediction and target (`overlap_free_labels`);
   a GT mask left empty after that is dropped;
-- FG-ARI of an image without any GT pixel is 1.0 and counts in the mean (official quirk); mBO / mIoU / CorLoc
-  of such an image are NaN and the caller skips it (`MetricAccumulator` does);
+- FG-ARI of an image without any GT pixel is 1.0 and counts in the mean (official quirk); mBO / mIoU /
+  mask CorLoc of such an image are NaN and the caller skips it (`MetricAccumulator` does);
 - how slots and objects pair up (split / merge / background slots, counts): docs/method.md#object-diagnostics.
 
 Everything is built from one contingency table per image (`np.bincount` over `gt_label * K + slot`), so an
@@ -30,11 +30,13 @@ __all__ = [
     "fg_ari",
     "image_scores",
     "iou_matrix",
+    "mask_corloc",
     "mbo",
     "miou",
     "object_diagnostics",
     "overlap_free_labels",
     "slot_count_stats",
+    "upgrade_metric_keys",
 ]
 
 # Above this many contingency cells, compact the label ids with np.unique first (never hit with slot ids and
@@ -191,12 +193,32 @@ def miou(pred: np.ndarray, gt_masks: np.ndarray) -> float:
     return float(iou[rows, cols].sum() / len(iou))
 
 
-def corloc(pred: np.ndarray, gt_masks: np.ndarray, threshold: float = 0.5) -> float:
-    """1.0 if some GT mask has best-overlap IoU > threshold, else 0.0; NaN if no GT (the mean is CorLoc)."""
+def mask_corloc(pred: np.ndarray, gt_masks: np.ndarray, threshold: float = 0.5) -> float:
+    """1.0 if some GT mask has best-overlap IoU > threshold with a slot's mask, else 0.0; NaN if no GT.
+
+    Mask IoU, not the literature's box CorLoc (docs/method.md#metrics); the mean over images is mask_corloc.
+    """
     iou = iou_matrix(pred, gt_masks)
     if len(iou) == 0:
         return math.nan
     return float(iou.max(1).max() > threshold)
+
+
+corloc = mask_corloc  # the old name, kept for one release
+
+# Metric keys renamed since earlier versions: old name -> new name (files written before still load).
+RENAMED_KEYS = {"corloc": "mask_corloc"}
+
+
+def upgrade_metric_keys(scores: dict) -> dict:
+    """A copy of `scores` (a metrics.json protocol entry or a sweep score) with old key names renamed
+    (RENAMED_KEYS); a key already present under its new name wins."""
+    out = dict(scores)
+    for old, new in RENAMED_KEYS.items():
+        if old in out:
+            value = out.pop(old)
+            out.setdefault(new, value)
+    return out
 
 
 def object_diagnostics(pred: np.ndarray, gt_masks: np.ndarray, hold_share: float = HOLD_SHARE,
@@ -241,7 +263,7 @@ def image_scores(
     pred: np.ndarray, gt_masks: np.ndarray, categories: Sequence[int] | None = None,
     hold_share: float = HOLD_SHARE, cover_share: float = COVER_SHARE,
 ) -> dict[str, float]:
-    """All per-image metrics at once: keys fg_ari, mbo_i, mbo_c, miou, corloc, num_objects and the
+    """All per-image metrics at once: keys fg_ari, mbo_i, mbo_c, miou, mask_corloc, num_objects and the
     `object_diagnostics` counts (active_slots, split_objects, merge_slots, background_slots).
 
     `pred [H, W]` slot ids, `gt_masks [M, H, W]` bool, `categories [M]` (None -> mbo_c is NaN).
@@ -256,14 +278,14 @@ def image_scores(
     iou = _iou_from_table(table)
     out = {"fg_ari": fg_ari(pred, labels), "num_objects": float(len(iou))}
     if len(iou) == 0:
-        out.update(mbo_i=math.nan, miou=math.nan, corloc=math.nan)
+        out.update(mbo_i=math.nan, miou=math.nan, mask_corloc=math.nan)
     else:
         best = iou.max(1)
         rows, cols = linear_sum_assignment(iou, maximize=True)
         out.update(
             mbo_i=float(best.mean()),
             miou=float(iou[rows, cols].sum() / len(iou)),
-            corloc=float(best.max() > 0.5),
+            mask_corloc=float(best.max() > 0.5),
         )
     out["mbo_c"] = math.nan if categories is None or len(gt_masks) == 0 else mbo(
         pred, class_masks(gt_masks, categories)
@@ -321,7 +343,7 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den else math.nan
 
 
-METRIC_KEYS = ("fg_ari", "mbo_i", "mbo_c", "miou", "corloc")
+METRIC_KEYS = ("fg_ari", "mbo_i", "mbo_c", "miou", "mask_corloc")
 
 
 @dataclass
@@ -346,7 +368,7 @@ class MetricAccumulator:
 
     def summary(self) -> dict:
         """Means of METRIC_KEYS; num_images; num_skipped (images without any GT mask: not in the mBO / mIoU /
-        CorLoc means, but in FG-ARI's); mean_objects. With `object_diagnostics` in the scores:
+        mask CorLoc means, but in FG-ARI's); mean_objects. With `object_diagnostics` in the scores:
         split_rate (objects held by >= 2 slots / all objects), merge_rate (slots covering >= 2 objects /
         active slots), background_slots (mean per image), mean_active_slots, active_vs_objects_r,
         count_confusion {"slots": "kept" or "active", "counts": `count_confusion`} and per_object_count

@@ -136,7 +136,7 @@ def test_oracle_alpha_scores_perfectly_under_every_protocol():
     # rounded off (a few pixels per corner), so "perfect" is just below 1.
     for p in ("adaslot", "dinosaur", "fullres"):
         assert scores[p]["fg_ari"] > 0.98 and scores[p]["mbo_i"] > 0.98 and scores[p]["miou"] > 0.98, p
-        assert scores[p]["corloc"] == 1.0 and scores[p]["num_objects"] == 3
+        assert scores[p]["mask_corloc"] == 1.0 and scores[p]["num_objects"] == 3
     assert scores["adaslot"] == pytest.approx(scores["fullres"])  # a 224 px original: the same pixels
     # block upsampling of the same patch labels is exact: the patch ceiling of this image is 1
     assert patch_ceiling([item]) == 1.0
@@ -159,7 +159,7 @@ def test_eval_stage2_end_to_end(checkpoints, odd_coco, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["protocols"]) == {"adaslot", "dinosaur", "fullres"}
     for p, s in m["protocols"].items():
-        for key in ("fg_ari", "mbo_i", "mbo_c", "miou", "corloc", "num_images", "num_skipped",
+        for key in ("fg_ari", "mbo_i", "mbo_c", "miou", "mask_corloc", "num_images", "num_skipped",
                     "mean_kept_slots", "kept_vs_objects_r"):
             assert key in s, (p, key)
         assert s["num_images"] == 3
@@ -220,7 +220,7 @@ def test_stage1_in_memory_on_synthetic(checkpoints, synthetic_coco):
         gt, _ = overlap_free_labels(gt_at_side(x.item.masks, 224))
         pred = labels_at_side(x.alpha_grid, 224)
         assert x.scores["adaslot"]["fg_ari"] == pytest.approx(adjusted_rand_score(gt[gt > 0], pred[gt > 0]))
-    for key in ("fg_ari", "mbo_i", "miou", "corloc"):
+    for key in ("fg_ari", "mbo_i", "miou", "mask_corloc"):
         assert s[key] == pytest.approx(np.mean([x.scores["adaslot"][key] for x in seen]))
     # 224 px originals: full resolution == the adaslot protocol (up to float near-ties)
     assert abs(r["protocols"]["fullres"]["mbo_i"] - s["mbo_i"]) < 1e-3

@@ -18,10 +18,11 @@ from typing import Any
 from adaslot.config.base import value_text
 from adaslot.errors import AdaslotError
 from adaslot.evaluate.report import format_value
+from adaslot.metrics import upgrade_metric_keys
 from adaslot.train.resume import RESUMABLE_CHANGES
 
 TRAIN_METRICS = ("final_loss", "steps_per_s", "wall_s")
-EVAL_ORDER = ("fg_ari", "mbo_i", "mbo_c", "miou", "corloc", "mean_kept_slots", "mean_objects",
+EVAL_ORDER = ("fg_ari", "mbo_i", "mbo_c", "miou", "mask_corloc", "mean_kept_slots", "mean_objects",
               "kept_vs_objects_r", "split_rate", "merge_rate", "background_slots")
 LOWER_IS_BETTER = {"final_loss", "wall_s", "split_rate", "merge_rate", "background_slots"}
 TIMING = ("steps_per_s", "wall_s")  # measured, so never identical between two sweeps
@@ -70,7 +71,8 @@ class RunRecord:
         out = {"final_loss": loss, "steps_per_s": steps / busy if busy else math.nan,
                "wall_s": wall if wall else math.nan}
         if self.score:
-            out |= {k: v if v is not None else math.nan for k, v in self.score.get("eval", {}).items()}
+            scores = upgrade_metric_keys(self.score.get("eval", {}))  # score.json of older versions: corloc
+            out |= {k: v if v is not None else math.nan for k, v in scores.items()}
         return out
 
 

@@ -95,7 +95,10 @@ def collect(cfg: SweepConfig) -> dict[str, Any]:
 
 def write_results(out: Path, rank_by: str) -> dict[str, Any]:
     """sweep.csv, summary.md, curves.png, effects.png from the run folders in out/runs; the table printed."""
+    from adaslot.metrics import RENAMED_KEYS
     from adaslot.sweep.plots import plot_curves, plot_effects
+
+    rank_by = RENAMED_KEYS.get(rank_by, rank_by)  # --rank-by corloc (old name)
 
     runs = read_runs(out)
     manifest = out / "sweep.json"  # the grid order of the latest sweep command, if one ran here
@@ -117,7 +120,10 @@ STAGE2_METRICS = ("mean_kept_slots", "kept_vs_objects_r")  # only adaptive (stag
 def check_rank_by(rank_by: str, stage: int | None = None) -> None:
     """--rank-by must name a metric a sweep reports: a training metric or a scalar of the eval summary (one
     a stage-1 model has, for a stage-1 sweep)."""
+    from adaslot.metrics import RENAMED_KEYS
+
     known = known_metrics()
+    rank_by = RENAMED_KEYS.get(rank_by, rank_by)  # --rank-by corloc (old name) still accepted
     if rank_by not in known:
         raise AdaslotError(f"--rank-by {rank_by}: unknown metric; choose one of {', '.join(known)}")
     if stage == 1 and rank_by in STAGE2_METRICS:
