@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench docs clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# Render the tables of README.md and docs/*.md from their results files (docs/results/*.json, ...).
+docs: $(STAMP)
+	$(BIN)/python -m adaslot.docs_tables
 
 clean:
 	rm -rf $(VENV)
