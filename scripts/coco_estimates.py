@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"computed on {platform.machine()} CPU, no GPU",
         "date": time.strftime("%Y-%m-%d"), "command": "python scripts/coco_estimates.py",
         "note": " ".join((__doc__ or "").split("\n\n")[1].split()),
-        "assumptions": {"peak_fp32_flops": PEAK_FP32, "utilisation": UTILISATION, "precision": train.precision,
-                        "global_batch": train.batch_size, "shard_size": shard},
+        "assumptions": {"peak_fp32_flops": PEAK_FP32, "utilisation": UTILISATION,
+                        "precision": train.precision, "global_batch": train.batch_size, "shard_size": shard},
         "disk": rows, "rows": stage_rows})
     print(f"wrote {args.out}")
     return 0

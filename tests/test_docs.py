@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from adaslot import docs_tables
-from helpers import REPO
 
 README = REPO / "README.md"
 # Pages other helpers add in parallel; the README links them ahead of the merge.

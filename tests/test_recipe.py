@@ -1,5 +1,6 @@
 """The README's COCO recipe and scripts/slurm/coco.sbatch: every command parses with the real command-line
-parser (a renamed or removed flag fails here), the recipe is complete, and it runs end to end at demo scale."""
+parser (a renamed or removed flag fails here), the recipe is complete, and it runs end to end at demo
+scale."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def test_every_recipe_command_parses_and_the_recipe_is_complete(source):
         assert all(_parse(c) is not None for c in multi) and len(multi) == 3
         lines = [ln for ln in _section("Several GPUs and Slurm").replace("\\\n", " ").splitlines()
                  if "adaslot " in ln]
-        assert all(ln.startswith("torchrun --standalone --nproc_per_node 8 --no-python adaslot") for ln in lines)
+        launcher = "torchrun --standalone --nproc_per_node 8 --no-python adaslot"
+        assert all(ln.startswith(launcher) for ln in lines)
     else:
         cmds = _sbatch_commands()
         assert all(ln.count("$RUN") <= 1 for ln in SBATCH.read_text().splitlines())
@@ -84,7 +86,7 @@ def test_every_recipe_command_parses_and_the_recipe_is_complete(source):
     assert list(steps) == ["cache-features-train", "cache-features-val", "train-1", "train-2", "eval"]
     train_store, val_store = steps["cache-features-train"]["out"], steps["cache-features-val"]["out"]
     assert steps["cache-features-train"]["encoder_weights"] and steps["cache-features-val"]["encoder_weights"]
-    for stage in ("train-1", "train-2"):  # periodic validation from the val store, training from the train one
+    for stage in ("train-1", "train-2"):  # trained from the train store, validated from the val store
         p = steps[stage]
         assert p["from_cache"] == train_store and p["val_from_cache"] == val_store and p["val_every"] > 0
     assert steps["train-2"]["warmstart"] == f"{steps['train-1']['out']}/checkpoints/last.pt"
@@ -118,7 +120,8 @@ def test_the_recipe_runs_at_demo_scale(tmp_path, monkeypatch, capsys):
     from adaslot.data.synthetic import SyntheticConfig, make_synthetic
 
     coco = tmp_path / "coco"
-    make_synthetic(SyntheticConfig(out=str(coco), num_train=4, num_val=2, image_size=224, seed=0, progress=False))
+    make_synthetic(SyntheticConfig(out=str(coco), num_train=4, num_val=2, image_size=224, seed=0,
+                                   progress=False))
     monkeypatch.chdir(tmp_path)
     small = {"cache-features": ["--batch-size", "4", "--workers", "0"],
              "train": [*TINY_FLAGS, "--num-iters", "2", "--batch-size", "2", "--val-every", "2",
@@ -140,5 +143,5 @@ def test_the_recipe_runs_at_demo_scale(tmp_path, monkeypatch, capsys):
         assert code == 0, (cmd[1], err)
     metrics = json.loads(Path("cache/runs/stage2/eval/metrics.json").read_text())
     assert metrics["num_images"] == 2 and "mask_corloc" in metrics["protocols"]["adaslot"]
-    val_lines = [ln for ln in Path("cache/runs/stage1/metrics.jsonl").read_text().splitlines() if "val/" in ln]
-    assert val_lines, "stage 1 validated from the val store"
+    log = Path("cache/runs/stage1/metrics.jsonl").read_text().splitlines()
+    assert [ln for ln in log if "val/" in ln], "stage 1 validated from the val store"
