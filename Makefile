@@ -18,11 +18,11 @@ demo: $(STAMP)
 	$(BIN)/adaslot demo
 
 test: $(STAMP)
-	$(BIN)/ruff check adaslot tests benchmarks cli.py
+	$(BIN)/ruff check adaslot tests benchmarks scripts cli.py
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check adaslot tests benchmarks cli.py
+	$(BIN)/ruff check adaslot tests benchmarks scripts cli.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

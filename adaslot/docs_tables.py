@@ -8,11 +8,12 @@ A table lives between two markers in a Markdown page:
 
 The marker names one or more JSON files (paths from the repository root) and options:
 - `keys=a,b,...`     a key | value table of those keys of each file (one value column per file);
-- `columns=a,b,...`  for a file holding `rows` (a list of objects): those fields, one row per entry
-                     (several files: their rows one after another);
+- `columns=a,b,...`  for a file holding `rows` (a list of objects), a list of objects, or an object of
+                     objects (a row per key, the key in column ""): those fields, one row per entry
+                     (several files: their rows one after another; default: the first row's fields);
 - `labels=A|B|...`   the header text of each key or column (default: the key; `_` for a space);
 - `headers=A|B|...`  the header of each file's value column in a keys table (default: the file's `title`);
-- `percent=a,b`      show those keys as percent with one decimal; `digits=N` decimals of other floats (3);
+- `percent=a,b`      show those keys as percent with one decimal; `digits=N`: other floats to at most N decimals (3);
 - `at=a.b`           read the object at that key path of each file instead of the whole file.
 Every rendered block ends with a line naming its files and the machine and date each file records.
 
@@ -73,15 +74,16 @@ def load(path: str, root: Path = ROOT, at: str | None = None) -> Any:
 
 
 def fmt(value: Any, key: str, spec: Spec) -> str:
-    """One cell: floats to `digits` decimals (percent keys x 100, one decimal), None/NaN as n/a."""
+    """One cell: floats to at most `digits` decimals (percent keys x 100, one decimal), None/NaN as n/a."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if key in spec.list("percent") and isinstance(value, int | float):
         return f"{100 * value:.1f} %"
-    if isinstance(value, float):
-        return f"{value:.{int(spec.options.get('digits', 3))}f}"
+    if isinstance(value, float):  # trailing zeros dropped: 4.93 stays 4.93, not 4.930
+        text = f"{value:.{int(spec.options.get('digits', 3))}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
     if isinstance(value, list):
         return ", ".join(fmt(v, key, spec) for v in value)
     return str(value).replace("|", "\\|").replace("\n", " ")
@@ -100,6 +102,16 @@ def _provenance(spec: Spec, root: Path) -> str:
     return f"*Rendered by `make docs` from {' and '.join(parts)}.*"
 
 
+def _rows(data: Any) -> list[dict]:
+    """The rows of a file: its `rows` list, a list of objects, or an object of objects (a row per key,
+    the key in the first column, named "")."""
+    if isinstance(data, list):
+        return data
+    if "rows" in data:
+        return data["rows"]
+    return [{"": key, **value} for key, value in data.items() if isinstance(value, dict)]
+
+
 def render(spec: Spec, root: Path = ROOT) -> str:
     """The Markdown of one block (without its markers), ending in a newline."""
     data = [load(f, root, spec.options.get("at")) for f in spec.files]
@@ -112,7 +124,7 @@ def render(spec: Spec, root: Path = ROOT) -> str:
         lines += [_row([label, *(fmt(d.get(k), k, spec) for d in data)]) for k, label in zip(keys, labels,
                                                                                              strict=True)]
     else:
-        rows = [r for d in data for r in (d["rows"] if isinstance(d, dict) else d)]
+        rows = [r for d in data for r in _rows(d)]
         columns = spec.list("columns") or (list(rows[0]) if rows else [])
         labels = spec.list("labels", "|") or columns
         lines = [_row(labels), _row(["---"] * len(columns))]
