@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BLOCK = re.compile(r"(<!-- table: (?P<spec>[^\n]*?) -->\n)(?P<body>.*?)(<!-- end -->)", re.S)
+BLOCK = re.compile(r"^(<!-- table: (?P<spec>[^\n]*?) -->\n)(?P<body>.*?)^(<!-- end -->)", re.S | re.M)
 
 
 @dataclass

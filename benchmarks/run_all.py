@@ -41,7 +41,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, Python {py}"
 
 
-def write_results(name: str, ratios: list[str], machine_text: str) -> Path:
+def write_results(name: str, ratios: list[str], machine_text: str, folder: Path = RESULTS) -> Path:
     """docs/results/NAME.json: one row per ratio line ("ratio MEASURE = VALUE ..." -> measure, ratio)."""
     from adaslot.files import write_json
 
@@ -49,7 +49,7 @@ def write_results(name: str, ratios: list[str], machine_text: str) -> Path:
     for line in ratios:
         measure, _, value = line.removeprefix("ratio").strip().partition(" = ")
         rows.append({"benchmark": name, "measure": measure.strip(), "ratio": value.strip() or measure})
-    return write_json(RESULTS / f"{name}.json", {
+    return write_json(folder / f"{name}.json", {
         "title": name, "benchmark": f"benchmarks/{name}.py", "machine": machine_text,
         "date": time.strftime("%Y-%m-%d"), "command": f"python benchmarks/run_all.py --only {name}",
         "note": "written by benchmarks/run_all.py from the benchmark's ratio lines", "rows": rows})
@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="benchmark names (file stems) to run")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per benchmark")
     ap.add_argument("--no-results", action="store_true", help="do not write docs/results/NAME.json")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the NAME.json files")
     args = ap.parse_args()
     here = machine()
     names = args.only or [n for n in ORDER if (HERE / f"{n}.py").exists()]
@@ -85,7 +86,7 @@ def main() -> None:
             ratios = ratios or ["FAILED (see output above)"]
         rows.extend((name, r, secs) for r in ratios)
         if ok and ratios and not args.no_results:
-            print(f"wrote {write_results(name, ratios, here)}", flush=True)
+            print(f"wrote {write_results(name, ratios, here, args.results)}", flush=True)
     print(f"\nmachine: {here}")
     width = max(len(n) for n, _, _ in rows) if rows else 10
     print(f"{'benchmark':{width}s}  {'seconds':>7s}  result")

@@ -65,13 +65,21 @@ def test_readme_is_short_and_quotes_measured_figures_only_from_rendered_tables()
             assert figure not in page.read_text(), (page.name, figure)
 
 
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors of a Markdown page."""
+    heads = re.findall(r"^#+ (.+)$", _outside_blocks(page.read_text()), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
 def test_links_between_pages_resolve():
     for page in docs_tables.pages():
-        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
-            path = (page.parent / target).resolve()
-            if "://" in target or str(path.relative_to(REPO)) in PAGES_ADDED_ELSEWHERE:
+        for target, anchor in re.findall(r"\]\(([^)#:]*)(?:#([^)]*))?\)", page.read_text()):
+            path = (page.parent / target).resolve() if target else page
+            if str(path.relative_to(REPO)) in PAGES_ADDED_ELSEWHERE:
                 continue
             assert path.exists(), (page.name, target)
+            if anchor and path.suffix == ".md":
+                assert anchor in _anchors(path), (page.name, target, anchor)
 
 
 @pytest.mark.parametrize("name", ["LICENSE", "CITATION.cff"])
