@@ -13,7 +13,8 @@ The marker names one or more JSON files (paths from the repository root) and opt
                      (several files: their rows one after another; default: the first row's fields);
 - `labels=A|B|...`   the header text of each key or column (default: the key; `_` for a space);
 - `headers=A|B|...`  the header of each file's value column in a keys table (default: the file's `title`);
-- `percent=a,b`      show those keys as percent with one decimal; `digits=N`: other floats to at most N decimals (3);
+- `percent=a,b`      show those keys as percent with one decimal;
+- `digits=N`         other floats to at most N decimals (default 3);
 - `at=a.b`           read the object at that key path of each file instead of the whole file.
 Every rendered block ends with a line naming its files and the machine and date each file records.
 
@@ -94,11 +95,13 @@ def _row(cells: list[str]) -> str:
 
 
 def _provenance(spec: Spec, root: Path) -> str:
-    parts = []
+    """The line under a table: its files, each group of files followed by the machine and date they record."""
+    groups: dict[str, list[str]] = {}
     for f in spec.files:
         data = load(f, root)
         said = [str(data[k]) for k in ("machine", "date") if isinstance(data, dict) and data.get(k)]
-        parts.append(f"`{f}`" + (f" ({', '.join(said)})" if said else ""))
+        groups.setdefault(", ".join(said), []).append(f"`{f}`")
+    parts = [", ".join(files) + (f" ({said})" if said else "") for said, files in groups.items()]
     return f"*Rendered by `make docs` from {' and '.join(parts)}.*"
 
 
