@@ -42,13 +42,15 @@ def machine() -> str:
 
 
 def write_results(name: str, ratios: list[str], machine_text: str, folder: Path = RESULTS) -> Path:
-    """docs/results/NAME.json: one row per ratio line ("ratio MEASURE = VALUE ..." -> measure, ratio)."""
+    """FOLDER/NAME.json (docs/results by default): one row per ratio line -> measure, ratio."""
     from adaslot.files import write_json
 
     rows = []
-    for line in ratios:
-        measure, _, value = line.removeprefix("ratio").strip().partition(" = ")
-        rows.append({"benchmark": name, "measure": measure.strip(), "ratio": value.strip() or measure})
+    for line in ratios:  # "ratio MEASURE = VALUE ..." or "ratio MEASURE: VALUE ..."
+        text = line.removeprefix("ratio").strip()
+        sep = " = " if " = " in text else ": " if ": " in text else None
+        measure, value = text.split(sep, 1) if sep else (text, "")
+        rows.append({"benchmark": name, "measure": measure.strip(), "ratio": value.strip()})
     return write_json(folder / f"{name}.json", {
         "title": name, "benchmark": f"benchmarks/{name}.py", "machine": machine_text,
         "date": time.strftime("%Y-%m-%d"), "command": f"python benchmarks/run_all.py --only {name}",
