@@ -39,9 +39,13 @@ def _commands(text: str) -> list[list[str]]:
             current.append(line)
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
+            if "adaslot " not in line or " ... " in line:  # not a command, or one with a placeholder
+                continue
             words = shlex.split(line, comments=True)
-            if "adaslot" in words:
-                out.append(words[words.index("adaslot"):])
+            starts = [i for i, w in enumerate(words[:-1])  # `--rdzv_id adaslot` is no command
+                      if w == "adaslot" and not words[i + 1].startswith("-")]
+            if starts:
+                out.append(words[starts[-1]:])
     return out
 
 
@@ -98,6 +102,15 @@ def test_every_recipe_command_parses_and_the_recipe_is_complete(source):
 def test_every_readme_command_parses():
     """Beyond the recipe: every `adaslot` line in any README code block (sweep, checkpoints, segment)."""
     cmds = _commands((REPO / "README.md").read_text())
+    assert len(cmds) >= 15
+    for cmd in cmds:
+        _parse(cmd)
+
+
+def test_every_docs_command_parses():
+    """The detail pages' commands too (docs/*.md), so a renamed flag is caught wherever it is quoted."""
+    pages = sorted((REPO / "docs").glob("*.md"))
+    cmds = [cmd for page in pages for cmd in _commands(page.read_text())]
     assert len(cmds) >= 15
     for cmd in cmds:
         _parse(cmd)
