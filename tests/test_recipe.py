@@ -159,3 +159,15 @@ def test_the_recipe_runs_at_demo_scale(tmp_path, monkeypatch, capsys):
     assert metrics["num_images"] == 2 and "mask_corloc" in metrics["protocols"]["adaslot"]
     log = Path("cache/runs/stage1/metrics.jsonl").read_text().splitlines()
     assert [ln for ln in log if "val/" in ln], "stage 1 validated from the val store"
+
+
+def test_store_size_estimate_matches_a_written_store(train_store):
+    """scripts/coco_estimates.py sizes the COCO stores with the layout's formula: it gives the bytes of a real
+    store's feature shards (12 samples x 2 views of 196 x 192 tokens, shards of 8)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("coco_estimates", REPO / "scripts" / "coco_estimates.py")
+    estimates = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(estimates)
+    shards = sum(f.stat().st_size for f in (train_store / "features" / "c").rglob("*") if f.is_file())
+    assert estimates.store_bytes(12, 2, 196, 192, 8) - 12 * 9 == shards
