@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from adaslot.config import TrainConfig
+from adaslot.device import torch_threads  # noqa: F401 (the tests' import of it)
 from adaslot.train import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,19 +34,6 @@ def tiny_train(out: Path, **kw) -> TrainConfig:
                 progress=False)
     base.update(kw)
     return TrainConfig(**base)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with `n` torch threads: a child process with OMP_NUM_THREADS=n sums in the same order."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def rle(mask: np.ndarray) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_FLAGS, TINY_MODEL, cli_command, losses
+from helpers import TINY_FLAGS, TINY_MODEL, cli_command, losses, torch_threads
 from helpers import tiny_train as tiny
 
 from adaslot.checkpoint import list_checkpoints, load_checkpoint
@@ -60,6 +60,31 @@ def test_kill_and_resume_gives_the_uninterrupted_loss_sequence(tmp_path, train_s
     a = load_checkpoint(ref / "checkpoints" / "step-00000030.pt")["model"]
     b = load_checkpoint(run / "checkpoints" / "step-00000030.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_threads_flag_sets_the_runs_thread_count_and_is_recorded(tmp_path, train_store, monkeypatch):
+    seen = []
+
+    class Probe:  # the run's real input, noting torch's thread count at each batch
+        def __init__(self, source):
+            self.source = source
+
+        def __getattr__(self, name):
+            return getattr(self.source, name)
+
+        def next_batch(self):
+            seen.append(torch.get_num_threads())
+            return self.source.next_batch()
+
+    import adaslot.train.loop as loop
+
+    build = loop.build_source
+    monkeypatch.setattr(loop, "build_source", lambda *a: Probe(build(*a)))
+    with torch_threads(2):
+        train(tiny(tmp_path / "run", from_cache=str(train_store), num_iters=2, threads=1))
+        assert torch.get_num_threads() == 2  # the caller's number is back
+    assert seen == [1, 1]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["threads"] == 1
 
 
 def test_ctrl_c_says_interrupted_and_a_rerun_resumes(tmp_path, train_store):

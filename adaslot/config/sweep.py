@@ -7,9 +7,11 @@ two values, `=128,256` two one-layer decoders). A TOML file (`adaslot sweep swee
 settings under the same names, the grid as a table of lists (`[grid]`, `num_slots = [5, 7]`,
 `"model.decoder_hidden" = ["128x128", "256x256"]`); a flag given as well replaces the file's setting.
 
-The base run is a nested TrainConfig: its flags are the train flags, except four the sweep sets per variant
+The base run is a nested TrainConfig: its flags are the train flags, except five the sweep sets per variant
 (`SET_PER_VARIANT`): `out` (the sweep's `--out` is the sweep folder; a variant's run folder is
-OUT/runs/<variant>), `seed` (`--seeds`), `device` (`--devices`, one per worker) and `progress` (the sweep's).
+OUT/runs/<variant>), `seed` (`--seeds`), `device` (`--devices`, one per worker), `threads` (the sweep's
+`--threads`, per worker; a variant's command carries it, so the plain command sums the same way) and
+`progress` (the sweep's).
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from adaslot.config.model import ModelConfig, model_config_for
 from adaslot.config.train import TrainConfig
 from adaslot.errors import AdaslotError
 
-SET_PER_VARIANT = ("out", "seed", "device", "progress")
+SET_PER_VARIANT = ("out", "seed", "device", "threads", "progress")
 PER_VARIANT = "OUT/runs/<variant>"  # the base run's `out` until a variant sets it
 # Grid keys refused, with what to use instead.
 NOT_AXES = {"out": "--out is the sweep folder", "seed": "use --seeds", "device": "use --devices",
+            "threads": "use --threads",
             "progress": "not a setting of the runs", "model_overrides": "give model settings as model.KEY",
             "warmstart": "give one checkpoint, or --warmstart auto with --stage1-sweep",
             "model.feature_dim": "it comes from the input", "model.num_tokens": "it comes from the input"}
@@ -121,7 +124,7 @@ class SweepConfig(Settings):
     out: str = setting("", "sweep folder: runs/<variant>/ (ordinary run folders), sweep.csv, summary.md, "
                            "curves.png, effects.png; rerun to resume or to add variants")
     base: TrainConfig = setting(default_factory=lambda: TrainConfig(out=PER_VARIANT), omit=SET_PER_VARIANT,
-                                help="the base run: every train flag except the four set per variant")
+                                help="the base run: every train flag except the five set per variant")
     grid: dict[str, tuple[Any, ...]] = setting(default_factory=dict, parser=parse_grid, help=GRID_HELP)
     seeds: tuple[int, ...] = setting((0,), "seeds, e.g. 1,2: each variant runs once per seed (same seed = "
                                            "same batches and noise, so differences are paired)",
@@ -215,7 +218,7 @@ class SweepConfig(Settings):
             else:
                 train[key] = value
         return self.base.replace(**train, data=self.base.data.replace(**data), model_overrides=model,
-                                 seed=seed, out=out, progress=False)
+                                 seed=seed, out=out, threads=self.threads, progress=False)
 
 
 def load_toml(path: str) -> SweepConfig:

@@ -65,6 +65,8 @@ class TrainConfig(Settings):
     log_every: int = setting(50, "write metrics.jsonl every N steps", min=1)
     cache_in_memory: bool = setting(False, "load the store into memory first")
     device: str = setting("auto", DEVICE_HELP)
+    threads: int | None = setting(None, "torch CPU threads (default: torch's choice); a run's losses repeat "
+                                        "bit for bit at the same number", min=1)
     workers: int | None = setting(None, WORKERS_HELP, min=0)
     wandb: bool = setting(False, "also log to Weights & Biases")
     wandb_project: str = setting("adaslot", "Weights & Biases project")

@@ -10,8 +10,8 @@ from adaslot.contract import check_contract
 # TrainConfig fields that may change between a run and its resumption (they do not change the math; `out`:
 # a run folder moved to a disk with space resumes).
 RESUMABLE_CHANGES = {"out", "num_iters", "val_every", "val_root", "val_from_cache", "val_max_images",
-                     "ckpt_every", "keep_last", "log_every", "device", "workers", "wandb", "wandb_project",
-                     "compile", "cache_in_memory", "strict", "progress"}
+                     "ckpt_every", "keep_last", "log_every", "device", "threads", "workers", "wandb",
+                     "wandb_project", "compile", "cache_in_memory", "strict", "progress"}
 
 
 def resolve_model_config(cfg: TrainConfig, feature_dim: int, num_tokens: int) -> ModelConfig:
