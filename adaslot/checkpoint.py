@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from adaslot.config import ModelConfig
-from adaslot.config.model import WARMSTART_FREE_FIELDS
+from adaslot.config.base import names_where
 from adaslot.errors import AdaslotError
 from adaslot.files import atomic_path
 
@@ -332,10 +332,11 @@ def check_warmstart(payload: dict[str, Any], cfg: ModelConfig, source: str = "ch
             "stage-1 checkpoint (to continue a stage-2 run, rerun its command with the same --out)"
         )
     src = ModelConfig.from_dict(payload["model_config"])
+    free = names_where(ModelConfig, "warmstart_free")
     diffs = [
         f"{f.name}={getattr(src, f.name)!r} (this model: {getattr(cfg, f.name)!r})"
         for f in dataclasses.fields(ModelConfig)
-        if f.name not in WARMSTART_FREE_FIELDS and getattr(src, f.name) != getattr(cfg, f.name)
+        if f.name not in free and getattr(src, f.name) != getattr(cfg, f.name)
     ]
     if diffs:
         raise AdaslotError(

@@ -25,7 +25,8 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | 
             max: float | None = None, above: float | None = None, choices: Sequence[Any] | None = None,
             flag: str | None = None, argument: bool = False, required: bool = False, cli: bool = True,
             shortcuts: dict[str, Any] | None = None, parser: Any = None, omit: Sequence[str] = (),
-            default_factory: Any = dataclasses.MISSING) -> Any:
+            resumable: bool = False, input: bool = False, warmstart_free: bool = False,
+            axis: bool | str = True, default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with its CLI/validation metadata.
 
     min / max: inclusive bounds; above: exclusive lower bound; choices: allowed values; flag: the flag name
@@ -36,14 +37,38 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | 
     which declares its own of the same name and fills them in per use (e.g. the sweep's `--out` is the sweep
     folder; each run's `out` is set per variant); such a nested value is a template, checked by the outer
     config's `check()` once filled in, not by `validate()`.
+
+    What a setting means to the rest of adaslot is said here too, never in a list elsewhere (`names_where`
+    reads these back):
+    resumable: a rerun of a run folder may change it (it does not change the math: resume refuses every other
+    change); input: it changes the input batches (sweep variants that agree on every input setting share one
+    loader); warmstart_free: a stage-2 run may differ in it from the stage-1 checkpoint it warm-starts from;
+    axis: True (a sweep grid may vary it and the results show it as an axis), False (a grid may vary it,
+    but it is bookkeeping or follows from another setting, so the results do not show it) or a string (not
+    a grid key: what to use instead).
     """
     meta = {"help": help, "min": min, "max": max, "above": above,
             "choices": tuple(choices) if choices else None, "flag": flag, "argument": argument,
             "required": required, "cli": cli, "shortcuts": shortcuts or {}, "parser": parser,
-            "omit": tuple(omit)}
+            "omit": tuple(omit), "resumable": resumable, "input": input, "warmstart_free": warmstart_free,
+            "axis": axis}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def names_where(cls: type, prop: str, test: Any = True) -> frozenset[str]:
+    """Names of the fields of `cls` whose declared property `prop` (see `setting`) is `test` (or, for a
+    callable `test`, satisfies it); the fields of nested settings count under their own names."""
+    hints = field_types(cls)
+    names: set[str] = set()
+    for f in dataclasses.fields(cls):
+        value = f.metadata.get(prop, setting.__kwdefaults__[prop])
+        if test(value) if callable(test) else value == test:
+            names.add(f.name)
+        if is_settings(hints[f.name]):
+            names |= names_where(base_type(hints[f.name])[0], prop, test)
+    return frozenset(names)
 
 
 def flag_of(f: dataclasses.Field, prefix: str = "--") -> str:

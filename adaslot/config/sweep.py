@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adaslot.config.base import Settings, cli_fields, from_flags, parse_value, setting, value_text
+from adaslot.config.base import (
+    Settings,
+    cli_fields,
+    from_flags,
+    names_where,
+    parse_value,
+    setting,
+    value_text,
+)
 from adaslot.config.data import DataSpec
 from adaslot.config.model import ModelConfig, model_config_for
 from adaslot.config.train import TrainConfig
@@ -32,12 +40,6 @@ from adaslot.errors import AdaslotError
 
 SET_PER_VARIANT = ("out", "seed", "device", "threads", "progress")
 PER_VARIANT = "OUT/runs/<variant>"  # the base run's `out` until a variant sets it
-# Grid keys refused, with what to use instead.
-NOT_AXES = {"out": "--out is the sweep folder", "seed": "use --seeds", "device": "use --devices",
-            "threads": "use --threads",
-            "progress": "not a setting of the runs", "model_overrides": "give model settings as model.KEY",
-            "warmstart": "give one checkpoint, or --warmstart auto with --stage1-sweep",
-            "model.feature_dim": "it comes from the input", "model.num_tokens": "it comes from the input"}
 GRID_HELP = ("an axis: KEY=V1,V2,... (repeatable; variants = every combination x --seeds). KEY: a train "
              "setting (num_slots, lr, ...) or model.X (model.decoder_hidden, ...); a comma always separates "
              "values, tuples are written with x: model.decoder_hidden=128x128,256x256")
@@ -50,10 +52,26 @@ def train_fields() -> dict[str, tuple[type, str]]:
     return {f.name: (owners[path], f.name) for f, _t, path in cli_fields(TrainConfig)}
 
 
+def hidden_axes() -> frozenset[str]:
+    """Result keys (train settings bare, model settings as model.X) that the results never show as axes:
+    settings declared with `axis` False (bookkeeping, derived) or a reason (not grid keys at all)."""
+    def hidden(axis: bool | str) -> bool:
+        return axis is not True
+
+    model = names_where(ModelConfig, "axis", hidden)
+    return names_where(TrainConfig, "axis", hidden) | {f"model.{n}" for n in model}
+
+
+def warmstart_free_keys() -> frozenset[str]:
+    """Result keys in which a stage-2 run may differ from the stage-1 run it warm-starts from: train and model
+    settings declared `warmstart_free`, and the train flags that give a free model setting (--num-slots)."""
+    model = names_where(ModelConfig, "warmstart_free")
+    train = names_where(TrainConfig, "warmstart_free") | (set(train_fields()) & model)
+    return frozenset(train) | {f"model.{n}" for n in model}
+
+
 def axis_value(key: str, value: Any) -> Any:
     """A grid value (command-line text or a TOML value) -> the type of setting `key`; one line if invalid."""
-    if key in NOT_AXES:
-        raise AdaslotError(f"--grid {key}: not a grid key ({NOT_AXES[key]})")
     if key.startswith("model."):
         owner, name = ModelConfig, key[len("model."):]
         if name not in {f.name for f in dataclasses.fields(ModelConfig)}:
@@ -65,6 +83,9 @@ def axis_value(key: str, value: Any) -> Any:
             raise AdaslotError(f"--grid {key}: unknown setting (a train setting such as num_slots, lr, "
                                "sparsity_weight, or model.X for a model setting)")
         owner, name = fields[key]
+    axis = {f.name: f for f in dataclasses.fields(owner)}[name].metadata.get("axis", True)
+    if isinstance(axis, str):
+        raise AdaslotError(f"--grid {key}: not a grid key ({axis})")
     text = "x".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
     try:
         return parse_value(owner, name, text)

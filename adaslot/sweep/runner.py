@@ -150,7 +150,7 @@ class _Progress:
         self.thread = threading.Thread(target=self._poll, daemon=True)
 
     def _poll(self) -> None:
-        from adaslot.sweep.plan import checkpoint_step, read_score
+        from adaslot.sweep.results import checkpoint_step, read_score
         from adaslot.train import read_metrics
 
         while True:
