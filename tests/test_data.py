@@ -210,16 +210,17 @@ def test_messy_files_handled_or_skipped(messy: tuple[Path, dict[str, int]], synt
 
 
 def test_strict_is_a_policy_of_the_loops(messy: tuple[Path, dict[str, int]]) -> None:
-    """The dataset reports bad images (it never raises for one); `DataSpec(strict=True).open` refuses a
+    """The dataset reports bad images (it never raises for one); opening a strict DataSpec refuses a
     missing image up front, and the loops stop at the first skip the workers report."""
     from adaslot.config import DataSpec
+    from adaslot.data.coco import open_dataset
 
     root, ids = messy
     spec = DataSpec(root=str(root), split="val", strict=True)
     with pytest.raises(AdaslotError, match=r"image \d+ \(.*\): missing .*drop --strict"):
-        spec.open(224)
+        open_dataset(spec, 224)
     (root / "val2017" / f"{ids['missing']:012d}.jpg").write_bytes(b"")  # now present but empty
-    ds = spec.open(224)
+    ds = open_dataset(spec, 224)
     bad = {ds[ds.index_of(ids[k])]["reason"] for k in ("missing", "truncated")}
     assert bad == {"unreadable", "truncated"} and not ds[ds.index_of(ids["missing"])]["ok"]
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from adaslot.config.data import DataSpec
 from adaslot.data.transforms import (
     ImageLoadError,
     hflip,
@@ -132,7 +133,7 @@ class CocoDataset(Dataset):
     """COCO-format images -> transformed tensors (docs/method.md#transforms), ground truth and a skip list.
 
     size: network input side S; views: 1 (image) or 2 (image, hflip) stacked; antialias: see transforms;
-    exif: "auto" | "transpose" | "raw" (see load_image). Open one from flags with `config.DataSpec.open`."""
+    exif: "auto" | "transpose" | "raw" (see load_image). Open one from flags with `open_dataset`."""
 
     def __init__(self, images_dir: str | Path, annotation_file: str | Path, size: int = 224,
                  views: int = 1, antialias: bool = False, exif: str = "auto", crop: bool = True) -> None:
@@ -171,8 +172,6 @@ class CocoDataset(Dataset):
     @classmethod
     def from_root(cls, root: str | Path, split: str = "val", **kwargs: Any) -> CocoDataset:
         """The COCO 2017 layout: root/{split}2017/ and root/annotations/instances_{split}2017.json."""
-        from adaslot.config.data import DataSpec
-
         return cls(*DataSpec(root=str(root), split=split).paths(), **kwargs)
 
     # ------------------------------------------------------------ images
@@ -336,3 +335,20 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "skipped": skipped,
         "notes": [n for it in good for n in it.get("notes", [])],
     }
+
+
+def open_dataset(spec: DataSpec, size: int, views: int = 1, antialias: bool = False) -> CocoDataset:
+    """The dataset `spec` names, at network input side `size` (never strict itself: loops apply the policy,
+    see `CocoDataset`). With `spec.strict`, a malformed annotation is refused here, before any work."""
+    images, annotations = spec.paths()
+    ds = CocoDataset(images, annotations, size=size, views=views, antialias=antialias)
+    if spec.strict:
+        missing = next((s for s in ds.skips.items if s.reason == "missing"), None)
+        if missing is not None:
+            raise missing.strict_error()
+        problem = ds.first_malformed_annotation()
+        if problem:
+            raise AdaslotError(f"{problem}; drop --strict to skip it")
+    if len(ds) == 0:
+        raise AdaslotError(f"no usable images in {ds.images_dir} (listed {ds.num_listed}, all missing)")
+    return ds

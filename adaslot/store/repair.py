@@ -25,7 +25,7 @@ import numpy as np
 from adaslot.config import CacheConfig
 from adaslot.errors import AdaslotError
 from adaslot.store.checksums import check_store
-from adaslot.store.writer import _check_resumable, _create_store
+from adaslot.store.create import check_resumable, create_store
 
 METADATA = ("", "features", "status", "image_ids")  # the store's zarr.json files, root first
 
@@ -43,10 +43,10 @@ def repair_prepare(cfg: CacheConfig, settings: dict[str, Any], image_ids: np.nda
     attrs = _read(out / "zarr.json")
     if attrs is not None:  # refuse other settings before touching anything
         attrs = attrs.get("attributes", {})
-        _check_resumable(cfg, attrs, settings)
+        check_resumable(cfg, attrs, settings)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.repair-") as tmp:
         fresh = Path(tmp) / "fresh.zarr"
-        _create_store(zarr.open_group(str(fresh), mode="w"), settings, image_ids, views, tokens, dim, source)
+        create_store(zarr.open_group(str(fresh), mode="w"), settings, image_ids, views, tokens, dim, source)
         broken = [name for name in METADATA if _read(out / name / "zarr.json") is None]
         for name in METADATA[1:]:
             mine = _read(out / name / "zarr.json")
