@@ -2,7 +2,8 @@
 
 A checkpoint is one `torch.save`d dict (the payload):
   format="adaslot-checkpoint", version=1, stage (1|2), model_config (ModelConfig.to_dict()), encoder (name),
-  feature_contract (dict or None), model (state_dict); optional: optimizer, step, train_config, rng, loader.
+  feature_contract (dict or None), model (state_dict); optional: optimizer (the optimiser's state: the key
+  keeps PyTorch's spelling, as in every checkpoint written so far), step, train_config, rng, loader.
 Files are written to a temporary name in the same folder, fsynced and renamed, so a kill or a full disk never
 leaves a half-written checkpoint under the real name. Payloads hold only tensors and plain Python values, so
 they load with `torch.load(weights_only=True)` (no arbitrary pickle code runs on load). Loading checks the

@@ -152,3 +152,20 @@ def read_only_prefix(folder: Path) -> tuple[tuple[str, ...], str]:
     if probe is None or probe.returncode == 0 or b"Read-only file system" not in probe.stderr:
         pytest.skip("root ignores chmod, and this machine allows no read-only bind mount (unshare -m)")
     return prefix, "read-only file system (EROFS)"
+
+
+VOLATILE_ATTRS = ("summary", "source")  # run timings and where the images were: not part of the contents
+
+
+def same_contents(a: str, b: str) -> bool:
+    """True when two stores (zarr or HDF5) hold identical arrays and attributes (minus VOLATILE_ATTRS)."""
+    from adaslot.store import open_store
+
+    sa, sb = open_store(a), open_store(b)
+    attrs_a = {k: v for k, v in sa.attrs.items() if k not in VOLATILE_ATTRS}
+    attrs_b = {k: v for k, v in sb.attrs.items() if k not in VOLATILE_ATTRS}
+    if attrs_a != attrs_b or sa.features.shape != sb.features.shape:
+        return False
+    if not (np.array_equal(sa.raw_image_ids, sb.raw_image_ids) and np.array_equal(sa.status, sb.status)):
+        return False
+    return all(np.array_equal(sa.read(x, y), sb.read(x, y)) for x, y in sa.chunk_bounds())

@@ -7,11 +7,10 @@ import os
 import subprocess
 import sys
 
-from helpers import shard_files
+from helpers import same_contents, shard_files
 
 from adaslot.config import CacheConfig, DataSpec
 from adaslot.store import open_store
-from adaslot.store.export import same_contents
 from adaslot.store.writer import cache_features
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from adaslot.data.coco import CocoDataset, collate, protocol_ground_truth
+from adaslot.data.coco import CocoDataset, collate
 from adaslot.data.synthetic import SyntheticConfig, image_id_for, render_scene, scene_rng
 from adaslot.data.transforms import (
     Geometry,
@@ -27,6 +27,7 @@ from adaslot.data.transforms import (
     transform_image,
 )
 from adaslot.errors import AdaslotError
+from adaslot.evaluate.masks import gt_at_side
 
 # pycocotools 2.0.11 + numpy 2.4 warn inside mask decoding; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -284,8 +285,8 @@ def test_ground_truth_matches_drawn_scene_and_crowd_options(tmp_path: Path) -> N
         assert len(no_crowd.instance_masks) == int((~scene.iscrowd).sum())
         n_crowd += int(scene.iscrowd.sum())
         n_all += len(scene.masks)
-        p = protocol_ground_truth(gt, 320)
-        assert p.instance_masks.shape == (len(scene.masks), 320, 320) and p.instance_masks.dtype == bool
+        p = gt_at_side(gt.instance_masks, 320)
+        assert p.shape == (len(scene.masks), 320, 320) and p.dtype == bool
     assert 0 < n_crowd < n_all
 
 

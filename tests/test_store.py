@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import shard_files
+from helpers import same_contents, shard_files
 
 from adaslot.config import CacheConfig, DataSpec, VerifyConfig
 from adaslot.errors import AdaslotError
 from adaslot.store import STATUS_OK, open_store
-from adaslot.store.export import export_hdf5, same_contents
+from adaslot.store.export import export_hdf5
 from adaslot.store.verify import verify_store
 from adaslot.store.writer import cache_features
 

@@ -120,8 +120,8 @@ class TrainConfig(Settings):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], strict: bool = False) -> TrainConfig:
-        """Also reads the flat layout of older run folders (dataset/root/... beside the other keys, and
-        `dense_decoding`, now the model setting `sparse_decoding`)."""
+        """Also reads the flat layout of older run folders: dataset/root/... beside the other keys, and
+        `dense_decoding: true` (the model setting `sparse_decoding: false`)."""
         d = dict(d)
         old_data = {k: d.pop(k) for k in ("dataset", "root", "images", "annotations", "strict") if k in d}
         if old_data and "data" not in d:

@@ -18,8 +18,8 @@ first).
 
 Ground truth (`ground_truth(image_id)`, docs/method.md#protocols): every annotation, crowd included by default
 (AdaSlot configs) or excluded (`include_crowd=False`, DINOSAUR paper), as instance masks at the original
-resolution [M, H, W] bool plus class masks (instances merged by category). `protocol_ground_truth` resizes
-them for the two published protocols (shorter side 224 or 320, nearest-exact, center crop).
+resolution [M, H, W] bool plus class masks (instances merged by category). `evaluate.masks.gt_at_side`
+resizes them for the two published protocols (shorter side 224 or 320, nearest-exact, center crop).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from adaslot.data.transforms import (
     ImageLoadError,
     hflip,
     load_image,
-    resize_masks_nearest_exact,
     transform_image,
 )
 from adaslot.errors import AdaslotError
@@ -89,9 +88,6 @@ class SkipLog:
             return "skipped 0 images"
         parts = ", ".join(f"{n} {r}" for r, n in sorted(self.counts().items()))
         return f"skipped {len(self.items)} images ({parts})"
-
-    def to_json(self) -> list[dict[str, Any]]:
-        return [asdict(s) for s in self.items]
 
 
 @dataclass
@@ -307,16 +303,6 @@ def _segmentation_problem(seg: Any, h: int, w: int) -> str | None:
             return "RLE without counts"
         return None
     return f"segmentation of type {type(seg).__name__}"
-
-
-def protocol_ground_truth(gt: GroundTruth, size: int) -> GroundTruth:
-    """GT resized like the published protocols: shorter side `size` with nearest-exact, center crop
-    `size` x `size` (AdaSlot configs: 224 with crowd; DINOSAUR paper: 320 without crowd; choose the crowd
-    option when calling `ground_truth`). Masks that become empty are kept (they are empty in the reference
-    too); metrics decide what to do with them."""
-    inst = resize_masks_nearest_exact(torch.from_numpy(gt.instance_masks), size).numpy()
-    cls = resize_masks_nearest_exact(torch.from_numpy(gt.class_masks), size).numpy()
-    return GroundTruth(gt.image_id, size, size, inst, gt.category_ids, gt.iscrowd, cls, gt.class_ids)
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from adaslot.store import (
     STATUS_CODES,
     STATUS_OK,
     metadata_damage,
-    normalize_path,
+    normalise_path,
     shard_done_mask,
     size_on_disk,
     status_code,
@@ -151,7 +151,7 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
     from adaslot.data.coco import collate, open_dataset
     from adaslot.encoders import build_encoder
 
-    cfg = dataclasses.replace(cfg.validate(), out=normalize_path(cfg.out))
+    cfg = dataclasses.replace(cfg.validate(), out=normalise_path(cfg.out))
     if "://" not in cfg.out and Path(cfg.out).is_file():
         raise AdaslotError(f"--out {cfg.out} is a file; the store is a folder (e.g. {cfg.out}.zarr)")
     views = cfg.num_views

@@ -24,7 +24,6 @@ TRAIN_METRICS = ("final_loss", "steps_per_s", "wall_s")
 EVAL_ORDER = ("fg_ari", "mbo_i", "mbo_c", "miou", "corloc", "mean_kept_slots", "mean_objects",
               "kept_vs_objects_r", "split_rate", "merge_rate", "background_slots")
 LOWER_IS_BETTER = {"final_loss", "wall_s", "split_rate", "merge_rate", "background_slots"}
-TIMING = ("steps_per_s", "wall_s")  # measured, so never identical between two sweeps
 HIDDEN_EVAL = {"num_images", "num_skipped"}
 
 
