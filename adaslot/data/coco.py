@@ -59,8 +59,13 @@ class Skip:
 
     def strict_error(self) -> AdaslotError:
         """The one-line error of a --strict run that meets this image."""
-        return AdaslotError(f"image {self.image_id} ({self.file}): {self.reason}"
-                            + (f" ({self.detail})" if self.detail else "") + "; drop --strict to skip it")
+        return strict_error(f"image {self.image_id} ({self.file})", self.reason, self.detail)
+
+
+def strict_error(what: str, reason: str, detail: str = "") -> AdaslotError:
+    """The one-line error of a --strict run that meets a bad input `what` (an image, a file)."""
+    return AdaslotError(f"{what}: {reason}" + (f" ({detail})" if detail else "")
+                        + "; drop --strict to skip it")
 
 
 @dataclass
@@ -303,6 +308,11 @@ def _segmentation_problem(seg: Any, h: int, w: int) -> str | None:
             return "RLE without counts"
         return None
     return f"segmentation of type {type(seg).__name__}"
+
+
+def keep_list(batch: list[Any]) -> list[Any]:
+    """DataLoader collate that leaves a batch as the list of its items (they are used one by one)."""
+    return batch
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -14,7 +14,6 @@ killed half-way leaves an incomplete store that the same command finishes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from adaslot.config import CacheConfig
 from adaslot.errors import AdaslotError
+from adaslot.files import atomic_path
 from adaslot.store.checksums import check_store
 from adaslot.store.create import check_resumable, create_store
 
@@ -90,7 +90,6 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _replace(src: Path, dst: Path) -> None:
-    """Copy src over dst atomically (temp name beside dst + rename)."""
-    tmp = dst.with_name(f".{dst.name}.repair-{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    """Copy src over dst atomically."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)

@@ -19,6 +19,7 @@ from adaslot.config.base import value_text
 from adaslot.config.sweep import hidden_axes
 from adaslot.errors import AdaslotError
 from adaslot.evaluate.report import format_value
+from adaslot.files import atomic_path
 
 TRAIN_METRICS = ("final_loss", "steps_per_s", "wall_s")
 EVAL_ORDER = ("fg_ari", "mbo_i", "mbo_c", "miou", "corloc", "mean_kept_slots", "mean_objects",
@@ -73,10 +74,10 @@ class RunRecord:
 
 def checkpoint_step(run_dir: str | Path) -> int:
     """Step of the newest checkpoint of a run folder (0: none yet)."""
-    from adaslot.checkpoint import latest_checkpoint
+    from adaslot.checkpoint import latest_checkpoint, step_of
 
     path = latest_checkpoint(Path(run_dir) / "checkpoints")
-    return int(path.stem.split("-")[1]) if path else 0
+    return step_of(path) if path else 0
 
 
 def read_score(run_dir: str | Path) -> dict[str, Any] | None:
@@ -128,8 +129,7 @@ def metric_columns(runs: list[RunRecord]) -> list[str]:
 def write_csv(runs: list[RunRecord], axes: list[str], path: Path) -> Path:
     """sweep.csv: one row per run (variant x seed)."""
     cols = metric_columns(runs)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["run", "variant", "seed", "status", *axes, "step", *cols, "warmstart"])
         for r in runs:
@@ -137,7 +137,6 @@ def write_csv(runs: list[RunRecord], axes: list[str], path: Path) -> Path:
             w.writerow([r.name, variant_label(r, axes), r.seed, r.status,
                         *(value_text(r.settings.get(a)) for a in axes), r.checkpoint_step,
                         *(_csv_number(vals.get(c)) for c in cols), r.settings.get("warmstart") or ""])
-    tmp.replace(path)
     return path
 
 
@@ -238,9 +237,8 @@ def write_summary(runs: list[RunRecord], groups: list[Group], axes: list[str], r
     if pending:
         lines += ["", "Not in the table: " + ", ".join(f"{r.name} ({r.status}, step {r.checkpoint_step}"
                                                        f"/{r.num_iters})" for r in pending)]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     return path
 
 
