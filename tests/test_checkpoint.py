@@ -69,6 +69,7 @@ save_checkpoint(sys.argv[1], payload)
 """
 
 
+@pytest.mark.e2e
 def test_a_write_killed_midway_leaves_the_old_checkpoint(tmp_path):
     """SIGKILL while a checkpoint is being overwritten: the old one is still there, whole (a writer that
     opened the real name would have truncated it), and the new one is nowhere."""

@@ -16,6 +16,8 @@ from adaslot.config import demo_config, get_preset, model_config_for
 from adaslot.demo import RESULT_KEYS
 from adaslot.encoders import build_encoder
 
+pytestmark = pytest.mark.e2e  # whole demo runs
+
 
 def test_demo_quick_end_to_end(tmp_path):
     out = tmp_path / "demo"

@@ -19,6 +19,8 @@ from adaslot.store import open_store
 from adaslot.store.checksums import check_store
 from adaslot.store.writer import cache_features
 
+pytestmark = pytest.mark.e2e  # commands on damaged stores
+
 SIDE = 64  # 4 x 4 tokens of random-vit-tiny
 KINDS = ("zarr.json cut short", "shard cut short", "bytes flipped in a shard")
 

@@ -25,6 +25,8 @@ from PIL import Image
 from adaslot.checkpoint import list_checkpoints, load_checkpoint
 from adaslot.train import read_metrics
 
+pytestmark = pytest.mark.e2e  # whole sweeps
+
 TIMING = ("steps_per_s", "wall_s")
 
 
