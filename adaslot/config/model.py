@@ -107,7 +107,8 @@ def register_preset(preset: Preset) -> Preset:
 
 register_preset(Preset("coco", "dino-vitb-16", ModelConfig(), 7, 33, "reference: DINO ViT-B/16, COCO"))
 # MOVi (docs/method.md#presets): slot dim 128, decoder [1024]x3; only K_max is published, stage 1 uses it too.
-_MOVI = dict(slot_dim=128, slot_mlp_hidden=512, selector_hidden=512, decoder_hidden=(1024, 1024, 1024))
+_MOVI: dict[str, Any] = dict(slot_dim=128, slot_mlp_hidden=512, selector_hidden=512,
+                             decoder_hidden=(1024, 1024, 1024))
 register_preset(Preset("movi-c", "dino-vitb-16", ModelConfig(num_slots=11, **_MOVI), 11, 11, "MOVi-C"))
 register_preset(Preset("movi-e", "dino-vitb-16", ModelConfig(num_slots=24, **_MOVI), 24, 24, "MOVi-E"))
 # The demo (docs/method.md#demo): 64-px shapes, the demo-colour-pos encoder (8 x 8 tokens of 128 dims), a

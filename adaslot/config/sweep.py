@@ -72,6 +72,7 @@ def warmstart_free_keys() -> frozenset[str]:
 
 def axis_value(key: str, value: Any) -> Any:
     """A grid value (command-line text or a TOML value) -> the type of setting `key`; one line if invalid."""
+    owner: type[Any]  # a Settings dataclass
     if key.startswith("model."):
         owner, name = ModelConfig, key[len("model."):]
         if name not in {f.name for f in dataclasses.fields(ModelConfig)}:
