@@ -18,8 +18,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
@@ -68,20 +70,20 @@ def overlap_free_labels(gt_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, overlap
 
 
-def class_masks(gt_masks: np.ndarray, categories: Sequence[int]) -> np.ndarray:
+def class_masks(gt_masks: np.ndarray, categories: npt.ArrayLike) -> np.ndarray:
     """Merge instance masks by category: `gt_masks [M, H, W]`, `categories [M]` -> `[C, H, W]` bool.
 
     Classes are in sorted category order; the result feeds `mbo` for mBO^c (its own overlap rule then
     applies between different categories only, as in ocl's per-class segmentation masks).
     """
     gt_masks = np.asarray(gt_masks, dtype=bool)
-    categories = np.asarray(categories)
-    if len(categories) != len(gt_masks):
-        raise ValueError(f"{len(gt_masks)} masks but {len(categories)} categories")
-    cats = np.unique(categories)
+    category = np.asarray(categories)
+    if len(category) != len(gt_masks):
+        raise ValueError(f"{len(gt_masks)} masks but {len(category)} categories")
+    cats = np.unique(category)
     out = np.zeros((len(cats),) + gt_masks.shape[1:], bool)
     for i, c in enumerate(cats):
-        np.any(gt_masks[categories == c], axis=0, out=out[i])
+        np.any(gt_masks[category == c], axis=0, out=out[i])
     return out
 
 
@@ -117,7 +119,7 @@ def _ari_from_contingency(n: np.ndarray) -> float:
     denominator = (aindex + bindex) / 2 - expected
     if denominator <= 0:
         return 1.0
-    return (rindex - expected) / denominator
+    return float((rindex - expected) / denominator)
 
 
 def fg_ari(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -170,7 +172,8 @@ def _iou_from_table(counts: np.ndarray) -> np.ndarray:
     gt_area = inter.sum(1, keepdims=True)
     slot_area = counts.sum(0, keepdims=True).astype(np.float64)  # includes background pixels
     union = gt_area + slot_area - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    iou: np.ndarray = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return iou
 
 
 def mbo(pred: np.ndarray, gt_masks: np.ndarray) -> float:
@@ -300,7 +303,7 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def slot_count_stats(kept: Sequence[int], num_objects: Sequence[int]) -> dict:
+def slot_count_stats(kept: npt.ArrayLike, num_objects: npt.ArrayLike) -> dict[str, Any]:
     """Kept-slot statistics of an adaptive model over images.
 
     Returns mean (kept slots per image), histogram (list: entry k = #images with k kept slots) and
@@ -319,7 +322,7 @@ def slot_count_stats(kept: Sequence[int], num_objects: Sequence[int]) -> dict:
     }
 
 
-def count_confusion(slots: Sequence[int], num_objects: Sequence[int]) -> list[list[int]]:
+def count_confusion(slots: npt.ArrayLike, num_objects: npt.ArrayLike) -> list[list[int]]:
     """Images per (object count, slot count): `[O + 1][S + 1]` nested lists, entry [o][s] = #images with o GT
     objects and s slots (O, S = the largest counts seen; [] without images)."""
     s = np.asarray(slots, dtype=np.int64)
@@ -330,10 +333,11 @@ def count_confusion(slots: Sequence[int], num_objects: Sequence[int]) -> list[li
         return []
     width = int(s.max()) + 1
     flat = np.bincount(o * width + s, minlength=(int(o.max()) + 1) * width)
-    return flat.reshape(-1, width).tolist()
+    counts: list[list[int]] = flat.reshape(-1, width).tolist()
+    return counts
 
 
-def _nanmean(values: Sequence[float]) -> float:
+def _nanmean(values: npt.ArrayLike) -> float:
     v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
     return float(v.mean()) if len(v) else math.nan
@@ -366,7 +370,7 @@ class MetricAccumulator:
             row["kept_slots"] = float(kept_slots)
         self.rows.append(row)
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """Means of METRIC_KEYS; num_images; num_skipped (images without any GT mask: not in the mBO / mIoU /
         mask CorLoc means, but in FG-ARI's); mean_objects. With `object_diagnostics` in the scores:
         split_rate (objects held by >= 2 slots / all objects), merge_rate (slots covering >= 2 objects /
@@ -380,7 +384,7 @@ class MetricAccumulator:
         def column(key: str) -> np.ndarray:
             return np.asarray([r.get(key, math.nan) for r in rows], dtype=np.float64)
 
-        out: dict = {key: _nanmean(column(key)) for key in METRIC_KEYS}
+        out: dict[str, Any] = {key: _nanmean(column(key)) for key in METRIC_KEYS}
         objects = column("num_objects")
         out["num_images"] = len(rows)
         out["num_skipped"] = int((objects == 0).sum())

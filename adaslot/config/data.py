@@ -5,13 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from adaslot.config.base import Settings, setting
 from adaslot.errors import AdaslotError
-
-if TYPE_CHECKING:
-    from adaslot.data.coco import CocoDataset
 
 DATASETS = ("coco", "synthetic")  # both read the COCO 2017 layout (make-synthetic writes it)
 
@@ -20,7 +16,8 @@ DATASETS = ("coco", "synthetic")  # both read the COCO 2017 layout (make-synthet
 class DataSpec(Settings):
     """A COCO-format dataset: `--root R` (COCO 2017 layout: R/{split}2017/ + R/annotations/
     instances_{split}2017.json) or `--images DIR --annotations FILE`. `strict` is the policy of the loops
-    that read it: stop at the first missing/unreadable image or malformed annotation instead of skipping."""
+    that read it: stop at the first missing/unreadable image or malformed annotation instead of skipping.
+    `adaslot.data.coco.open_dataset(spec, size)` opens it."""
 
     dataset: str = setting("coco", "layout of --root: coco, or synthetic (a root written by make-synthetic)",
                            choices=DATASETS)
@@ -29,7 +26,8 @@ class DataSpec(Settings):
     images: str | None = setting(None, "image folder of a COCO-format dataset (with --annotations)")
     annotations: str | None = setting(None, "COCO-format annotation json (with --images)")
     strict: bool = setting(False, "stop at the first missing or unreadable image or malformed annotation "
-                                  "(default: skip it and list it in the outputs)")
+                                  "(default: skip it and list it in the outputs)", resumable=True,
+                           axis=False)
 
     @property
     def given(self) -> bool:
@@ -58,24 +56,6 @@ class DataSpec(Settings):
             raise AdaslotError(f"{ann} not found: is {root} a COCO 2017 root and '{self.split}' a split "
                                "in it?")
         return root / f"{self.split}2017", ann
-
-    def open(self, size: int, views: int = 1, antialias: bool = False) -> CocoDataset:
-        """The dataset at network input side `size` (never strict itself: loops apply the policy, see
-        `data.coco.CocoDataset`). With `strict`, a malformed annotation is refused here, before any work."""
-        from adaslot.data.coco import CocoDataset
-
-        images, annotations = self.paths()
-        ds = CocoDataset(images, annotations, size=size, views=views, antialias=antialias)
-        if self.strict:
-            missing = next((s for s in ds.skips.items if s.reason == "missing"), None)
-            if missing is not None:
-                raise missing.strict_error()
-            problem = ds.first_malformed_annotation()
-            if problem:
-                raise AdaslotError(f"{problem}; drop --strict to skip it")
-        if len(ds) == 0:
-            raise AdaslotError(f"no usable images in {ds.images_dir} (listed {ds.num_listed}, all missing)")
-        return ds
 
 
 BACKGROUNDS = ("plain", "gradient", "stripes", "noise")

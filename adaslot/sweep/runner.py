@@ -8,17 +8,16 @@ table; new grid values add variants beside the old ones.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
 import os
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from adaslot.config import SweepConfig
+from adaslot.device import torch_threads
 from adaslot.errors import AdaslotError
 from adaslot.files import write_json
 from adaslot.sweep.plan import assign, is_scored, needs, resolve_warmstart, share_groups, train_command
@@ -63,7 +62,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     failures: list[Failure] = []
     with _Progress(variants, cfg.progress):
         if len(workers) == 1:  # in this process
-            with _threads(cfg.threads):
+            with torch_threads(cfg.threads):
                 failures = run_worker(workers[0], devices[0], cfg.threads, cfg.scoring())
         elif workers:
             spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked loader threads
@@ -84,7 +83,7 @@ def collect(cfg: SweepConfig) -> dict[str, Any]:
     runs = read_runs(out)
     if not runs:
         raise AdaslotError(f"--collect {out}: no run folders (with config.json) in {out}/runs/")
-    with _threads(cfg.threads):
+    with torch_threads(cfg.threads):
         for r in runs:
             if r.trained and not is_scored(r.dir, r.checkpoint_step, cfg.scoring()):
                 if cfg.progress:
@@ -143,19 +142,6 @@ def known_metrics() -> list[str]:
     return [*keys, *TRAIN_METRICS]
 
 
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """torch threads = n inside, the caller's number restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 class _Progress:
     """One bar over the steps of every variant, read from their metrics.jsonl (works for worker processes
     too) by a background thread once a second."""
@@ -170,7 +156,7 @@ class _Progress:
         self.thread = threading.Thread(target=self._poll, daemon=True)
 
     def _poll(self) -> None:
-        from adaslot.sweep.plan import checkpoint_step, read_score
+        from adaslot.sweep.results import checkpoint_step, read_score
         from adaslot.train import read_metrics
 
         while True:
