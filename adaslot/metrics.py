@@ -213,7 +213,7 @@ corloc = mask_corloc  # the old name, kept for one release
 RENAMED_KEYS = {"corloc": "mask_corloc"}
 
 
-def upgrade_metric_keys(scores: dict) -> dict:
+def upgrade_metric_keys(scores: dict[str, Any]) -> dict[str, Any]:
     """A copy of `scores` (a metrics.json protocol entry or a sweep score) with old key names renamed
     (RENAMED_KEYS); a key already present under its new name wins."""
     out = dict(scores)
