@@ -46,7 +46,7 @@ def make_store(out: Path, name: str, coco: Path) -> Path:
 
     side = SIDE[get_encoder_spec(name).patch_size]
     cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(coco)), encoder=name, image_size=side,
-                               chunk_size=4, shard_size=8, batch_size=6, workers=0, device="cpu",
+                               views=1, chunk_size=4, shard_size=8, batch_size=6, workers=0, device="cpu",
                                progress=False))
     return out
 
@@ -65,7 +65,7 @@ def _segment(ckpt: Path, image: Path, out: Path, monkeypatch, capsys) -> np.ndar
 
 
 def test_sweep_over_stores_of_different_encoders(stores, synthetic_coco, tmp_path, monkeypatch, capsys):
-    a, b = stores["dino-vits-8"], stores["dinov2-vits-14-reg"]
+    a, b = stores["dino-vits-8"], stores["dinov2-vitb-14-reg"]
     out = tmp_path / "sweep"
     args = ["sweep", "--out", str(out), "--grid", f"from_cache={a},{b}", "--val-root", str(synthetic_coco),
             *TINY_FLAGS, "--batch-size", "4", "--lr-schedule", "constant", "--lr", "1e-3", "--num-slots", "4",
@@ -76,7 +76,7 @@ def test_sweep_over_stores_of_different_encoders(stores, synthetic_coco, tmp_pat
         table = list(csv.DictReader(f))
     assert len(table) == 2 and all(r["fg_ari"] not in ("", None) for r in table)
     image = next((synthetic_coco / "val2017").iterdir())
-    for store, (t, d) in ((a, (36, 384)), (b, (16, 384))):
+    for store, (t, d) in ((a, (36, 384)), (b, (16, 768))):
         run = next(p for p in (out / "runs").iterdir() if store.stem in p.name)
         ckpt = latest_checkpoint(run / "checkpoints")
         payload = load_checkpoint(ckpt)
@@ -88,7 +88,7 @@ def test_sweep_over_stores_of_different_encoders(stores, synthetic_coco, tmp_pat
         assert labels.shape == Image.open(image).size[::-1]  # masks at the image's full resolution
 
 
-@pytest.mark.parametrize("name", ["dinov2-vits-14", "dinov2-vitb-14-reg"])
+@pytest.mark.parametrize("name", ["dinov2-vits-14", "dinov2-vits-14-reg"])
 def test_stage1_run_and_segment(name, stores, synthetic_coco, tmp_path, monkeypatch, capsys):
     from adaslot.train import train
 
