@@ -51,8 +51,9 @@ class EncoderSpec:
     Exactly one of `timm_name` (a timm ViT, pretrained tag included) or `builder` (a custom module) is set.
     `builder()` must return an `nn.Module` mapping NORMALISED images [B, 3, H, W] -> tokens [B, T, D];
     `FrozenEncoder` adds the normalisation, freezing and eval mode around it. `image_size` is the default
-    input side (any other works); `pos_offset` / `pos_antialias`: how the release code interpolates its
-    position embedding to another grid (docs/method.md#encoders).
+    input side (any other works); `pos_offset` / `pos_antialias`: how the position embedding is
+    interpolated to another grid (docs/method.md#encoders): the release code's way for the DINO / DINOv2
+    encoders, timm's (`resample_abs_pos_embed`: by size, antialiased) otherwise.
     """
 
     name: str
@@ -68,8 +69,8 @@ class EncoderSpec:
     download_url: str | None = None  # the original release file, for the "missing weights" message
     hf_hub_id: str | None = None  # repo in the HF hub cache holding timm-format weights
     tap_point: str = TAP_POINT
-    pos_offset: float = 0.1
-    pos_antialias: bool = False
+    pos_offset: float = 0.0  # the defaults are timm's own resampling; the release encoders set theirs
+    pos_antialias: bool = True
     description: str = ""
 
     def num_tokens(self, side: int | None = None) -> int:
@@ -117,32 +118,38 @@ def get_encoder_spec(name: str) -> EncoderSpec:
     return ENCODERS[name]
 
 
-# The table in docs/encoders.md lists these with their release files and token counts.
+# The table in docs/encoders.md lists these with their release files and token counts. DINO and DINOv2
+# interpolate their position embedding with scale factors (n + 0.1) / N, no antialias
+# (docs/method.md#encoders); their register models by output size, antialiased.
+_RELEASE = dict(pos_offset=0.1, pos_antialias=False)
 _DINO = "https://dl.fbaipublicfiles.com/dino"
 _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2"
 register_encoder(name="dino-vitb-16", timm_name="vit_base_patch16_224.dino", embed_dim=768, patch_size=16,
                  download_url=f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
-                 hf_hub_id="timm/vit_base_patch16_224.dino", description="DINO ViT-B/16 (the reference)")
+                 hf_hub_id="timm/vit_base_patch16_224.dino", **_RELEASE,
+                 description="DINO ViT-B/16 (the reference)")
 register_encoder(name="dino-vits-16", timm_name="vit_small_patch16_224.dino", embed_dim=384, patch_size=16,
                  download_url=f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
-                 hf_hub_id="timm/vit_small_patch16_224.dino", description="DINO ViT-S/16")
+                 hf_hub_id="timm/vit_small_patch16_224.dino", **_RELEASE, description="DINO ViT-S/16")
 register_encoder(name="dino-vits-8", timm_name="vit_small_patch8_224.dino", embed_dim=384, patch_size=8,
                  download_url=f"{_DINO}/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
-                 hf_hub_id="timm/vit_small_patch8_224.dino",
+                 hf_hub_id="timm/vit_small_patch8_224.dino", **_RELEASE,
                  description="DINO ViT-S/8 (DINOSAUR's MOVi configs)")
 register_encoder(name="dino-vitb-8", timm_name="vit_base_patch8_224.dino", embed_dim=768, patch_size=8,
                  download_url=f"{_DINO}/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
-                 hf_hub_id="timm/vit_base_patch8_224.dino", description="DINO ViT-B/8")
-# DINOv2 was trained at 518 px (37 x 37 grid): the weights keep that grid, and any other side (224 by default:
-# 16 x 16) interpolates it at run time as the release does. Its register models interpolate with
+                 hf_hub_id="timm/vit_base_patch8_224.dino", **_RELEASE, description="DINO ViT-B/8")
+# DINOv2 was trained at 518 px (37 x 37 grid): the weights keep that grid, and any other side (224 by
+# default: 16 x 16) interpolates it at run time as the release does. Its register models interpolate with
 # antialias and by output size (the release's `interpolate_antialias=True, interpolate_offset=0.0`).
 _REG = dict(pos_offset=0.0, pos_antialias=True)
 register_encoder(name="dinov2-vits-14", timm_name="vit_small_patch14_dinov2.lvd142m", embed_dim=384,
                  patch_size=14, download_url=f"{_DINOV2}/dinov2_vits14/dinov2_vits14_pretrain.pth",
-                 hf_hub_id="timm/vit_small_patch14_dinov2.lvd142m", description="DINOv2 ViT-S/14")
+                 hf_hub_id="timm/vit_small_patch14_dinov2.lvd142m", **_RELEASE,
+                 description="DINOv2 ViT-S/14")
 register_encoder(name="dinov2-vitb-14", timm_name="vit_base_patch14_dinov2.lvd142m", embed_dim=768,
                  patch_size=14, download_url=f"{_DINOV2}/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
-                 hf_hub_id="timm/vit_base_patch14_dinov2.lvd142m", description="DINOv2 ViT-B/14")
+                 hf_hub_id="timm/vit_base_patch14_dinov2.lvd142m", **_RELEASE,
+                 description="DINOv2 ViT-B/14")
 register_encoder(name="dinov2-vits-14-reg", timm_name="vit_small_patch14_reg4_dinov2.lvd142m", embed_dim=384,
                  patch_size=14, download_url=f"{_DINOV2}/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth",
                  hf_hub_id="timm/vit_small_patch14_reg4_dinov2.lvd142m", **_REG,
