@@ -102,3 +102,13 @@ def test_stage1_run_and_segment(name, stores, synthetic_coco, tmp_path, monkeypa
     image = next((synthetic_coco / "val2017").iterdir())
     labels = _segment(ckpt, image, tmp_path / "seg", monkeypatch, capsys)
     assert labels.shape == Image.open(image).size[::-1]
+    # every eval protocol at this side (4 x 4 alpha grid), masks saved at the original resolution
+    code, err = run_cli(["eval", str(ckpt), "--root", str(synthetic_coco), "--out", str(tmp_path / "ev"),
+                         "--max-images", "2", "--save-masks", "--num-vis", "0", "--workers", "0",
+                         "--no-progress", "--device", "cpu"], monkeypatch, capsys)
+    assert code in (0, None), err
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert set(m["protocols"]) == {"adaslot", "dinosaur", "fullres"}
+    assert all(p["num_images"] == 2 for p in m["protocols"].values())
+    saved = sorted((tmp_path / "ev" / "masks").rglob("*.png"))
+    assert saved and np.asarray(Image.open(saved[0])).shape == Image.open(image).size[::-1]
