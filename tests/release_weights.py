@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # name -> (depth, dim, heads, patch, release grid, registers, DINOv2 layout (mask_token, LayerScale))
@@ -15,6 +17,7 @@ MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
+@functools.lru_cache(maxsize=8)  # the same weights serve several tests: generated once; never mutated
 def release_state(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random weights with the key names and shapes of the release file (`dino_deitsmall8_pretrain.pth`,
     `dinov2_vit*14[_reg4]_pretrain.pth`); LayerNorm scales near 1 so the features stay well-scaled."""

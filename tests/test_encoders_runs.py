@@ -69,7 +69,7 @@ def test_sweep_over_stores_of_different_encoders(stores, synthetic_coco, tmp_pat
     out = tmp_path / "sweep"
     args = ["sweep", "--out", str(out), "--grid", f"from_cache={a},{b}", "--val-root", str(synthetic_coco),
             *TINY_FLAGS, "--batch-size", "4", "--lr-schedule", "constant", "--lr", "1e-3", "--num-slots", "4",
-            "--workers", "0", "--num-iters", "2", "--ckpt-every", "2", "--score-images", "2", "--no-progress"]
+            "--workers", "0", "--num-iters", "2", "--ckpt-every", "2", "--score-images", "1", "--no-progress"]
     code, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
     with open(out / "sweep.csv") as f:
@@ -102,13 +102,15 @@ def test_stage1_run_and_segment(name, stores, synthetic_coco, tmp_path, monkeypa
     image = next((synthetic_coco / "val2017").iterdir())
     labels = _segment(ckpt, image, tmp_path / "seg", monkeypatch, capsys)
     assert labels.shape == Image.open(image).size[::-1]
+    if name != "dinov2-vits-14-reg":
+        return
     # every eval protocol at this side (4 x 4 alpha grid), masks saved at the original resolution
     code, err = run_cli(["eval", str(ckpt), "--root", str(synthetic_coco), "--out", str(tmp_path / "ev"),
-                         "--max-images", "2", "--save-masks", "--num-vis", "0", "--workers", "0",
+                         "--max-images", "1", "--save-masks", "--num-vis", "0", "--workers", "0",
                          "--no-progress", "--device", "cpu"], monkeypatch, capsys)
     assert code in (0, None), err
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert set(m["protocols"]) == {"adaslot", "dinosaur", "fullres"}
-    assert all(p["num_images"] == 2 for p in m["protocols"].values())
+    assert all(p["num_images"] == 1 for p in m["protocols"].values())
     saved = sorted((tmp_path / "ev" / "masks").rglob("*.png"))
     assert saved and np.asarray(Image.open(saved[0])).shape == Image.open(image).size[::-1]
