@@ -188,9 +188,10 @@ def load_encoder(payload: dict[str, Any], weights: str | os.PathLike | None = No
     from adaslot.contract import check_contract
     from adaslot.encoders import build_encoder
 
-    encoder = build_encoder(payload["encoder"], weights=weights, device=device)
-    contract = encoder.contract()
     trained_on = payload.get("feature_contract") or {"encoder": payload.get("encoder")}
+    side = (trained_on.get("input_size") or [None])[0]  # the side the model was trained at
+    encoder = build_encoder(payload["encoder"], weights=weights, device=device, image_size=side)
+    contract = encoder.contract()
     what = f"--encoder-weights {weights}" if weights else "the encoder weights found"
     check_contract(trained_on, contract, what, "the checkpoint's feature contract", ENCODER_FIX)
     check_feature_shape(contract, payload)

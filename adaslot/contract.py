@@ -12,8 +12,8 @@ from typing import Any
 
 from adaslot.errors import AdaslotError
 
-IDENTITY_KEYS = ("encoder", "weights_sha256", "tap_point", "input_size", "normalisation", "num_tokens",
-                 "feature_dim")
+IDENTITY_KEYS = ("encoder", "weights_sha256", "tap_point", "pos_interpolation", "input_size", "normalisation",
+                 "num_tokens", "feature_dim")
 
 
 def _norm(v: Any) -> str:

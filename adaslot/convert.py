@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from adaslot.config import PRESETS, ModelConfig
+from adaslot.config import PRESETS, ModelConfig, model_config_for
 from adaslot.errors import AdaslotError
 
 # official prefix -> adaslot prefix; most specific first (the first match wins).
@@ -137,14 +137,14 @@ def infer_config(sd: dict[str, torch.Tensor], stage: int, num_slots: int | None 
         if preset not in PRESETS:
             raise AdaslotError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
         candidates = [preset]
-        bad = {f: (getattr(PRESETS[preset].model, f), v) for f, v in shape.items()
-               if getattr(PRESETS[preset].model, f) != v}
+        want = model_config_for(preset, stage)  # D and T follow the preset's encoder
+        bad = {f: (getattr(want, f), v) for f, v in shape.items() if getattr(want, f) != v}
         if bad:
             raise AdaslotError(f"checkpoint shapes do not fit preset {preset!r}: "
                                + ", ".join(f"{f} {v} (preset {p})" for f, (p, v) in bad.items()))
     else:
-        candidates = [n for n, p in PRESETS.items()
-                      if all(getattr(p.model, f) == v for f, v in shape.items())]
+        candidates = [n for n in PRESETS
+                      if all(getattr(model_config_for(n, stage), f) == v for f, v in shape.items())]
     name = candidates[0] if len(candidates) == 1 else None
     if num_slots is None:
         ks = {PRESETS[n].num_slots_stage1 if stage == 1 else PRESETS[n].num_slots_stage2 for n in candidates}

@@ -1,143 +1,123 @@
 """Frozen image encoders: a registry of names -> (timm ViT or custom module, tap point, normalisation).
 
-`build_encoder(name, weights=None)` returns a `FrozenEncoder`: images [B, 3, H, W] in [0, 1] (not normalised)
--> tokens [B, T, D] = output of the last transformer block BEFORE the final LayerNorm, prefix tokens (CLS,
-registers) dropped (docs/method.md#encoder). The module is frozen, always in eval mode, and runs under
-no_grad.
+`build_encoder(name, weights=None, image_size=None)` returns a `FrozenEncoder`: images [B, 3, H, W] in [0, 1]
+(not normalised) -> tokens [B, T, D] = output of the last transformer block BEFORE the final LayerNorm,
+prefix tokens (CLS, registers) dropped (docs/method.md#encoder). Any input side works: the position
+embedding is interpolated from the release's grid as the release code does (docs/method.md#encoders). The
+module is frozen, always in eval mode, and runs under no_grad.
 
 Weights never come from the network. In order: `weights=FILE` (a timm state dict, the original DINO /
-DINOv2 release file, a DINO full training checkpoint, or any of these wrapped in 'model'/'state_dict'),
-then the local Hugging Face hub cache (timm's `timm/<model>` repos), then torch hub's checkpoint directory.
-If none is found, an `AdaslotError` says where to download the file and how to pass it.
+DINOv2 release file, a DINO full training checkpoint, or any of these wrapped in 'model'/'state_dict'; see
+`adaslot.encoder_weights`), then the local Hugging Face hub cache (timm's `timm/<model>` repos), then torch
+hub's checkpoint directory. If none is found, an `AdaslotError` says where to download the file.
 
 The feature contract (`FrozenEncoder.contract(side)`) identifies the features a cache stores: encoder name,
-timm model + version, a checksum of the weights actually used (format independent), tap point, input
-resolution, normalisation, dtype. Stores and trainers compare it to refuse mismatches.
+timm model + version, a checksum of the weights actually used (format independent), tap point, position-
+embedding interpolation, input resolution, normalisation, dtype. Stores and trainers compare it.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
+import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from adaslot.config.encoders import (  # noqa: F401  (re-exported: the registry lives with the settings)
+    ENCODERS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TAP_POINT,
+    EncoderSpec,
+    available_encoders,
+    get_encoder_spec,
+    register_encoder,
+)
+from adaslot.encoder_weights import (
+    UNUSED_PREFIXES,
+    find_cached_weights,
+    load_into_vit,
+    load_weights_file,
+    unwrap,
+)
 from adaslot.errors import AdaslotError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-TAP_POINT = "last transformer block output, before the final LayerNorm, prefix tokens (CLS/registers) dropped"
-# Parameters the tap point never uses: a weights file may lack them, and they are not part of the checksum.
-_UNUSED_PREFIXES = ("norm.", "fc_norm.", "head.", "head_drop.", "attn_pool.")
 
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """How to build one named encoder.
-
-    Exactly one of `timm_name` (a timm ViT, pretrained tag included) or `builder` (a custom module) is set.
-    `builder()` must return an `nn.Module` mapping NORMALISED images [B, 3, H, W] -> tokens [B, T, D];
-    `FrozenEncoder` adds the normalisation, freezing and eval mode around it.
-    """
-
-    name: str
-    embed_dim: int
-    patch_size: int
-    image_size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    timm_name: str | None = None
-    timm_kwargs: dict[str, Any] = field(default_factory=dict)
-    builder: Callable[[], nn.Module] | None = None
-    random_init_seed: int | None = None  # set: random weights from this seed, no file needed
-    download_url: str | None = None  # the original release file, for the "missing weights" message
-    hf_hub_id: str | None = None  # repo in the HF hub cache holding timm-format weights
-    tap_point: str = TAP_POINT
-    description: str = ""
-
-    def num_tokens(self, side: int) -> int:
-        return (side // self.patch_size) ** 2
-
-
-ENCODERS: dict[str, EncoderSpec] = {}
-
-
-def register_encoder(spec: EncoderSpec | None = None, /, **kwargs: Any) -> EncoderSpec:
-    """Register an encoder by spec or by EncoderSpec keyword arguments; re-registering a name replaces it.
-
-    Custom (non-timm) frozen encoders: `register_encoder(name="my-enc", embed_dim=64, patch_size=8,
-    builder=lambda: MyModule(), mean=..., std=...)`; the builder must be deterministic (same weights every
-    call), since the weights checksum in the feature contract is computed from what it returns.
-    """
-    if spec is None:
-        spec = EncoderSpec(**kwargs)
-    elif kwargs:
-        raise TypeError("pass either an EncoderSpec or keyword arguments, not both")
-    if (spec.timm_name is None) == (spec.builder is None):
-        raise ValueError(f"encoder {spec.name!r}: set exactly one of timm_name or builder")
-    ENCODERS[spec.name] = spec
-    return spec
-
-
-def available_encoders() -> list[str]:
-    return sorted(ENCODERS)
-
-
-def get_encoder_spec(name: str) -> EncoderSpec:
-    if name not in ENCODERS:
-        raise AdaslotError(f"unknown encoder {name!r}; known: {', '.join(available_encoders())}")
-    return ENCODERS[name]
-
-
-_DINO = "https://dl.fbaipublicfiles.com/dino"
-register_encoder(name="dino-vitb-16", timm_name="vit_base_patch16_224.dino", embed_dim=768, patch_size=16,
-                 download_url=f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
-                 hf_hub_id="timm/vit_base_patch16_224.dino", description="DINO ViT-B/16 (the reference)")
-register_encoder(name="dino-vits-16", timm_name="vit_small_patch16_224.dino", embed_dim=384, patch_size=16,
-                 download_url=f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
-                 hf_hub_id="timm/vit_small_patch16_224.dino", description="DINO ViT-S/16")
-register_encoder(name="dino-vitb-8", timm_name="vit_base_patch8_224.dino", embed_dim=768, patch_size=8,
-                 download_url=f"{_DINO}/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
-                 hf_hub_id="timm/vit_base_patch8_224.dino", description="DINO ViT-B/8")
-# DINOv2 was trained at 518; at 224 timm resamples its position embedding (bicubic) to the 16x16 grid.
-register_encoder(name="dinov2-vitb-14", timm_name="vit_base_patch14_dinov2.lvd142m", embed_dim=768,
-                 patch_size=14, timm_kwargs={"img_size": 224},
-                 download_url="https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
-                 hf_hub_id="timm/vit_base_patch14_dinov2.lvd142m", description="DINOv2 ViT-B/14")
-register_encoder(name="random-vit-tiny", timm_name="vit_tiny_patch16_224", embed_dim=192, patch_size=16,
-                 random_init_seed=0, description="timm ViT-Tiny/16, random init (seed 0): tests, benchmarks")
+def interpolate_pos_embed(pos: torch.Tensor, grid: tuple[int, int], offset: float, antialias: bool
+                          ) -> torch.Tensor:
+    """Patch position embedding [1, N, D] on an M x M grid -> [1, h * w, D] on grid (h, w), bicubic, as
+    DINO / DINOv2's `interpolate_pos_encoding`: offset > 0 gives scale factors (h + offset) / M (the release's
+    guard against rounding the output size down), offset 0 the output size itself; computed in float32.
+    Unchanged when the grid is M x M."""
+    n, dim = pos.shape[1], pos.shape[2]
+    m = math.isqrt(n)
+    if m * m != n:
+        raise ValueError(f"position embedding of {n} tokens is not a square grid")
+    if grid == (m, m):
+        return pos
+    h, w = grid
+    size_or_scale: dict[str, Any] = ({"scale_factor": ((h + offset) / m, (w + offset) / m)} if offset
+                                     else {"size": (h, w)})
+    out = F.interpolate(pos.float().reshape(1, m, m, dim).permute(0, 3, 1, 2), mode="bicubic",
+                        antialias=antialias, **size_or_scale)
+    if tuple(out.shape[-2:]) != (h, w):
+        raise ValueError(f"position embedding interpolated to {tuple(out.shape[-2:])}, expected {(h, w)}")
+    return out.permute(0, 2, 3, 1).reshape(1, h * w, dim).to(pos.dtype)
 
 
 class _TimmTap(nn.Module):
-    """Wraps a timm VisionTransformer: normalised images -> last-block tokens without prefix tokens."""
+    """Wraps a timm VisionTransformer: normalised images -> last-block tokens without prefix tokens.
 
-    def __init__(self, vit: nn.Module):
+    The forward is timm's (patch embedding, prefix tokens, blocks) except for the position embedding, which
+    is interpolated to the input's grid by `interpolate_pos_embed` as the release code does (timm's own
+    resampling uses other settings for DINO and non-register DINOv2)."""
+
+    def __init__(self, vit: nn.Module, offset: float, antialias: bool):
         super().__init__()
         self.vit = vit
+        self.offset, self.antialias = offset, antialias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # indices=1 -> the last block; norm=False -> before the final LayerNorm; prefix tokens are split off.
-        (tokens,) = self.vit.forward_intermediates(x, indices=1, norm=False, output_fmt="NLC",
-                                                   intermediates_only=True)
-        return tokens
+        vit = self.vit
+        tokens = vit.patch_embed(x)  # dynamic_img_size: [B, h, w, D]
+        grid = (int(tokens.shape[1]), int(tokens.shape[2]))
+        tokens = tokens.flatten(1, 2)
+        b = tokens.shape[0]
+        prefix = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+        n_pos_prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens  # prefix tokens with a position
+        pos = vit.pos_embed
+        patch_pos = interpolate_pos_embed(pos[:, n_pos_prefix:], grid, self.offset, self.antialias)
+        if vit.no_embed_class:  # register models: positions on the patches only
+            tokens = torch.cat([*prefix, tokens + patch_pos], dim=1)
+        else:
+            tokens = torch.cat([*prefix, tokens], dim=1) + torch.cat([pos[:, :n_pos_prefix], patch_pos], 1)
+        tokens = vit.norm_pre(vit.patch_drop(vit.pos_drop(tokens)))
+        tokens = vit.blocks(tokens)  # the tap point: the last block, before the final norm
+        return tokens[:, vit.num_prefix_tokens:]
 
 
 class FrozenEncoder(nn.Module):
-    """images [B, 3, H, W] float in [0, 1] -> tokens [B, T, D] (T = (H/patch)^2), frozen, eval, no grad."""
+    """images [B, 3, H, W] float in [0, 1] -> tokens [B, T, D] (T = (H/patch)^2), frozen, eval, no grad.
 
-    def __init__(self, spec: EncoderSpec, backbone: nn.Module, weights_source: str):
+    `image_size`: the side this encoder is used at (the default of `contract()`, `num_tokens()` and of the
+    images a Segmenter prepares); the spec's default unless `build_encoder(image_size=...)` says otherwise."""
+
+    def __init__(self, spec: EncoderSpec, backbone: nn.Module, weights_source: str,
+                 image_size: int | None = None):
         super().__init__()
         self.spec = spec
         self.name = spec.name
         self.embed_dim = spec.embed_dim
         self.patch_size = spec.patch_size
-        self.image_size = spec.image_size
+        self.image_size = int(image_size or spec.image_size)
+        if self.image_size < spec.patch_size:
+            raise AdaslotError(f"encoder {spec.name!r}: image size {self.image_size} is smaller than one "
+                               f"{spec.patch_size}-px patch")
         self.weights_source = weights_source
         self.backbone = backbone
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
@@ -145,7 +125,7 @@ class FrozenEncoder(nn.Module):
         self.backbone.requires_grad_(False)
         self.backbone.eval()
         # For timm taps, parameters after the tap point (final norm, head) are not part of the checksum.
-        exclude = tuple("vit." + p for p in _UNUSED_PREFIXES) if isinstance(backbone, _TimmTap) else ()
+        exclude = tuple("vit." + p for p in UNUSED_PREFIXES) if isinstance(backbone, _TimmTap) else ()
         self.weights_sha256 = weights_checksum(backbone, exclude)
 
     def train(self, mode: bool = True) -> FrozenEncoder:
@@ -177,6 +157,7 @@ class FrozenEncoder(nn.Module):
             "timm_version": timm_version,
             "weights_sha256": self.weights_sha256,
             "tap_point": self.spec.tap_point,
+            "pos_interpolation": self.spec.pos_interpolation(),
             "input_size": [side, side],
             "patch_size": self.patch_size,
             "num_tokens": self.num_tokens(side),
@@ -203,42 +184,44 @@ def weights_checksum(module: nn.Module, exclude: tuple[str, ...] = ()) -> str:
     return h.hexdigest()
 
 
-def build_encoder(name: str, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
-                  ) -> FrozenEncoder:
-    """Build the named frozen encoder on `device`. No network access, ever (see module docstring)."""
+def build_encoder(name: str, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                  image_size: int | None = None) -> FrozenEncoder:
+    """Build the named frozen encoder on `device`, used at `image_size` (default: the spec's). No network
+    access, ever (see module docstring)."""
     spec = get_encoder_spec(name)
     if spec.builder is not None:
         backbone = spec.builder()
         source = "builder"
         if weights is not None:
-            backbone.load_state_dict(_unwrap(load_weights_file(weights)))
+            backbone.load_state_dict(unwrap(load_weights_file(weights, name)))
             source = str(weights)
     else:
         backbone, source = _build_timm(spec, weights)
-    return FrozenEncoder(spec, backbone, source).to(device)
+    return FrozenEncoder(spec, backbone, source, image_size).to(device)
 
 
 def _build_timm(spec: EncoderSpec, weights: str | os.PathLike | None) -> tuple[nn.Module, str]:
     import timm
 
     assert spec.timm_name is not None
-    # dynamic_img_size: other input sides work (pos_embed resampled on the fly; identical at the native side).
+    # dynamic_img_size: the patch embedding takes any side (the tap interpolates the position embedding).
     kwargs = {"num_classes": 0, "dynamic_img_size": True, **spec.timm_kwargs}
     # weight_init="skip": the init is overwritten by the weights anyway (and costs seconds for ViT-B);
     # fork_rng: layer constructors still draw random numbers, keep the caller's RNG stream untouched.
     with torch.random.fork_rng(devices=[]):
         vit = timm.create_model(spec.timm_name, pretrained=False, weight_init="skip", **kwargs)
+    tap = _TimmTap(vit, spec.pos_offset, spec.pos_antialias)
     if spec.random_init_seed is not None and weights is None:
         vit.load_state_dict(_random_init_state(spec, kwargs))
-        return _TimmTap(vit), f"random init (seed {spec.random_init_seed})"
+        return tap, f"random init (seed {spec.random_init_seed})"
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise AdaslotError(f"encoder weights file {path} not found")
+            raise AdaslotError(f"encoder {spec.name!r}: weights file {path} not found")
     else:
-        path = _find_cached_weights(spec)
-    load_into_vit(vit, load_weights_file(path), source=str(path))
-    return _TimmTap(vit), str(path)
+        path = find_cached_weights(spec.name, spec.hf_hub_id, spec.download_url)
+    load_into_vit(vit, load_weights_file(path, spec.name), source=str(path), encoder=spec.name)
+    return tap, str(path)
 
 
 _RANDOM_INIT_CACHE: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
@@ -257,94 +240,6 @@ def _random_init_state(spec: EncoderSpec, kwargs: dict[str, Any]) -> dict[str, t
             vit = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
         _RANDOM_INIT_CACHE[key] = {k: v.detach().clone() for k, v in vit.state_dict().items()}
     return _RANDOM_INIT_CACHE[key]
-
-
-def _find_cached_weights(spec: EncoderSpec) -> Path:
-    """Look for weights in the local HF hub cache, then torch hub's checkpoints dir; never downloads."""
-    tried = []
-    if spec.hf_hub_id:
-        from huggingface_hub import constants, try_to_load_from_cache
-
-        for fname in ("model.safetensors", "pytorch_model.bin"):
-            hit = try_to_load_from_cache(spec.hf_hub_id, fname)
-            if isinstance(hit, str) and os.path.isfile(hit):
-                return Path(hit)
-        tried.append(f"{constants.HF_HUB_CACHE}/models--{spec.hf_hub_id.replace('/', '--')}")
-    if spec.download_url:
-        hub_file = Path(torch.hub.get_dir()) / "checkpoints" / spec.download_url.rsplit("/", 1)[-1]
-        if hub_file.is_file():
-            return hub_file
-        tried.append(str(hub_file))
-    how = f"download {spec.download_url} and pass --encoder-weights FILE" if spec.download_url else (
-        "pass --encoder-weights FILE")
-    if spec.hf_hub_id:
-        how += f", or put the timm weights (huggingface.co/{spec.hf_hub_id}) in the HF hub cache"
-    raise AdaslotError(f"no weights for encoder {spec.name!r} (looked in {'; '.join(tried) or 'nowhere'}); "
-                       f"{how}")
-
-
-def load_weights_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a .safetensors or torch pickle (.pth/.pt/.bin) file without executing arbitrary code."""
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        # DINO full checkpoints carry their argparse.Namespace of training args; allow just that type.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt / foreign file: one readable line
-        first_line = f"{type(e).__name__}: {e}".splitlines()[0]
-        raise AdaslotError(f"cannot read encoder weights {path}: {first_line}") from e
-
-
-def _unwrap(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Peel known wrappers down to a flat {name: tensor} dict.
-
-    DINO full checkpoint: {'teacher': {'backbone.*', 'head.*'}, 'student': {'module.backbone.*'}, ...} -> the
-    teacher (what DINO releases and evaluates). Lightning/ocl: 'state_dict' with 'models.feature_extractor.
-    model.' prefixes; generic 'model' / 'state_dict' / 'module' nesting.
-    """
-    for key in ("teacher", "model", "state_dict", "module"):
-        if isinstance(obj.get(key), dict):
-            return _unwrap(obj[key])
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-
-
-_PREFIXES = ("", "module.", "backbone.", "module.backbone.", "encoder.", "feature_extractor.model.",
-             "models.feature_extractor.model.", "vit.")
-
-
-def load_into_vit(vit: nn.Module, obj: dict[str, Any], source: str = "weights") -> None:
-    """Load timm- or DINO/DINOv2-release-format weights into a timm VisionTransformer (strict on used keys).
-
-    Key facts (timm's `checkpoint_filter_fn`): the DINO v1 backbone release already uses timm's names
-    (`blocks.N.attn.qkv`, `norm1`, `mlp.fc1`, ...) and only differs by wrapping/prefixes and the DINO
-    projection head; DINOv2 adds `mask_token` (dropped) and trains at 518 px (pos_embed resampled).
-    """
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
-    flat = _unwrap(obj)
-    prefix = next((p for p in _PREFIXES if f"{p}patch_embed.proj.weight" in flat), None)
-    if prefix is None:
-        raise AdaslotError(f"{source} does not look like ViT weights (no patch_embed.proj.weight key)")
-    flat = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
-    flat = {k: v for k, v in flat.items() if not k.startswith("head.")}  # DINO projection head / classifier
-    flat = checkpoint_filter_fn(flat, vit)
-    own = vit.state_dict()
-    wrong = [k for k, v in flat.items() if k in own and own[k].shape != v.shape]
-    if wrong:
-        k = wrong[0]
-        raise AdaslotError(f"{source} does not match the encoder architecture ({k}: {tuple(flat[k].shape)} "
-                           f"vs {tuple(own[k].shape)}); wrong encoder name?")
-    if getattr(vit, "norm", None) is not None and hasattr(vit.norm, "reset_parameters"):
-        vit.norm.reset_parameters()  # after the tap point; defined values in case the file lacks it
-    missing, unexpected = vit.load_state_dict(flat, strict=False)
-    missing = [k for k in missing if not k.startswith(_UNUSED_PREFIXES)]
-    if missing or unexpected:
-        raise AdaslotError(f"{source} does not match the encoder architecture "
-                           f"(missing {missing[:3]}, unexpected {unexpected[:3]}); wrong encoder name?")
 
 
 def _demo_encoder() -> nn.Module:

@@ -32,10 +32,12 @@ def forced_noise(b: int, k: int, kept: int, generator: torch.Generator) -> torch
     return noise
 
 
-def run(batch: int = 1, keep_fraction: float = 7 / 33, repeats: int = 3, threads: int = 1) -> dict:
+def run(batch: int = 1, keep_fraction: float = 7 / 33, repeats: int = 3, threads: int = 1,
+        encoder: str | None = None, image_size: int | None = None) -> dict:
+    """encoder / image_size: the features' D and T (default: the preset's DINO ViT-B/16 at 224, 196 x 768)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = model_config_for("coco", 2)
+    cfg = model_config_for("coco", 2, encoder, image_size)
     model = AdaSlot(cfg).train()
     opt = torch.optim.Adam(model.parameters(), lr=4e-4)
     g = torch.Generator().manual_seed(0)
@@ -56,7 +58,8 @@ def run(batch: int = 1, keep_fraction: float = 7 / 33, repeats: int = 3, threads
 
     dense, sparse = alternate(lambda: step(False), lambda: step(True), repeats)
     d, s = statistics.median(dense), statistics.median(sparse)
-    return {"measure": f"stage-2 step, B={batch}, K=33, keep {kept}/33", "ours": s, "baseline": d,
+    return {"measure": f"stage-2 step, B={batch}, K=33, keep {kept}/33, T x D = {cfg.num_tokens} x "
+                       f"{cfg.feature_dim}", "ours": s, "baseline": d,
             "ratio": d / s, "unit": "s/step", "keep_fraction": kept / cfg.num_slots}
 
 

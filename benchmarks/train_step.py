@@ -13,15 +13,23 @@
    implies for an H100 (assumed: 989 TFLOP/s dense bf16, 40% of it achieved; an assumption, not measured).
 4. Loader samples/s (streaming and --cache-in-memory) / trainer samples/s, here (CPU,
    reference model) and against the H100 estimate of 3; RAM needed for a resident COCO cache.
+5. Encoder rows (`--encoder-row NAME[@SIDE]`, default dino-vits-8@224: 784 tokens): tokens, store bytes per
+   view (fp16), FLOPs per training image (encoder forward; reference decoder fwd+bwd, K=7), encoder
+   forward s/image, and the stage-2 step with dense / sparse decoding (K=33, keep 7/33, B=1; the
+   `sparse_decoding` benchmark at this T x D). Random-init weights of the same architecture (same FLOPs).
+   Written with the registry's table (docs/encoders.md) to docs/results/encoders.json.
+   `--encoder-row-only` runs just this section.
 
 Images: the built-in synthetic dataset at 480 x 480 JPEG (COCO photos are ~640 x 480). Ratios last.
 
     .venv/bin/python benchmarks/train_step.py [--images 16] [--batch 2] [--steps 3]
+    .venv/bin/python benchmarks/train_step.py --encoder-row-only [--encoder-row dino-vits-8@224]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -157,6 +165,94 @@ def flop_split(encoder_name: str) -> dict[str, float]:
     return {"encoder": encoder, "slot_model": total - decoder, "decoder": decoder, "train_total": total}
 
 
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "encoders.json"
+
+
+def encoder_table() -> list[dict]:
+    """The registry's release encoders: tokens at 224 and store bytes per view (fp16), from the code."""
+    import numpy as np
+
+    from adaslot.encoders import ENCODERS
+
+    rows = []
+    for spec in ENCODERS.values():
+        if spec.release_file is None:  # random-init test encoders, the demo's encoder
+            continue
+        t = spec.num_tokens(224)
+        rows.append({"name": spec.name, "timm_name": spec.timm_name, "release_file": spec.release_file,
+                     "patch_size": spec.patch_size, "feature_dim": spec.embed_dim, "tokens_224": t,
+                     "store_bytes_per_view_fp16": t * spec.embed_dim * np.dtype(np.float16).itemsize})
+    return rows
+
+
+def encoder_row(name: str, side: int, repeats: int, threads: int) -> dict:
+    """Section 5: one encoder at `side` (see the module docstring)."""
+    from sparse_decoding import run as sparse_run
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from adaslot.encoders import build_encoder, get_encoder_spec, register_encoder
+    from adaslot.losses import reconstruction_loss
+
+    spec = get_encoder_spec(name)
+    assert spec.timm_name is not None
+    twin = register_encoder(name=f"random-{name}", timm_name=spec.timm_name.split(".")[0],
+                            embed_dim=spec.embed_dim, patch_size=spec.patch_size, random_init_seed=0,
+                            pos_offset=spec.pos_offset, pos_antialias=spec.pos_antialias)
+
+    def count(fn) -> float:
+        fc = FlopCounterMode(display=False)
+        with fc:
+            fn()
+        return float(fc.get_total_flops())
+
+    torch.set_num_threads(threads)
+    enc = build_encoder(twin.name, image_size=side)
+    image = torch.rand(1, 3, side, side)
+    encoder_flops = count(lambda: enc(image))
+    enc(image)  # warm-up
+    encode_s = statistics.median(seconds(lambda: enc(image))() for _ in range(repeats))
+    cfg = model_config_for("coco", 1, name, side)
+    model = AdaSlot(cfg)
+    x = torch.randn(1, cfg.num_tokens, cfg.feature_dim)
+    slots = torch.randn(1, cfg.num_slots, cfg.slot_dim, requires_grad=True)
+    decoder_flops = count(lambda: reconstruction_loss(model.decoder(slots)[0], x).backward())
+    sparse = sparse_run(batch=1, repeats=repeats, threads=threads, encoder=name, image_size=side)
+    return {"encoder": name, "side": side, "tokens": cfg.num_tokens, "feature_dim": cfg.feature_dim,
+            "store_bytes_per_view_fp16": cfg.num_tokens * cfg.feature_dim * 2,
+            "encoder_forward_gflop": encoder_flops / 1e9, "decoder_fwd_bwd_gflop_k7": decoder_flops / 1e9,
+            "encoder_forward_s_per_image": encode_s, "stage2_step_dense_s": sparse["baseline"],
+            "stage2_step_sparse_s": sparse["ours"], "ratio_dense_over_sparse": sparse["ratio"],
+            "measure": sparse["measure"], "threads": threads, "repeats": repeats}
+
+
+def run_encoder_rows(rows: list[str], repeats: int, threads: int) -> list[str]:
+    """Section 5 for every `NAME@SIDE`; writes docs/results/encoders.json; returns the ratio lines."""
+    import datetime
+    import platform
+
+    from adaslot.files import write_json
+
+    ratios, measured = [], []
+    for item in rows:
+        name, _, side = item.partition("@")
+        r = encoder_row(name, int(side or 224), repeats, threads)
+        measured.append(r)
+        print(f"{name} at {r['side']} px: {r['tokens']} x {r['feature_dim']} tokens, "
+              f"{r['store_bytes_per_view_fp16']} B/view fp16; encoder fwd {r['encoder_forward_gflop']:.1f} "
+              f"GFLOP ({r['encoder_forward_s_per_image']:.2f} s/image); decoder fwd+bwd (K=7) "
+              f"{r['decoder_fwd_bwd_gflop_k7']:.1f} GFLOP; stage-2 step dense "
+              f"{r['stage2_step_dense_s']:.2f} s, "
+              f"sparse {r['stage2_step_sparse_s']:.2f} s")
+        ratios.append(f"ratio stage-2 step dense / sparse decoding, {name} at {r['side']} px "
+                      f"({r['tokens']} tokens): {r['ratio_dense_over_sparse']:.2f}x")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS, {"source": "benchmarks/train_step.py --encoder-row-only",
+                         "date": datetime.date.today().isoformat(),
+                         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+                         "encoders": encoder_table(), "train_step_rows": measured})
+    return ratios
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=16, help="synthetic train images (480 x 480 JPEG)")
@@ -164,8 +260,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per mode (median)")
     ap.add_argument("--store-samples", type=int, default=512, help="samples of the COCO-shaped store")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--encoder-row", action="append", default=None,
+                    help="NAME[@SIDE]: section 5 for this encoder (repeatable; default dino-vits-8@224)")
+    ap.add_argument("--encoder-row-only", action="store_true", help="run only section 5")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.encoder_row_only:
+        for line in run_encoder_rows(args.encoder_row or ["dino-vits-8@224"], args.steps, args.threads):
+            print(line)
+        return
     vit_b = register_random_vit_b()
     from adaslot.data.synthetic import SyntheticConfig, make_synthetic
 
@@ -223,6 +326,7 @@ def main() -> None:
         for mode, rate in (("streaming", stream), ("in-memory", resident)):
             ratios.append(f"ratio loader / trainer samples/s, {mode}: {rate / trainer_rate:.0f}x on this "
                           f"CPU, {rate / h100_rate:.2f}x vs the H100 estimate")
+    ratios += run_encoder_rows(args.encoder_row or ["dino-vits-8@224"], args.steps, args.threads)
     for line in ratios:
         print(line)
 

@@ -50,6 +50,7 @@ def test_tap_point_is_last_block_before_norm_without_cls(tiny, images):
     # normalisation happens inside: the same tap on manually normalised images agrees
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    # a plain timm ViT interpolates its position embedding as timm does (docs/method.md#encoders)
     with torch.no_grad():
         manual = vit.blocks(vit._pos_embed(vit.patch_embed((images - mean) / std)))[:, 1:]
     torch.testing.assert_close(tokens, manual, rtol=0, atol=1e-5)

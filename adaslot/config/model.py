@@ -111,12 +111,13 @@ _MOVI: dict[str, Any] = dict(slot_dim=128, slot_mlp_hidden=512, selector_hidden=
                              decoder_hidden=(1024, 1024, 1024))
 register_preset(Preset("movi-c", "dino-vitb-16", ModelConfig(num_slots=11, **_MOVI), 11, 11, "MOVi-C"))
 register_preset(Preset("movi-e", "dino-vitb-16", ModelConfig(num_slots=24, **_MOVI), 24, 24, "MOVi-E"))
-# The demo (docs/method.md#demo): 64-px shapes, the demo-colour-pos encoder (8 x 8 tokens of 128 dims), a
+# The demo (docs/method.md#demo): 64-px shapes, the demo-colour-pos encoder (8 x 8 tokens of 128 dims, which
+# model_config_for derives from the encoder, like every preset's D and T), a
 # scaled-down model; attention_temperature 0.5 sharpens slot competition at init, so the slots leave the
 # collapsed state (all equal, alpha = 1/K) sooner.
 register_preset(Preset(
     "demo", "demo-colour-pos",
-    ModelConfig(feature_dim=128, num_tokens=64, slot_dim=64, num_slots=8, input_mlp_hidden=128,
+    ModelConfig(slot_dim=64, num_slots=8, input_mlp_hidden=128,
                 slot_mlp_hidden=128, decoder_hidden=(128, 128), selector_hidden=128,
                 attention_temperature=0.5),
     8, 8, "demo: 64-px synthetic shapes (1-6 objects), demo-colour-pos encoder, K=8, K_max=8",
@@ -129,13 +130,22 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def model_config_for(preset: str, stage: int, **overrides: Any) -> ModelConfig:
-    """The model config of `preset` for `stage` (1: fixed K, 2: adaptive), with non-None overrides applied."""
+def model_config_for(preset: str, stage: int, encoder: str | None = None, image_size: int | None = None,
+                     **overrides: Any) -> ModelConfig:
+    """The model config of `preset` for `stage` (1: fixed K, 2: adaptive), with non-None overrides applied.
+
+    D and T (feature_dim, num_tokens) follow the encoder (default: the preset's) at `image_size` (default:
+    the encoder's side): 224 px gives 196 tokens with a /16 ViT, 256 with a /14, 784 with a /8; given
+    overrides (the input's actual D and T, see train.resume.resolve_model_config) win."""
+    from adaslot.config.encoders import get_encoder_spec
+
     if stage not in (1, 2):
         raise AdaslotError(f"--stage must be 1 or 2, got {stage}")
     p = get_preset(preset)
+    spec = get_encoder_spec(encoder or p.encoder)
     cfg = dataclasses.replace(p.model, num_slots=p.num_slots_stage1 if stage == 1 else p.num_slots_stage2,
-                              adaptive=stage == 2)
+                              adaptive=stage == 2, feature_dim=spec.embed_dim,
+                              num_tokens=spec.num_tokens(image_size))
     overrides = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)}
     if unknown:

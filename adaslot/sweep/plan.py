@@ -9,6 +9,7 @@ position).
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 from pathlib import Path
@@ -57,10 +58,29 @@ def share_groups(cfgs: list[TrainConfig]) -> list[list[TrainConfig]]:
     return list(groups.values())
 
 
+@functools.lru_cache(maxsize=64)
+def _store_shape(path: str) -> tuple[int, int] | None:
+    """(D, T) of a feature store's contract; None when it cannot be opened (the run itself says why)."""
+    from adaslot.store import open_store
+
+    try:
+        store = open_store(path)
+    except AdaslotError:
+        return None
+    shape = (store.feature_dim, store.num_tokens)
+    store.close()
+    return shape
+
+
 def step_cost(cfg: TrainConfig) -> float:
     """Multiply-adds of one step's decoder and input MLP (most of a step's work, docs/benchmarks.md): the
-    proxy by which variants are shared out between workers."""
-    m = model_config_for(cfg.preset, cfg.stage, **cfg.model_settings())
+    proxy by which variants are shared out between workers. D and T are the input's: a store's contract,
+    or the encoder at its side (a sweep over stores of several encoders: docs/encoders.md)."""
+    shape = _store_shape(cfg.from_cache) if cfg.from_cache else None
+    settings = cfg.model_settings()
+    if shape:
+        settings.update(feature_dim=shape[0], num_tokens=shape[1])
+    m = model_config_for(cfg.preset, cfg.stage, cfg.encoder, cfg.image_size, **settings)
     widths = [m.slot_dim, *m.decoder_hidden, m.feature_dim + 1]
     decoder = m.num_slots * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
     input_mlp = m.feature_dim * m.input_mlp_hidden + m.input_mlp_hidden * m.slot_dim

@@ -45,8 +45,17 @@ class Validator:
             self.features_fn, indices = cache_reader(store, self.dataset, self.device)
             self.indices = indices
             return
-        self.encoder = getattr(self.source, "encoder", None) or build_encoder(
-            self.source.encoder_name, cfg.encoder_weights, device=self.device)
+        self.encoder = getattr(self.source, "encoder", None)
+        if self.encoder is None:  # a run from a store: the encoder of its contract, at the contract's side
+            from adaslot.checkpoint import ENCODER_FIX
+            from adaslot.contract import check_contract
+
+            self.encoder = build_encoder(self.source.encoder_name, cfg.encoder_weights, device=self.device,
+                                         image_size=side)
+            what = (f"--encoder-weights {cfg.encoder_weights}" if cfg.encoder_weights
+                    else "the encoder weights found")
+            check_contract(self.source.contract, self.encoder.contract(side), what,
+                           "the features this run trained on", ENCODER_FIX)
         self.dataset = open_dataset(DataSpec(root=cfg.val_root or cfg.data.root, split="val"),
                                     side or self.encoder.image_size)
         self.indices = None

@@ -1,0 +1,137 @@
+"""The encoder registry: names -> how to build each frozen encoder (timm model or builder, patch size, D,
+normalisation, weights sources). Plain data, no torch: settings (presets) read D and T from it, and
+`adaslot.encoders` builds the modules (docs/encoders.md lists them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from adaslot.errors import AdaslotError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TAP_POINT = "last transformer block output, before the final LayerNorm, prefix tokens (CLS/registers) dropped"
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How to build one named encoder.
+
+    Exactly one of `timm_name` (a timm ViT, pretrained tag included) or `builder` (a custom module) is set.
+    `builder()` must return an `nn.Module` mapping NORMALISED images [B, 3, H, W] -> tokens [B, T, D];
+    `FrozenEncoder` adds the normalisation, freezing and eval mode around it. `image_size` is the default
+    input side (any other works); `pos_offset` / `pos_antialias`: how the position embedding is
+    interpolated to another grid (docs/method.md#encoders): the release code's way for the DINO / DINOv2
+    encoders, timm's (`resample_abs_pos_embed`: by size, antialiased) otherwise.
+    """
+
+    name: str
+    embed_dim: int
+    patch_size: int
+    image_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    timm_name: str | None = None
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    builder: Callable[[], nn.Module] | None = None
+    random_init_seed: int | None = None  # set: random weights from this seed, no file needed
+    download_url: str | None = None  # the original release file, for the "missing weights" message
+    hf_hub_id: str | None = None  # repo in the HF hub cache holding timm-format weights
+    tap_point: str = TAP_POINT
+    pos_offset: float = 0.0  # the defaults are timm's own resampling; the release encoders set theirs
+    pos_antialias: bool = True
+    description: str = ""
+
+    def num_tokens(self, side: int | None = None) -> int:
+        return ((side or self.image_size) // self.patch_size) ** 2
+
+    @property
+    def release_file(self) -> str | None:
+        return self.download_url.rsplit("/", 1)[-1] if self.download_url else None
+
+    def pos_interpolation(self) -> str | None:
+        """The contract's text for the position-embedding interpolation (None: no timm ViT)."""
+        if self.timm_name is None:
+            return None
+        how = f"scale (n + {self.pos_offset:g}) / N" if self.pos_offset else "size n"
+        return f"bicubic from the weights' N x N grid to n x n, {how}, antialias {self.pos_antialias}"
+
+
+ENCODERS: dict[str, EncoderSpec] = {}
+
+
+def register_encoder(spec: EncoderSpec | None = None, /, **kwargs: Any) -> EncoderSpec:
+    """Register an encoder by spec or by EncoderSpec keyword arguments; re-registering a name replaces it.
+
+    Custom (non-timm) frozen encoders: `register_encoder(name="my-enc", embed_dim=64, patch_size=8,
+    builder=lambda: MyModule(), mean=..., std=...)`; the builder must be deterministic (same weights every
+    call), since the weights checksum in the feature contract is computed from what it returns.
+    """
+    if spec is None:
+        spec = EncoderSpec(**kwargs)
+    elif kwargs:
+        raise TypeError("pass either an EncoderSpec or keyword arguments, not both")
+    if (spec.timm_name is None) == (spec.builder is None):
+        raise ValueError(f"encoder {spec.name!r}: set exactly one of timm_name or builder")
+    ENCODERS[spec.name] = spec
+    return spec
+
+
+def available_encoders() -> list[str]:
+    return sorted(ENCODERS)
+
+
+def get_encoder_spec(name: str) -> EncoderSpec:
+    if name not in ENCODERS:
+        raise AdaslotError(f"unknown encoder {name!r}; known: {', '.join(available_encoders())}")
+    return ENCODERS[name]
+
+
+# The table in docs/encoders.md lists these with their release files and token counts. DINO and DINOv2
+# interpolate their position embedding with scale factors (n + 0.1) / N, no antialias
+# (docs/method.md#encoders); their register models by output size, antialiased.
+_RELEASE = dict(pos_offset=0.1, pos_antialias=False)
+_DINO = "https://dl.fbaipublicfiles.com/dino"
+_DINOV2 = "https://dl.fbaipublicfiles.com/dinov2"
+register_encoder(name="dino-vitb-16", timm_name="vit_base_patch16_224.dino", embed_dim=768, patch_size=16,
+                 download_url=f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
+                 hf_hub_id="timm/vit_base_patch16_224.dino", **_RELEASE,
+                 description="DINO ViT-B/16 (the reference)")
+register_encoder(name="dino-vits-16", timm_name="vit_small_patch16_224.dino", embed_dim=384, patch_size=16,
+                 download_url=f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+                 hf_hub_id="timm/vit_small_patch16_224.dino", **_RELEASE, description="DINO ViT-S/16")
+register_encoder(name="dino-vits-8", timm_name="vit_small_patch8_224.dino", embed_dim=384, patch_size=8,
+                 download_url=f"{_DINO}/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
+                 hf_hub_id="timm/vit_small_patch8_224.dino", **_RELEASE,
+                 description="DINO ViT-S/8 (DINOSAUR's MOVi configs)")
+register_encoder(name="dino-vitb-8", timm_name="vit_base_patch8_224.dino", embed_dim=768, patch_size=8,
+                 download_url=f"{_DINO}/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
+                 hf_hub_id="timm/vit_base_patch8_224.dino", **_RELEASE, description="DINO ViT-B/8")
+# DINOv2 was trained at 518 px (37 x 37 grid): the weights keep that grid, and any other side (224 by
+# default: 16 x 16) interpolates it at run time as the release does. Its register models interpolate with
+# antialias and by output size (the release's `interpolate_antialias=True, interpolate_offset=0.0`).
+_REG = dict(pos_offset=0.0, pos_antialias=True)
+register_encoder(name="dinov2-vits-14", timm_name="vit_small_patch14_dinov2.lvd142m", embed_dim=384,
+                 patch_size=14, download_url=f"{_DINOV2}/dinov2_vits14/dinov2_vits14_pretrain.pth",
+                 hf_hub_id="timm/vit_small_patch14_dinov2.lvd142m", **_RELEASE,
+                 description="DINOv2 ViT-S/14")
+register_encoder(name="dinov2-vitb-14", timm_name="vit_base_patch14_dinov2.lvd142m", embed_dim=768,
+                 patch_size=14, download_url=f"{_DINOV2}/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
+                 hf_hub_id="timm/vit_base_patch14_dinov2.lvd142m", **_RELEASE,
+                 description="DINOv2 ViT-B/14")
+register_encoder(name="dinov2-vits-14-reg", timm_name="vit_small_patch14_reg4_dinov2.lvd142m", embed_dim=384,
+                 patch_size=14, download_url=f"{_DINOV2}/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth",
+                 hf_hub_id="timm/vit_small_patch14_reg4_dinov2.lvd142m", **_REG,
+                 description="DINOv2 ViT-S/14 with 4 registers")
+register_encoder(name="dinov2-vitb-14-reg", timm_name="vit_base_patch14_reg4_dinov2.lvd142m", embed_dim=768,
+                 patch_size=14, download_url=f"{_DINOV2}/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth",
+                 hf_hub_id="timm/vit_base_patch14_reg4_dinov2.lvd142m", **_REG,
+                 description="DINOv2 ViT-B/14 with 4 registers")
+register_encoder(name="random-vit-tiny", timm_name="vit_tiny_patch16_224", embed_dim=192, patch_size=16,
+                 random_init_seed=0, description="timm ViT-Tiny/16, random init (seed 0): tests, benchmarks")
