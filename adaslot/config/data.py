@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from adaslot.config.base import Settings, setting
 from adaslot.errors import AdaslotError
@@ -13,7 +13,7 @@ from adaslot.errors import AdaslotError
 if TYPE_CHECKING:
     from adaslot.data.coco import CocoDataset
 
-DATASETS = ("coco", "synthetic")  # both read the COCO 2017 layout (make-synthetic writes it)
+DATASETS = ("coco", "synthetic", "movi")  # coco, synthetic: the COCO 2017 layout; movi: docs/movi.md
 
 
 @dataclass
@@ -22,10 +22,11 @@ class DataSpec(Settings):
     instances_{split}2017.json) or `--images DIR --annotations FILE`. `strict` is the policy of the loops
     that read it: stop at the first missing/unreadable image or malformed annotation instead of skipping."""
 
-    dataset: str = setting("coco", "layout of --root: coco, or synthetic (a root written by make-synthetic)",
+    dataset: str = setting("coco", "layout of --root: coco, synthetic (a root written by make-synthetic), or "
+                                   "movi (TFDS folder, webdataset shards or PNG folders, found by itself)",
                            choices=DATASETS)
     root: str | None = setting(None, "dataset root in the COCO 2017 layout")
-    split: str = setting("train", "split under --root (train2017/, val2017/, ...)")
+    split: str = setting("train", "split under --root (train2017/, val2017/, ...; movi: train, val or test)")
     images: str | None = setting(None, "image folder of a COCO-format dataset (with --annotations)")
     annotations: str | None = setting(None, "COCO-format annotation json (with --images)")
     strict: bool = setting(False, "stop at the first missing or unreadable image or malformed annotation "
@@ -64,6 +65,9 @@ class DataSpec(Settings):
         `data.coco.CocoDataset`). With `strict`, a malformed annotation is refused here, before any work."""
         from adaslot.data.coco import CocoDataset
 
+        if self.dataset == "movi":
+            return self._open_movi(size, views)  # type: ignore[return-value]
+
         images, annotations = self.paths()
         ds = CocoDataset(images, annotations, size=size, views=views, antialias=antialias)
         if self.strict:
@@ -75,6 +79,25 @@ class DataSpec(Settings):
                 raise AdaslotError(f"{problem}; drop --strict to skip it")
         if len(ds) == 0:
             raise AdaslotError(f"no usable images in {ds.images_dir} (listed {ds.num_listed}, all missing)")
+        return ds
+
+
+    def _open_movi(self, size: int, views: int) -> Any:
+        """MOVi frames (docs/movi.md); with `strict`, a video lost while listing is refused here."""
+        from adaslot.data.movi import MoviDataset
+
+        if self.images or self.annotations:
+            raise AdaslotError("--dataset movi reads --root DIR (no --images/--annotations)")
+        if not self.root:
+            raise AdaslotError("no input data: pass --root DIR (a MOVi TFDS folder, webdataset shards or PNG "
+                               "folders; docs/movi.md)")
+        if views != 1:
+            raise AdaslotError("MOVi is read with one view (the official protocol has no flip): use --views 1")
+        ds = MoviDataset(self.root, self.split, size=size)
+        if self.strict and ds.skips.items:
+            raise ds.skips.items[0].strict_error()
+        if len(ds) == 0:
+            raise AdaslotError(f"no usable videos in {ds.listing.folder} ({ds.skips.summary()})")
         return ds
 
 
@@ -105,6 +128,11 @@ class SyntheticConfig(Settings):
     min_visible: float = setting(0.5, "minimum visible fraction of each object after occlusion", min=0, max=1)
     crowd_prob: float = setting(0.0, "chance that an annotation is marked iscrowd=1", min=0, max=1)
     jpeg_quality: int = setting(95, "JPEG quality", min=1, max=100)
+    format: str = setting("coco", "coco (COCO 2017 layout) or movi (videos of moving shapes in MOVi's TFDS and "
+                                  "webdataset layouts, docs/movi.md)", choices=("coco", "movi"))
+    frames: int = setting(24, "movi: frames per video", min=2)
+    video_size: int = setting(128, "movi: square frame side in pixels", min=16)
+    shard_videos: int = setting(8, "movi: videos per TFRecord / tar shard", min=1)
     overwrite: bool = setting(False, "replace OUT if it exists")
     progress: bool = setting(True, "show a progress bar")
 
