@@ -38,15 +38,18 @@ class Validator:
             store = open_store(cfg.val_from_cache)
             store.check_compatible(self.source.contract)
             src = store.attrs.get("source", {})
-            data = (DataSpec(root=cfg.val_root, split="val") if cfg.val_root else
-                    DataSpec(images=src.get("images"), annotations=src.get("annotations")))
+            if src.get("dataset") == "movi" or cfg.data.dataset == "movi":
+                data = DataSpec(dataset="movi", root=cfg.val_root or cfg.data.root, split="val")
+            else:
+                data = (DataSpec(root=cfg.val_root, split="val") if cfg.val_root else
+                        DataSpec(images=src.get("images"), annotations=src.get("annotations")))
             self.dataset = data.open(int(store.contract["input_size"][0]))
             self.features_fn, indices = cache_reader(store, self.dataset, self.device)
             self.indices = indices
             return
         self.encoder = getattr(self.source, "encoder", None) or build_encoder(
             self.source.encoder_name, cfg.encoder_weights, device=self.device)
-        self.dataset = DataSpec(root=cfg.val_root or cfg.data.root, split="val").open(
+        self.dataset = DataSpec(dataset=cfg.data.dataset, root=cfg.val_root or cfg.data.root, split="val").open(
             side or self.encoder.image_size)
         self.indices = None
 
@@ -55,9 +58,10 @@ class Validator:
 
         if self.dataset is None:
             self._setup()
-        ecfg = EvalConfig(protocol="adaslot", batch_size=16, workers=0, max_images=self.max_images,
+        protocol = "movi" if self.cfg.data.dataset == "movi" else "adaslot"
+        ecfg = EvalConfig(protocol=protocol, batch_size=16, workers=0, max_images=self.max_images,
                           seed=self.cfg.seed, merge_slots=self.merge_slots)
         data = EvalDataset(self.dataset, with_images=self.features_fn is None, indices=self.indices)
         result = evaluate_model(model, self.encoder, data, ecfg, features_fn=self.features_fn)
-        summary = result["protocols"]["adaslot"]
+        summary = result["protocols"][protocol]
         return {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}
