@@ -130,8 +130,8 @@ def make_synthetic_cmd(cfg: SyntheticConfig) -> None:
 
     s = make_synthetic(cfg)
     if cfg.format == "movi":
-        print(f"wrote {s['train_videos']} train / {s['val_videos']} val videos of {cfg.frames} frames as TFDS "
-              f"records ({s['tfds']}) and webdataset shards ({s['wds']})")
+        print(f"wrote {s['train_videos']} train / {s['val_videos']} val videos of {cfg.frames} frames as "
+              f"TFDS records ({s['tfds']}) and webdataset shards ({s['wds']})")
         return
     print(f"wrote {s['train_images']} train / {s['val_images']} val images "
           f"({s['train_objects'] + s['val_objects']} objects, {s['mean_objects']:.2f} per image) "

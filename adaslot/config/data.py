@@ -92,7 +92,8 @@ class DataSpec(Settings):
             raise AdaslotError("no input data: pass --root DIR (a MOVi TFDS folder, webdataset shards or PNG "
                                "folders; docs/movi.md)")
         if views != 1:
-            raise AdaslotError("MOVi is read with one view (the official protocol has no flip): use --views 1")
+            raise AdaslotError("MOVi is read with one view (the official protocol has no flip): "
+                               "use --views 1")
         ds = MoviDataset(self.root, self.split, size=size)
         if self.strict and ds.skips.items:
             raise ds.skips.items[0].strict_error()
@@ -128,8 +129,8 @@ class SyntheticConfig(Settings):
     min_visible: float = setting(0.5, "minimum visible fraction of each object after occlusion", min=0, max=1)
     crowd_prob: float = setting(0.0, "chance that an annotation is marked iscrowd=1", min=0, max=1)
     jpeg_quality: int = setting(95, "JPEG quality", min=1, max=100)
-    format: str = setting("coco", "coco (COCO 2017 layout) or movi (videos of moving shapes in MOVi's TFDS and "
-                                  "webdataset layouts, docs/movi.md)", choices=("coco", "movi"))
+    format: str = setting("coco", "coco (COCO 2017 layout) or movi (videos of moving shapes in MOVi's TFDS "
+                                  "and webdataset layouts, docs/movi.md)", choices=("coco", "movi"))
     frames: int = setting(24, "movi: frames per video", min=2)
     video_size: int = setting(128, "movi: square frame side in pixels", min=16)
     shard_videos: int = setting(8, "movi: videos per TFRecord / tar shard", min=1)

@@ -72,8 +72,8 @@ class EvalConfig(Settings):
         movi = self.data.dataset == "movi"
         if any((p in MOVI_PROTOCOLS) != movi for p in protocols):
             raise AdaslotError(f"--protocol {','.join(protocols)} does not apply to --dataset "
-                               f"{self.data.dataset}: movi data is scored with the movi protocol, COCO-format "
-                               f"data with {', '.join(PROTOCOLS)}")
+                               f"{self.data.dataset}: movi data is scored with the movi protocol, "
+                               f"COCO-format data with {', '.join(PROTOCOLS)}")
 
 
 @dataclass

@@ -73,8 +73,8 @@ def detect_layout(root: Path) -> tuple[str, Path]:
     if len(infos) == 1:
         return "tfds", infos[0].parent
     if len(infos) > 1:
-        raise AdaslotError(f"{root} holds {len(infos)} TFDS folders ({', '.join(str(p.parent) for p in infos)})"
-                           "; pass one of them as --root")
+        found = ", ".join(str(p.parent) for p in infos)
+        raise AdaslotError(f"{root} holds {len(infos)} TFDS folders ({found}); pass one of them as --root")
     if any(wds.shard_paths(root / s) for s in SPLITS):
         return "wds", root
     if any((root / s).is_dir() and any((root / s).glob("*/00000000_image.png")) for s in PNG_SPLIT.values()):
@@ -170,7 +170,8 @@ def _list_wds(folder: Path, split: str) -> Listing:
                 continue
             missing = [f for f in FIELDS if s.find(f) is None]
             if missing:
-                out.lost.append((key, path.name, "missing-field", f"sample {s.key} has no {', '.join(missing)}"))
+                out.lost.append((key, path.name, "missing-field",
+                                 f"sample {s.key} has no {', '.join(missing)}"))
                 continue
             out.videos.append(VideoRef(key, f"{path.name}#{s.key}", s))
         if err is not None:

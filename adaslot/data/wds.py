@@ -63,7 +63,8 @@ def index_shard(path: str | Path) -> tuple[list[TarSample], MemberError | None]:
                 if not m.isfile():
                     continue
                 if m.offset_data + m.size > size:
-                    error = MemberError("truncated", f"{path.name}: member {m.name} runs past the end of the file")
+                    error = MemberError("truncated", f"{path.name}: member {m.name} runs past the end of the "
+                                                     "file")
                     break
                 key, suffix = split_name(m.name)
                 samples.setdefault(key, TarSample(str(path), key)).members[suffix] = (m.offset_data, m.size)

@@ -49,8 +49,8 @@ class Validator:
             return
         self.encoder = getattr(self.source, "encoder", None) or build_encoder(
             self.source.encoder_name, cfg.encoder_weights, device=self.device)
-        self.dataset = DataSpec(dataset=cfg.data.dataset, root=cfg.val_root or cfg.data.root, split="val").open(
-            side or self.encoder.image_size)
+        val = DataSpec(dataset=cfg.data.dataset, root=cfg.val_root or cfg.data.root, split="val")
+        self.dataset = val.open(side or self.encoder.image_size)
         self.indices = None
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
