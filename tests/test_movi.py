@@ -12,26 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 
 from adaslot.config import DataSpec, SyntheticConfig
 from adaslot.data import tfrecord, wds
 from adaslot.data.movi import MoviDataset, split_sample_id, train_frames
 from adaslot.data.movi_synthetic import render_video, video_rng
-from adaslot.data.synthetic import make_synthetic
 from adaslot.errors import AdaslotError
-from tests.helpers import run_cli
 
-NUM_TRAIN, NUM_VAL = 3, 2
-
-
-@pytest.fixture(scope="session")
-def movi_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """make-synthetic --format movi: 3 train / 2 val videos of 24 frames, 128 px, 2 videos per shard.
-    Read-only for tests (copy before damaging)."""
-    root = tmp_path_factory.mktemp("movi") / "movi"
-    make_synthetic(SyntheticConfig(out=str(root), format="movi", num_train=NUM_TRAIN, num_val=NUM_VAL,
-                                   shard_videos=2, seed=0, min_objects=2, max_objects=4, progress=False))
-    return root
+NUM_TRAIN, NUM_VAL = 3, 2  # the videos of conftest's movi_root
 
 
 def _cfg() -> SyntheticConfig:

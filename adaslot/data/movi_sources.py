@@ -111,7 +111,7 @@ def _list_tfds(folder: Path, split: str) -> Listing:
     except (OSError, json.JSONDecodeError) as e:
         raise AdaslotError(f"{folder / 'dataset_info.json'} is not readable JSON ({e})") from None
     lengths = next((s.get("shardLengths") for s in info.get("splits", []) if s.get("name") == name), None)
-    out = Listing("tfds", folder, identity={"name": info.get("name"), "version": info.get("version"),
+    out = Listing("tfds", folder, identity={"tfds_name": info.get("name"), "version": info.get("version"),
                                             "split": name, "shards": [p.name for p in shards]})
     key = 0
     for n, path in enumerate(shards):
