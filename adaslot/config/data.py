@@ -13,7 +13,8 @@ from adaslot.errors import AdaslotError
 if TYPE_CHECKING:
     from adaslot.data.coco import CocoDataset
 
-DATASETS = ("coco", "synthetic", "movi")  # coco, synthetic: the COCO 2017 layout; movi: docs/movi.md
+# coco, synthetic: the COCO 2017 layout; movi, coco-wds (ocl's COCO shards): docs/movi.md
+DATASETS = ("coco", "synthetic", "movi", "coco-wds")
 
 
 @dataclass
@@ -23,7 +24,8 @@ class DataSpec(Settings):
     that read it: stop at the first missing/unreadable image or malformed annotation instead of skipping."""
 
     dataset: str = setting("coco", "layout of --root: coco, synthetic (a root written by make-synthetic), or "
-                                   "movi (TFDS folder, webdataset shards or PNG folders, found by itself)",
+                                   "movi (TFDS folder, webdataset shards or PNG folders, found by itself), "
+                                   "or coco-wds (ocl's COCO webdataset shards)",
                            choices=DATASETS)
     root: str | None = setting(None, "dataset root in the COCO 2017 layout")
     split: str = setting("train", "split under --root (train2017/, val2017/, ...; movi: train, val or test)")
@@ -67,6 +69,8 @@ class DataSpec(Settings):
 
         if self.dataset == "movi":
             return self._open_movi(size, views)  # type: ignore[return-value]
+        if self.dataset == "coco-wds":
+            return self._open_coco_wds(size, views, antialias)  # type: ignore[return-value]
 
         images, annotations = self.paths()
         ds = CocoDataset(images, annotations, size=size, views=views, antialias=antialias)
@@ -99,6 +103,22 @@ class DataSpec(Settings):
             raise ds.skips.items[0].strict_error()
         if len(ds) == 0:
             raise AdaslotError(f"no usable videos in {ds.listing.folder} ({ds.skips.summary()})")
+        return ds
+
+    def _open_coco_wds(self, size: int, views: int, antialias: bool) -> Any:
+        """ocl's COCO shards (docs/movi.md#coco-shards); with `strict`, a sample lost while listing is
+        refused here."""
+        from adaslot.data.coco_wds import CocoWdsDataset
+
+        if self.images or self.annotations or not self.root:
+            raise AdaslotError("--dataset coco-wds reads --root DIR (DIR/<split>/shard-*.tar)")
+        if not Path(self.root).is_dir():
+            raise AdaslotError(f"dataset root {self.root} not found")
+        ds = CocoWdsDataset(self.root, self.split, size=size, views=views, antialias=antialias)
+        if self.strict and ds.skips.items:
+            raise ds.skips.items[0].strict_error()
+        if len(ds) == 0:
+            raise AdaslotError(f"no usable images in {ds.folder} ({ds.skips.summary()})")
         return ds
 
 

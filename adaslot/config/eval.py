@@ -65,6 +65,8 @@ class EvalConfig(Settings):
     def protocols(self) -> tuple[str, ...]:
         if self.data.dataset == "movi" and self.protocol == "all":
             return MOVI_PROTOCOLS
+        if self.data.dataset == "coco-wds" and self.protocol == "all":  # no iscrowd in the shards
+            return tuple(p for p in PROTOCOLS if p != "dinosaur")
         return resolve_protocols(self.protocol)
 
     def check(self) -> None:
@@ -74,6 +76,9 @@ class EvalConfig(Settings):
             raise AdaslotError(f"--protocol {','.join(protocols)} does not apply to --dataset "
                                f"{self.data.dataset}: movi data is scored with the movi protocol, "
                                f"COCO-format data with {', '.join(PROTOCOLS)}")
+        if self.data.dataset == "coco-wds" and "dinosaur" in protocols:
+            raise AdaslotError("--protocol dinosaur drops crowd annotations, but COCO webdataset shards do "
+                               "not record iscrowd: read the COCO json (--dataset coco) for it")
 
 
 @dataclass

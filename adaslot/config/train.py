@@ -39,8 +39,8 @@ class TrainConfig(Settings):
     model_overrides: dict[str, Any] = setting(
         default_factory=dict, flag="model", parser=ModelConfig.parse_overrides,
         help="override a model setting: KEY=VALUE, repeatable (e.g. --model decoder_hidden=512x512)")
-    num_iters: int | None = setting(None, "optimiser steps (default 200k stage 1, 500k stage 2; movi-c 500k / "
-                                          "500k, movi-e 100k / 500k)", min=1)
+    num_iters: int | None = setting(None, "optimiser steps (default 200k stage 1, 500k stage 2; movi-c "
+                                          "500k / 500k, movi-e 100k / 500k)", min=1)
     batch_size: int = setting(64, "global batch size (split over torchrun ranks)", min=1)
     lr: float = setting(4e-4, "peak learning rate (Adam)", above=0)
     lr_schedule: str = setting("adaslot", "adaslot (decay from step 0), dinosaur (decay after the warm-up), "

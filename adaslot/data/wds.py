@@ -103,6 +103,27 @@ def read_array(sample: TarSample, suffix: str) -> np.ndarray:
         raise MemberError("unreadable", f"{sample.key}.{suffix}: {e}") from None
 
 
+def read_npy_shape(sample: TarSample, suffix: str) -> tuple[int, ...]:
+    """The shape in a `.npy[.gz]` member's header, decompressing only its first bytes."""
+    offset, size = sample.members[suffix]
+    with open(sample.shard, "rb") as f:
+        f.seek(offset)
+        head = f.read(min(size, 4096))
+    if suffix.endswith(".gz"):
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 1024)
+        except zlib.error as e:
+            raise MemberError("bad-gzip", f"{sample.key}.{suffix}: {e}") from None
+    try:
+        buf = io.BytesIO(head)
+        version = np.lib.format.read_magic(buf)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _order, _dtype = read(buf)  # the header only
+    except (ValueError, OSError, EOFError) as e:
+        raise MemberError("unreadable", f"{sample.key}.{suffix}: {e}") from None
+    return tuple(int(v) for v in shape)
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)

@@ -179,7 +179,8 @@ def evaluate_model(
     cfg = cfg or EvalConfig()
     protocols = cfg.protocols
     coco = None
-    if isinstance(dataset, CocoDataset):
+    # any dataset with CocoDataset's interface (data.movi, data.coco_wds) is wrapped the same way
+    if isinstance(dataset, CocoDataset) or hasattr(dataset, "ground_truth"):
         coco = dataset
         dataset = EvalDataset(dataset, with_images=features_fn is None)
     elif isinstance(dataset, EvalDataset):
