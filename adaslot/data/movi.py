@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from adaslot.data.coco import GroundTruth, Skip, SkipLog
-from adaslot.data.movi_sources import Listing, VideoError, list_split, read_video
+from adaslot.data.movi_sources import Listing, Video, VideoError, list_split, read_video
 from adaslot.data.transforms import compute_geometry, resize_crop
 from adaslot.errors import AdaslotError
 
@@ -67,7 +67,7 @@ class MoviDataset(torch.utils.data.Dataset):
         self.notes: Counter[str] = Counter()
         for key, file, reason, detail in self.listing.lost:
             self.skips.add(Skip(sample_id(max(key, 0), 0), file, reason, detail))
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray] | VideoError] = OrderedDict()
+        self._cache: OrderedDict[int, Video | VideoError] = OrderedDict()
         self._cache_size = cache_videos
         self.shape = self._reference_shape()  # (T, H, W) of the first readable video
         official9 = frames == "official9" or (frames == "auto" and split == "train")
@@ -92,7 +92,7 @@ class MoviDataset(torch.utils.data.Dataset):
         for v in range(len(self.listing.videos)):
             video = self._video(v, check=False)
             if not isinstance(video, VideoError):
-                return tuple(video[0].shape[:3])  # type: ignore[return-value]
+                return video.shape
         if self.listing.videos:
             first = self._video(0, check=False)
             raise AdaslotError(f"no video of {self.listing.folder} ({self.split}) could be read: {first}")
@@ -100,18 +100,18 @@ class MoviDataset(torch.utils.data.Dataset):
         raise AdaslotError(f"no videos in split '{self.split}' of {self.listing.folder}"
                            + (f" ({lost})" if lost else ""))
 
-    def _video(self, v: int, check: bool = True) -> tuple[np.ndarray, np.ndarray] | VideoError:
+    def _video(self, v: int, check: bool = True) -> Video | VideoError:
         if v in self._cache:
             self._cache.move_to_end(v)
             return self._cache[v]
         ref = self.listing.videos[v]
         try:
-            video: tuple[np.ndarray, np.ndarray] | VideoError = read_video(self.layout, ref)
+            video: Video | VideoError = read_video(self.layout, ref)
         except VideoError as e:
             video = e
-        if check and not isinstance(video, VideoError) and tuple(video[0].shape[:3]) != self.shape:
-            video = VideoError("shape-mismatch", f"{ref.name}: video {list(video[0].shape)}, the split's "
-                                                 f"first video is {list(self.shape)} x 3")
+        if check and not isinstance(video, VideoError) and video.shape != self.shape:
+            video = VideoError("shape-mismatch", f"{ref.name}: video {list(video.shape)}, the split's "
+                                                 f"first video is {list(self.shape)}")
         self._cache[v] = video
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -123,7 +123,7 @@ class MoviDataset(torch.utils.data.Dataset):
         video = self._video(v)
         if isinstance(video, VideoError):
             raise video
-        return video[0][t], video[1][t]
+        return video.frame(t)
 
     # ------------------------------------------------------------ the CocoDataset interface
 
@@ -151,7 +151,7 @@ class MoviDataset(torch.utils.data.Dataset):
             return {"ok": False, "image_id": image_id, "file": file, "reason": e.reason, "detail": e.detail,
                     "index": index}
         geom = compute_geometry(rgb.shape[0], rgb.shape[1], self.size, crop=False)
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+        x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float().div_(255.0)  # copy: read-only
         return {"ok": True, "index": index, "image_id": image_id, "file": file, "image": resize_crop(x, geom),
                 "geometry": geom, "notes": []}
 

@@ -9,8 +9,10 @@ and a reader of one video.
   png   SPOT/STEVE folders: ROOT/{train,validation}/{video:08d}/{t:08d}_image.png and, outside train,
         binary `{t:08d}_mask_{n:02d}.png` (n = object id, 0 = background).
 
-A reader returns (frames uint8 [T, H, W, 3], segmentations uint8 [T, H, W] object ids, 0 = background) or
-raises VideoError with a one-word reason (truncated, crc-mismatch, bad-gzip, missing-field, unreadable).
+A reader returns a `Video` (shape (T, H, W); `frame(t)` -> (uint8 [H, W, 3], object ids uint8 [H, W], 0 =
+background)) or raises VideoError with a one-word reason (truncated, crc-mismatch, bad-gzip, missing-field,
+unreadable, shape-mismatch). TFDS videos decode only the PNGs of the frames asked for; a webdataset video is
+one gzip stream, decompressed whole.
 """
 
 from __future__ import annotations
@@ -39,6 +41,50 @@ class VideoError(ValueError):
     def __init__(self, reason: str, detail: str) -> None:
         self.reason, self.detail = reason, detail
         super().__init__(f"{reason} ({detail})")
+
+
+class Video:
+    """A video read from disk: `shape` (T, H, W) and `frame(t)`."""
+
+    shape: tuple[int, int, int]
+
+    def frame(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class ArrayVideo(Video):
+    def __init__(self, frames: np.ndarray, seg: np.ndarray) -> None:
+        self.frames, self.seg = frames, seg
+        self.shape = tuple(frames.shape[:3])  # type: ignore[assignment]
+
+    def frame(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.frames[t], self.seg[t]
+
+
+class PngVideo(Video):
+    """TFDS's encoding: one PNG per frame of `video` and of `segmentations`, decoded on demand."""
+
+    def __init__(self, name: str, video: list[bytes], seg: list[bytes]) -> None:
+        self.name, self.video, self.seg = name, video, seg
+        if len(video) != len(seg):
+            raise VideoError("shape-mismatch", f"{name}: {len(video)} video frames, {len(seg)} segmentations")
+        rgb, _ids = self._decode(0)
+        self.shape = (len(video), rgb.shape[0], rgb.shape[1])
+
+    def _decode(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        rgb = _decode_png(self.video[t], f"{self.name} video[{t}]")
+        ids = _decode_png(self.seg[t], f"{self.name} segmentations[{t}]")
+        ids = ids[..., 0] if ids.ndim == 3 and ids.shape[-1] == 1 else ids
+        if rgb.ndim != 3 or rgb.shape[-1] != 3 or ids.shape != rgb.shape[:2]:
+            raise VideoError("shape-mismatch", f"{self.name} frame {t}: video {list(rgb.shape)}, "
+                                               f"segmentations {list(ids.shape)}")
+        return rgb, ids.astype(np.uint8)
+
+    def frame(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        rgb, ids = self._decode(t)
+        if rgb.shape[:2] != self.shape[1:]:
+            raise VideoError("shape-mismatch", f"{self.name} frame {t}: {list(rgb.shape)} vs frame 0")
+        return rgb, ids
 
 
 @dataclass
@@ -92,8 +138,8 @@ def list_split(root: Path, split: str) -> Listing:
     return {"tfds": _list_tfds, "wds": _list_wds, "png": _list_png}[layout](folder, split)
 
 
-def read_video(listing_layout: str, ref: VideoRef) -> tuple[np.ndarray, np.ndarray]:
-    """(frames uint8 [T, H, W, 3], segmentations uint8 [T, H, W]) of one video, or VideoError."""
+def read_video(listing_layout: str, ref: VideoRef) -> Video:
+    """One video (see module doc), or VideoError."""
     return {"tfds": _read_tfds, "wds": _read_wds, "png": _read_png}[listing_layout](ref)
 
 
@@ -137,7 +183,7 @@ def _decode_png(data: bytes, what: str) -> np.ndarray:
         raise VideoError("unreadable", f"{what}: {e}") from None
 
 
-def _read_tfds(ref: VideoRef) -> tuple[np.ndarray, np.ndarray]:
+def _read_tfds(ref: VideoRef) -> Video:
     path, span = ref.where
     try:
         with open(path, "rb") as f:
@@ -147,10 +193,7 @@ def _read_tfds(ref: VideoRef) -> tuple[np.ndarray, np.ndarray]:
     for name in FIELDS:
         if not isinstance(example.get(name), list) or not example[name]:
             raise VideoError("missing-field", f"{ref.name}: no '{name}' frames")
-    frames = np.stack([_decode_png(b, f"{ref.name} video[{t}]") for t, b in enumerate(example["video"])])
-    seg = np.stack([_decode_png(b, f"{ref.name} segmentations[{t}]")
-                    for t, b in enumerate(example["segmentations"])])
-    return _check(ref, frames, seg)
+    return PngVideo(ref.name, example["video"], example["segmentations"])  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- webdataset
@@ -179,7 +222,7 @@ def _list_wds(folder: Path, split: str) -> Listing:
     return out
 
 
-def _read_wds(ref: VideoRef) -> tuple[np.ndarray, np.ndarray]:
+def _read_wds(ref: VideoRef) -> Video:
     sample: wds.TarSample = ref.where
     try:
         frames = wds.read_array(sample, str(sample.find("video")))
@@ -201,7 +244,7 @@ def _list_png(folder: Path, split: str) -> Listing:
     return out
 
 
-def _read_png(ref: VideoRef) -> tuple[np.ndarray, np.ndarray]:
+def _read_png(ref: VideoRef) -> Video:
     d: Path = ref.where
     files = sorted(d.glob("*_image.png"))
     if not files:
@@ -217,7 +260,7 @@ def _read_png(ref: VideoRef) -> tuple[np.ndarray, np.ndarray]:
     return _check(ref, frames, seg)
 
 
-def _check(ref: VideoRef, frames: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check(ref: VideoRef, frames: np.ndarray, seg: np.ndarray) -> Video:
     if seg.ndim == 4 and seg.shape[-1] == 1:
         seg = seg[..., 0]
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -226,4 +269,4 @@ def _check(ref: VideoRef, frames: np.ndarray, seg: np.ndarray) -> tuple[np.ndarr
     if seg.shape != frames.shape[:3]:
         raise VideoError("shape-mismatch", f"{ref.name}: segmentations {list(seg.shape)} vs video "
                                            f"{list(frames.shape)}")
-    return frames, seg.astype(np.uint8)
+    return ArrayVideo(frames, seg.astype(np.uint8))

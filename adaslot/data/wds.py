@@ -117,7 +117,8 @@ def read_npy_shape(sample: TarSample, suffix: str) -> tuple[int, ...]:
     try:
         buf = io.BytesIO(head)
         version = np.lib.format.read_magic(buf)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        fmt = np.lib.format
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
         shape, _order, _dtype = read(buf)  # the header only
     except (ValueError, OSError, EOFError) as e:
         raise MemberError("unreadable", f"{sample.key}.{suffix}: {e}") from None
