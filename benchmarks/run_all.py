@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["cache_throughput", "loader_throughput", "train_step", "sparse_decoding", "decoder_arithmetic",
-         "precision", "sweep_throughput"]
+         "precision", "sweep_throughput", "movi_read"]
 
 
 def machine() -> str:
