@@ -57,6 +57,7 @@ class MoviDataset(torch.utils.data.Dataset):
     geometry, notes; or ok=False with reason and detail."""
 
     flip = False  # MOVi is trained without flips: train.inputs.FlippedViews leaves the image as it is
+    protocol = "movi"  # the eval protocol of this data (docs/method.md#movi), used by periodic validation
 
     def __init__(self, root: str | Path, split: str = "train", size: int = 224, frames: str = "auto",
                  cache_videos: int = 2) -> None:

@@ -39,7 +39,8 @@ class Validator:
             store.check_compatible(self.source.contract)
             src = store.attrs.get("source", {})
             if src.get("dataset") == "movi" or cfg.data.dataset == "movi":
-                data = DataSpec(dataset="movi", root=cfg.val_root or cfg.data.root, split="val")
+                root = cfg.val_root or cfg.data.root or src.get("images")  # the cached split's MOVi folder
+                data = DataSpec(dataset="movi", root=root, split="val")
             else:
                 data = (DataSpec(root=cfg.val_root, split="val") if cfg.val_root else
                         DataSpec(images=src.get("images"), annotations=src.get("annotations")))
@@ -58,7 +59,7 @@ class Validator:
 
         if self.dataset is None:
             self._setup()
-        protocol = "movi" if self.cfg.data.dataset == "movi" else "adaslot"
+        protocol = getattr(self.dataset, "protocol", "adaslot")  # MOVi data: "movi"
         ecfg = EvalConfig(protocol=protocol, batch_size=16, workers=0, max_images=self.max_images,
                           seed=self.cfg.seed, merge_slots=self.merge_slots)
         data = EvalDataset(self.dataset, with_images=self.features_fn is None, indices=self.indices)
