@@ -190,3 +190,24 @@ def test_movi_protocol_scores_a_perfect_prediction_perfectly(movi_root):
         from adaslot.config import EvalConfig
 
         EvalConfig(checkpoint="x", protocol="adaslot", data=DataSpec(dataset="movi", root="r")).validate()
+
+
+def test_png_folders_read_like_the_shards(movi_root, tmp_path):
+    """SPOT/STEVE layout: <split>/<video:08d>/<t:08d>_image.png and binary <t:08d>_mask_<n:02d>.png."""
+    from PIL import Image
+
+    wds_val = MoviDataset(movi_root / "wds", "val")
+    root = tmp_path / "png"
+    for key in range(NUM_VAL):
+        frames, ids = render_video(video_rng(0, 1, key), _cfg())
+        d = root / "validation" / f"{key:08d}"
+        d.mkdir(parents=True)
+        for t in range(len(frames)):
+            Image.fromarray(frames[t]).save(d / f"{t:08d}_image.png")
+            for n in range(int(ids.max()) + 1):  # n = 0 is the background mask
+                Image.fromarray(((ids[t] == n) * 255).astype(np.uint8)).save(d / f"{t:08d}_mask_{n:02d}.png")
+    png = MoviDataset(root, "val")
+    assert png.layout == "png" and png.image_ids == wds_val.image_ids
+    for i in (0, 25, 47):
+        assert torch.equal(png[i]["image"], wds_val[i]["image"])
+        assert np.array_equal(png.frame(i)[1], wds_val.frame(i)[1])
