@@ -33,7 +33,11 @@ def verify_store(cfg: VerifyConfig) -> dict[str, Any]:
         if not (src.get("images") and src.get("annotations")):
             raise AdaslotError("the store does not record its dataset location; pass --root or "
                                "--images/--annotations")
-        data = DataSpec(images=src["images"], annotations=src["annotations"])
+        kind = src.get("dataset")
+        if kind in ("movi", "coco-wds"):  # read from a root (docs/movi.md): the recorded folder and split
+            data = DataSpec(dataset=kind, root=src["images"], split=split)
+        else:
+            data = DataSpec(images=src["images"], annotations=src["annotations"])
     dev = resolve_device(cfg.device)
     encoder = build_encoder(c["encoder"], weights=cfg.encoder_weights, device=dev)
     if encoder.weights_sha256 != c.get("weights_sha256"):
