@@ -20,14 +20,15 @@ DATASETS = ("coco", "synthetic", "movi", "coco-wds")
 @dataclass
 class DataSpec(Settings):
     """A COCO-format dataset: `--root R` (COCO 2017 layout: R/{split}2017/ + R/annotations/
-    instances_{split}2017.json) or `--images DIR --annotations FILE`. `strict` is the policy of the loops
+    instances_{split}2017.json) or `--images DIR --annotations FILE`; or with `--dataset movi` / `coco-wds`
+    a MOVi root or ocl's COCO shards (`--root R`, docs/movi.md). `strict` is the policy of the loops
     that read it: stop at the first missing/unreadable image or malformed annotation instead of skipping."""
 
     dataset: str = setting("coco", "layout of --root: coco, synthetic (a root written by make-synthetic), or "
                                    "movi (TFDS folder, webdataset shards or PNG folders, found by itself), "
                                    "or coco-wds (ocl's COCO webdataset shards)",
                            choices=DATASETS)
-    root: str | None = setting(None, "dataset root in the COCO 2017 layout")
+    root: str | None = setting(None, "dataset root in the COCO 2017 layout (movi, coco-wds: docs/movi.md)")
     split: str = setting("train", "split under --root (train2017/, val2017/, ...; movi: train, val or test)")
     images: str | None = setting(None, "image folder of a COCO-format dataset (with --annotations)")
     annotations: str | None = setting(None, "COCO-format annotation json (with --images)")
