@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench docs clean
 
 venv: $(STAMP)
 
@@ -18,14 +18,20 @@ demo: $(STAMP)
 	$(BIN)/adaslot demo
 
 test: $(STAMP)
-	$(BIN)/ruff check adaslot tests benchmarks cli.py
+	$(BIN)/ruff check adaslot tests benchmarks scripts cli.py
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check adaslot tests benchmarks cli.py
+	$(BIN)/ruff check adaslot tests benchmarks scripts cli.py
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# Render the tables of README.md and docs/*.md from their results files (docs/results/*.json, ...).
+docs: $(STAMP)
+	$(BIN)/python -m adaslot.docs_tables
 
 clean:
 	rm -rf $(VENV)

@@ -2,7 +2,8 @@
 
 A checkpoint is one `torch.save`d dict (the payload):
   format="adaslot-checkpoint", version=1, stage (1|2), model_config (ModelConfig.to_dict()), encoder (name),
-  feature_contract (dict or None), model (state_dict); optional: optimizer, step, train_config, rng, loader.
+  feature_contract (dict or None), model (state_dict); optional: optimizer (the optimiser's state: the key
+  keeps PyTorch's spelling, as in every checkpoint written so far), step, train_config, rng, loader.
 Files are written to a temporary name in the same folder, fsynced and renamed, so a kill or a full disk never
 leaves a half-written checkpoint under the real name. Payloads hold only tensors and plain Python values, so
 they load with `torch.load(weights_only=True)` (no arbitrary pickle code runs on load). Loading checks the
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from adaslot.config import ModelConfig
-from adaslot.config.model import WARMSTART_FREE_FIELDS
+from adaslot.config.base import names_where
 from adaslot.errors import AdaslotError
 from adaslot.files import atomic_path
 
@@ -332,10 +333,11 @@ def check_warmstart(payload: dict[str, Any], cfg: ModelConfig, source: str = "ch
             "stage-1 checkpoint (to continue a stage-2 run, rerun its command with the same --out)"
         )
     src = ModelConfig.from_dict(payload["model_config"])
+    free = names_where(ModelConfig, "warmstart_free")
     diffs = [
         f"{f.name}={getattr(src, f.name)!r} (this model: {getattr(cfg, f.name)!r})"
         for f in dataclasses.fields(ModelConfig)
-        if f.name not in WARMSTART_FREE_FIELDS and getattr(src, f.name) != getattr(cfg, f.name)
+        if f.name not in free and getattr(src, f.name) != getattr(cfg, f.name)
     ]
     if diffs:
         raise AdaslotError(

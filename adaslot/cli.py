@@ -46,8 +46,8 @@ def _root() -> None:
 
 # ---- flags from config dataclasses ----
 
-def _parameters(cls: type[Settings], aliases: dict[str, tuple[str, str]]) -> list[inspect.Parameter]:
-    """One typer parameter per CLI field of `cls` (nested settings flattened), plus shortcut/alias flags."""
+def _parameters(cls: type[Settings]) -> list[inspect.Parameter]:
+    """One typer parameter per CLI field of `cls` (nested settings flattened), plus shortcut flags."""
     defaults, params, seen = cls(), [], set()
     kw, pos = inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
     for f, t, path in cli_fields(cls):
@@ -75,15 +75,11 @@ def _parameters(cls: type[Settings], aliases: dict[str, tuple[str, str]]) -> lis
         for short, value in m.get("shortcuts", {}).items():
             params.append(inspect.Parameter(f"_short_{short}", kw, annotation=bool, default=typer.Option(
                 False, f"--{short}", help=f"same as {flag} {value}", show_default=False)))
-    for name, (flag, text) in aliases.items():
-        params.append(inspect.Parameter(f"_alias_{name}", kw, annotation=bool, default=typer.Option(
-            False, flag, help=text, hidden=True, show_default=False)))
     return sorted(params, key=lambda p: p.kind)
 
 
-def _build(cls: type[Settings], values: dict[str, Any], aliases: dict[str, tuple[str, str]],
-           alias_fn: Callable[[Settings, str], Settings] | None) -> Settings:
-    """CLI values -> a validated config (shortcuts resolved, repeatable flags parsed, aliases applied)."""
+def _build(cls: type[Settings], values: dict[str, Any]) -> Settings:
+    """CLI values -> a validated config (shortcuts resolved, repeatable flags parsed)."""
     given: dict[str, Any] = {}
     for f, _t, _path in cli_fields(cls):
         value = values.get(f.name)
@@ -96,23 +92,17 @@ def _build(cls: type[Settings], values: dict[str, Any], aliases: dict[str, tuple
         if f.metadata.get("parser") and value is not None:
             value = f.metadata["parser"](value)
         given[f.name] = value
-    cfg = from_flags(cls, given)
-    for name in aliases:
-        if values.get(f"_alias_{name}") and alias_fn is not None:
-            cfg = alias_fn(cfg, name)
-    return cfg.validate()
+    return from_flags(cls, given).validate()
 
 
-def config_command(name: str, cls: type[Settings], aliases: dict[str, tuple[str, str]] | None = None,
-                   alias_fn: Callable[[Settings, str], Settings] | None = None) -> Callable:
+def config_command(name: str, cls: type[Settings]) -> Callable:
     """Register `fn(cfg)` as the command `name` with one flag per field of `cls` (see module doc)."""
-    aliases = aliases or {}
 
     def register(fn: Callable[[Any], None]) -> Callable[[Any], None]:
         def command(**values: Any) -> None:
-            fn(_build(cls, values, aliases, alias_fn))
+            fn(_build(cls, values))
 
-        command.__signature__ = inspect.Signature(_parameters(cls, aliases))  # type: ignore[attr-defined]
+        command.__signature__ = inspect.Signature(_parameters(cls))  # type: ignore[attr-defined]
         command.__doc__ = fn.__doc__
         command.__name__ = fn.__name__
         app.command(name)(command)
@@ -196,15 +186,7 @@ def export_cmd(cfg: ExportConfig) -> None:
     print(f"wrote {r['out']} ({r['rows']} rows, {r['bytes'] / 2**20:.1f} MiB)")
 
 
-def _dense_decoding(cfg: Settings, _name: str) -> Settings:
-    if isinstance(cfg, SweepConfig):
-        return cfg.replace(base=_dense_decoding(cfg.base, _name))
-    assert isinstance(cfg, TrainConfig)
-    return cfg.replace(model_overrides={**cfg.model_overrides, "sparse_decoding": False})
-
-
-@config_command("train", TrainConfig, aliases={"dense": ("--dense-decoding", "same as --model "
-                                                         "sparse_decoding=false")}, alias_fn=_dense_decoding)
+@config_command("train", TrainConfig)
 def train_cmd(cfg: TrainConfig) -> None:
     """Train stage 1 or 2 from a feature store or online from images; rerunning the same command resumes."""
     from adaslot.train import train
@@ -245,8 +227,7 @@ def segment_cmd(cfg: SegmentConfig) -> None:
             print(f"  ... and {len(r['skipped']) - 10} more")
 
 
-@config_command("sweep", SweepConfig, aliases={"dense": ("--dense-decoding", "same as --model "
-                                                         "sparse_decoding=false")}, alias_fn=_dense_decoding)
+@config_command("sweep", SweepConfig)
 def sweep_cmd(cfg: SweepConfig) -> None:
     """Train every combination of --grid values x --seeds from one base run (any train flag), score each on
     val data and compare them: OUT/runs/<variant>/ (ordinary run folders: `adaslot train --out` resumes one,

@@ -25,10 +25,9 @@ import torch
 from adaslot import DEMO_CHECKPOINT
 from adaslot.config import CacheConfig, DataSpec, DemoConfig, EvalConfig, TrainConfig, get_preset
 from adaslot.errors import AdaslotError
-from adaslot.files import write_json
+from adaslot.files import atomic_path, write_json
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-SHIPPED_CHECKPOINT = DEMO_CHECKPOINT
+ASSETS = DEMO_CHECKPOINT.parent  # the package's assets folder (what `--long` installs)
 PRESET = "demo"
 PROTOCOL = "adaslot"  # headline protocol (GT at 224, as the patch ceiling); fullres is reported beside it
 RESULT_KEYS = ("method", "fg_ari", "baseline_fg_ari", "mean_kept_slots", "mean_objects", "kept_vs_objects_r",
@@ -133,6 +132,7 @@ def _summary(result: dict[str, Any], baseline: float, mean_objects: float, ratio
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the demo pipeline into cfg.out; returns (and writes to OUT/results.json) the results dict."""
+    from adaslot.data.coco import open_dataset
     from adaslot.data.synthetic import make_synthetic
     from adaslot.evaluate import patch_ceiling, trivial_baseline
     from adaslot.store.writer import cache_features
@@ -179,7 +179,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     _say(cfg, "[bold]5/6 eval[/] on the val split")
     num_vis = 8
     res = _eval(Path(s2["checkpoint"]), data, out / "eval", cfg, num_vis)
-    val = DataSpec(root=str(data), split="val").open(side)
+    val = open_dataset(DataSpec(root=str(data), split="val"), side)
     k_max = get_preset(PRESET).num_slots_stage2
     base = trivial_baseline(val, k_max)
     ceiling = patch_ceiling(val, grid=side // 8, side=224)
@@ -199,7 +199,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "stage1_final_loss": _final_loss(s1["loss"], out / "stage1"),
         "stage2_final_loss": _final_loss(s2["loss"], out / "stage2"),
     })
-    shipped_path = SHIPPED_CHECKPOINT if cfg.shipped is None else (Path(cfg.shipped) if cfg.shipped else None)
+    shipped_path = DEMO_CHECKPOINT if cfg.shipped is None else (Path(cfg.shipped) if cfg.shipped else None)
     if shipped_path is not None and shipped_path.is_file():
         t = time.perf_counter()
         _say(cfg, f"shipped checkpoint {shipped_path} on the same val split")
@@ -216,7 +216,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         if shipped_path is not None:
             _say(cfg, f"[yellow]no shipped checkpoint at {shipped_path}; skipped[/]")
     if cfg.profile == "long" and cfg.export_assets:
-        results["assets"] = export_assets(Path(s2["checkpoint"]), res, results, ASSETS)
+        written = export_assets(Path(s2["checkpoint"]), res, results, out / "assets")
+        results["assets"] = install_assets(Path(written["dir"]), ASSETS)
     times["total"] = time.perf_counter() - t_all
     results["seconds"] = {k: round(v, 1) for k, v in times.items()}
     write_json(out / "results.json", results)
@@ -246,7 +247,7 @@ def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[s
     dest.mkdir(parents=True, exist_ok=True)
     payload = load_checkpoint(checkpoint)
     slim = {k: v for k, v in payload.items() if k not in ("optimizer", "rng", "loader")}
-    save_checkpoint(dest / SHIPPED_CHECKPOINT.name, slim)
+    save_checkpoint(dest / DEMO_CHECKPOINT.name, slim)
     config = {k: payload.get(k) for k in ("stage", "step", "encoder", "model_config", "feature_contract",
                                           "train_config")}
     config["demo_config"] = results["config"]
@@ -273,7 +274,16 @@ def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[s
         viz.save_png(sheet, dest / "demo-result.png", optimize=True)
     if eval_result.get("count_confusion_png"):
         shutil.copyfile(eval_result["count_confusion_png"], dest / "demo-count-confusion.png")
-    return {"checkpoint": str(dest / SHIPPED_CHECKPOINT.name), "dir": str(dest)}
+    return {"checkpoint": str(dest / DEMO_CHECKPOINT.name), "dir": str(dest)}
+
+
+def install_assets(src: Path, dest: Path) -> dict[str, str]:
+    """Copy the files `export_assets` wrote to `src` into `dest` (the package's assets folder, for `--long`),
+    each replaced atomically."""
+    for path in sorted(src.iterdir()):
+        with atomic_path(dest / path.name) as tmp:
+            shutil.copyfile(path, tmp)
+    return {"checkpoint": str(dest / DEMO_CHECKPOINT.name), "dir": str(dest)}
 
 
 def print_results(results: dict[str, Any]) -> None:

@@ -5,8 +5,8 @@ Definitions: docs/method.md#metrics (they follow the official ocl code):
   masks `gt_masks [M, H, W]` bool (or, for FG-ARI, an instance label map `gt [H, W]`, 0 = background/ignored);
 - pixels covered by more than one GT mask are ignored in prediction and target (`overlap_free_labels`);
   a GT mask left empty after that is dropped;
-- FG-ARI of an image without any GT pixel is 1.0 and counts in the mean (official quirk); mBO / mIoU / CorLoc
-  of such an image are NaN and the caller skips it (`MetricAccumulator` does);
+- FG-ARI of an image without any GT pixel is 1.0 and counts in the mean (official quirk); mBO / mIoU /
+  mask CorLoc of such an image are NaN and the caller skips it (`MetricAccumulator` does);
 - how slots and objects pair up (split / merge / background slots, counts): docs/method.md#object-diagnostics.
 
 Everything is built from one contingency table per image (`np.bincount` over `gt_label * K + slot`), so an
@@ -18,8 +18,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
@@ -30,11 +32,13 @@ __all__ = [
     "fg_ari",
     "image_scores",
     "iou_matrix",
+    "mask_corloc",
     "mbo",
     "miou",
     "object_diagnostics",
     "overlap_free_labels",
     "slot_count_stats",
+    "upgrade_metric_keys",
 ]
 
 # Above this many contingency cells, compact the label ids with np.unique first (never hit with slot ids and
@@ -66,20 +70,20 @@ def overlap_free_labels(gt_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, overlap
 
 
-def class_masks(gt_masks: np.ndarray, categories: Sequence[int]) -> np.ndarray:
+def class_masks(gt_masks: np.ndarray, categories: npt.ArrayLike) -> np.ndarray:
     """Merge instance masks by category: `gt_masks [M, H, W]`, `categories [M]` -> `[C, H, W]` bool.
 
     Classes are in sorted category order; the result feeds `mbo` for mBO^c (its own overlap rule then
     applies between different categories only, as in ocl's per-class segmentation masks).
     """
     gt_masks = np.asarray(gt_masks, dtype=bool)
-    categories = np.asarray(categories)
-    if len(categories) != len(gt_masks):
-        raise ValueError(f"{len(gt_masks)} masks but {len(categories)} categories")
-    cats = np.unique(categories)
+    category = np.asarray(categories)
+    if len(category) != len(gt_masks):
+        raise ValueError(f"{len(gt_masks)} masks but {len(category)} categories")
+    cats = np.unique(category)
     out = np.zeros((len(cats),) + gt_masks.shape[1:], bool)
     for i, c in enumerate(cats):
-        np.any(gt_masks[categories == c], axis=0, out=out[i])
+        np.any(gt_masks[category == c], axis=0, out=out[i])
     return out
 
 
@@ -115,7 +119,7 @@ def _ari_from_contingency(n: np.ndarray) -> float:
     denominator = (aindex + bindex) / 2 - expected
     if denominator <= 0:
         return 1.0
-    return (rindex - expected) / denominator
+    return float((rindex - expected) / denominator)
 
 
 def fg_ari(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -168,7 +172,8 @@ def _iou_from_table(counts: np.ndarray) -> np.ndarray:
     gt_area = inter.sum(1, keepdims=True)
     slot_area = counts.sum(0, keepdims=True).astype(np.float64)  # includes background pixels
     union = gt_area + slot_area - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    iou: np.ndarray = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return iou
 
 
 def mbo(pred: np.ndarray, gt_masks: np.ndarray) -> float:
@@ -191,12 +196,32 @@ def miou(pred: np.ndarray, gt_masks: np.ndarray) -> float:
     return float(iou[rows, cols].sum() / len(iou))
 
 
-def corloc(pred: np.ndarray, gt_masks: np.ndarray, threshold: float = 0.5) -> float:
-    """1.0 if some GT mask has best-overlap IoU > threshold, else 0.0; NaN if no GT (the mean is CorLoc)."""
+def mask_corloc(pred: np.ndarray, gt_masks: np.ndarray, threshold: float = 0.5) -> float:
+    """1.0 if some GT mask has best-overlap IoU > threshold with a slot's mask, else 0.0; NaN if no GT.
+
+    Mask IoU, not the literature's box CorLoc (docs/method.md#metrics); the mean over images is mask_corloc.
+    """
     iou = iou_matrix(pred, gt_masks)
     if len(iou) == 0:
         return math.nan
     return float(iou.max(1).max() > threshold)
+
+
+corloc = mask_corloc  # the old name, kept for one release
+
+# Metric keys renamed since earlier versions: old name -> new name (files written before still load).
+RENAMED_KEYS = {"corloc": "mask_corloc"}
+
+
+def upgrade_metric_keys(scores: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `scores` (a metrics.json protocol entry or a sweep score) with old key names renamed
+    (RENAMED_KEYS); a key already present under its new name wins."""
+    out = dict(scores)
+    for old, new in RENAMED_KEYS.items():
+        if old in out:
+            value = out.pop(old)
+            out.setdefault(new, value)
+    return out
 
 
 def object_diagnostics(pred: np.ndarray, gt_masks: np.ndarray, hold_share: float = HOLD_SHARE,
@@ -241,7 +266,7 @@ def image_scores(
     pred: np.ndarray, gt_masks: np.ndarray, categories: Sequence[int] | None = None,
     hold_share: float = HOLD_SHARE, cover_share: float = COVER_SHARE,
 ) -> dict[str, float]:
-    """All per-image metrics at once: keys fg_ari, mbo_i, mbo_c, miou, corloc, num_objects and the
+    """All per-image metrics at once: keys fg_ari, mbo_i, mbo_c, miou, mask_corloc, num_objects and the
     `object_diagnostics` counts (active_slots, split_objects, merge_slots, background_slots).
 
     `pred [H, W]` slot ids, `gt_masks [M, H, W]` bool, `categories [M]` (None -> mbo_c is NaN).
@@ -256,14 +281,14 @@ def image_scores(
     iou = _iou_from_table(table)
     out = {"fg_ari": fg_ari(pred, labels), "num_objects": float(len(iou))}
     if len(iou) == 0:
-        out.update(mbo_i=math.nan, miou=math.nan, corloc=math.nan)
+        out.update(mbo_i=math.nan, miou=math.nan, mask_corloc=math.nan)
     else:
         best = iou.max(1)
         rows, cols = linear_sum_assignment(iou, maximize=True)
         out.update(
             mbo_i=float(best.mean()),
             miou=float(iou[rows, cols].sum() / len(iou)),
-            corloc=float(best.max() > 0.5),
+            mask_corloc=float(best.max() > 0.5),
         )
     out["mbo_c"] = math.nan if categories is None or len(gt_masks) == 0 else mbo(
         pred, class_masks(gt_masks, categories)
@@ -278,7 +303,7 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def slot_count_stats(kept: Sequence[int], num_objects: Sequence[int]) -> dict:
+def slot_count_stats(kept: npt.ArrayLike, num_objects: npt.ArrayLike) -> dict[str, Any]:
     """Kept-slot statistics of an adaptive model over images.
 
     Returns mean (kept slots per image), histogram (list: entry k = #images with k kept slots) and
@@ -297,7 +322,7 @@ def slot_count_stats(kept: Sequence[int], num_objects: Sequence[int]) -> dict:
     }
 
 
-def count_confusion(slots: Sequence[int], num_objects: Sequence[int]) -> list[list[int]]:
+def count_confusion(slots: npt.ArrayLike, num_objects: npt.ArrayLike) -> list[list[int]]:
     """Images per (object count, slot count): `[O + 1][S + 1]` nested lists, entry [o][s] = #images with o GT
     objects and s slots (O, S = the largest counts seen; [] without images)."""
     s = np.asarray(slots, dtype=np.int64)
@@ -308,10 +333,11 @@ def count_confusion(slots: Sequence[int], num_objects: Sequence[int]) -> list[li
         return []
     width = int(s.max()) + 1
     flat = np.bincount(o * width + s, minlength=(int(o.max()) + 1) * width)
-    return flat.reshape(-1, width).tolist()
+    counts: list[list[int]] = flat.reshape(-1, width).tolist()
+    return counts
 
 
-def _nanmean(values: Sequence[float]) -> float:
+def _nanmean(values: npt.ArrayLike) -> float:
     v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
     return float(v.mean()) if len(v) else math.nan
@@ -321,7 +347,7 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den else math.nan
 
 
-METRIC_KEYS = ("fg_ari", "mbo_i", "mbo_c", "miou", "corloc")
+METRIC_KEYS = ("fg_ari", "mbo_i", "mbo_c", "miou", "mask_corloc")
 
 
 @dataclass
@@ -344,9 +370,9 @@ class MetricAccumulator:
             row["kept_slots"] = float(kept_slots)
         self.rows.append(row)
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """Means of METRIC_KEYS; num_images; num_skipped (images without any GT mask: not in the mBO / mIoU /
-        CorLoc means, but in FG-ARI's); mean_objects. With `object_diagnostics` in the scores:
+        mask CorLoc means, but in FG-ARI's); mean_objects. With `object_diagnostics` in the scores:
         split_rate (objects held by >= 2 slots / all objects), merge_rate (slots covering >= 2 objects /
         active slots), background_slots (mean per image), mean_active_slots, active_vs_objects_r,
         count_confusion {"slots": "kept" or "active", "counts": `count_confusion`} and per_object_count
@@ -358,7 +384,7 @@ class MetricAccumulator:
         def column(key: str) -> np.ndarray:
             return np.asarray([r.get(key, math.nan) for r in rows], dtype=np.float64)
 
-        out: dict = {key: _nanmean(column(key)) for key in METRIC_KEYS}
+        out: dict[str, Any] = {key: _nanmean(column(key)) for key in METRIC_KEYS}
         objects = column("num_objects")
         out["num_images"] = len(rows)
         out["num_skipped"] = int((objects == 0).sum())

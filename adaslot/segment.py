@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from adaslot.api import Segmenter, load, prepare_image
 from adaslot.config.segment import IMAGE_SUFFIXES, SegmentConfig
+from adaslot.data.coco import keep_list, strict_error
 from adaslot.data.transforms import ImageLoadError
 from adaslot.device import resolve_workers
 from adaslot.errors import AdaslotError
@@ -84,11 +85,6 @@ def _skip(file: str, reason: str, detail: str = "") -> dict[str, str]:
     return {"file": file, "reason": reason, "detail": detail}
 
 
-def _strict_error(skip: dict[str, str]) -> AdaslotError:
-    detail = f" ({skip['detail']})" if skip["detail"] else ""
-    return AdaslotError(f"{skip['file']}: {skip['reason']}{detail}; drop --strict to skip it")
-
-
 def _folder_images(folder: str, recursive: bool) -> list[str]:
     pattern = os.path.join(glob.escape(folder), *(("**", "*") if recursive else ("*",)))
     return sorted(f for f in glob.glob(pattern, recursive=recursive)
@@ -122,10 +118,6 @@ class ImageFiles(Dataset):
         except (AdaslotError, OSError) as e:  # e.g. an image of size 0, a file deleted since it was listed
             return {"ok": False, "index": i, "reason": "unreadable", "detail": str(e)}
         return {"ok": True, "index": i, "image": x, "geometry": geom, "stamp": stamp}
-
-
-def _collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return batch
 
 
 def read_done(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
@@ -189,7 +181,7 @@ def run_segment(cfg: SegmentConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     images, skipped = find_images(cfg.inputs, cfg.recursive, exclude=cfg.out)
     if skipped and cfg.strict:
-        raise _strict_error(skipped[0])
+        raise strict_error(skipped[0]["file"], skipped[0]["reason"], skipped[0]["detail"])
     if not images:
         raise AdaslotError(f"no images found in {' '.join(cfg.inputs)} (folders are searched for "
                            f"{', '.join(IMAGE_SUFFIXES)})")
@@ -223,7 +215,7 @@ def _segment_images(cfg: SegmentConfig, segmenter: Segmenter, out: Path, todo: l
     `skipped` (or stop the run with --strict). Returns the number of images segmented."""
     dev = segmenter.device
     loader = DataLoader(ImageFiles([f for f, _ in todo], segmenter.image_size), batch_size=cfg.batch_size,
-                        num_workers=resolve_workers(cfg.workers), collate_fn=_collate,
+                        num_workers=resolve_workers(cfg.workers), collate_fn=keep_list,
                         pin_memory=dev.type == "cuda")
     new = 0
     with progress_bar("segment", cfg.progress, unit="img") as bar, open(out / DONE_LOG, "a") as log:
@@ -234,7 +226,7 @@ def _segment_images(cfg: SegmentConfig, segmenter: Segmenter, out: Path, todo: l
                 if not b["ok"]:
                     skip = _skip(todo[b["index"]][0], b["reason"], b["detail"])
                     if cfg.strict:
-                        raise _strict_error(skip)
+                        raise strict_error(skip["file"], skip["reason"], skip["detail"])
                     skipped.append(skip)
             if good:
                 x = torch.stack([b["image"] for b in good])

@@ -1,4 +1,4 @@
-"""Issue 5 benchmark: `cache-features` images/s divided by a bare encoder loop on preloaded batches.
+"""`cache-features` images/s divided by a bare encoder loop on preloaded batches.
 
 The bare loop is the cost floor: the same encoder on the same images, already decoded, resized and batched in
 RAM, with nothing else (no decode, no store, no writer). cache-features does the whole job (dataset index,

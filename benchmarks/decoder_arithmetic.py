@@ -1,4 +1,4 @@
-"""Issue 8 item 4: decoder first layer on slot + position, concat (official: broadcast-add, then Linear on
+"""Decoder first layer on slot + position, concat (official: broadcast-add, then Linear on
 K x T rows) / split ((W slot + b) once per slot, W pos once per token, broadcast-add; exact).
 
 Reference decoder (slot 256 -> 2048 x 3 -> 769, 196 tokens), stage-1 K=7; timed: decoder forward +

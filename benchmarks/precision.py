@@ -1,4 +1,4 @@
-"""Issue 8 item 3: `--precision bf16` and `--compile` against fp32 on CPU: loss-curve parity and step time.
+"""`--precision bf16` and `--compile` against fp32 on CPU: loss-curve parity and step time.
 
 A small stage-1 model (slot dim 32, decoder 2 x 64, K=4) trains for --steps steps on real frozen-encoder
 features (random-init ViT-Tiny on the synthetic dataset, 196 x 192 tokens), batch 4, with the training

@@ -2,9 +2,11 @@
 
 Each benchmark is a standalone script that measures ours and the plain way in the same run and prints its
 ratios last (lines containing "ratio"). This runner collects those lines, so the table is exactly what
-the scripts printed. `make bench` runs it; `--only NAME` runs a subset.
+the scripts printed. `make bench` runs it; `--only NAME` runs a subset. Each benchmark that finishes has its
+ratio lines written to docs/results/NAME.json with the machine and date (the file the docs' tables are
+rendered from by `make docs`; `--no-results` leaves those files alone).
 
-    python benchmarks/run_all.py [--only sparse_decoding cache_throughput] [--timeout 900]
+    python benchmarks/run_all.py [--only sparse_decoding cache_throughput] [--timeout 900] [--no-results]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE.parent / "docs" / "results"
 ORDER = ["cache_throughput", "loader_throughput", "train_step", "sparse_decoding", "decoder_arithmetic",
          "precision", "sweep_throughput", "movi_read"]
 
@@ -38,11 +41,30 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, Python {py}"
 
 
+def write_results(name: str, ratios: list[str], machine_text: str, folder: Path = RESULTS) -> Path:
+    """FOLDER/NAME.json (docs/results by default): one row per ratio line -> measure, ratio."""
+    from adaslot.files import write_json
+
+    rows = []
+    for line in ratios:  # "ratio MEASURE = VALUE ..." or "ratio MEASURE: VALUE ..."
+        text = line.removeprefix("ratio").strip()
+        sep = " = " if " = " in text else ": " if ": " in text else None
+        measure, value = text.split(sep, 1) if sep else (text, "")
+        rows.append({"benchmark": name, "measure": measure.strip(), "ratio": value.strip()})
+    return write_json(folder / f"{name}.json", {
+        "title": name, "benchmark": f"benchmarks/{name}.py", "machine": machine_text,
+        "date": time.strftime("%Y-%m-%d"), "command": f"python benchmarks/run_all.py --only {name}",
+        "note": "written by benchmarks/run_all.py from the benchmark's ratio lines", "rows": rows})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", default=None, help="benchmark names (file stems) to run")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per benchmark")
+    ap.add_argument("--no-results", action="store_true", help="do not write docs/results/NAME.json")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the NAME.json files")
     args = ap.parse_args()
+    here = machine()
     names = args.only or [n for n in ORDER if (HERE / f"{n}.py").exists()]
     rows: list[tuple[str, str, float]] = []
     for name in names:
@@ -65,7 +87,9 @@ def main() -> None:
         if not ok:
             ratios = ratios or ["FAILED (see output above)"]
         rows.extend((name, r, secs) for r in ratios)
-    print(f"\nmachine: {machine()}")
+        if ok and ratios and not args.no_results:
+            print(f"wrote {write_results(name, ratios, here, args.results)}", flush=True)
+    print(f"\nmachine: {here}")
     width = max(len(n) for n, _, _ in rows) if rows else 10
     print(f"{'benchmark':{width}s}  {'seconds':>7s}  result")
     for name, line, secs in rows:

@@ -1,4 +1,4 @@
-"""Issue 8 item 1: stage-2 training step time, dense decoding / exact sparse decoding.
+"""Stage-2 training step time, dense decoding / exact sparse decoding.
 
 Reference COCO model (K=33, decoder 3 x 2048, 196 tokens x 768), one full step: forward, MSE + 0.1 sparsity,
 backward, Adam. The keep mask is forced to a given fraction through explicit Gumbel noise (no trained

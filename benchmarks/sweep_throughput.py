@@ -7,7 +7,8 @@ sweep runs them in --jobs worker processes of 1 thread each, the variants of a w
 one loader, and then also scores every variant on --score-images val images and draws its plots (the plain
 way does neither, so the ratio is conservative). Both are timed end to end as processes (start-up included);
 the sweep runs before and after the plain commands and its mean time counts.
-The plain commands run twice: with torch's default threads (the plain way) and with OMP_NUM_THREADS=1 (the
+The plain commands run twice: with torch's default threads (the plain way: their `--threads 1`, which the
+sweep prints so that a command repeats its variant bit for bit, is dropped) and as printed, at 1 thread (the
 sweep workers' count; then equal losses show they are the same runs).
 
 Store bytes read per variant-step: /proc/self/io read bytes (rchar) of this process over --io-steps steps,
@@ -140,9 +141,11 @@ def main() -> None:
             for i, line in enumerate(printed):
                 argv = shlex.split(line)[1:]
                 argv[argv.index("--out") + 1] = str(tmp_path / f"plain-{threads}" / str(i))
+                if threads is None:  # the plain way: torch's default threads
+                    del argv[argv.index("--threads"):argv.index("--threads") + 2]
                 plain_s[threads] += adaslot(*argv, threads=threads)
             print(f"plain: 4 x `adaslot train` ({args.steps} steps each, "
-                  f"{'torch default threads' if threads is None else 'OMP_NUM_THREADS=1'}), one after "
+                  f"{'torch default threads' if threads is None else '--threads 1'}), one after "
                   f"another: {plain_s[threads]:.1f} s")
         sweep_runs.append(adaslot(*sweep_args, "--jobs", str(args.jobs), "--threads", "1"))
         sweep_s = sum(sweep_runs) / len(sweep_runs)

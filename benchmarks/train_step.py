@@ -1,4 +1,4 @@
-"""Issue 6 benchmark (+ issue 8 item 2): what the feature cache buys a stage-1 training step, on this machine.
+"""What the feature cache buys a stage-1 training step, on this machine.
 
 1. Input cost per sample: online (JPEG decode + reference transform + frozen encoder forward) / reading one
    sample from a feature store (streaming FeatureLoader, one view of a 2-view train store), for
@@ -11,7 +11,7 @@
 3. FLOP split of one reference training image, counted with torch.utils.flop_counter: encoder forward,
    slot model (input MLP + slot attention) forward + backward, decoder forward + backward; and what it
    implies for an H100 (assumed: 989 TFLOP/s dense bf16, 40% of it achieved; an assumption, not measured).
-4. Issue 8 item 2: loader samples/s (streaming and --cache-in-memory) / trainer samples/s, here (CPU,
+4. Loader samples/s (streaming and --cache-in-memory) / trainer samples/s, here (CPU,
    reference model) and against the H100 estimate of 3; RAM needed for a resident COCO cache.
 
 Images: the built-in synthetic dataset at 480 x 480 JPEG (COCO photos are ~640 x 480). Ratios last.
@@ -212,7 +212,7 @@ def main() -> None:
               f"({H100_BF16_FLOPS * H100_UTILISATION / online_total:.0f} images/s) and the CPUs must decode "
               f"and resize that many JPEGs per second")
 
-        # 4. loader vs trainer (issue 8 item 2)
+        # 4. loader vs trainer
         stream = loader_rate(stores[vit_b], 64, in_memory=False)
         resident = loader_rate(stores[vit_b], 64, in_memory=True)
         print(f"loader (ViT-B-sized features, batch 64): streaming {stream:.0f} samples/s, in-memory "

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from adaslot.config import TrainConfig
+from adaslot.device import torch_threads  # noqa: F401 (the tests' import of it)
 from adaslot.train import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,19 +34,6 @@ def tiny_train(out: Path, **kw) -> TrainConfig:
                 progress=False)
     base.update(kw)
     return TrainConfig(**base)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with `n` torch threads: a child process with OMP_NUM_THREADS=n sums in the same order."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def rle(mask: np.ndarray) -> dict:
@@ -166,3 +152,20 @@ def read_only_prefix(folder: Path) -> tuple[tuple[str, ...], str]:
     if probe is None or probe.returncode == 0 or b"Read-only file system" not in probe.stderr:
         pytest.skip("root ignores chmod, and this machine allows no read-only bind mount (unshare -m)")
     return prefix, "read-only file system (EROFS)"
+
+
+VOLATILE_ATTRS = ("summary", "source")  # run timings and where the images were: not part of the contents
+
+
+def same_contents(a: str, b: str) -> bool:
+    """True when two stores (zarr or HDF5) hold identical arrays and attributes (minus VOLATILE_ATTRS)."""
+    from adaslot.store import open_store
+
+    sa, sb = open_store(a), open_store(b)
+    attrs_a = {k: v for k, v in sa.attrs.items() if k not in VOLATILE_ATTRS}
+    attrs_b = {k: v for k, v in sb.attrs.items() if k not in VOLATILE_ATTRS}
+    if attrs_a != attrs_b or sa.features.shape != sb.features.shape:
+        return False
+    if not (np.array_equal(sa.raw_image_ids, sb.raw_image_ids) and np.array_equal(sa.status, sb.status)):
+        return False
+    return all(np.array_equal(sa.read(x, y), sb.read(x, y)) for x, y in sa.chunk_bounds())

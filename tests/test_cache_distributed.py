@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 
-from helpers import shard_files
+import pytest
+from helpers import same_contents, shard_files
 
 from adaslot.config import CacheConfig, DataSpec
 from adaslot.store import open_store
-from adaslot.store.export import same_contents
 from adaslot.store.writer import cache_features
+
+pytestmark = pytest.mark.e2e  # whole cache-features runs under torchrun
 
 
 def test_torchrun_two_ranks_equals_single_process(synthetic_coco, tmp_path):

@@ -1,6 +1,12 @@
 """Checkpoint format: atomic save, checked load, rotation, RNG round trip, warm-start rules."""
 
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,11 +42,53 @@ def test_round_trip_and_no_temp_left(tmp_path):
     assert ModelConfig.from_dict(back["model_config"]) == ModelConfig()
 
 
-def test_overwrite_is_atomic_replace(tmp_path):
+def test_overwrite_replaces_the_checkpoint(tmp_path):
     p = tmp_path / "c.pt"
     save_checkpoint(p, _payload(step=1))
     save_checkpoint(p, _payload(step=2))
     assert load_checkpoint(p)["step"] == 2
+
+
+# A process that overwrites tmp/c.pt and stalls inside torch.save (an object whose pickling blocks), with
+# the file open and part of it written: there it is killed.
+_STALLED_WRITER = """
+import sys, time
+import torch
+from adaslot.checkpoint import make_payload, save_checkpoint
+from adaslot.config import ModelConfig
+
+class Stall:
+    def __reduce__(self):
+        open(sys.argv[2], "w").close()  # the write has begun
+        time.sleep(600)
+        return (int, (0,))
+
+payload = make_payload(stage=1, model_config=ModelConfig(), encoder="random-vit-tiny",
+                       model_state={"w": torch.zeros(1 << 20)}, step=2, stall=Stall())
+save_checkpoint(sys.argv[1], payload)
+"""
+
+
+@pytest.mark.e2e
+def test_a_write_killed_midway_leaves_the_old_checkpoint(tmp_path):
+    """SIGKILL while a checkpoint is being overwritten: the old one is still there, whole (a writer that
+    opened the real name would have truncated it), and the new one is nowhere."""
+    p = save_checkpoint(tmp_path / "c.pt", _payload(step=1))
+    before = p.read_bytes()
+    began = tmp_path / "began"
+    proc = subprocess.Popen([sys.executable, "-c", _STALLED_WRITER, str(p), str(began)],
+                            cwd=Path(__file__).resolve().parents[1],
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.time() + 120
+        while not began.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert began.exists(), "the writer never started writing"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert p.read_bytes() == before and load_checkpoint(p)["step"] == 1
+    assert latest_checkpoint(tmp_path) is None  # a leftover temp file is never taken for a checkpoint
 
 
 def test_save_refuses_unmarked_payload(tmp_path):

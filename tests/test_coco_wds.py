@@ -12,7 +12,7 @@ import torch
 from helpers import TINY_MODEL
 
 from adaslot.config import DataSpec, EvalConfig, model_config_for
-from adaslot.data.coco import CocoDataset
+from adaslot.data.coco import CocoDataset, open_dataset
 from adaslot.data.coco_wds import CocoWdsDataset, write_coco_shards
 from adaslot.data.synthetic import SyntheticConfig, make_synthetic
 from adaslot.errors import AdaslotError
@@ -34,8 +34,8 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_same_samples_and_masks_as_pycocotools(roots):
     coco_root, shards = roots
-    a = DataSpec(root=str(coco_root), split="val").open(224)
-    b = DataSpec(dataset="coco-wds", root=str(shards), split="val").open(224)
+    a = open_dataset(DataSpec(root=str(coco_root), split="val"), 224)
+    b = open_dataset(DataSpec(dataset="coco-wds", root=str(shards), split="val"), 224)
     assert isinstance(b, CocoWdsDataset) and a.image_ids == b.image_ids and len(b) == 5
     members = {m for s in b._samples for m in s.members}
     assert {"instance_mask.npy.gz", "instance_category.npy"} <= members  # gzipped or not, per member
@@ -61,7 +61,7 @@ def test_same_metrics_as_pycocotools(roots):
     for data in (DataSpec(root=str(coco_root), split="val"),
                  DataSpec(dataset="coco-wds", root=str(shards), split="val")):
         cfg = EvalConfig(checkpoint="-", data=data, protocol="adaslot,fullres", workers=0, batch_size=2)
-        out.append(evaluate_model(model, encoder, data.open(224), cfg)["protocols"])
+        out.append(evaluate_model(model, encoder, open_dataset(data, 224), cfg)["protocols"])
     assert json.dumps(out[0], sort_keys=True) == json.dumps(out[1], sort_keys=True)
     assert out[0]["adaslot"]["num_images"] == 5
     with pytest.raises(AdaslotError, match="iscrowd"):
@@ -80,4 +80,4 @@ def test_bad_shards_are_listed(roots, tmp_path):
     ds = CocoWdsDataset(root, "val")
     assert ds.skips.counts() == {"truncated": 1} and len(ds) == 4
     with pytest.raises(AdaslotError, match="truncated.*drop --strict"):
-        DataSpec(dataset="coco-wds", root=str(root), split="val", strict=True).open(224)
+        open_dataset(DataSpec(dataset="coco-wds", root=str(root), split="val", strict=True), 224)

@@ -92,6 +92,7 @@ def test_demo_profiles_and_shortcut_flags():
     assert isinstance(r.exception, AdaslotError) and "exclude each other" in str(r.exception)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command", ["train", "eval", "cache-features"])
 def test_device_mps_is_refused_the_same_way_everywhere(command, synthetic_coco, tmp_path, monkeypatch,
                                                        capsys):
@@ -104,6 +105,7 @@ def test_device_mps_is_refused_the_same_way_everywhere(command, synthetic_coco, 
     assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
+@pytest.mark.e2e
 def test_dataset_synthetic_works_in_every_command(synthetic_coco, tmp_path, monkeypatch, capsys):
     """`--dataset synthetic --root R` (a make-synthetic root) is read like coco by train, eval and cache."""
     run = tmp_path / "run"
@@ -125,6 +127,7 @@ def test_dataset_synthetic_works_in_every_command(synthetic_coco, tmp_path, monk
     assert code == 2 and "give one input" in err and "--root R" in err
 
 
+@pytest.mark.e2e
 def test_strict_stops_at_a_malformed_annotation_in_every_command(synthetic_coco, tmp_path, train_store):
     """cache-features, online train and eval with --strict stop at the first malformed annotation, with one
     line naming it; without --strict the annotation is left out and counted."""

@@ -136,6 +136,7 @@ def test_bad_checkpoints_name_the_key_and_write_nothing(tmp_path, edit, match):
     assert list(tmp_path.iterdir()) == [tmp_path / "bad.ckpt"]
 
 
+@pytest.mark.e2e
 def test_converted_stage1_warm_starts_stage2(tmp_path):
     out = tmp_path / "s1.pt"
     convert_official(lightning(official_state_dict(score=False), tmp_path / "s1.ckpt"), out)
@@ -158,6 +159,7 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     return exit_info.value.code or 0, captured.out, captured.err
 
 
+@pytest.mark.e2e
 def test_cli_reports_mapped_and_ignored_and_errors_in_one_line(tmp_path, monkeypatch, capsys):
     ckpt = lightning(official_state_dict(), tmp_path / "official.ckpt")
     code, out, err = run_cli(monkeypatch, capsys, "convert-official", str(ckpt), str(tmp_path / "c.pt"),

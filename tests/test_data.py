@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from adaslot.data.coco import CocoDataset, collate, protocol_ground_truth
+from adaslot.data.coco import CocoDataset, collate
 from adaslot.data.synthetic import SyntheticConfig, image_id_for, render_scene, scene_rng
 from adaslot.data.transforms import (
     Geometry,
@@ -27,6 +27,7 @@ from adaslot.data.transforms import (
     transform_image,
 )
 from adaslot.errors import AdaslotError
+from adaslot.evaluate.masks import gt_at_side
 
 # pycocotools 2.0.11 + numpy 2.4 warn inside mask decoding; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -210,16 +211,17 @@ def test_messy_files_handled_or_skipped(messy: tuple[Path, dict[str, int]], synt
 
 
 def test_strict_is_a_policy_of_the_loops(messy: tuple[Path, dict[str, int]]) -> None:
-    """The dataset reports bad images (it never raises for one); `DataSpec(strict=True).open` refuses a
+    """The dataset reports bad images (it never raises for one); opening a strict DataSpec refuses a
     missing image up front, and the loops stop at the first skip the workers report."""
     from adaslot.config import DataSpec
+    from adaslot.data.coco import open_dataset
 
     root, ids = messy
     spec = DataSpec(root=str(root), split="val", strict=True)
     with pytest.raises(AdaslotError, match=r"image \d+ \(.*\): missing .*drop --strict"):
-        spec.open(224)
+        open_dataset(spec, 224)
     (root / "val2017" / f"{ids['missing']:012d}.jpg").write_bytes(b"")  # now present but empty
-    ds = spec.open(224)
+    ds = open_dataset(spec, 224)
     bad = {ds[ds.index_of(ids[k])]["reason"] for k in ("missing", "truncated")}
     assert bad == {"unreadable", "truncated"} and not ds[ds.index_of(ids["missing"])]["ok"]
 
@@ -283,8 +285,8 @@ def test_ground_truth_matches_drawn_scene_and_crowd_options(tmp_path: Path) -> N
         assert len(no_crowd.instance_masks) == int((~scene.iscrowd).sum())
         n_crowd += int(scene.iscrowd.sum())
         n_all += len(scene.masks)
-        p = protocol_ground_truth(gt, 320)
-        assert p.instance_masks.shape == (len(scene.masks), 320, 320) and p.instance_masks.dtype == bool
+        p = gt_at_side(gt.instance_masks, 320)
+        assert p.shape == (len(scene.masks), 320, 320) and p.dtype == bool
     assert 0 < n_crowd < n_all
 
 

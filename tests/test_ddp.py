@@ -22,6 +22,8 @@ from adaslot.checkpoint import list_checkpoints, load_checkpoint
 from adaslot.config import DataSpec, TrainConfig
 from adaslot.distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, init
 
+pytestmark = pytest.mark.e2e  # training under torchrun
+
 COMMON = ["--num-slots", "4", "--batch-size", "4", "--lr", "1e-3", "--lr-schedule", "constant", "--log-every",
           "1", "--ckpt-every", "2", "--workers", "0", "--device", "cpu", "--seed", "1", "--no-progress"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from adaslot.cli import app
 from adaslot.config import demo_config, get_preset, model_config_for
 from adaslot.demo import RESULT_KEYS
 from adaslot.encoders import build_encoder
+
+pytestmark = pytest.mark.e2e  # whole demo runs
 
 
 def test_demo_quick_end_to_end(tmp_path):
@@ -43,11 +46,15 @@ def test_demo_quick_end_to_end(tmp_path):
     assert (out / "eval" / "vis").is_dir() and any((out / "eval" / "vis").iterdir())
     assert "pictures" in res.output
     # the files `--long` ships, written from this run: slim checkpoint, config (command, method), pictures
-    from adaslot.demo import export_assets
+    from adaslot.demo import export_assets, install_assets
 
     dest = tmp_path / "assets"
     evaluated = {"out": str(out / "eval"), "count_confusion_png": str(out / "eval" / "count_confusion.png")}
     export_assets(out / "stage2" / "checkpoints" / "last.pt", evaluated, results, dest)
+    # `--long` then copies them into the package's folder (here a stand-in for it), file for file
+    installed = install_assets(dest, tmp_path / "package-assets")
+    assert sorted(p.name for p in Path(installed["dir"]).iterdir()) == sorted(p.name for p in dest.iterdir())
+    assert Path(installed["checkpoint"]).read_bytes() == (dest / "demo-stage2.pt").read_bytes()
     shipped = json.loads((dest / "demo-config.json").read_text())
     assert shipped["method"] == results["method"] and shipped["command"].startswith("adaslot demo --long")
     assert "optimizer" not in torch.load(dest / "demo-stage2.pt", weights_only=False)
@@ -68,10 +75,10 @@ def test_demo_warns_and_finishes_when_the_shipped_checkpoint_has_other_features(
     results are still written."""
     import torch
 
+    from adaslot import DEMO_CHECKPOINT
     from adaslot.checkpoint import load_checkpoint, save_checkpoint
-    from adaslot.demo import SHIPPED_CHECKPOINT
 
-    payload = load_checkpoint(SHIPPED_CHECKPOINT)
+    payload = load_checkpoint(DEMO_CHECKPOINT)
     payload["feature_contract"] = {**payload["feature_contract"], "tap_point": "an older demo encoder"}
     stale = tmp_path / "stale.pt"
     save_checkpoint(stale, payload)
@@ -147,13 +154,13 @@ def test_demo_profiles_and_preset():
 def test_shipped_checkpoint_matches_demo_encoder_and_preset():
     """The committed checkpoint loads, is a stage-2 demo model, and was trained on exactly the features the
     current demo encoder gives (a change to the encoder must come with a new `adaslot demo --long`)."""
+    from adaslot import DEMO_CHECKPOINT
     from adaslot.checkpoint import load_model
-    from adaslot.demo import SHIPPED_CHECKPOINT
 
-    model, payload = load_model(SHIPPED_CHECKPOINT)
+    model, payload = load_model(DEMO_CHECKPOINT)
     assert payload["stage"] == 2 and payload["encoder"] == "demo-colour-pos"
     assert model.cfg == model_config_for("demo", 2)
     contract = build_encoder("demo-colour-pos").contract(64)
     for key in ("weights_sha256", "tap_point", "input_size", "num_tokens", "feature_dim"):
         assert payload["feature_contract"][key] == contract[key], key
-    assert SHIPPED_CHECKPOINT.stat().st_size < 5_000_000
+    assert DEMO_CHECKPOINT.stat().st_size < 5_000_000

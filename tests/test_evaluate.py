@@ -136,7 +136,7 @@ def test_oracle_alpha_scores_perfectly_under_every_protocol():
     # rounded off (a few pixels per corner), so "perfect" is just below 1.
     for p in ("adaslot", "dinosaur", "fullres"):
         assert scores[p]["fg_ari"] > 0.98 and scores[p]["mbo_i"] > 0.98 and scores[p]["miou"] > 0.98, p
-        assert scores[p]["corloc"] == 1.0 and scores[p]["num_objects"] == 3
+        assert scores[p]["mask_corloc"] == 1.0 and scores[p]["num_objects"] == 3
     assert scores["adaslot"] == pytest.approx(scores["fullres"])  # a 224 px original: the same pixels
     # block upsampling of the same patch labels is exact: the patch ceiling of this image is 1
     assert patch_ceiling([item]) == 1.0
@@ -151,6 +151,7 @@ def test_patch_ceiling_below_one_for_unaligned_objects(synthetic_coco):
 # ---------------------------------------------------------------- the eval loop
 
 
+@pytest.mark.e2e
 def test_eval_stage2_end_to_end(checkpoints, odd_coco, tmp_path):
     out = tmp_path / "ev"
     cfg = EvalConfig(checkpoint=str(checkpoints[2]), data=_files(odd_coco), out=str(out), save_masks=True,
@@ -159,7 +160,7 @@ def test_eval_stage2_end_to_end(checkpoints, odd_coco, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["protocols"]) == {"adaslot", "dinosaur", "fullres"}
     for p, s in m["protocols"].items():
-        for key in ("fg_ari", "mbo_i", "mbo_c", "miou", "corloc", "num_images", "num_skipped",
+        for key in ("fg_ari", "mbo_i", "mbo_c", "miou", "mask_corloc", "num_images", "num_skipped",
                     "mean_kept_slots", "kept_vs_objects_r"):
             assert key in s, (p, key)
         assert s["num_images"] == 3
@@ -183,6 +184,7 @@ def test_eval_stage2_end_to_end(checkpoints, odd_coco, tmp_path):
     assert len(list((out / "vis").glob("*.png"))) == 2
 
 
+@pytest.mark.e2e
 def test_gumbel_eval_is_seeded_and_recorded(checkpoints, synthetic_coco):
     from adaslot.checkpoint import load_model
 
@@ -202,6 +204,7 @@ def test_gumbel_eval_is_seeded_and_recorded(checkpoints, synthetic_coco):
     assert det["keep_mode"].startswith("deterministic") and det["num_images"] == 4
 
 
+@pytest.mark.e2e
 def test_stage1_in_memory_on_synthetic(checkpoints, synthetic_coco):
     from sklearn.metrics import adjusted_rand_score
 
@@ -220,7 +223,7 @@ def test_stage1_in_memory_on_synthetic(checkpoints, synthetic_coco):
         gt, _ = overlap_free_labels(gt_at_side(x.item.masks, 224))
         pred = labels_at_side(x.alpha_grid, 224)
         assert x.scores["adaslot"]["fg_ari"] == pytest.approx(adjusted_rand_score(gt[gt > 0], pred[gt > 0]))
-    for key in ("fg_ari", "mbo_i", "miou", "corloc"):
+    for key in ("fg_ari", "mbo_i", "miou", "mask_corloc"):
         assert s[key] == pytest.approx(np.mean([x.scores["adaslot"][key] for x in seen]))
     # 224 px originals: full resolution == the adaslot protocol (up to float near-ties)
     assert abs(r["protocols"]["fullres"]["mbo_i"] - s["mbo_i"]) < 1e-3
@@ -229,6 +232,7 @@ def test_stage1_in_memory_on_synthetic(checkpoints, synthetic_coco):
 # ---------------------------------------------------------------- one-line errors through the CLI
 
 
+@pytest.mark.e2e
 def test_cli_eval_table(checkpoints, synthetic_coco, tmp_path, monkeypatch, capsys):
     code, _ = run_cli(["eval", str(checkpoints[1]), "--root", str(synthetic_coco), "--out", str(tmp_path),
                        "--protocol", "dinosaur", "--num-vis", "0", "--workers", "0", "--no-progress",
@@ -238,6 +242,7 @@ def test_cli_eval_table(checkpoints, synthetic_coco, tmp_path, monkeypatch, caps
     assert list(m["protocols"]) == ["dinosaur"] and m["protocols"]["dinosaur"]["num_images"] == 6
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["not-a-checkpoint", "no-annotations", "encoder-weights", "protocol",
                                   "gumbel-stage1"])
 def test_cli_bad_inputs_are_one_line_errors(case, checkpoints, synthetic_coco, tmp_path, monkeypatch, capsys):
@@ -272,6 +277,7 @@ def test_cli_bad_inputs_are_one_line_errors(case, checkpoints, synthetic_coco, t
     assert expected in err
 
 
+@pytest.mark.e2e
 def test_unreadable_image_is_skipped_and_listed(checkpoints, tmp_path):
     data = write_coco(tmp_path / "d", [(64, 96, [((8, 40, 8, 60), 1, 0)]),
                                        (80, 80, [((0, 30, 0, 30), 2, 0)])])
@@ -290,6 +296,7 @@ def test_unreadable_image_is_skipped_and_listed(checkpoints, tmp_path):
         run_eval(_quick(checkpoints[1], data, tmp_path, strict=True))
 
 
+@pytest.mark.e2e
 def test_from_cache_proxy_matches_the_image_pass(checkpoints, synthetic_coco, tmp_path):
     from adaslot.config import CacheConfig
     from adaslot.store.writer import cache_features
@@ -318,6 +325,7 @@ def test_from_cache_proxy_matches_the_image_pass(checkpoints, synthetic_coco, tm
         run_eval(cfg)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--workers", "-1"), ("--max-images", "0"),
                                         ("--num-vis", "-1")])
 def test_cli_bad_numbers_are_one_line_errors_before_output(flag, value, checkpoints, synthetic_coco, tmp_path,
@@ -329,6 +337,7 @@ def test_cli_bad_numbers_are_one_line_errors_before_output(flag, value, checkpoi
     assert not out.exists()
 
 
+@pytest.mark.e2e
 def test_missing_images_are_reported(checkpoints, tmp_path, capsys):
     data = write_coco(tmp_path / "d", [(64, 96, [((8, 40, 8, 60), 1, 0)]),
                                        (80, 80, [((0, 30, 0, 30), 2, 0)])])
@@ -341,6 +350,7 @@ def test_missing_images_are_reported(checkpoints, tmp_path, capsys):
 # ---------------------------------------------------------------- object diagnostics and slot merging
 
 
+@pytest.mark.e2e
 def test_diagnostics_for_every_protocol_and_merging(checkpoints, synthetic_coco, tmp_path, capsys):
     data = DataSpec(root=str(synthetic_coco), split="val")
     cfg = EvalConfig(checkpoint=str(checkpoints[1]), data=data, out=str(tmp_path / "plain"), workers=0,
@@ -372,6 +382,7 @@ def test_diagnostics_for_every_protocol_and_merging(checkpoints, synthetic_coco,
         assert s["fg_ari"] == plain["protocols"][p]["fg_ari"] and s["mean_kept_slots"] == 5.0
 
 
+@pytest.mark.e2e
 def test_cli_merge_slots_flag(checkpoints, synthetic_coco, tmp_path, monkeypatch, capsys):
     args = ["eval", str(checkpoints[2]), "--root", str(synthetic_coco), "--num-vis", "0", "--workers", "0",
             "--no-progress", "--device", "cpu", "--protocol", "adaslot"]

@@ -21,6 +21,8 @@ from adaslot import faults
 from adaslot.checkpoint import load_checkpoint
 from adaslot.train import train
 
+pytestmark = pytest.mark.e2e  # commands meeting faults, in subprocesses
+
 # 10 steps, a checkpoint every 5, two kept: the run folder the tests damage or fill up.
 KW = dict(ckpt_every=5, keep_last=2, seed=3)
 

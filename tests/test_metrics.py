@@ -35,7 +35,7 @@ def test_example_a_by_hand():
     assert M.fg_ari(A_PRED, labels) == pytest.approx(12 / 37)
     assert M.mbo(A_PRED, A_GT) == pytest.approx((3 / 4 + 2 / 3) / 2)
     assert M.miou(A_PRED, A_GT) == pytest.approx((3 / 4 + 2 / 3) / 2)
-    assert M.corloc(A_PRED, A_GT) == 1.0
+    assert M.mask_corloc(A_PRED, A_GT) == 1.0
 
 
 def test_one_slot_for_two_objects_mbo_reuses_hungarian_does_not():
@@ -44,7 +44,7 @@ def test_one_slot_for_two_objects_mbo_reuses_hungarian_does_not():
     # IoU of the one slot with each object = 2/4; mBO reuses it: 0.5; Hungarian matches one: (0.5 + 0) / 2.
     assert M.mbo(pred, gt) == pytest.approx(0.5)
     assert M.miou(pred, gt) == pytest.approx(0.25)
-    assert M.corloc(pred, gt) == 0.0  # 0.5 is not > 0.5
+    assert M.mask_corloc(pred, gt) == 0.0  # 0.5 is not > 0.5
     # FG-ARI: gt splits 4 px into 2 + 2, pred one cluster: rindex 12, a: 2 + 2 = 4, b: 12, n(n-1) 12;
     # expected = 4 * 12 / 12 = 4, max = 8, ARI = (4 - 4) / (8 - 4) = 0.
     assert M.fg_ari(pred, np.array([[1, 1, 2, 2]])) == pytest.approx(0.0)
@@ -93,12 +93,12 @@ def test_no_gt_image():
     pred = np.array([[0, 1], [2, 3]])
     empty = np.zeros((0, 2, 2), bool)
     assert M.fg_ari(pred, np.zeros((2, 2), int)) == 1.0  # official quirk: scores 1, counts
-    for fn in (M.mbo, M.miou, M.corloc):
+    for fn in (M.mbo, M.miou, M.mask_corloc):
         assert math.isnan(fn(pred, empty))
         assert math.isnan(fn(pred, np.zeros((2, 2, 2), bool)))  # all-empty masks are dropped too
     s = M.image_scores(pred, empty, categories=[])
     assert s["fg_ari"] == 1.0 and s["num_objects"] == 0
-    assert all(math.isnan(s[k]) for k in ("mbo_i", "mbo_c", "miou", "corloc"))
+    assert all(math.isnan(s[k]) for k in ("mbo_i", "mbo_c", "miou", "mask_corloc"))
 
 
 def test_class_masks_and_mbo_c():
@@ -135,12 +135,12 @@ def test_slot_count_stats():
 
 def test_accumulator_skips_nan_but_ari_counts():
     acc = M.MetricAccumulator()
-    acc.add({"fg_ari": 0.5, "mbo_i": 0.4, "mbo_c": 0.6, "miou": 0.2, "corloc": 1.0, "num_objects": 3}, 4)
-    acc.add({"fg_ari": 1.0, "mbo_i": math.nan, "mbo_c": math.nan, "miou": math.nan, "corloc": math.nan,
+    acc.add({"fg_ari": 0.5, "mbo_i": 0.4, "mbo_c": 0.6, "miou": 0.2, "mask_corloc": 1.0, "num_objects": 3}, 4)
+    acc.add({"fg_ari": 1.0, "mbo_i": math.nan, "mbo_c": math.nan, "miou": math.nan, "mask_corloc": math.nan,
              "num_objects": 0}, 2)
     s = acc.summary()
     assert s["fg_ari"] == pytest.approx(0.75)
-    assert s["mbo_i"] == pytest.approx(0.4) and s["corloc"] == 1.0
+    assert s["mbo_i"] == pytest.approx(0.4) and s["mask_corloc"] == 1.0
     assert s["num_images"] == 2 and s["num_skipped"] == 1
     assert s["mean_kept_slots"] == 3.0 and s["kept_histogram"] == [0, 0, 1, 0, 1]
     assert s["kept_vs_objects_r"] == pytest.approx(1.0)
@@ -273,7 +273,7 @@ def test_count_confusion():
 
 
 def _row(fg_ari, mbo_i, objects, active, split, merge, background):
-    return {"fg_ari": fg_ari, "mbo_i": mbo_i, "mbo_c": math.nan, "miou": mbo_i, "corloc": 1.0,
+    return {"fg_ari": fg_ari, "mbo_i": mbo_i, "mbo_c": math.nan, "miou": mbo_i, "mask_corloc": 1.0,
             "num_objects": objects, "active_slots": active, "split_objects": split, "merge_slots": merge,
             "background_slots": background}
 
@@ -322,3 +322,17 @@ def test_accumulator_from_image_scores():
     assert s["split_rate"] == pytest.approx(1 / 3) and s["merge_rate"] == pytest.approx(1 / 7)
     assert s["background_slots"] == 2.0  # (2 + 2) / 2
     assert s["count_confusion"]["counts"] == [[0, 0, 1, 0, 0, 0], [0] * 6, [0] * 6, [0, 0, 0, 0, 0, 1]]
+
+
+def test_old_corloc_key_still_reads():
+    """Files written before the rename (metrics.json, a sweep's score.json) carry `corloc`: it reads as
+    mask_corloc, and the old function name is the same function."""
+    from adaslot.sweep.results import RunRecord
+
+    assert M.upgrade_metric_keys({"fg_ari": 0.5, "corloc": 1.0}) == {"fg_ari": 0.5, "mask_corloc": 1.0}
+    assert M.upgrade_metric_keys({"corloc": 0.0, "mask_corloc": 1.0}) == {"mask_corloc": 1.0}
+    assert M.corloc is M.mask_corloc
+    old = RunRecord("a", "a", {}, 10, 10, [{"step": 10, "loss": 0.2, "steps_per_s": 5.0}],
+                    {"step": 10, "eval": {"fg_ari": 0.4, "corloc": 0.75}})
+    values = old.values()
+    assert values["mask_corloc"] == 0.75 and "corloc" not in values

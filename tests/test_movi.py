@@ -16,6 +16,7 @@ from helpers import run_cli
 
 from adaslot.config import DataSpec, SyntheticConfig
 from adaslot.data import tfrecord, wds
+from adaslot.data.coco import open_dataset
 from adaslot.data.movi import MoviDataset, split_sample_id, train_frames
 from adaslot.data.movi_synthetic import render_video, video_rng
 from adaslot.errors import AdaslotError
@@ -123,7 +124,7 @@ def test_record_crc_mismatch_and_truncation(movi_root, tmp_path, monkeypatch, ca
     train = MoviDataset(root / "tfds", "train")
     assert len(train) == 2 * 9 and train.skips.counts() == {"truncated": 1}
     with pytest.raises(AdaslotError, match="truncated.*drop --strict"):
-        DataSpec(dataset="movi", root=str(root / "tfds"), split="train", strict=True).open(224)
+        open_dataset(DataSpec(dataset="movi", root=str(root / "tfds"), split="train", strict=True), 224)
 
 
 def test_bad_shards(movi_root, tmp_path):

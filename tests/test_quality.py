@@ -119,6 +119,7 @@ def test_quality_selector_masks_the_decoder():
     assert model.decoder.mlp[0].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.e2e  # trains, then runs eval
 def test_train_quality_selector_with_warmup_then_eval(tmp_path, train_store, synthetic_coco):
     from helpers import TINY_MODEL
 

@@ -200,6 +200,7 @@ def test_fixed_slot_init_is_one_draw_for_every_image(model):
 # ---------------------------------------------------------------- the command
 
 
+@pytest.mark.e2e
 def test_segment_command_writes_lists_and_resumes(awkward, tmp_path, monkeypatch, capsys, model):
     awkward = Path(shutil.copytree(awkward, tmp_path / "in"))  # this test replaces a file
     out = tmp_path / "out"
@@ -259,6 +260,7 @@ def test_segment_command_writes_lists_and_resumes(awkward, tmp_path, monkeypatch
     assert all(json.loads(line) for line in (out / "done.jsonl").read_text().splitlines())
 
 
+@pytest.mark.e2e
 def test_segment_command_strict_missing_and_foreign_out(awkward, tmp_path, monkeypatch, capsys):
     base = ["segment", CKPT, "--workers", "0", "--device", "cpu", "--no-progress"]
     code, err = run_cli([*base, str(awkward), "--out", str(tmp_path / "s"), "--strict"], monkeypatch, capsys)
@@ -296,6 +298,7 @@ def test_globs_and_names(awkward, tmp_path):
     assert sorted(n for _, n in found) == ["a.jpg.png", "a.png.png"]
 
 
+@pytest.mark.e2e
 def test_eval_save_masks_and_segment_give_identical_pngs(tmp_path, monkeypatch, capsys):
     """The one mask path: `eval --save-masks` and `segment` write the same bytes for the same image."""
     sizes = [(17, 301), (1000, 40), (64, 64), (50, 90)]
@@ -325,6 +328,7 @@ def _readme_section() -> str:
     return text.split("## Use a trained model", 1)[1].split("\n## ", 1)[0]
 
 
+@pytest.mark.e2e
 def test_readme_python_example_runs(tmp_path, monkeypatch):
     code = re.search(r"```python\n(.*?)```", _readme_section(), re.S).group(1)
     assert len(code.strip().splitlines()) == 3
@@ -336,6 +340,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert result.labels.shape == (120, 90) and result.slots.shape == (K, D) and result.kept.shape == (K,)
 
 
+@pytest.mark.e2e
 def test_readme_command_lines_parse_and_the_demo_one_runs(tmp_path, monkeypatch, capsys):
     import typer
 

@@ -1,4 +1,4 @@
-"""Issue 8: exact speed-ups of the decoder, checked in float64.
+"""Exact speed-ups of the decoder, checked in float64.
 
 Sparse decoding (stage 2, hard keep): dropped slots' rows run without autograd. Forward values are the
 dense ones. Gradients equal the dense ones exactly except for one term: the renormalising constant 1e-5

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import shard_files
+from helpers import same_contents, shard_files
 
 from adaslot.config import CacheConfig, DataSpec, VerifyConfig
 from adaslot.errors import AdaslotError
 from adaslot.store import STATUS_OK, open_store
-from adaslot.store.export import export_hdf5, same_contents
+from adaslot.store.export import export_hdf5
 from adaslot.store.verify import verify_store
 from adaslot.store.writer import cache_features
 
@@ -62,6 +62,7 @@ def test_layout_and_attributes(reference):
     assert not np.array_equal(st.read(0, 1)[0, 0], st.read(0, 1)[0, 1])
 
 
+@pytest.mark.e2e
 def test_kill9_then_rerun_is_byte_identical(synthetic_coco, reference, tmp_path):
     cfg = _cfg(synthetic_coco, tmp_path / "killed.zarr")
     proc = subprocess.Popen(_cli_args(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -87,6 +88,7 @@ def test_kill9_then_rerun_is_byte_identical(synthetic_coco, reference, tmp_path)
     assert same_contents(cfg.out, str(reference))  # arrays and attributes (run timings aside)
 
 
+@pytest.mark.e2e
 def test_readback_equals_online_encoder(synthetic_coco, reference):
     from adaslot.data.coco import CocoDataset
     from adaslot.encoders import build_encoder
@@ -162,6 +164,7 @@ def test_hdf5_export_round_trip(reference, tmp_path):
         export_hdf5(str(reference), str(h5))
 
 
+@pytest.mark.e2e
 def test_cli_info_verify_export(reference, tmp_path):
     from typer.testing import CliRunner
 
@@ -236,6 +239,7 @@ def test_strict_stops_at_the_first_unusable_image(synthetic_coco, tmp_path):
         cache_features(dataclasses.replace(cfg, out=str(tmp_path / "strict2.zarr")))
 
 
+@pytest.mark.e2e
 def test_verify_refuses_another_dataset_and_an_empty_sample(reference, tmp_path):
     from adaslot.data.synthetic import SyntheticConfig, make_synthetic
 

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY_FLAGS, TINY_MODEL, run_cli, run_cli_output, shard_files
+from helpers import TINY_FLAGS, TINY_MODEL, run_cli, run_cli_output, same_contents, shard_files
 
 from adaslot.config import CacheConfig, DataSpec
 from adaslot.store import open_store
 from adaslot.store.checksums import check_store
-from adaslot.store.export import same_contents
 from adaslot.store.writer import cache_features
+
+pytestmark = pytest.mark.e2e  # commands on damaged stores
 
 SIDE = 64  # 4 x 4 tokens of random-vit-tiny
 KINDS = ("zarr.json cut short", "shard cut short", "bytes flipped in a shard")

@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_FLAGS, cli_command, losses, run_cli
+from helpers import TINY_FLAGS, cli_command, losses, run_cli, torch_threads
 from PIL import Image
 
 from adaslot.checkpoint import list_checkpoints, load_checkpoint
 from adaslot.train import read_metrics
+
+pytestmark = pytest.mark.e2e  # whole sweeps
 
 TIMING = ("steps_per_s", "wall_s")
 
@@ -103,10 +105,13 @@ def test_a_variant_is_the_plain_train_command_bit_for_bit(stage1, tmp_path, monk
     line = next(c for c in commands if "slot_dim=32" in c and "--seed 2" in c)
     argv = shlex.split(line)
     assert argv[:2] == ["adaslot", "train"]
+    assert argv[argv.index("--threads") + 1] == "1"  # the sweep's worker thread count travels with it
     run_dir = Path(argv[argv.index("--out") + 1])
     assert run_dir == out / "runs" / "slot_dim=32_seed=2"
     argv[argv.index("--out") + 1] = str(tmp_path / "plain")
-    code, err = one_thread(run_cli, argv[1:], monkeypatch, capsys)
+    with torch_threads(2):  # the caller's thread count does not matter: --threads sets the run's
+        code, err = run_cli(argv[1:], monkeypatch, capsys)
+        assert torch.get_num_threads() == 2
     assert code == 0, err
     assert losses(tmp_path / "plain") == losses(run_dir) and sorted(losses(run_dir)) == list(range(1, 7))
     a = load_checkpoint(tmp_path / "plain" / "checkpoints" / "last.pt")["model"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_FLAGS, TINY_MODEL, cli_command, losses
+from helpers import TINY_FLAGS, TINY_MODEL, cli_command, losses, torch_threads
 from helpers import tiny_train as tiny
 
 from adaslot.checkpoint import list_checkpoints, load_checkpoint
@@ -24,6 +24,7 @@ from adaslot.errors import AdaslotError
 from adaslot.train import NoiseSampler, TrainForward, optimisation_step, train
 
 
+@pytest.mark.e2e
 def test_kill_and_resume_gives_the_uninterrupted_loss_sequence(tmp_path, train_store):
     args = ["train", "--from-cache", str(train_store), *TINY_FLAGS, "--num-slots", "4",
             "--batch-size", "4", "--lr-schedule", "constant", "--lr", "1e-3", "--num-iters", "30",
@@ -62,6 +63,32 @@ def test_kill_and_resume_gives_the_uninterrupted_loss_sequence(tmp_path, train_s
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_threads_flag_sets_the_runs_thread_count_and_is_recorded(tmp_path, train_store, monkeypatch):
+    seen = []
+
+    class Probe:  # the run's real input, noting torch's thread count at each batch
+        def __init__(self, source):
+            self.source = source
+
+        def __getattr__(self, name):
+            return getattr(self.source, name)
+
+        def next_batch(self):
+            seen.append(torch.get_num_threads())
+            return self.source.next_batch()
+
+    import adaslot.train.loop as loop
+
+    build = loop.build_source
+    monkeypatch.setattr(loop, "build_source", lambda *a: Probe(build(*a)))
+    with torch_threads(2):
+        train(tiny(tmp_path / "run", from_cache=str(train_store), num_iters=2, threads=1))
+        assert torch.get_num_threads() == 2  # the caller's number is back
+    assert seen == [1, 1]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["threads"] == 1
+
+
+@pytest.mark.e2e
 def test_ctrl_c_says_interrupted_and_a_rerun_resumes(tmp_path, train_store):
     """SIGINT (Ctrl-C) mid-run: one line on stderr, exit 130, and the same command continues the run."""
     args = ["train", "--from-cache", str(train_store), *TINY_FLAGS, "--num-slots", "4",
@@ -86,6 +113,7 @@ def test_ctrl_c_says_interrupted_and_a_rerun_resumes(tmp_path, train_store):
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 300
 
 
+@pytest.mark.e2e
 def test_one_step_from_cache_equals_online(train_store, synthetic_coco):
     """Same images, same view (the flip), same noise: the cached fp16 features and the online encoder give
     the same update up to fp16 rounding of the features."""
@@ -139,6 +167,12 @@ def test_stage1_then_stage2_warm_start_from_cache(tmp_path, train_store):
     assert new and all(k.startswith("selector.") for k in new)
     row = [json.loads(ln) for ln in (s2 / "metrics.jsonl").read_text().splitlines()][0]
     assert 0 <= row["kept_slots"] <= 6 and row["loss"] == pytest.approx(row["mse"] + 0.1 * row["sparsity"])
+
+
+def test_warm_start_refuses_a_stage2_checkpoint_and_another_shape(tmp_path, train_store):
+    r1 = train(tiny(tmp_path / "s1", from_cache=str(train_store), num_iters=1))
+    r2 = train(tiny(tmp_path / "s2", stage=2, from_cache=str(train_store), num_iters=1, num_slots=6,
+                    warmstart=r1["checkpoint"]))
     with pytest.raises(AdaslotError, match="stage-2 checkpoint"):
         train(tiny(tmp_path / "s3", stage=2, from_cache=str(train_store), num_iters=1,
                    warmstart=r2["checkpoint"]))
@@ -174,23 +208,29 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, train_store):
     assert load_checkpoint(run / "checkpoints" / "step-00000001.pt")["step"] == 1
 
 
-def test_resume_and_store_refusals(tmp_path, train_store, synthetic_coco):
+def test_rerun_with_other_settings_is_refused_and_a_longer_one_continues(tmp_path, train_store):
     run = tmp_path / "r"
     train(tiny(run, from_cache=str(train_store), num_iters=2))
     with pytest.raises(AdaslotError, match="other settings"):
         train(tiny(run, from_cache=str(train_store), num_iters=4, lr=5e-3))
     r = train(tiny(run, from_cache=str(train_store), num_iters=3))  # longer: continues
     assert r["step"] == 3 and sorted(losses(run)) == [1, 2, 3]
-    with pytest.raises(AdaslotError, match="does not match"):  # store of another encoder
-        train(tiny(tmp_path / "e", from_cache=str(train_store), encoder="dino-vitb-16"))
-    with pytest.raises(AdaslotError, match="feature store"):
-        train(tiny(tmp_path / "f", from_cache=str(synthetic_coco)))
-    with pytest.raises(AdaslotError, match="give one input"):
-        train(tiny(tmp_path / "g"))
-    with pytest.raises(AdaslotError, match="wandb"):
-        train(tiny(tmp_path / "h", from_cache=str(train_store), wandb=True))
 
 
+@pytest.mark.parametrize(("kw", "msg"), [
+    ({"encoder": "dino-vitb-16"}, "does not match"),  # a store of another encoder
+    ({"from_cache": "COCO_ROOT"}, "feature store"),  # a folder that is not a store
+    ({"from_cache": None}, "give one input"),
+    ({"wandb": True}, "wandb"),  # the package is not installed here
+])
+def test_bad_input_is_refused_in_one_line(tmp_path, train_store, synthetic_coco, kw, msg):
+    if kw.get("from_cache") == "COCO_ROOT":
+        kw = {"from_cache": str(synthetic_coco)}
+    with pytest.raises(AdaslotError, match=msg):
+        train(tiny(tmp_path / "run", **{"from_cache": str(train_store), **kw}))
+
+
+@pytest.mark.e2e
 def test_online_mode_with_validation(tmp_path, synthetic_coco):
     run = tmp_path / "online"
     r = train(tiny(run, data=DataSpec(root=str(synthetic_coco)), encoder="random-vit-tiny", batch_size=2,
@@ -200,6 +240,7 @@ def test_online_mode_with_validation(tmp_path, synthetic_coco):
     assert any("val/fg_ari" in x for x in rows)  # periodic validation through adaslot.evaluate
 
 
+@pytest.mark.e2e
 def test_online_strict_stops_at_an_unreadable_image(tmp_path, synthetic_coco):
     """Online mode skips an unreadable image by default; --strict stops at it with one line."""
     import shutil
@@ -225,6 +266,7 @@ def test_cli_error_is_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--model expects KEY=VALUE" in r.stderr
 
 
+@pytest.mark.e2e
 def test_bf16_autocast_tracks_fp32(tmp_path, train_store):
     """Short parity check of --precision bf16 (the few-hundred-step curve is benchmarks/precision.py)."""
     runs = {p: tmp_path / p for p in ("fp32", "bf16")}
@@ -237,6 +279,7 @@ def test_bf16_autocast_tracks_fp32(tmp_path, train_store):
 
 
 @pytest.mark.benchmark
+@pytest.mark.e2e
 def test_compile_tracks_fp32(tmp_path, train_store):
     """--compile (torch.compile of model + loss; ~1 min of compilation on CPU, hence benchmark-marked)."""
     runs = {c: tmp_path / str(c) for c in (False, True)}
@@ -260,13 +303,21 @@ def test_bad_numeric_flags_refused_before_the_run_folder(tmp_path, train_store, 
     assert not run.exists()  # no config.json / metrics.jsonl left looking like a run
 
 
-def test_cli_bad_model_value_and_finished_rerun(tmp_path, train_store):
+def test_cli_bad_model_value_is_one_line(tmp_path):
     from typer.testing import CliRunner
 
     from adaslot.cli import app
 
     r = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "x"), "--model", "slot_dim=abc"])
     assert isinstance(r.exception, AdaslotError) and "expects an integer" in str(r.exception)
+
+
+@pytest.mark.e2e
+def test_cli_rerun_of_a_finished_run_prints_no_nan_loss(tmp_path, train_store):
+    from typer.testing import CliRunner
+
+    from adaslot.cli import app
+
     run = tmp_path / "done"
     args = ["train", "--from-cache", str(train_store), "--out", str(run), *TINY_FLAGS, "--num-slots", "4",
             "--num-iters", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--no-progress"]

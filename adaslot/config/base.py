@@ -19,13 +19,17 @@ from typing import Any, TypeVar
 from adaslot.errors import AdaslotError
 
 S = TypeVar("S", bound="Settings")
+# What a setting means when its declaration does not say (see `setting`)
+PROPERTY_DEFAULTS: dict[str, Any] = {"resumable": False, "input": False, "warmstart_free": False,
+                                     "axis": True}
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | None = None,
             max: float | None = None, above: float | None = None, choices: Sequence[Any] | None = None,
             flag: str | None = None, argument: bool = False, required: bool = False, cli: bool = True,
             shortcuts: dict[str, Any] | None = None, parser: Any = None, omit: Sequence[str] = (),
-            default_factory: Any = dataclasses.MISSING) -> Any:
+            resumable: bool = False, input: bool = False, warmstart_free: bool = False,
+            axis: bool | str = True, default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with its CLI/validation metadata.
 
     min / max: inclusive bounds; above: exclusive lower bound; choices: allowed values; flag: the flag name
@@ -36,17 +40,41 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | 
     which declares its own of the same name and fills them in per use (e.g. the sweep's `--out` is the sweep
     folder; each run's `out` is set per variant); such a nested value is a template, checked by the outer
     config's `check()` once filled in, not by `validate()`.
+
+    What a setting means to the rest of adaslot is said here too, never in a list elsewhere (`names_where`
+    reads these back):
+    resumable: a rerun of a run folder may change it (it does not change the math: resume refuses every other
+    change); input: it changes the input batches (sweep variants that agree on every input setting share one
+    loader); warmstart_free: a stage-2 run may differ in it from the stage-1 checkpoint it warm-starts from;
+    axis: True (a sweep grid may vary it and the results show it as an axis), False (a grid may vary it,
+    but it is bookkeeping or follows from another setting, so the results do not show it) or a string (not
+    a grid key: what to use instead).
     """
     meta = {"help": help, "min": min, "max": max, "above": above,
             "choices": tuple(choices) if choices else None, "flag": flag, "argument": argument,
             "required": required, "cli": cli, "shortcuts": shortcuts or {}, "parser": parser,
-            "omit": tuple(omit)}
+            "omit": tuple(omit), "resumable": resumable, "input": input, "warmstart_free": warmstart_free,
+            "axis": axis}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
-def flag_of(f: dataclasses.Field, prefix: str = "--") -> str:
+def names_where(cls: type, prop: str, test: Any = True) -> frozenset[str]:
+    """Names of the fields of `cls` whose declared property `prop` (see `setting`) is `test` (or, for a
+    callable `test`, satisfies it); the fields of nested settings count under their own names."""
+    hints = field_types(cls)
+    names: set[str] = set()
+    for f in dataclasses.fields(cls):
+        value = f.metadata.get(prop, PROPERTY_DEFAULTS[prop])
+        if test(value) if callable(test) else value == test:
+            names.add(f.name)
+        if is_settings(hints[f.name]):
+            names |= names_where(base_type(hints[f.name])[0], prop, test)
+    return frozenset(names)
+
+
+def flag_of(f: dataclasses.Field[Any], prefix: str = "--") -> str:
     """`--batch-size` for the field `batch_size` (or its declared flag name); with another prefix (e.g.
     "--model ") the field name is kept as written: `--model slot_dim`."""
     name = f.metadata.get("flag") or f.name
@@ -110,7 +138,7 @@ class Settings:
 
     def validate(self: S) -> S:
         """Check every field's range / choices (then `check()`), nested settings included; returns self."""
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # a Settings subclass is a dataclass
             value = getattr(self, f.name)
             if isinstance(value, Settings):
                 if not f.metadata.get("omit"):
@@ -121,13 +149,13 @@ class Settings:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]  # a Settings subclass is a dataclass
 
     @classmethod
     def from_dict(cls: type[S], d: dict[str, Any], strict: bool = False) -> S:
         """Build from `to_dict()` output; unknown keys raise when `strict`, else they are ignored (a run made
         by an older or newer adaslot). Missing keys take their defaults."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # a Settings subclass is a dataclass
         unknown = sorted(set(d) - set(fields))
         if strict and unknown:
             raise AdaslotError(f"unknown {cls.__name__} keys {unknown}")
@@ -150,10 +178,10 @@ class Settings:
         return cls()
 
     def replace(self: S, **changes: Any) -> S:
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]  # a Settings subclass is a dataclass
 
 
-def _check_field(f: dataclasses.Field, value: Any, prefix: str) -> None:
+def _check_field(f: dataclasses.Field[Any], value: Any, prefix: str) -> None:
     m = f.metadata
     if value is None or not m:
         return
@@ -185,7 +213,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def cli_fields(cls: type) -> Iterator[tuple[dataclasses.Field, Any, tuple[str, ...]]]:
+def cli_fields(cls: type) -> Iterator[tuple[dataclasses.Field[Any], Any, tuple[str, ...]]]:
     """(field, resolved type, path) of every CLI setting of `cls`, nested settings flattened; path is the
     chain of nested field names leading to it (empty for top-level fields)."""
     hints = field_types(cls)
@@ -208,7 +236,7 @@ def from_flags(cls: type[S], given: dict[str, Any], base: S | None = None) -> S:
     (e.g. eval's split "val") stays unless the flag is given."""
     obj = base if base is not None else cls.cli_base(given)
     changes: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]  # a Settings subclass is a dataclass
         value = getattr(obj, f.name)
         if isinstance(value, Settings):
             omit = f.metadata.get("omit", ())
@@ -218,7 +246,7 @@ def from_flags(cls: type[S], given: dict[str, Any], base: S | None = None) -> S:
                 changes[f.name] = from_flags(type(value), inner_given, value)
         elif given.get(f.name) is not None:
             changes[f.name] = given[f.name]
-    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]  # a Settings subclass is a dataclass
 
 
 def value_text(value: Any) -> str:

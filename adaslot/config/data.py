@@ -5,13 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from adaslot.config.base import Settings, setting
 from adaslot.errors import AdaslotError
-
-if TYPE_CHECKING:
-    from adaslot.data.coco import CocoDataset
 
 # coco, synthetic: the COCO 2017 layout; movi, coco-wds (ocl's COCO shards): docs/movi.md
 DATASETS = ("coco", "synthetic", "movi", "coco-wds")
@@ -21,8 +17,9 @@ DATASETS = ("coco", "synthetic", "movi", "coco-wds")
 class DataSpec(Settings):
     """A COCO-format dataset: `--root R` (COCO 2017 layout: R/{split}2017/ + R/annotations/
     instances_{split}2017.json) or `--images DIR --annotations FILE`; or with `--dataset movi` / `coco-wds`
-    a MOVi root or ocl's COCO shards (`--root R`, docs/movi.md). `strict` is the policy of the loops
-    that read it: stop at the first missing/unreadable image or malformed annotation instead of skipping."""
+    a MOVi root or ocl's COCO shards (`--root R`, docs/movi.md). `strict` is the policy of the loops that
+    read it: stop at the first missing/unreadable image or malformed annotation instead of skipping.
+    `adaslot.data.coco.open_dataset(spec, size)` opens it."""
 
     dataset: str = setting("coco", "layout of --root: coco, synthetic (a root written by make-synthetic), or "
                                    "movi (TFDS folder, webdataset shards or PNG folders, found by itself), "
@@ -33,7 +30,8 @@ class DataSpec(Settings):
     images: str | None = setting(None, "image folder of a COCO-format dataset (with --annotations)")
     annotations: str | None = setting(None, "COCO-format annotation json (with --images)")
     strict: bool = setting(False, "stop at the first missing or unreadable image or malformed annotation "
-                                  "(default: skip it and list it in the outputs)")
+                                  "(default: skip it and list it in the outputs)", resumable=True,
+                           axis=False)
 
     @property
     def given(self) -> bool:
@@ -62,65 +60,6 @@ class DataSpec(Settings):
             raise AdaslotError(f"{ann} not found: is {root} a COCO 2017 root and '{self.split}' a split "
                                "in it?")
         return root / f"{self.split}2017", ann
-
-    def open(self, size: int, views: int = 1, antialias: bool = False) -> CocoDataset:
-        """The dataset at network input side `size` (never strict itself: loops apply the policy, see
-        `data.coco.CocoDataset`). With `strict`, a malformed annotation is refused here, before any work."""
-        from adaslot.data.coco import CocoDataset
-
-        if self.dataset == "movi":
-            return self._open_movi(size, views)  # type: ignore[return-value]
-        if self.dataset == "coco-wds":
-            return self._open_coco_wds(size, views, antialias)  # type: ignore[return-value]
-
-        images, annotations = self.paths()
-        ds = CocoDataset(images, annotations, size=size, views=views, antialias=antialias)
-        if self.strict:
-            missing = next((s for s in ds.skips.items if s.reason == "missing"), None)
-            if missing is not None:
-                raise missing.strict_error()
-            problem = ds.first_malformed_annotation()
-            if problem:
-                raise AdaslotError(f"{problem}; drop --strict to skip it")
-        if len(ds) == 0:
-            raise AdaslotError(f"no usable images in {ds.images_dir} (listed {ds.num_listed}, all missing)")
-        return ds
-
-
-    def _open_movi(self, size: int, views: int) -> Any:
-        """MOVi frames (docs/movi.md); with `strict`, a video lost while listing is refused here."""
-        from adaslot.data.movi import MoviDataset
-
-        if self.images or self.annotations:
-            raise AdaslotError("--dataset movi reads --root DIR (no --images/--annotations)")
-        if not self.root:
-            raise AdaslotError("no input data: pass --root DIR (a MOVi TFDS folder, webdataset shards or PNG "
-                               "folders; docs/movi.md)")
-        if views != 1:
-            raise AdaslotError("MOVi is read with one view (the official protocol has no flip): "
-                               "use --views 1")
-        ds = MoviDataset(self.root, self.split, size=size)
-        if self.strict and ds.skips.items:
-            raise ds.skips.items[0].strict_error()
-        if len(ds) == 0:
-            raise AdaslotError(f"no usable videos in {ds.listing.folder} ({ds.skips.summary()})")
-        return ds
-
-    def _open_coco_wds(self, size: int, views: int, antialias: bool) -> Any:
-        """ocl's COCO shards (docs/movi.md#coco-shards); with `strict`, a sample lost while listing is
-        refused here."""
-        from adaslot.data.coco_wds import CocoWdsDataset
-
-        if self.images or self.annotations or not self.root:
-            raise AdaslotError("--dataset coco-wds reads --root DIR (DIR/<split>/shard-*.tar)")
-        if not Path(self.root).is_dir():
-            raise AdaslotError(f"dataset root {self.root} not found")
-        ds = CocoWdsDataset(self.root, self.split, size=size, views=views, antialias=antialias)
-        if self.strict and ds.skips.items:
-            raise ds.skips.items[0].strict_error()
-        if len(ds) == 0:
-            raise AdaslotError(f"no usable images in {ds.folder} ({ds.skips.summary()})")
-        return ds
 
 
 BACKGROUNDS = ("plain", "gradient", "stripes", "noise")

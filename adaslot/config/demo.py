@@ -51,8 +51,8 @@ class DemoConfig(Settings):
     ratio_steps: int = setting(10, "steps timed online vs from the cache", min=1, cli=False)
     shipped: str | None = setting(None, "checkpoint to evaluate as 'shipped' (default: adaslot/assets; '' "
                                         "skips it)")
-    export_assets: bool = setting(True, "long profile: write the shipped files into adaslot/assets",
-                                  cli=False)
+    export_assets: bool = setting(True, "long profile: write the shipped files to OUT/assets and copy them "
+                                        "into adaslot/assets", cli=False)
     # 1 thread: the demo's matrices are tiny, and on a busy 2-core machine 2 threads ran ~10x slower.
     threads: int = setting(1, "torch threads (0 = torch's default)", min=0)
     progress: bool = setting(True, "progress bars", cli=False)

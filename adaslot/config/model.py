@@ -13,11 +13,6 @@ from adaslot.config.base import Settings, parse_value, setting
 from adaslot.errors import AdaslotError
 
 SELECTORS = ("adaslot", "quality")
-# ModelConfig fields in which a stage-2 model may differ from the stage-1 checkpoint it warm-starts from:
-# K, and every selector setting (stage 1 has no selector; docs/method.md#training).
-WARMSTART_FREE_FIELDS = frozenset({"num_slots", "adaptive", "selector", "selector_hidden", "quality_tau",
-                                   "quality_rho", "quality_alpha", "quality_k_min", "sparse_decoding",
-                                   "split_first_layer"})
 
 
 @dataclass
@@ -26,35 +21,44 @@ class ModelConfig(Settings):
 
     FLAG_PREFIX = "--model "
 
-    feature_dim: int = setting(768, "D of the encoder tokens (input and reconstruction target)", min=1)
-    num_tokens: int = setting(196, "T, e.g. 14 x 14 patches", min=1)
+    feature_dim: int = setting(768, "D of the encoder tokens (input and reconstruction target)", min=1,
+                               axis="it comes from the input")
+    num_tokens: int = setting(196, "T, e.g. 14 x 14 patches", min=1, axis="it comes from the input")
     slot_dim: int = setting(256, "slot size S", min=1)
-    num_slots: int = setting(7, "K (K_max in stage 2)", min=1)
+    # warmstart_free: a stage-2 model may differ from the stage-1 checkpoint it warm-starts from in K, every
+    # selector setting (stage 1 has no selector; docs/method.md#training) and the exact speed-ups.
+    num_slots: int = setting(7, "K (K_max in stage 2)", min=1, warmstart_free=True)
     num_iterations: int = setting(3, "slot-attention iterations", min=1)
     input_mlp_hidden: int = setting(768, "hidden size of LN -> Linear -> ReLU -> Linear(S)", min=1)
     slot_mlp_hidden: int = setting(1024, "hidden size of the residual MLP inside slot attention", min=1)
     decoder_hidden: tuple[int, ...] = setting((2048, 2048, 2048), "decoder MLP hidden sizes, e.g. 512x512",
                                               min=1)
-    adaptive: bool = setting(False, "stage 2: a keep/drop decision per slot masks the decoder")
+    adaptive: bool = setting(False, "stage 2: a keep/drop decision per slot masks the decoder",
+                             warmstart_free=True, axis=False)  # follows from the stage
     # Stage 2's keep/drop decision (docs/method.md#selector, docs/method.md#quality-selection).
     selector: str = setting("adaslot", "stage 2: adaslot (learned Gumbel selector + sparsity penalty) or "
                                        "quality (greedy selection by slot quality; no parameters, no "
-                                       "penalty)", choices=SELECTORS)
-    selector_hidden: int = setting(1024, "hidden size of the Gumbel score network", min=1)
+                                       "penalty)", choices=SELECTORS, warmstart_free=True)
+    selector_hidden: int = setting(1024, "hidden size of the Gumbel score network", min=1,
+                                   warmstart_free=True)
     quality_tau: float = setting(0.5, "quality selector: a token is covered when the selected slots' "
-                                      "attention on it sums to >= tau", above=0)
+                                      "attention on it sums to >= tau", above=0, warmstart_free=True)
     quality_rho: float = setting(0.8, "quality selector: add slots until this fraction of tokens is "
-                                      "covered", min=0, max=1)
+                                      "covered", min=0, max=1, warmstart_free=True)
     quality_alpha: float = setting(0.3, "quality selector: skip a slot whose novelty (share of its attention "
-                                        "on uncovered tokens) is below alpha", min=0, max=1)
-    quality_k_min: int = setting(2, "quality selector: slots always kept (the best by quality)", min=1)
+                                        "on uncovered tokens) is below alpha", min=0, max=1,
+                                  warmstart_free=True)
+    quality_k_min: int = setting(2, "quality selector: slots always kept (the best by quality)", min=1,
+                                 warmstart_free=True)
     eps: float = setting(1e-8, "slot-attention renormalisation epsilon", above=0)
     # Options only a non-reference preset changes; the defaults are the reference (docs/method.md#deviations).
     slot_init_scale: float = setting(1.0, "multiplies exp(log sigma) of the slot initialisation", above=0)
     attention_temperature: float = setting(1.0, "logits = q k^T / (sqrt(S) * temperature)", above=0)
     # Exact speed-ups (docs/method.md#deviations); False gives the official computation.
-    sparse_decoding: bool = setting(True, "stage 2: decode dropped slots without autograd")
-    split_first_layer: bool = setting(True, "decoder: W(slot + pos) computed as W slot + W pos")
+    sparse_decoding: bool = setting(True, "stage 2: decode dropped slots without autograd",
+                                    warmstart_free=True)
+    split_first_layer: bool = setting(True, "decoder: W(slot + pos) computed as W slot + W pos",
+                                      warmstart_free=True)
 
     def to_dict(self) -> dict[str, Any]:
         return super().to_dict()
@@ -104,7 +108,8 @@ def register_preset(preset: Preset) -> Preset:
 
 register_preset(Preset("coco", "dino-vitb-16", ModelConfig(), 7, 33, "reference: DINO ViT-B/16, COCO"))
 # MOVi (docs/method.md#presets): slot dim 128, decoder [1024]x3; only K_max is published, stage 1 uses it too.
-_MOVI = dict(slot_dim=128, slot_mlp_hidden=512, selector_hidden=512, decoder_hidden=(1024, 1024, 1024))
+_MOVI: dict[str, Any] = dict(slot_dim=128, slot_mlp_hidden=512, selector_hidden=512,
+                             decoder_hidden=(1024, 1024, 1024))
 # Steps of the official configs: MOVi-C 500k / 500k, MOVi-E 100k / 500k (docs/method.md#movi).
 register_preset(Preset("movi-c", "dino-vitb-16", ModelConfig(num_slots=11, **_MOVI), 11, 11, "MOVi-C",
                        num_iters=(500_000, 500_000)))

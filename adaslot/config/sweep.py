@@ -7,9 +7,11 @@ two values, `=128,256` two one-layer decoders). A TOML file (`adaslot sweep swee
 settings under the same names, the grid as a table of lists (`[grid]`, `num_slots = [5, 7]`,
 `"model.decoder_hidden" = ["128x128", "256x256"]`); a flag given as well replaces the file's setting.
 
-The base run is a nested TrainConfig: its flags are the train flags, except four the sweep sets per variant
+The base run is a nested TrainConfig: its flags are the train flags, except five the sweep sets per variant
 (`SET_PER_VARIANT`): `out` (the sweep's `--out` is the sweep folder; a variant's run folder is
-OUT/runs/<variant>), `seed` (`--seeds`), `device` (`--devices`, one per worker) and `progress` (the sweep's).
+OUT/runs/<variant>), `seed` (`--seeds`), `device` (`--devices`, one per worker), `threads` (the sweep's
+`--threads`, per worker; a variant's command carries it, so the plain command sums the same way) and
+`progress` (the sweep's).
 """
 
 from __future__ import annotations
@@ -22,19 +24,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adaslot.config.base import Settings, cli_fields, from_flags, parse_value, setting, value_text
+from adaslot.config.base import (
+    Settings,
+    cli_fields,
+    from_flags,
+    names_where,
+    parse_value,
+    setting,
+    value_text,
+)
 from adaslot.config.data import DataSpec
 from adaslot.config.model import ModelConfig, model_config_for
 from adaslot.config.train import TrainConfig
 from adaslot.errors import AdaslotError
 
-SET_PER_VARIANT = ("out", "seed", "device", "progress")
+SET_PER_VARIANT = ("out", "seed", "device", "threads", "progress")
 PER_VARIANT = "OUT/runs/<variant>"  # the base run's `out` until a variant sets it
-# Grid keys refused, with what to use instead.
-NOT_AXES = {"out": "--out is the sweep folder", "seed": "use --seeds", "device": "use --devices",
-            "progress": "not a setting of the runs", "model_overrides": "give model settings as model.KEY",
-            "warmstart": "give one checkpoint, or --warmstart auto with --stage1-sweep",
-            "model.feature_dim": "it comes from the input", "model.num_tokens": "it comes from the input"}
 GRID_HELP = ("an axis: KEY=V1,V2,... (repeatable; variants = every combination x --seeds). KEY: a train "
              "setting (num_slots, lr, ...) or model.X (model.decoder_hidden, ...); a comma always separates "
              "values, tuples are written with x: model.decoder_hidden=128x128,256x256")
@@ -47,10 +52,27 @@ def train_fields() -> dict[str, tuple[type, str]]:
     return {f.name: (owners[path], f.name) for f, _t, path in cli_fields(TrainConfig)}
 
 
+def hidden_axes() -> frozenset[str]:
+    """Result keys (train settings bare, model settings as model.X) that the results never show as axes:
+    settings declared with `axis` False (bookkeeping, derived) or a reason (not grid keys at all)."""
+    def hidden(axis: bool | str) -> bool:
+        return axis is not True
+
+    model = names_where(ModelConfig, "axis", hidden)
+    return names_where(TrainConfig, "axis", hidden) | {f"model.{n}" for n in model}
+
+
+def warmstart_free_keys() -> frozenset[str]:
+    """Result keys in which a stage-2 run may differ from the stage-1 run it warm-starts from: train and model
+    settings declared `warmstart_free`, and the train flags that give a free model setting (--num-slots)."""
+    model = names_where(ModelConfig, "warmstart_free")
+    train = names_where(TrainConfig, "warmstart_free") | (set(train_fields()) & model)
+    return frozenset(train) | {f"model.{n}" for n in model}
+
+
 def axis_value(key: str, value: Any) -> Any:
     """A grid value (command-line text or a TOML value) -> the type of setting `key`; one line if invalid."""
-    if key in NOT_AXES:
-        raise AdaslotError(f"--grid {key}: not a grid key ({NOT_AXES[key]})")
+    owner: type[Any]  # a Settings dataclass
     if key.startswith("model."):
         owner, name = ModelConfig, key[len("model."):]
         if name not in {f.name for f in dataclasses.fields(ModelConfig)}:
@@ -62,6 +84,9 @@ def axis_value(key: str, value: Any) -> Any:
             raise AdaslotError(f"--grid {key}: unknown setting (a train setting such as num_slots, lr, "
                                "sparsity_weight, or model.X for a model setting)")
         owner, name = fields[key]
+    axis = {f.name: f for f in dataclasses.fields(owner)}[name].metadata.get("axis", True)
+    if isinstance(axis, str):
+        raise AdaslotError(f"--grid {key}: not a grid key ({axis})")
     text = "x".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
     try:
         return parse_value(owner, name, text)
@@ -121,7 +146,7 @@ class SweepConfig(Settings):
     out: str = setting("", "sweep folder: runs/<variant>/ (ordinary run folders), sweep.csv, summary.md, "
                            "curves.png, effects.png; rerun to resume or to add variants")
     base: TrainConfig = setting(default_factory=lambda: TrainConfig(out=PER_VARIANT), omit=SET_PER_VARIANT,
-                                help="the base run: every train flag except the four set per variant")
+                                help="the base run: every train flag except the five set per variant")
     grid: dict[str, tuple[Any, ...]] = setting(default_factory=dict, parser=parse_grid, help=GRID_HELP)
     seeds: tuple[int, ...] = setting((0,), "seeds, e.g. 1,2: each variant runs once per seed (same seed = "
                                            "same batches and noise, so differences are paired)",
@@ -215,7 +240,7 @@ class SweepConfig(Settings):
             else:
                 train[key] = value
         return self.base.replace(**train, data=self.base.data.replace(**data), model_overrides=model,
-                                 seed=seed, out=out, progress=False)
+                                 seed=seed, out=out, threads=self.threads, progress=False)
 
 
 def load_toml(path: str) -> SweepConfig:

@@ -14,6 +14,8 @@ from adaslot.errors import AdaslotError
 DEFAULT_NUM_ITERS = {1: 200_000, 2: 500_000}  # steps per stage when --num-iters is not given
 SCHEDULES = ("adaslot", "dinosaur", "constant")
 PRECISIONS = ("fp32", "tf32", "bf16")
+# A setting that changes neither the math nor the input: a rerun may change it, results do not show it
+BOOKKEEPING: dict[str, Any] = {"resumable": True, "axis": False}
 
 
 @dataclass
@@ -22,15 +24,18 @@ class TrainConfig(Settings):
     encoder. None means "the default for this stage / preset" (`resolved()`)."""
 
     stage: int = setting(1, "1: fixed K (DINOSAUR-style); 2: adaptive K (warm start from stage 1)",
-                         choices=(1, 2))
-    out: str = setting("", "run folder (config, metrics.jsonl, checkpoints/); rerun to resume", required=True)
-    from_cache: str | None = setting(None, "feature store (zarr folder or .h5) to train from")
-    data: DataSpec = setting(default_factory=DataSpec)
-    encoder: str | None = setting(None, "online mode: frozen encoder name (default: the preset's)")
-    encoder_weights: str | None = setting(None, "encoder weights file (online mode, validation)")
-    image_size: int | None = setting(None, "online mode: network input side (default: the encoder's)", min=1)
+                         choices=(1, 2), warmstart_free=True)
+    out: str = setting("", "run folder (config, metrics.jsonl, checkpoints/); rerun to resume", required=True,
+                       resumable=True, axis="--out is the sweep folder")
+    from_cache: str | None = setting(None, "feature store (zarr folder or .h5) to train from", input=True)
+    data: DataSpec = setting(default_factory=DataSpec, input=True)
+    encoder: str | None = setting(None, "online mode: frozen encoder name (default: the preset's)",
+                                  input=True)
+    encoder_weights: str | None = setting(None, "encoder weights file (online mode, validation)", input=True)
+    image_size: int | None = setting(None, "online mode: network input side (default: the encoder's)", min=1,
+                                     input=True)
     preset: str = setting("coco", "model preset: coco (reference), movi-c, movi-e, demo",
-                          choices=tuple(PRESETS))
+                          choices=tuple(PRESETS), input=True)
     num_slots: int | None = setting(None, "K (default: the preset's stage-1 K, or its K_max in stage 2)",
                                     min=1)
     selector: str | None = setting(None, "stage 2: adaslot (Gumbel keep/drop + sparsity penalty, the "
@@ -38,38 +43,49 @@ class TrainConfig(Settings):
                                          "gradient); default: the preset's", choices=SELECTORS)
     model_overrides: dict[str, Any] = setting(
         default_factory=dict, flag="model", parser=ModelConfig.parse_overrides,
-        help="override a model setting: KEY=VALUE, repeatable (e.g. --model decoder_hidden=512x512)")
+        help="override a model setting: KEY=VALUE, repeatable (e.g. --model decoder_hidden=512x512)",
+        axis="give model settings as model.KEY")
     num_iters: int | None = setting(None, "optimiser steps (default 200k stage 1, 500k stage 2; movi-c "
-                                          "500k / 500k, movi-e 100k / 500k)", min=1)
-    batch_size: int = setting(64, "global batch size (split over torchrun ranks)", min=1)
+                                          "500k / 500k, movi-e 100k / 500k)", min=1,
+                                    resumable=True, warmstart_free=True)
+    batch_size: int = setting(64, "global batch size (split over torchrun ranks)", min=1, input=True)
     lr: float = setting(4e-4, "peak learning rate (Adam)", above=0)
     lr_schedule: str = setting("adaslot", "adaslot (decay from step 0), dinosaur (decay after the warm-up), "
                                           "or constant", choices=SCHEDULES)
     warmup_steps: int = setting(10_000, "linear warm-up steps", min=0)
     lr_half_life: int = setting(100_000, "steps per halving of the learning rate", min=1)
     grad_clip: float = setting(1.0, "gradient-norm clipping (0: off)", min=0)
-    warmstart: str | None = setting(None, "stage 2: the stage-1 checkpoint to start from")
+    warmstart: str | None = setting(None, "stage 2: the stage-1 checkpoint to start from",
+                                    warmstart_free=True,
+                                    axis="give one checkpoint, or --warmstart auto with --stage1-sweep")
     sparsity_weight: float = setting(0.1, "stage 2: weight of the mean-kept-fraction penalty (adaslot "
-                                          "selector only)", min=0)
+                                          "selector only)", min=0, warmstart_free=True)
     selection_warmup: int = setting(0, "stage 2: first steps without slot selection (every slot decodes, as "
                                        "in stage 1); QASA trains its quality selector after a warm-up",
-                                    min=0)
-    precision: str = setting("fp32", "fp32 (reference), tf32, or bf16 (autocast)", choices=PRECISIONS)
-    compile: bool = setting(False, "torch.compile the slot model and loss")
-    seed: int = setting(0, "seed of init, data order and noise")
-    val_every: int = setting(0, "validate every N steps (0: never)", min=0)
-    val_root: str | None = setting(None, "COCO root whose val split validates (default: --root)")
-    val_from_cache: str | None = setting(None, "validate on this cached val store instead (fast proxy)")
-    val_max_images: int = setting(64, "validation subset size", min=1)
-    ckpt_every: int = setting(5_000, "checkpoint every N steps (and at the end)", min=1)
-    keep_last: int = setting(3, "checkpoints kept (older ones deleted; 0 keeps all)", min=0)
-    log_every: int = setting(50, "write metrics.jsonl every N steps", min=1)
-    cache_in_memory: bool = setting(False, "load the store into memory first")
-    device: str = setting("auto", DEVICE_HELP)
-    workers: int | None = setting(None, WORKERS_HELP, min=0)
-    wandb: bool = setting(False, "also log to Weights & Biases")
-    wandb_project: str = setting("adaslot", "Weights & Biases project")
-    progress: bool = setting(True, "show the progress bar")
+                                    min=0, warmstart_free=True)
+    precision: str = setting("fp32", "fp32 (reference), tf32, or bf16 (autocast)", choices=PRECISIONS,
+                             input=True)
+    compile: bool = setting(False, "torch.compile the slot model and loss", **BOOKKEEPING)
+    seed: int = setting(0, "seed of init, data order and noise", input=True, axis="use --seeds")
+    val_every: int = setting(0, "validate every N steps (0: never)", min=0, **BOOKKEEPING)
+    val_root: str | None = setting(None, "COCO root whose val split validates (default: --root)",
+                                   **BOOKKEEPING)
+    val_from_cache: str | None = setting(None, "validate on this cached val store instead (fast proxy)",
+                                         **BOOKKEEPING)
+    val_max_images: int = setting(64, "validation subset size", min=1, **BOOKKEEPING)
+    ckpt_every: int = setting(5_000, "checkpoint every N steps (and at the end)", min=1, **BOOKKEEPING)
+    keep_last: int = setting(3, "checkpoints kept (older ones deleted; 0 keeps all)", min=0, **BOOKKEEPING)
+    log_every: int = setting(50, "write metrics.jsonl every N steps", min=1, **BOOKKEEPING)
+    # the in-memory loader draws its own order, so it is an input setting and a rerun keeps it
+    cache_in_memory: bool = setting(False, "load the store into memory first", input=True, axis=False)
+    device: str = setting("auto", DEVICE_HELP, resumable=True, axis="use --devices")
+    threads: int | None = setting(None, "torch CPU threads (default: torch's choice); a run's losses repeat "
+                                        "bit for bit at the same number", min=1, resumable=True,
+                                  axis="use --threads")
+    workers: int | None = setting(None, WORKERS_HELP, min=0, input=True, **BOOKKEEPING)
+    wandb: bool = setting(False, "also log to Weights & Biases", **BOOKKEEPING)
+    wandb_project: str = setting("adaslot", "Weights & Biases project", **BOOKKEEPING)
+    progress: bool = setting(True, "show the progress bar", resumable=True, axis="not a setting of the runs")
 
     def check(self) -> None:
         if not self.out:
@@ -107,8 +123,8 @@ class TrainConfig(Settings):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], strict: bool = False) -> TrainConfig:
-        """Also reads the flat layout of older run folders (dataset/root/... beside the other keys, and
-        `dense_decoding`, now the model setting `sparse_decoding`)."""
+        """Also reads the flat layout of older run folders: dataset/root/... beside the other keys, and
+        `dense_decoding: true` (the model setting `sparse_decoding: false`)."""
         d = dict(d)
         old_data = {k: d.pop(k) for k in ("dataset", "root", "images", "annotations", "strict") if k in d}
         if old_data and "data" not in d:

@@ -12,7 +12,7 @@ _EXPORTS = {
     "Skip": "adaslot.data.coco",
     "SkipLog": "adaslot.data.coco",
     "collate": "adaslot.data.coco",
-    "protocol_ground_truth": "adaslot.data.coco",
+    "open_dataset": "adaslot.data.coco",
     "Geometry": "adaslot.data.transforms",
     "ImageLoadError": "adaslot.data.transforms",
     "compute_geometry": "adaslot.data.transforms",

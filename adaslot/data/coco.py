@@ -18,8 +18,8 @@ first).
 
 Ground truth (`ground_truth(image_id)`, docs/method.md#protocols): every annotation, crowd included by default
 (AdaSlot configs) or excluded (`include_crowd=False`, DINOSAUR paper), as instance masks at the original
-resolution [M, H, W] bool plus class masks (instances merged by category). `protocol_ground_truth` resizes
-them for the two published protocols (shorter side 224 or 320, nearest-exact, center crop).
+resolution [M, H, W] bool plus class masks (instances merged by category). `evaluate.masks.gt_at_side`
+resizes them for the two published protocols (shorter side 224 or 320, nearest-exact, center crop).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from adaslot.config.data import DataSpec
 from adaslot.data.transforms import (
     ImageLoadError,
     hflip,
     load_image,
-    resize_masks_nearest_exact,
     transform_image,
 )
 from adaslot.errors import AdaslotError
@@ -59,8 +59,13 @@ class Skip:
 
     def strict_error(self) -> AdaslotError:
         """The one-line error of a --strict run that meets this image."""
-        return AdaslotError(f"image {self.image_id} ({self.file}): {self.reason}"
-                            + (f" ({self.detail})" if self.detail else "") + "; drop --strict to skip it")
+        return strict_error(f"image {self.image_id} ({self.file})", self.reason, self.detail)
+
+
+def strict_error(what: str, reason: str, detail: str = "") -> AdaslotError:
+    """The one-line error of a --strict run that meets a bad input `what` (an image, a file)."""
+    return AdaslotError(f"{what}: {reason}" + (f" ({detail})" if detail else "")
+                        + "; drop --strict to skip it")
 
 
 @dataclass
@@ -88,9 +93,6 @@ class SkipLog:
             return "skipped 0 images"
         parts = ", ".join(f"{n} {r}" for r, n in sorted(self.counts().items()))
         return f"skipped {len(self.items)} images ({parts})"
-
-    def to_json(self) -> list[dict[str, Any]]:
-        return [asdict(s) for s in self.items]
 
 
 @dataclass
@@ -132,7 +134,7 @@ class CocoDataset(Dataset):
     """COCO-format images -> transformed tensors (docs/method.md#transforms), ground truth and a skip list.
 
     size: network input side S; views: 1 (image) or 2 (image, hflip) stacked; antialias: see transforms;
-    exif: "auto" | "transpose" | "raw" (see load_image). Open one from flags with `config.DataSpec.open`."""
+    exif: "auto" | "transpose" | "raw" (see load_image). Open one from flags with `open_dataset`."""
 
     def __init__(self, images_dir: str | Path, annotation_file: str | Path, size: int = 224,
                  views: int = 1, antialias: bool = False, exif: str = "auto", crop: bool = True) -> None:
@@ -171,8 +173,6 @@ class CocoDataset(Dataset):
     @classmethod
     def from_root(cls, root: str | Path, split: str = "val", **kwargs: Any) -> CocoDataset:
         """The COCO 2017 layout: root/{split}2017/ and root/annotations/instances_{split}2017.json."""
-        from adaslot.config.data import DataSpec
-
         return cls(*DataSpec(root=str(root), split=split).paths(), **kwargs)
 
     # ------------------------------------------------------------ images
@@ -310,14 +310,9 @@ def _segmentation_problem(seg: Any, h: int, w: int) -> str | None:
     return f"segmentation of type {type(seg).__name__}"
 
 
-def protocol_ground_truth(gt: GroundTruth, size: int) -> GroundTruth:
-    """GT resized like the published protocols: shorter side `size` with nearest-exact, center crop
-    `size` x `size` (AdaSlot configs: 224 with crowd; DINOSAUR paper: 320 without crowd; choose the crowd
-    option when calling `ground_truth`). Masks that become empty are kept (they are empty in the reference
-    too); metrics decide what to do with them."""
-    inst = resize_masks_nearest_exact(torch.from_numpy(gt.instance_masks), size).numpy()
-    cls = resize_masks_nearest_exact(torch.from_numpy(gt.class_masks), size).numpy()
-    return GroundTruth(gt.image_id, size, size, inst, gt.category_ids, gt.iscrowd, cls, gt.class_ids)
+def keep_list(batch: list[Any]) -> list[Any]:
+    """DataLoader collate that leaves a batch as the list of its items (they are used one by one)."""
+    return batch
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -336,3 +331,29 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "skipped": skipped,
         "notes": [n for it in good for n in it.get("notes", [])],
     }
+
+
+def open_dataset(spec: DataSpec, size: int, views: int = 1, antialias: bool = False) -> CocoDataset:
+    """The dataset `spec` names, at network input side `size` (never strict itself: loops apply the policy,
+    see `CocoDataset`). With `spec.strict`, a malformed annotation is refused here, before any work.
+    `--dataset movi` / `coco-wds` give a dataset with CocoDataset's interface (docs/movi.md)."""
+    if spec.dataset == "movi":
+        from adaslot.data.movi import open_movi
+
+        return open_movi(spec, size, views)  # type: ignore[return-value]  # the same interface
+    if spec.dataset == "coco-wds":
+        from adaslot.data.coco_wds import open_coco_wds
+
+        return open_coco_wds(spec, size, views, antialias)  # type: ignore[return-value]  # the same interface
+    images, annotations = spec.paths()
+    ds = CocoDataset(images, annotations, size=size, views=views, antialias=antialias)
+    if spec.strict:
+        missing = next((s for s in ds.skips.items if s.reason == "missing"), None)
+        if missing is not None:
+            raise missing.strict_error()
+        problem = ds.first_malformed_annotation()
+        if problem:
+            raise AdaslotError(f"{problem}; drop --strict to skip it")
+    if len(ds) == 0:
+        raise AdaslotError(f"no usable images in {ds.images_dir} (listed {ds.num_listed}, all missing)")
+    return ds

@@ -173,6 +173,21 @@ class CocoWdsDataset(torch.utils.data.Dataset):
                 "num_samples": len(self), "image_ids_sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
 
 
+def open_coco_wds(spec: Any, size: int, views: int = 1, antialias: bool = False) -> CocoWdsDataset:
+    """`--dataset coco-wds` (`config.DataSpec`); with `spec.strict`, a sample lost while listing is refused
+    here."""
+    if spec.images or spec.annotations or not spec.root:
+        raise AdaslotError("--dataset coco-wds reads --root DIR (DIR/<split>/shard-*.tar)")
+    if not Path(spec.root).is_dir():
+        raise AdaslotError(f"dataset root {spec.root} not found")
+    ds = CocoWdsDataset(spec.root, spec.split, size=size, views=views, antialias=antialias)
+    if spec.strict and ds.skips.items:
+        raise ds.skips.items[0].strict_error()
+    if len(ds) == 0:
+        raise AdaslotError(f"no usable images in {ds.folder} ({ds.skips.summary()})")
+    return ds
+
+
 def write_coco_shards(coco: Any, images_dir: Path, out: Path, per_shard: int = 1000, seed: int = 23894734
                       ) -> int:
     """Write a pycocotools COCO object's images as ocl's conversion does (shuffled order, 1 000 per shard,

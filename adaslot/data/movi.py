@@ -203,3 +203,21 @@ class MoviDataset(torch.utils.data.Dataset):
                 "image_id": f"video key * {ID_STRIDE} + frame index",
                 "image_ids_sha256": hashlib.sha256(ids.tobytes()).hexdigest(),
                 "lost": [s.file for s in self.skips.items]}
+
+
+def open_movi(spec: Any, size: int, views: int = 1) -> MoviDataset:
+    """`--dataset movi` (`config.DataSpec`): the split under `spec.root`; with `spec.strict`, a video lost
+    while listing is refused here."""
+    if spec.images or spec.annotations:
+        raise AdaslotError("--dataset movi reads --root DIR (no --images/--annotations)")
+    if not spec.root:
+        raise AdaslotError("no input data: pass --root DIR (a MOVi TFDS folder, webdataset shards or PNG "
+                           "folders; docs/movi.md)")
+    if views != 1:
+        raise AdaslotError("MOVi is read with one view (the official protocol has no flip): use --views 1")
+    ds = MoviDataset(spec.root, spec.split, size=size)
+    if spec.strict and ds.skips.items:
+        raise ds.skips.items[0].strict_error()
+    if len(ds) == 0:
+        raise AdaslotError(f"no usable videos in {ds.listing.folder} ({ds.skips.summary()})")
+    return ds

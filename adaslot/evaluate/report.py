@@ -58,13 +58,14 @@ class ImageSaver:
             write_json(self.out_dir / "masks" / "crop_boxes.json", self.boxes)
 
 
-ROWS = (("fg_ari", "FG-ARI"), ("mbo_i", "mBO^i"), ("mbo_c", "mBO^c"), ("miou", "mIoU"), ("corloc", "CorLoc"),
+ROWS = (("fg_ari", "FG-ARI"), ("mbo_i", "mBO^i"), ("mbo_c", "mBO^c"), ("miou", "mIoU"),
+        ("mask_corloc", "mask CorLoc"),
         ("mean_objects", "objects"), ("mean_kept_slots", "kept slots"),
         ("kept_vs_objects_r", "r(kept, #objects)"), ("mean_active_slots", "active slots"),
         ("active_vs_objects_r", "r(active, #objects)"), ("split_rate", "split objects"),
         ("merge_rate", "merge slots"), ("background_slots", "background slots"), ("num_images", "images"),
         ("num_skipped", "images without GT"))
-PERCENT = {"fg_ari", "mbo_i", "mbo_c", "miou", "corloc", "split_rate", "merge_rate"}
+PERCENT = {"fg_ari", "mbo_i", "mbo_c", "miou", "mask_corloc", "split_rate", "merge_rate"}
 CONFUSION_PNG = "count_confusion.png"
 
 

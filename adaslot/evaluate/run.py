@@ -13,6 +13,7 @@ import torch
 
 from adaslot import faults
 from adaslot.config import EvalConfig
+from adaslot.data.coco import open_dataset
 from adaslot.device import resolve_device
 from adaslot.errors import AdaslotError
 from adaslot.evaluate.report import CONFUSION_PNG, ImageSaver, save_count_confusion
@@ -53,7 +54,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         encoder = load_encoder(payload, cfg.encoder_weights, device)
         contract = encoder.contract()
         source = "images: frozen encoder re-run on every image"
-    coco = cfg.data.open(int((contract.get("input_size") or [224])[0]))
+    coco = open_dataset(cfg.data, int((contract.get("input_size") or [224])[0]))
     if coco.num_without_annotations == len(coco):
         raise AdaslotError(f"{coco.annotation_file} has no annotated images (all {len(coco)} images have no "
                            "annotations): nothing to score; is it the right annotation file?")

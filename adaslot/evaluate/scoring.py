@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from adaslot.config import EvalConfig
+from adaslot.data.coco import keep_list
 from adaslot.data.transforms import Geometry, compute_geometry
 from adaslot.device import resolve_workers
 from adaslot.evaluate.masks import alpha_grids, gt_at_side, labels_at_side, labels_fullres
@@ -151,10 +152,6 @@ def keep_mode_label(model: torch.nn.Module, gumbel_eval: int | None, merge_slots
     return label
 
 
-def _collate(batch: list[Any]) -> list[Any]:
-    return batch
-
-
 @torch.no_grad()
 def evaluate_model(
     model: torch.nn.Module,
@@ -188,7 +185,7 @@ def evaluate_model(
     if cfg.max_images is not None and cfg.max_images < len(dataset):  # type: ignore[arg-type]
         dataset = torch.utils.data.Subset(dataset, range(cfg.max_images))  # type: ignore[arg-type]
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,  # type: ignore[arg-type]
-                        num_workers=resolve_workers(cfg.workers), collate_fn=_collate)
+                        num_workers=resolve_workers(cfg.workers), collate_fn=keep_list)
     device = next(model.parameters()).device
     adaptive = is_adaptive(model)
     keep_mode = "gumbel" if cfg.gumbel_eval is not None else "deterministic"

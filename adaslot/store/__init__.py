@@ -305,7 +305,7 @@ def size_on_disk(path: str) -> int | None:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
-def normalize_path(path: str | Path) -> str:
+def normalise_path(path: str | Path) -> str:
     """`file:///x` -> `/x` (zarr's fsspec route does not create local parent dirs); other URLs unchanged."""
     path = str(path)
     return path[len("file://"):] if path.startswith("file://") else path
@@ -320,7 +320,7 @@ def open_store(path: str | Path, strict: bool = True) -> FeatureStore:
 
     strict=False (cache-verify --full, cache-features --repair): damaged status/image_ids chunks are listed
     in `store.damage` instead of raising."""
-    path = normalize_path(path)
+    path = normalise_path(path)
     if is_hdf5(path):
         import h5py
 

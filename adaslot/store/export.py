@@ -14,8 +14,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from adaslot.errors import AdaslotError
 from adaslot.store import open_store
 
@@ -56,18 +54,3 @@ def export_hdf5(store_path: str, out: str, overwrite: bool = False, progress: bo
         raise
     os.replace(tmp, out_p)
     return {"out": str(out_p), "bytes": out_p.stat().st_size, "rows": int(n)}
-
-
-VOLATILE_ATTRS = ("summary", "source")  # run timings and where the images were: not part of the contents
-
-
-def same_contents(a: str, b: str) -> bool:
-    """True when two stores (zarr or HDF5) hold identical arrays and attributes (minus VOLATILE_ATTRS)."""
-    sa, sb = open_store(a), open_store(b)
-    attrs_a = {k: v for k, v in sa.attrs.items() if k not in VOLATILE_ATTRS}
-    attrs_b = {k: v for k, v in sb.attrs.items() if k not in VOLATILE_ATTRS}
-    if attrs_a != attrs_b or sa.features.shape != sb.features.shape:
-        return False
-    if not (np.array_equal(sa.raw_image_ids, sb.raw_image_ids) and np.array_equal(sa.status, sb.status)):
-        return False
-    return all(np.array_equal(sa.read(x, y), sb.read(x, y)) for x, y in sa.chunk_bounds())

@@ -230,7 +230,3 @@ class ShardedFeatures:
                 if self.crc and google_crc32c.value(buf[:-4]) != int.from_bytes(buf[-4:].tobytes(), "little"):
                     return done, f"checksum mismatch in the chunk of {what}"
         return done, None
-
-    @property
-    def num_shards(self) -> int:
-        return -(-self.shape[0] // self.shard[0])

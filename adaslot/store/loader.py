@@ -139,10 +139,6 @@ class FeatureLoader:
     def epoch(self) -> int:
         return self.position()[0]
 
-    @property
-    def samples_per_epoch(self) -> int:
-        return self.epoch_length(self.epoch)
-
     # ------------------------------------------------------------------ resume
 
     def state_dict(self) -> dict[str, Any]:

@@ -14,7 +14,6 @@ killed half-way leaves an incomplete store that the same command finishes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,8 +23,9 @@ import numpy as np
 
 from adaslot.config import CacheConfig
 from adaslot.errors import AdaslotError
+from adaslot.files import atomic_path
 from adaslot.store.checksums import check_store
-from adaslot.store.writer import _check_resumable, _create_store
+from adaslot.store.create import check_resumable, create_store
 
 METADATA = ("", "features", "status", "image_ids")  # the store's zarr.json files, root first
 
@@ -43,10 +43,10 @@ def repair_prepare(cfg: CacheConfig, settings: dict[str, Any], image_ids: np.nda
     attrs = _read(out / "zarr.json")
     if attrs is not None:  # refuse other settings before touching anything
         attrs = attrs.get("attributes", {})
-        _check_resumable(cfg, attrs, settings)
+        check_resumable(cfg, attrs, settings)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.repair-") as tmp:
         fresh = Path(tmp) / "fresh.zarr"
-        _create_store(zarr.open_group(str(fresh), mode="w"), settings, image_ids, views, tokens, dim, source)
+        create_store(zarr.open_group(str(fresh), mode="w"), settings, image_ids, views, tokens, dim, source)
         broken = [name for name in METADATA if _read(out / name / "zarr.json") is None]
         for name in METADATA[1:]:
             mine = _read(out / name / "zarr.json")
@@ -90,7 +90,6 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _replace(src: Path, dst: Path) -> None:
-    """Copy src over dst atomically (temp name beside dst + rename)."""
-    tmp = dst.with_name(f".{dst.name}.repair-{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    """Copy src over dst atomically."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)

@@ -21,6 +21,7 @@ def verify_store(cfg: VerifyConfig) -> dict[str, Any]:
     `bound` is the fp16 rounding allowance (half an fp16 ulp of the largest value, plus fp32 noise); the
     check passes when max_abs_error <= bound. The dataset defaults to the location recorded at caching.
     """
+    from adaslot.data.coco import open_dataset
     from adaslot.encoders import build_encoder
 
     cfg.validate()
@@ -46,7 +47,7 @@ def verify_store(cfg: VerifyConfig) -> dict[str, Any]:
                            f"right --encoder-weights")
     side = int(c["input_size"][0])
     antialias = "antialias=True" in str(a.get("transform", {}).get("resize", ""))
-    ds = data.open(side, views=store.num_views, antialias=antialias)
+    ds = open_dataset(data, side, views=store.num_views, antialias=antialias)
     want_sha = a.get("dataset", {}).get("annotation_sha256")
     if want_sha and file_sha256(ds.annotation_file) != want_sha:
         # Another dataset: comparing its images would report a feature MISMATCH that is not one.

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adaslot import __version__, distributed
+from adaslot import distributed
 from adaslot.config import CacheConfig
 from adaslot.device import autocast, resolve_workers
 from adaslot.errors import AdaslotError
@@ -34,15 +34,14 @@ from adaslot.progress import progress_bar
 from adaslot.store import (
     STATUS_CODES,
     STATUS_OK,
-    STORE_FORMAT,
-    STORE_VERSION,
     metadata_damage,
-    normalize_path,
+    normalise_path,
     shard_done_mask,
     size_on_disk,
     status_code,
 )
-from adaslot.store.layout import create_arrays, for_writing
+from adaslot.store.create import check_resumable, create_store, first_difference, jsonable
+from adaslot.store.layout import for_writing
 
 VIEW_NAMES = ("image", "hflip")
 
@@ -81,17 +80,6 @@ def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, view
     }
 
 
-def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
-    """Dotted path of the first differing leaf between two JSON-like values (None if equal)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            d = _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
-            if d:
-                return d
-        return None
-    return None if json.dumps(a) == json.dumps(b) else (path or "<root>")
-
-
 def _prepare_store(cfg: CacheConfig, settings: dict[str, Any], image_ids: np.ndarray, views: int,
                    tokens: int, dim: int, source: dict[str, Any]) -> bool:
     """Create the store, or check an existing one can be resumed. Returns True if it is already complete."""
@@ -100,11 +88,11 @@ def _prepare_store(cfg: CacheConfig, settings: dict[str, Any], image_ids: np.nda
     out = cfg.out
     attrs = _existing_attrs(out, cfg.overwrite)
     if attrs is not None:
-        _check_resumable(cfg, attrs, settings)
-        if _first_difference(attrs.get("settings", {}), _jsonable(settings)) is None:
+        check_resumable(cfg, attrs, settings)
+        if first_difference(attrs.get("settings", {}), jsonable(settings)) is None:
             return bool(attrs.get("complete", False))
     # New (or replaced) store. mode="w" deletes what was there.
-    _create_store(zarr.open_group(out, mode="w"), settings, image_ids, views, tokens, dim, source)
+    create_store(zarr.open_group(out, mode="w"), settings, image_ids, views, tokens, dim, source)
     return False
 
 
@@ -123,39 +111,6 @@ def _existing_attrs(out: str, overwrite: bool = False) -> dict[str, Any] | None:
         if overwrite:
             return None
         raise metadata_damage(out) from None
-
-
-def _check_resumable(cfg: CacheConfig, attrs: dict[str, Any], settings: dict[str, Any]) -> None:
-    """Refuse (one line) to touch a foreign store, or one made with other settings unless --overwrite."""
-    if attrs.get("format") != STORE_FORMAT:
-        raise AdaslotError(f"{cfg.out} exists and is not an adaslot feature store; choose another --out")
-    diff = _first_difference(attrs.get("settings", {}), _jsonable(settings))
-    if diff is not None and not cfg.overwrite:
-        raise AdaslotError(f"{cfg.out} was made with different settings ({diff} differs); use the same "
-                           f"settings to resume it, or --overwrite to replace it")
-
-
-def _create_store(root: Any, settings: dict[str, Any], image_ids: np.ndarray, views: int, tokens: int,
-                  dim: int, source: dict[str, Any]) -> None:
-    """Arrays (adaslot/store/layout.py) and attributes of a new, empty store in zarr group `root`."""
-    create_arrays(root, image_ids, views, tokens, dim, settings["layout"]["shard_samples"])
-    root.attrs.update(_jsonable({
-        "format": STORE_FORMAT,
-        "format_version": STORE_VERSION,
-        "adaslot_version": __version__,
-        "complete": False,
-        "status_codes": {str(k): v for k, v in STATUS_CODES.items()},
-        "settings": settings,
-        "settings_sha256": hashlib.sha256(json.dumps(_jsonable(settings), sort_keys=True).encode())
-        .hexdigest(),
-        **{k: settings[k] for k in ("feature_contract", "dataset", "transform", "views", "layout")},
-        # What recomputing it needs beyond the settings (cache-verify, the --repair command): not compared.
-        "source": source,
-    }))
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj))
 
 
 class _ShardWriter:
@@ -203,10 +158,10 @@ class _ShardWriter:
 
 def cache_features(cfg: CacheConfig) -> dict[str, Any]:
     """Run the frozen encoder over the dataset into `cfg.out` (resumable, see module doc) -> summary dict."""
-    from adaslot.data.coco import collate
+    from adaslot.data.coco import collate, open_dataset
     from adaslot.encoders import build_encoder
 
-    cfg = dataclasses.replace(cfg.validate(), out=normalize_path(cfg.out))
+    cfg = dataclasses.replace(cfg.validate(), out=normalise_path(cfg.out))
     if "://" not in cfg.out and Path(cfg.out).is_file():
         raise AdaslotError(f"--out {cfg.out} is a file; the store is a folder (e.g. {cfg.out}.zarr)")
     views = cfg.num_views
@@ -220,7 +175,7 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
     # --strict: a missing image or malformed annotation is refused here; an unreadable image is found by a
     # loader worker, which skips it, and the encoding loop stops at the first skip (a raise inside a worker
     # would come back as a multi-line wrapped traceback).
-    dataset = cfg.data.open(side, views=views, antialias=cfg.antialias)
+    dataset = open_dataset(cfg.data, side, views=views, antialias=cfg.antialias)
     n = len(dataset)
     tokens, dim = encoder.num_tokens(side), encoder.embed_dim
 

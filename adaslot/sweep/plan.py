@@ -1,9 +1,10 @@
 """Planning a sweep: what each variant still needs, which variants share an input, which worker runs what,
 the stage-1 checkpoint of `--warmstart auto`, and the `adaslot train` command of a variant.
 
-Sharing an input: variants whose input settings are equal (`SOURCE_KEYS`: store or images, encoder, preset,
-batch size, seed, cache mode, precision) see the same batches in the same order, so one loader can feed them
-in lockstep; they must also resume from the same step (the loader has one position).
+Sharing an input: variants whose input settings are equal (the train settings declared `input`: store or
+images, encoder, preset, batch size, seed, cache mode, precision) see the same batches in the same order, so
+one loader can feed them in lockstep; they must also resume from the same step (the loader has one
+position).
 """
 
 from __future__ import annotations
@@ -14,37 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from adaslot.config import TrainConfig, model_config_for
-from adaslot.config.base import to_flags
-from adaslot.config.model import WARMSTART_FREE_FIELDS
-from adaslot.config.sweep import Variant, value_text
+from adaslot.config.base import names_where, to_flags
+from adaslot.config.sweep import Variant, value_text, warmstart_free_keys
 from adaslot.errors import AdaslotError
-
-SOURCE_KEYS = ("from_cache", "data", "encoder", "encoder_weights", "image_size", "preset", "batch_size",
-               "seed", "cache_in_memory", "workers", "precision")
-# Stage-1 grid keys a stage-2 variant may differ in from the checkpoint it warm-starts from (the warm start
-# loads everything but the selector; K, the selector, the sparsity weight and the schedule length are new).
-# The model fields are those the warm-start check lets differ, plus D and T (fixed by the input later).
-WARMSTART_FREE = ({"stage", "num_slots", "selector", "num_iters", "sparsity_weight", "warmstart",
-                   "selection_warmup", "model.feature_dim", "model.num_tokens"}
-                  | {f"model.{name}" for name in WARMSTART_FREE_FIELDS})
+from adaslot.sweep.results import checkpoint_step, find_axes, read_runs, read_score
 
 
 def train_command(cfg: TrainConfig) -> str:
     """The `adaslot train` command line of `cfg` (torchrun: `torchrun ... --no-python` + this line)."""
     return shlex.join(["adaslot", "train", *to_flags(cfg)])
-
-
-def checkpoint_step(run_dir: str | Path) -> int:
-    """Step of the newest checkpoint of a run folder (0: none yet)."""
-    from adaslot.checkpoint import latest_checkpoint
-
-    path = latest_checkpoint(Path(run_dir) / "checkpoints")
-    return int(path.stem.split("-")[1]) if path else 0
-
-
-def read_score(run_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / "score.json"
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def is_scored(run_dir: str | Path, step: int, scoring: dict[str, Any]) -> bool:
@@ -65,8 +44,9 @@ def needs(cfg: TrainConfig, scoring: dict[str, Any]) -> str:
 
 
 def source_key(cfg: TrainConfig) -> str:
+    """What decides the batches of a run: its input settings and resume step."""
     d = cfg.to_dict()
-    return json.dumps([d[k] for k in SOURCE_KEYS] + [checkpoint_step(cfg.out)])
+    return json.dumps([d[k] for k in sorted(names_where(TrainConfig, "input"))] + [checkpoint_step(cfg.out)])
 
 
 def share_groups(cfgs: list[TrainConfig]) -> list[list[TrainConfig]]:
@@ -118,19 +98,18 @@ def resolve_warmstart(variants: list[Variant], stage1_sweep: str) -> list[Varian
 
     The stage-1 variant U of the folder `stage1_sweep` matches the stage-2 variant V when U has finished
     training, has V's seed, and agrees with V on every grid key of the stage-1 sweep (the settings its runs
-    differ in) except those a warm start may change (`WARMSTART_FREE`); if several do, the one that also
+    differ in) except those a warm start may change (`warmstart_free_keys`); if several do, the one that also
     agrees on those (a stage-1 sweep over K: the run with the variant's K). Exactly one must match.
     """
-    from adaslot.sweep.results import find_axes, read_runs
-
     runs = [r for r in read_runs(stage1_sweep) if r.trained]
     if not runs:
         raise AdaslotError(f"--stage1-sweep {stage1_sweep}: no finished stage-1 run in {stage1_sweep}/runs/")
     if any(r.settings.get("stage") != 1 for r in runs):
         raise AdaslotError(f"--stage1-sweep {stage1_sweep} holds stage-2 runs; give a stage-1 sweep folder")
     axes = find_axes(runs)
-    keys = [a for a in axes if a not in WARMSTART_FREE]
-    free = [a for a in axes if a in WARMSTART_FREE]
+    free_keys = warmstart_free_keys()
+    keys = [a for a in axes if a not in free_keys]
+    free = [a for a in axes if a in free_keys]
     out = []
     for v in variants:
         if v.cfg.warmstart != "auto":

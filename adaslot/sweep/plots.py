@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from adaslot.config.base import value_text
+from adaslot.files import atomic_path
 from adaslot.sweep.results import EVAL_ORDER, RunRecord, variant_label
 
 PLOT_METRICS = ("fg_ari", "mbo_i", "mbo_c", "mean_kept_slots", "kept_vs_objects_r", "split_rate",
@@ -117,8 +118,9 @@ def _sort_key(x: object) -> tuple:
 
 def _save(fig, path: Path) -> Path:  # noqa: ANN001
     plt = _pyplot()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -16,17 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from adaslot.config.base import value_text
+from adaslot.config.sweep import hidden_axes
 from adaslot.errors import AdaslotError
 from adaslot.evaluate.report import format_value
-from adaslot.train.resume import RESUMABLE_CHANGES
+from adaslot.files import atomic_path
+from adaslot.metrics import upgrade_metric_keys
 
 TRAIN_METRICS = ("final_loss", "steps_per_s", "wall_s")
-EVAL_ORDER = ("fg_ari", "mbo_i", "mbo_c", "miou", "corloc", "mean_kept_slots", "mean_objects",
+EVAL_ORDER = ("fg_ari", "mbo_i", "mbo_c", "miou", "mask_corloc", "mean_kept_slots", "mean_objects",
               "kept_vs_objects_r", "split_rate", "merge_rate", "background_slots")
 LOWER_IS_BETTER = {"final_loss", "wall_s", "split_rate", "merge_rate", "background_slots"}
-TIMING = ("steps_per_s", "wall_s")  # measured, so never identical between two sweeps
-# Settings that are not grid axes even when runs differ in them: bookkeeping, and what is derived per run.
-NOT_AXES = (RESUMABLE_CHANGES - {"num_iters"}) | {"out", "seed", "warmstart", "model.adaptive"}
 HIDDEN_EVAL = {"num_images", "num_skipped"}
 
 
@@ -70,13 +69,26 @@ class RunRecord:
         out = {"final_loss": loss, "steps_per_s": steps / busy if busy else math.nan,
                "wall_s": wall if wall else math.nan}
         if self.score:
-            out |= {k: v if v is not None else math.nan for k, v in self.score.get("eval", {}).items()}
+            scores = upgrade_metric_keys(self.score.get("eval", {}))  # score.json of older versions: corloc
+            out |= {k: v if v is not None else math.nan for k, v in scores.items()}
         return out
+
+
+def checkpoint_step(run_dir: str | Path) -> int:
+    """Step of the newest checkpoint of a run folder (0: none yet)."""
+    from adaslot.checkpoint import latest_checkpoint, step_of
+
+    path = latest_checkpoint(Path(run_dir) / "checkpoints")
+    return step_of(path) if path else 0
+
+
+def read_score(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "score.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def read_runs(sweep_dir: str | Path) -> list[RunRecord]:
     """Every run folder under SWEEP/runs/ with a config.json, by name."""
-    from adaslot.sweep.plan import checkpoint_step, read_score
     from adaslot.train import read_metrics
 
     runs = []
@@ -98,7 +110,8 @@ def find_axes(runs: list[RunRecord], order: list[str] | None = None) -> list[str
     keys: list[str] = list(order or [])
     for r in runs:
         keys += [k for k in r.settings if k not in keys]
-    axes = [k for k in keys if k not in NOT_AXES and len({repr(r.settings.get(k)) for r in runs}) > 1]
+    hidden = hidden_axes()  # bookkeeping and what is derived per run: never an axis
+    axes = [k for k in keys if k not in hidden and len({repr(r.settings.get(k)) for r in runs}) > 1]
     return [a for a in axes if not (a.startswith("model.") and a[len("model."):] in axes)]
 
 
@@ -118,8 +131,7 @@ def metric_columns(runs: list[RunRecord]) -> list[str]:
 def write_csv(runs: list[RunRecord], axes: list[str], path: Path) -> Path:
     """sweep.csv: one row per run (variant x seed)."""
     cols = metric_columns(runs)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["run", "variant", "seed", "status", *axes, "step", *cols, "warmstart"])
         for r in runs:
@@ -127,7 +139,6 @@ def write_csv(runs: list[RunRecord], axes: list[str], path: Path) -> Path:
             w.writerow([r.name, variant_label(r, axes), r.seed, r.status,
                         *(value_text(r.settings.get(a)) for a in axes), r.checkpoint_step,
                         *(_csv_number(vals.get(c)) for c in cols), r.settings.get("warmstart") or ""])
-    tmp.replace(path)
     return path
 
 
@@ -228,9 +239,8 @@ def write_summary(runs: list[RunRecord], groups: list[Group], axes: list[str], r
     if pending:
         lines += ["", "Not in the table: " + ", ".join(f"{r.name} ({r.status}, step {r.checkpoint_step}"
                                                        f"/{r.num_iters})" for r in pending)]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     return path
 
 

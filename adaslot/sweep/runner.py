@@ -8,17 +8,16 @@ table; new grid values add variants beside the old ones.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
 import os
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from adaslot.config import SweepConfig
+from adaslot.device import torch_threads
 from adaslot.errors import AdaslotError
 from adaslot.files import write_json
 from adaslot.sweep.plan import assign, is_scored, needs, resolve_warmstart, share_groups, train_command
@@ -63,7 +62,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     failures: list[Failure] = []
     with _Progress(variants, cfg.progress):
         if len(workers) == 1:  # in this process
-            with _threads(cfg.threads):
+            with torch_threads(cfg.threads):
                 failures = run_worker(workers[0], devices[0], cfg.threads, cfg.scoring())
         elif workers:
             spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked loader threads
@@ -84,7 +83,7 @@ def collect(cfg: SweepConfig) -> dict[str, Any]:
     runs = read_runs(out)
     if not runs:
         raise AdaslotError(f"--collect {out}: no run folders (with config.json) in {out}/runs/")
-    with _threads(cfg.threads):
+    with torch_threads(cfg.threads):
         for r in runs:
             if r.trained and not is_scored(r.dir, r.checkpoint_step, cfg.scoring()):
                 if cfg.progress:
@@ -95,7 +94,10 @@ def collect(cfg: SweepConfig) -> dict[str, Any]:
 
 def write_results(out: Path, rank_by: str) -> dict[str, Any]:
     """sweep.csv, summary.md, curves.png, effects.png from the run folders in out/runs; the table printed."""
+    from adaslot.metrics import RENAMED_KEYS
     from adaslot.sweep.plots import plot_curves, plot_effects
+
+    rank_by = RENAMED_KEYS.get(rank_by, rank_by)  # --rank-by corloc (old name)
 
     runs = read_runs(out)
     manifest = out / "sweep.json"  # the grid order of the latest sweep command, if one ran here
@@ -117,7 +119,10 @@ STAGE2_METRICS = ("mean_kept_slots", "kept_vs_objects_r")  # only adaptive (stag
 def check_rank_by(rank_by: str, stage: int | None = None) -> None:
     """--rank-by must name a metric a sweep reports: a training metric or a scalar of the eval summary (one
     a stage-1 model has, for a stage-1 sweep)."""
+    from adaslot.metrics import RENAMED_KEYS
+
     known = known_metrics()
+    rank_by = RENAMED_KEYS.get(rank_by, rank_by)  # --rank-by corloc (old name) still accepted
     if rank_by not in known:
         raise AdaslotError(f"--rank-by {rank_by}: unknown metric; choose one of {', '.join(known)}")
     if stage == 1 and rank_by in STAGE2_METRICS:
@@ -137,19 +142,6 @@ def known_metrics() -> list[str]:
     return [*keys, *TRAIN_METRICS]
 
 
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """torch threads = n inside, the caller's number restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 class _Progress:
     """One bar over the steps of every variant, read from their metrics.jsonl (works for worker processes
     too) by a background thread once a second."""
@@ -164,7 +156,7 @@ class _Progress:
         self.thread = threading.Thread(target=self._poll, daemon=True)
 
     def _poll(self) -> None:
-        from adaslot.sweep.plan import checkpoint_step, read_score
+        from adaslot.sweep.results import checkpoint_step, read_score
         from adaslot.train import read_metrics
 
         while True:

@@ -70,14 +70,14 @@ class OnlineSource:
     """Images -> train transform (resize, clamp, center crop, random flip) -> frozen encoder."""
 
     def __init__(self, cfg: TrainConfig, dist: distributed.DistInfo, local_batch: int) -> None:
-        from adaslot.data.coco import collate
+        from adaslot.data.coco import collate, open_dataset
         from adaslot.encoders import build_encoder
 
         self.device = dist.device
         self.encoder = build_encoder(cfg.encoder or get_preset(cfg.preset).encoder, cfg.encoder_weights,
                                      device=self.device)
         side = cfg.image_size or self.encoder.image_size
-        self.dataset = cfg.data.open(side)
+        self.dataset = open_dataset(cfg.data, side)
         self.feature_dim, self.num_tokens = self.encoder.embed_dim, self.encoder.num_tokens(side)
         self.encoder_name, self.contract = self.encoder.name, self.encoder.contract(side)
         self.cfg, self.dist, self.collate = cfg, dist, collate

@@ -11,13 +11,20 @@ from typing import Any
 
 from adaslot import distributed
 from adaslot.config import TrainConfig
+from adaslot.device import torch_threads
 from adaslot.progress import progress_bar
 from adaslot.train.inputs import build_source
 from adaslot.train.run import Run, checked_settings
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train (or resume) the run in cfg.out; returns {"step", "loss", "checkpoint", "run_dir", "rank"}."""
+    """Train (or resume) the run in cfg.out; returns {"step", "loss", "checkpoint", "run_dir", "rank"}.
+    With cfg.threads, torch uses that many CPU threads for the run (the caller's number is restored)."""
+    with torch_threads(cfg.threads):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> dict[str, Any]:
     dist = distributed.init(cfg.device)
     cfg = checked_settings(cfg, dist.world_size)  # before anything is built or written
     source = build_source(cfg, dist, cfg.batch_size // dist.world_size)  # features [b, T, D] on the device

@@ -1,17 +1,12 @@
-"""What a run folder's config allows: the model config of a run, and which settings may change on resume."""
+"""What a run folder's config allows: the model config of a run, and which settings changed on resume."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from adaslot.config import ModelConfig, TrainConfig, model_config_for
+from adaslot.config.base import names_where
 from adaslot.contract import check_contract
-
-# TrainConfig fields that may change between a run and its resumption (they do not change the math; `out`:
-# a run folder moved to a disk with space resumes).
-RESUMABLE_CHANGES = {"out", "num_iters", "val_every", "val_root", "val_from_cache", "val_max_images",
-                     "ckpt_every", "keep_last", "log_every", "device", "workers", "wandb", "wandb_project",
-                     "compile", "cache_in_memory", "strict", "progress"}
 
 
 def resolve_model_config(cfg: TrainConfig, feature_dim: int, num_tokens: int) -> ModelConfig:
@@ -26,11 +21,12 @@ def _flat(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    """`--flag old -> new` for every setting (outside RESUMABLE_CHANGES) that differs from a saved run's
-    config. A setting missing from `saved` (a run from an older adaslot) counts as its default."""
+    """`--flag old -> new` for every setting that differs from a saved run's config, those declared
+    `resumable` apart. A setting missing from `saved` (a run from an older adaslot) counts as its default."""
     old, new = _flat(TrainConfig.from_dict(saved)), _flat(cfg)
+    resumable = names_where(TrainConfig, "resumable")
     return [f"--{k.replace('_', '-')} {old[k]!r} -> {v!r}" for k, v in new.items()
-            if k not in RESUMABLE_CHANGES and old[k] != v]
+            if k not in resumable and old[k] != v]
 
 
 def check_warmstart_features(payload: dict[str, Any], contract: dict[str, Any] | None, encoder_name: str,

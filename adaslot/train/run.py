@@ -105,11 +105,11 @@ class Run:
             ws = load_checkpoint(cfg.warmstart)
             check_warmstart_features(ws, source.contract, source.encoder_name, cfg.warmstart)
             warm_start(model, ws, model_cfg, cfg.warmstart)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+        self.optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
                                           weight_decay=0.0)
         self.noise = NoiseSampler(cfg.seed, device)
         if resume is not None:
-            self.optimizer.load_state_dict(resume["optimizer"])
+            self.optimiser.load_state_dict(resume["optimizer"])
             restore_rng(resume["rng"])
             try:
                 self.noise.load_state_dict(resume["rng"]["noise"])
@@ -150,14 +150,14 @@ class Run:
         cfg, model_cfg = self.cfg, self.model_cfg
         t0 = time.perf_counter()
         lr = self.schedule(self.step, base=cfg.lr, warmup=cfg.warmup_steps, half_life=cfg.lr_half_life)
-        for group in self.optimizer.param_groups:
+        for group in self.optimiser.param_groups:
             group["lr"] = lr
         slot_noise, gumbel = self.noise.sample(cfg.batch_size, model_cfg, self.rows)
         b = features.shape[0]  # < local batch only when an online image could not be decoded
         slot_noise, gumbel = slot_noise[:b], None if gumbel is None else gumbel[:b]
         try:
             loss_v, mse_v, kept_v, grad_norm = optimisation_step(
-                self.forward, self.model, self.optimizer, features, slot_noise, gumbel, cfg.grad_clip,
+                self.forward, self.model, self.optimiser, features, slot_noise, gumbel, cfg.grad_clip,
                 select=self.step >= cfg.selection_warmup)
         except NonFiniteError as e:
             raise AdaslotError(_nan_message(e.what, e.value, self.step + 1, self.last_checkpoint)) from None
@@ -197,7 +197,7 @@ class Run:
             save_checkpoint(path, make_payload(
                 stage=cfg.stage, model_config=self.model_cfg, encoder=self.source.encoder_name,
                 feature_contract=self.source.contract, model_state=self.model.state_dict(),
-                optimizer=self.optimizer.state_dict(), step=self.step, train_config=cfg.to_dict(), rng=rng,
+                optimizer=self.optimiser.state_dict(), step=self.step, train_config=cfg.to_dict(), rng=rng,
                 loader=self.source.state_dict(), world_size=self.dist.world_size,
             ))
             update_last(self.ckpt_dir, path)

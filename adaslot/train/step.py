@@ -81,7 +81,7 @@ class NonFiniteError(Exception):
         self.what, self.value = what, value
 
 
-def optimisation_step(forward: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
+def optimisation_step(forward: nn.Module, model: nn.Module, optimiser: torch.optim.Optimizer,
                       features: torch.Tensor, slot_noise: torch.Tensor, gumbel: torch.Tensor | None,
                       grad_clip: float, select: bool = True) -> tuple[float, float, float, float]:
     """One update: loss, backward, clip, Adam -> (loss, mse, kept fraction, grad norm) as floats.
@@ -95,12 +95,12 @@ def optimisation_step(forward: nn.Module, model: nn.Module, optimizer: torch.opt
     loss_v, mse_v, kept_v = stats.tolist()
     if not math.isfinite(loss_v):
         raise NonFiniteError("loss", loss_v)
-    optimizer.zero_grad(set_to_none=True)
+    optimiser.zero_grad(set_to_none=True)
     loss.backward()
     # grad_clip <= 0: no clipping (the norm is still measured for the log and the NaN check).
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                grad_clip if grad_clip > 0 else float("inf")).item()
     if not math.isfinite(grad_norm):
         raise NonFiniteError("gradient norm", grad_norm)
-    optimizer.step()
+    optimiser.step()
     return loss_v, mse_v, kept_v, grad_norm

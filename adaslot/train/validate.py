@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from adaslot.config import DataSpec, EvalConfig, TrainConfig
+from adaslot.data.coco import open_dataset
 
 
 class Validator:
@@ -44,14 +45,14 @@ class Validator:
             else:
                 data = (DataSpec(root=cfg.val_root, split="val") if cfg.val_root else
                         DataSpec(images=src.get("images"), annotations=src.get("annotations")))
-            self.dataset = data.open(int(store.contract["input_size"][0]))
+            self.dataset = open_dataset(data, int(store.contract["input_size"][0]))
             self.features_fn, indices = cache_reader(store, self.dataset, self.device)
             self.indices = indices
             return
         self.encoder = getattr(self.source, "encoder", None) or build_encoder(
             self.source.encoder_name, cfg.encoder_weights, device=self.device)
         val = DataSpec(dataset=cfg.data.dataset, root=cfg.val_root or cfg.data.root, split="val")
-        self.dataset = val.open(side or self.encoder.image_size)
+        self.dataset = open_dataset(val, side or self.encoder.image_size)
         self.indices = None
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
