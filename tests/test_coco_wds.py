@@ -12,8 +12,9 @@ import torch
 from helpers import TINY_MODEL
 
 from adaslot.config import DataSpec, EvalConfig, model_config_for
-from adaslot.data.coco import CocoDataset, open_dataset
+from adaslot.data.coco import CocoDataset
 from adaslot.data.coco_wds import CocoWdsDataset, write_coco_shards
+from adaslot.data.datasets import open_dataset
 from adaslot.data.synthetic import SyntheticConfig, make_synthetic
 from adaslot.errors import AdaslotError
 

@@ -16,7 +16,7 @@ from helpers import run_cli
 
 from adaslot.config import DataSpec, SyntheticConfig
 from adaslot.data import tfrecord, wds
-from adaslot.data.coco import open_dataset
+from adaslot.data.datasets import open_dataset
 from adaslot.data.movi import MoviDataset, split_sample_id, train_frames
 from adaslot.data.movi_synthetic import render_video, video_rng
 from adaslot.errors import AdaslotError
@@ -215,7 +215,7 @@ def test_png_folders_read_like_the_shards(movi_root, tmp_path):
 
 
 def test_synthetic_movi_is_a_function_of_the_seed(movi_root, tmp_path):
-    from adaslot.data.synthetic import make_synthetic
+    from adaslot.data.movi_synthetic import make_synthetic_movi as make_synthetic
 
     cfg = dict(format="movi", num_train=1, num_val=1, shard_videos=2, seed=0, min_objects=2, max_objects=4,
                progress=False)

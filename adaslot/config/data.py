@@ -19,7 +19,7 @@ class DataSpec(Settings):
     instances_{split}2017.json) or `--images DIR --annotations FILE`; or with `--dataset movi` / `coco-wds`
     a MOVi root or ocl's COCO shards (`--root R`, docs/movi.md). `strict` is the policy of the loops that
     read it: stop at the first missing/unreadable image or malformed annotation instead of skipping.
-    `adaslot.data.coco.open_dataset(spec, size)` opens it."""
+    `adaslot.data.datasets.open_dataset(spec, size)` opens it."""
 
     dataset: str = setting("coco", "layout of --root: coco, synthetic (a root written by make-synthetic), or "
                                    "movi (TFDS folder, webdataset shards or PNG folders, found by itself), "

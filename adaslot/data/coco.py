@@ -336,15 +336,9 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 def open_dataset(spec: DataSpec, size: int, views: int = 1, antialias: bool = False) -> CocoDataset:
     """The dataset `spec` names, at network input side `size` (never strict itself: loops apply the policy,
     see `CocoDataset`). With `spec.strict`, a malformed annotation is refused here, before any work.
-    `--dataset movi` / `coco-wds` give a dataset with CocoDataset's interface (docs/movi.md)."""
-    if spec.dataset == "movi":
-        from adaslot.data.movi import open_movi
-
-        return open_movi(spec, size, views)  # type: ignore[return-value]  # the same interface
-    if spec.dataset == "coco-wds":
-        from adaslot.data.coco_wds import open_coco_wds
-
-        return open_coco_wds(spec, size, views, antialias)  # type: ignore[return-value]  # the same interface
+    COCO-format data only; `data.datasets.open_dataset` opens every `--dataset`."""
+    if spec.dataset not in ("coco", "synthetic"):
+        raise AdaslotError(f"--dataset {spec.dataset} is opened by adaslot.data.datasets.open_dataset")
     images, annotations = spec.paths()
     ds = CocoDataset(images, annotations, size=size, views=views, antialias=antialias)
     if spec.strict:

@@ -100,8 +100,19 @@ def _chunks(n: int, size: int) -> list[range]:
     return [range(a, min(a + size, n)) for a in range(0, n, size)] or [range(0)]
 
 
-def make_synthetic_movi(cfg: SyntheticConfig, advance: Any = lambda: None) -> dict[str, Any]:
+def make_synthetic_movi(cfg: SyntheticConfig) -> dict[str, Any]:
     """Write both layouts under `cfg.out` (atomically: a temp dir renamed at the end) -> summary dict."""
+    from adaslot.progress import progress_bar
+
+    cfg.validate()
+    if not cfg.out:
+        raise AdaslotError("give the output folder of make-synthetic")
+    with progress_bar("make-synthetic", cfg.progress, unit="video") as bar:
+        task = bar.add_task("make-synthetic", total=cfg.num_train + cfg.num_val)
+        return _write(cfg, lambda: bar.advance(task))
+
+
+def _write(cfg: SyntheticConfig, advance: Any) -> dict[str, Any]:
     out = Path(cfg.out)
     occupied = out.is_file() or (out.is_dir() and any(out.iterdir()))
     if occupied and not cfg.overwrite:

@@ -259,12 +259,7 @@ def make_synthetic(cfg: SyntheticConfig) -> dict[str, Any]:
     if not cfg.out:
         raise AdaslotError("give the output folder of make-synthetic")
     if cfg.format == "movi":
-        from adaslot.data.movi_synthetic import make_synthetic_movi
-        from adaslot.progress import progress_bar
-
-        with progress_bar("make-synthetic", cfg.progress, unit="video") as bar:
-            task = bar.add_task("make-synthetic", total=cfg.num_train + cfg.num_val)
-            return make_synthetic_movi(cfg, lambda: bar.advance(task))
+        raise AdaslotError("--format movi is written by adaslot.data.movi_synthetic.make_synthetic_movi")
     out = Path(cfg.out)
     occupied = out.is_file() or (out.is_dir() and any(out.iterdir()))
     if occupied and not cfg.overwrite:

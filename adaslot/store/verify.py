@@ -21,7 +21,7 @@ def verify_store(cfg: VerifyConfig) -> dict[str, Any]:
     `bound` is the fp16 rounding allowance (half an fp16 ulp of the largest value, plus fp32 noise); the
     check passes when max_abs_error <= bound. The dataset defaults to the location recorded at caching.
     """
-    from adaslot.data.coco import open_dataset
+    from adaslot.data.datasets import open_dataset
     from adaslot.encoders import build_encoder
 
     cfg.validate()

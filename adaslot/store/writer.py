@@ -158,7 +158,8 @@ class _ShardWriter:
 
 def cache_features(cfg: CacheConfig) -> dict[str, Any]:
     """Run the frozen encoder over the dataset into `cfg.out` (resumable, see module doc) -> summary dict."""
-    from adaslot.data.coco import collate, open_dataset
+    from adaslot.data.coco import collate
+    from adaslot.data.datasets import open_dataset
     from adaslot.encoders import build_encoder
 
     cfg = dataclasses.replace(cfg.validate(), out=normalise_path(cfg.out))

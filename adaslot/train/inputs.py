@@ -70,7 +70,8 @@ class OnlineSource:
     """Images -> train transform (resize, clamp, center crop, random flip) -> frozen encoder."""
 
     def __init__(self, cfg: TrainConfig, dist: distributed.DistInfo, local_batch: int) -> None:
-        from adaslot.data.coco import collate, open_dataset
+        from adaslot.data.coco import collate
+        from adaslot.data.datasets import open_dataset
         from adaslot.encoders import build_encoder
 
         self.device = dist.device

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from adaslot.config import DataSpec, EvalConfig, TrainConfig
-from adaslot.data.coco import open_dataset
+from adaslot.data.datasets import open_dataset
 
 
 class Validator:
