@@ -65,6 +65,7 @@ def test_one_step_from_the_store_equals_online(movi_store, movi_root):
     assert diff.max() <= 2e-3 and (diff > 1e-5).float().mean() < 1e-2
 
 
+@pytest.mark.e2e
 def test_online_train_and_eval_repeat_exactly(movi_root, tmp_path):
     """Online training (no flip) and eval's movi protocol are functions of the data and the seed."""
     from adaslot.evaluate.run import run_eval
