@@ -116,9 +116,14 @@ def config_command(name: str, cls: type[Settings]) -> Callable:
 @config_command("make-synthetic", SyntheticConfig)
 def make_synthetic_cmd(cfg: SyntheticConfig) -> None:
     """Write the built-in synthetic shapes dataset as a real COCO-2017-format dataset (JPEG + RLE json)."""
+    from adaslot.data.movi_synthetic import make_synthetic_movi
     from adaslot.data.synthetic import make_synthetic
 
-    s = make_synthetic(cfg)
+    s = make_synthetic_movi(cfg) if cfg.format == "movi" else make_synthetic(cfg)
+    if cfg.format == "movi":
+        print(f"wrote {s['train_videos']} train / {s['val_videos']} val videos of {cfg.frames} frames as "
+              f"TFDS records ({s['tfds']}) and webdataset shards ({s['wds']})")
+        return
     print(f"wrote {s['train_images']} train / {s['val_images']} val images "
           f"({s['train_objects'] + s['val_objects']} objects, {s['mean_objects']:.2f} per image) "
           f"to {s['root']}")

@@ -132,7 +132,7 @@ def _summary(result: dict[str, Any], baseline: float, mean_objects: float, ratio
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the demo pipeline into cfg.out; returns (and writes to OUT/results.json) the results dict."""
-    from adaslot.data.coco import open_dataset
+    from adaslot.data.datasets import open_dataset
     from adaslot.data.synthetic import make_synthetic
     from adaslot.evaluate import patch_ceiling, trivial_baseline
     from adaslot.store.writer import cache_features

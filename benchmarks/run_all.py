@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "docs" / "results"
 ORDER = ["cache_throughput", "loader_throughput", "train_step", "sparse_decoding", "decoder_arithmetic",
-         "precision", "sweep_throughput"]
+         "precision", "sweep_throughput", "movi_read"]
 
 
 def machine() -> str:

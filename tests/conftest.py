@@ -38,3 +38,18 @@ def train_store(synthetic_coco: Path, tmp_path_factory: pytest.TempPathFactory) 
                                encoder="random-vit-tiny", chunk_size=4, shard_size=8, batch_size=6, workers=0,
                                device="cpu", progress=False))
     return out
+
+
+MOVI_TRAIN, MOVI_VAL = 3, 2  # videos of 24 frames, 128 px (make-synthetic --format movi)
+
+
+@pytest.fixture(scope="session")
+def movi_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """make-synthetic --format movi: 3 train / 2 val videos of 24 frames, 128 px, 2 videos per shard.
+    Read-only for tests (copy before damaging)."""
+    root = tmp_path_factory.mktemp("movi") / "movi"
+    from adaslot.data.movi_synthetic import make_synthetic_movi
+
+    make_synthetic_movi(SyntheticConfig(out=str(root), format="movi", num_train=MOVI_TRAIN, num_val=MOVI_VAL,
+                                        shard_videos=2, seed=0, min_objects=2, max_objects=4, progress=False))
+    return root

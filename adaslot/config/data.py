@@ -9,20 +9,24 @@ from pathlib import Path
 from adaslot.config.base import Settings, setting
 from adaslot.errors import AdaslotError
 
-DATASETS = ("coco", "synthetic")  # both read the COCO 2017 layout (make-synthetic writes it)
+# coco, synthetic: the COCO 2017 layout; movi, coco-wds (ocl's COCO shards): docs/movi.md
+DATASETS = ("coco", "synthetic", "movi", "coco-wds")
 
 
 @dataclass
 class DataSpec(Settings):
     """A COCO-format dataset: `--root R` (COCO 2017 layout: R/{split}2017/ + R/annotations/
-    instances_{split}2017.json) or `--images DIR --annotations FILE`. `strict` is the policy of the loops
-    that read it: stop at the first missing/unreadable image or malformed annotation instead of skipping.
-    `adaslot.data.coco.open_dataset(spec, size)` opens it."""
+    instances_{split}2017.json) or `--images DIR --annotations FILE`; or with `--dataset movi` / `coco-wds`
+    a MOVi root or ocl's COCO shards (`--root R`, docs/movi.md). `strict` is the policy of the loops that
+    read it: stop at the first missing/unreadable image or malformed annotation instead of skipping.
+    `adaslot.data.datasets.open_dataset(spec, size)` opens it."""
 
-    dataset: str = setting("coco", "layout of --root: coco, or synthetic (a root written by make-synthetic)",
+    dataset: str = setting("coco", "layout of --root: coco, synthetic (a root written by make-synthetic), or "
+                                   "movi (TFDS folder, webdataset shards or PNG folders, found by itself), "
+                                   "or coco-wds (ocl's COCO webdataset shards)",
                            choices=DATASETS)
-    root: str | None = setting(None, "dataset root in the COCO 2017 layout")
-    split: str = setting("train", "split under --root (train2017/, val2017/, ...)")
+    root: str | None = setting(None, "dataset root in the COCO 2017 layout (movi, coco-wds: docs/movi.md)")
+    split: str = setting("train", "split under --root (train2017/, val2017/, ...; movi: train, val or test)")
     images: str | None = setting(None, "image folder of a COCO-format dataset (with --annotations)")
     annotations: str | None = setting(None, "COCO-format annotation json (with --images)")
     strict: bool = setting(False, "stop at the first missing or unreadable image or malformed annotation "
@@ -85,6 +89,11 @@ class SyntheticConfig(Settings):
     min_visible: float = setting(0.5, "minimum visible fraction of each object after occlusion", min=0, max=1)
     crowd_prob: float = setting(0.0, "chance that an annotation is marked iscrowd=1", min=0, max=1)
     jpeg_quality: int = setting(95, "JPEG quality", min=1, max=100)
+    format: str = setting("coco", "coco (COCO 2017 layout) or movi (videos of moving shapes in MOVi's TFDS "
+                                  "and webdataset layouts, docs/movi.md)", choices=("coco", "movi"))
+    frames: int = setting(24, "movi: frames per video", min=2)
+    video_size: int = setting(128, "movi: square frame side in pixels", min=16)
+    shard_videos: int = setting(8, "movi: videos per TFRecord / tar shard", min=1)
     overwrite: bool = setting(False, "replace OUT if it exists")
     progress: bool = setting(True, "show a progress bar")
 

@@ -10,7 +10,8 @@ from adaslot.config.data import DataSpec
 from adaslot.config.store import DEVICE_HELP, WORKERS_HELP
 from adaslot.errors import AdaslotError
 
-PROTOCOLS = ("adaslot", "dinosaur", "fullres")  # docs/method.md#protocols
+PROTOCOLS = ("adaslot", "dinosaur", "fullres")  # docs/method.md#protocols; "all" means these (COCO)
+MOVI_PROTOCOLS = ("movi",)  # docs/method.md#movi: the only protocol of --dataset movi
 
 
 def resolve_protocols(protocols: str | Sequence[str]) -> tuple[str, ...]:
@@ -19,10 +20,10 @@ def resolve_protocols(protocols: str | Sequence[str]) -> tuple[str, ...]:
         names = protocols.split(",")
         protocols = PROTOCOLS if protocols == "all" else tuple(p.strip() for p in names if p.strip())
     protocols = tuple(protocols)
-    bad = [p for p in protocols if p not in PROTOCOLS]
+    bad = [p for p in protocols if p not in PROTOCOLS + MOVI_PROTOCOLS]
     if bad or not protocols:
         raise AdaslotError(f"unknown --protocol {','.join(bad) or '(empty)'}; choose from "
-                           f"{', '.join(PROTOCOLS)} or all")
+                           f"{', '.join(PROTOCOLS + MOVI_PROTOCOLS)} or all")
     return protocols
 
 
@@ -36,7 +37,8 @@ class EvalConfig(Settings):
     data: DataSpec = setting(default_factory=lambda: DataSpec(split="val"))
     out: str | None = setting(None, "output folder (default: <checkpoint folder>/eval-<split>)")
     protocol: str = setting("all", "adaslot (224, crowd kept), dinosaur (320, no crowd), fullres (original "
-                                   "pixels), a comma list, or all")
+                                   "pixels), a comma list, or all; movi (128, each frame an image) for "
+                                   "--dataset movi")
     save_masks: bool = setting(False, "write a PNG slot-id map per image at its original size (OUT/masks/)")
     num_vis: int = setting(16, "number of picture grids to write (OUT/vis/)", min=0)
     from_cache: str | None = setting(None, "fast proxy: read cached val features from this store instead of "
@@ -61,10 +63,22 @@ class EvalConfig(Settings):
 
     @property
     def protocols(self) -> tuple[str, ...]:
+        if self.data.dataset == "movi" and self.protocol == "all":
+            return MOVI_PROTOCOLS
+        if self.data.dataset == "coco-wds" and self.protocol == "all":  # no iscrowd in the shards
+            return tuple(p for p in PROTOCOLS if p != "dinosaur")
         return resolve_protocols(self.protocol)
 
     def check(self) -> None:
-        resolve_protocols(self.protocol)
+        protocols = self.protocols
+        movi = self.data.dataset == "movi"
+        if any((p in MOVI_PROTOCOLS) != movi for p in protocols):
+            raise AdaslotError(f"--protocol {','.join(protocols)} does not apply to --dataset "
+                               f"{self.data.dataset}: movi data is scored with the movi protocol, "
+                               f"COCO-format data with {', '.join(PROTOCOLS)}")
+        if self.data.dataset == "coco-wds" and "dinosaur" in protocols:
+            raise AdaslotError("--protocol dinosaur drops crowd annotations, but COCO webdataset shards do "
+                               "not record iscrowd: read the COCO json (--dataset coco) for it")
 
 
 @dataclass

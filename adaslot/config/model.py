@@ -95,6 +95,7 @@ class Preset:
     num_slots_stage1: int
     num_slots_stage2: int
     notes: str = ""
+    num_iters: tuple[int, int] | None = None  # default steps of stage 1 / 2 (None: train's DEFAULT_NUM_ITERS)
 
 
 PRESETS: dict[str, Preset] = {}
@@ -109,8 +110,11 @@ register_preset(Preset("coco", "dino-vitb-16", ModelConfig(), 7, 33, "reference:
 # MOVi (docs/method.md#presets): slot dim 128, decoder [1024]x3; only K_max is published, stage 1 uses it too.
 _MOVI: dict[str, Any] = dict(slot_dim=128, slot_mlp_hidden=512, selector_hidden=512,
                              decoder_hidden=(1024, 1024, 1024))
-register_preset(Preset("movi-c", "dino-vitb-16", ModelConfig(num_slots=11, **_MOVI), 11, 11, "MOVi-C"))
-register_preset(Preset("movi-e", "dino-vitb-16", ModelConfig(num_slots=24, **_MOVI), 24, 24, "MOVi-E"))
+# Steps of the official configs: MOVi-C 500k / 500k, MOVi-E 100k / 500k (docs/method.md#movi).
+register_preset(Preset("movi-c", "dino-vitb-16", ModelConfig(num_slots=11, **_MOVI), 11, 11, "MOVi-C",
+                       num_iters=(500_000, 500_000)))
+register_preset(Preset("movi-e", "dino-vitb-16", ModelConfig(num_slots=24, **_MOVI), 24, 24, "MOVi-E",
+                       num_iters=(100_000, 500_000)))
 # The demo (docs/method.md#demo): 64-px shapes, the demo-colour-pos encoder (8 x 8 tokens of 128 dims, which
 # model_config_for derives from the encoder, like every preset's D and T), a
 # scaled-down model; attention_temperature 0.5 sharpens slot competition at init, so the slots leave the

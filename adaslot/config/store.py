@@ -52,6 +52,8 @@ class CacheConfig(Settings):
 
     @property
     def num_views(self) -> int:
+        if self.data.dataset == "movi":  # the official MOVi protocol has no flip (docs/method.md#movi)
+            return 1 if self.views is None else self.views
         return self.views if self.views is not None else (2 if self.data.split == "train" else 1)
 
 

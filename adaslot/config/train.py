@@ -7,7 +7,7 @@ from typing import Any
 
 from adaslot.config.base import Settings, setting
 from adaslot.config.data import DataSpec
-from adaslot.config.model import PRESETS, SELECTORS, ModelConfig
+from adaslot.config.model import PRESETS, SELECTORS, ModelConfig, get_preset
 from adaslot.config.store import DEVICE_HELP, WORKERS_HELP
 from adaslot.errors import AdaslotError
 
@@ -45,7 +45,8 @@ class TrainConfig(Settings):
         default_factory=dict, flag="model", parser=ModelConfig.parse_overrides,
         help="override a model setting: KEY=VALUE, repeatable (e.g. --model decoder_hidden=512x512)",
         axis="give model settings as model.KEY")
-    num_iters: int | None = setting(None, "optimiser steps (default 200k stage 1, 500k stage 2)", min=1,
+    num_iters: int | None = setting(None, "optimiser steps (default 200k stage 1, 500k stage 2; movi-c "
+                                          "500k / 500k, movi-e 100k / 500k)", min=1,
                                     resumable=True, warmstart_free=True)
     batch_size: int = setting(64, "global batch size (split over torchrun ranks)", min=1, input=True)
     lr: float = setting(4e-4, "peak learning rate (Adam)", above=0)
@@ -115,7 +116,9 @@ class TrainConfig(Settings):
 
     def resolved(self) -> TrainConfig:
         """A copy with stage defaults filled in (num_iters)."""
-        n = self.num_iters if self.num_iters is not None else DEFAULT_NUM_ITERS[self.stage]
+        steps = get_preset(self.preset).num_iters if self.preset in PRESETS else None
+        default = steps[self.stage - 1] if steps else DEFAULT_NUM_ITERS[self.stage]
+        n = self.num_iters if self.num_iters is not None else default
         return self.replace(num_iters=n)
 
     @classmethod

@@ -1,5 +1,5 @@
-"""Data: COCO-format datasets (pycocotools), the image transforms (docs/method.md#transforms) with their
-geometry, and the built-in
+"""Data: COCO-format datasets (pycocotools), MOVi and ocl's webdataset shards without TensorFlow
+(docs/movi.md), the image transforms (docs/method.md#transforms) with their geometry, and the built-in
 synthetic shapes dataset. Heavy modules are imported lazily by the names below."""
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ _EXPORTS = {
     "maps_to_original": "adaslot.data.transforms",
     "resize_masks_nearest_exact": "adaslot.data.transforms",
     "transform_image": "adaslot.data.transforms",
+    "MoviDataset": "adaslot.data.movi",
+    "train_frames": "adaslot.data.movi",
+    "CocoWdsDataset": "adaslot.data.coco_wds",
     "SyntheticConfig": "adaslot.data.synthetic",
     "make_synthetic": "adaslot.data.synthetic",
     "render_scene": "adaslot.data.synthetic",

@@ -335,7 +335,10 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def open_dataset(spec: DataSpec, size: int, views: int = 1, antialias: bool = False) -> CocoDataset:
     """The dataset `spec` names, at network input side `size` (never strict itself: loops apply the policy,
-    see `CocoDataset`). With `spec.strict`, a malformed annotation is refused here, before any work."""
+    see `CocoDataset`). With `spec.strict`, a malformed annotation is refused here, before any work.
+    COCO-format data only; `data.datasets.open_dataset` opens every `--dataset`."""
+    if spec.dataset not in ("coco", "synthetic"):
+        raise AdaslotError(f"--dataset {spec.dataset} is opened by adaslot.data.datasets.open_dataset")
     images, annotations = spec.paths()
     ds = CocoDataset(images, annotations, size=size, views=views, antialias=antialias)
     if spec.strict:

@@ -258,6 +258,8 @@ def make_synthetic(cfg: SyntheticConfig) -> dict[str, Any]:
     cfg.validate()
     if not cfg.out:
         raise AdaslotError("give the output folder of make-synthetic")
+    if cfg.format == "movi":
+        raise AdaslotError("--format movi is written by adaslot.data.movi_synthetic.make_synthetic_movi")
     out = Path(cfg.out)
     occupied = out.is_file() or (out.is_dir() and any(out.iterdir()))
     if occupied and not cfg.overwrite:

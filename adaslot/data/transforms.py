@@ -72,19 +72,22 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | Path, expected_wh: tuple[int, int] | None = None,
-               exif: str = "auto") -> LoadedImage:
+               exif: str = "auto", data: bytes | None = None) -> LoadedImage:
     """Decode `path` into an RGB image in the frame of its annotations, or raise ImageLoadError.
 
     exif: "auto" applies the EXIF orientation unless `expected_wh` (width, height from the annotation file)
     matches only the raw, un-rotated pixels (annotations made on raw pixels, as for tools that ignore EXIF);
     "transpose" always applies it; "raw" never does. After this, a size different from `expected_wh` is a
-    "size-mismatch" error: the annotations would not line up with the pixels.
+    "size-mismatch" error: the annotations would not line up with the pixels. `data`: the file's bytes
+    (read from a tar shard); `path` then only names the image in messages.
     """
+    import io
+
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise ImageLoadError(path, "missing", "no such file")
     try:
-        with Image.open(path) as im:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
             im.load()  # decode now: truncated data raises here, not later in a worker
             fmt, mode = im.format, im.mode
             orientation = im.getexif().get(EXIF_ORIENTATION, 1)

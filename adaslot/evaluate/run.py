@@ -13,7 +13,7 @@ import torch
 
 from adaslot import faults
 from adaslot.config import EvalConfig
-from adaslot.data.coco import open_dataset
+from adaslot.data.datasets import open_dataset
 from adaslot.device import resolve_device
 from adaslot.errors import AdaslotError
 from adaslot.evaluate.report import CONFUSION_PNG, ImageSaver, save_count_confusion

@@ -29,8 +29,8 @@ from adaslot.model.merge import merge_groups, merged_keep, slot_features, sum_gr
 if TYPE_CHECKING:
     from adaslot.data.coco import CocoDataset
 
-PROTOCOL_SIDE = {"adaslot": 224, "dinosaur": 320}
-PROTOCOL_CROWD = {"adaslot": True, "dinosaur": False, "fullres": True}  # crowd annotations kept?
+PROTOCOL_SIDE = {"adaslot": 224, "dinosaur": 320, "movi": 128}
+PROTOCOL_CROWD = {"adaslot": True, "dinosaur": False, "fullres": True, "movi": True}  # crowd kept?
 PROTOCOL_DESCRIPTION = {
     "adaslot": "AdaSlot configs: crowd kept; GT shorter side 224 (nearest-exact) + center crop; alpha "
                "bilinear to 224",
@@ -38,6 +38,8 @@ PROTOCOL_DESCRIPTION = {
                 "bilinear to 320",
     "fullres": "crowd kept; original pixels of the center-crop region; alpha bilinear straight to them; GT "
                "never resized",
+    "movi": "official MOVi: every frame an image; GT object ids at 128 x 128 (nearest-exact), background "
+            "ignored by FG-ARI and mBO; alpha bilinear to 128",
 }
 
 
@@ -102,7 +104,8 @@ def score_image(alpha_grid: torch.Tensor, item: EvalItem, protocols: Sequence[st
             side = PROTOCOL_SIDE[p]
             pred = labels_at_side(alpha_grid, side)
             gt = gt_at_side(masks, side)
-        out[p] = image_scores(pred, gt, cats)
+        # MOVi: no categories are read (docs/method.md#movi), so no class-level mBO
+        out[p] = image_scores(pred, gt, None if p == "movi" else cats)
     return out
 
 
@@ -173,7 +176,8 @@ def evaluate_model(
     cfg = cfg or EvalConfig()
     protocols = cfg.protocols
     coco = None
-    if isinstance(dataset, CocoDataset):
+    # any dataset with CocoDataset's interface (data.movi, data.coco_wds) is wrapped the same way
+    if isinstance(dataset, CocoDataset) or hasattr(dataset, "ground_truth"):
         coco = dataset
         dataset = EvalDataset(dataset, with_images=features_fn is None)
     elif isinstance(dataset, EvalDataset):

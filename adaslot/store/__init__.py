@@ -242,9 +242,12 @@ class FeatureStore:
             f"tap point   {c.get('tap_point')}",
             f"input       {c.get('input_size')}, normalisation {c.get('normalisation')}, "
             f"precision {c.get('precision')}, stored {c.get('stored_dtype')}",
-            f"dataset     {ds.get('name')} split {ds.get('split')}, {ds.get('num_listed')} listed, "
-            f"{len(ds.get('missing', []))} missing on disk, annotations sha256 "
-            f"{str(ds.get('annotation_sha256'))[:16]}...",
+            (f"dataset     {ds.get('name')} ({ds.get('layout')}) split {ds.get('split')}, "
+             f"{ds.get('num_videos')} videos, frames {ds.get('frames')}, {ds.get('num_samples')} samples, "
+             f"image_id = {ds.get('image_id')}" if ds.get("name") == "movi" else
+             f"dataset     {ds.get('name')} split {ds.get('split')}, {ds.get('num_listed')} listed, "
+             f"{len(ds.get('missing', []))} missing on disk, annotations sha256 "
+             f"{str(ds.get('annotation_sha256'))[:16]}..."),
             f"transform   {a.get('transform')}",
             f"created     by adaslot {a.get('adaslot_version')}",
         ]

@@ -21,7 +21,7 @@ def verify_store(cfg: VerifyConfig) -> dict[str, Any]:
     `bound` is the fp16 rounding allowance (half an fp16 ulp of the largest value, plus fp32 noise); the
     check passes when max_abs_error <= bound. The dataset defaults to the location recorded at caching.
     """
-    from adaslot.data.coco import open_dataset
+    from adaslot.data.datasets import open_dataset
     from adaslot.encoders import build_encoder
 
     cfg.validate()
@@ -34,7 +34,11 @@ def verify_store(cfg: VerifyConfig) -> dict[str, Any]:
         if not (src.get("images") and src.get("annotations")):
             raise AdaslotError("the store does not record its dataset location; pass --root or "
                                "--images/--annotations")
-        data = DataSpec(images=src["images"], annotations=src["annotations"])
+        kind = src.get("dataset")
+        if kind in ("movi", "coco-wds"):  # read from a root (docs/movi.md): the recorded folder and split
+            data = DataSpec(dataset=kind, root=src["images"], split=split)
+        else:
+            data = DataSpec(images=src["images"], annotations=src["annotations"])
     dev = resolve_device(cfg.device)
     encoder = build_encoder(c["encoder"], weights=cfg.encoder_weights, device=dev)
     if encoder.weights_sha256 != c.get("weights_sha256"):

@@ -52,6 +52,16 @@ def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, view
 
     ids = np.asarray(dataset.image_ids, dtype=np.int64)
     contract = {**encoder.contract(side), "stored_dtype": "float16", "precision": cfg.precision}
+    if hasattr(dataset, "store_identity"):  # MOVi (data.movi): frames of videos, no annotation file
+        return {
+            "feature_contract": contract,
+            "dataset": {**dataset.store_identity(), "split": cfg.data.split},
+            "transform": {**describe_transform(side, antialias=cfg.antialias, crop=False),
+                          "resize": f"{dataset.shape[1]}x{dataset.shape[2]} -> {side}x{side}, bicubic, "
+                                    f"align_corners=False, antialias={cfg.antialias}"},
+            "views": list(VIEW_NAMES[:views]),
+            "layout": {"chunk_samples": cfg.chunk_size, "shard_samples": cfg.shard_size},
+        }
     return {
         "feature_contract": contract,
         "dataset": {
@@ -148,7 +158,8 @@ class _ShardWriter:
 
 def cache_features(cfg: CacheConfig) -> dict[str, Any]:
     """Run the frozen encoder over the dataset into `cfg.out` (resumable, see module doc) -> summary dict."""
-    from adaslot.data.coco import collate, open_dataset
+    from adaslot.data.coco import collate
+    from adaslot.data.datasets import open_dataset
     from adaslot.encoders import build_encoder
 
     cfg = dataclasses.replace(cfg.validate(), out=normalise_path(cfg.out))
@@ -180,6 +191,7 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
             settings = store_settings(cfg, encoder, dataset, side, views)
             source = {"images": str(Path(dataset.images_dir).resolve()),
                       "annotations": str(Path(dataset.annotation_file).resolve()),
+                      "dataset": cfg.data.dataset,
                       "encoder_weights": (str(Path(cfg.encoder_weights).resolve()) if cfg.encoder_weights
                                           else None),
                       "batch_size": cfg.batch_size}  # kernels may depend on it: a repair uses the same

@@ -61,7 +61,7 @@ class FlippedViews(torch.utils.data.Dataset):
 
         index, flip = key
         item = self.dataset[index]
-        if item["ok"] and flip:
+        if item["ok"] and flip and getattr(self.dataset, "flip", True):  # MOVi: never (docs/method.md#movi)
             item["image"] = hflip(item["image"])
         return item
 
@@ -70,7 +70,8 @@ class OnlineSource:
     """Images -> train transform (resize, clamp, center crop, random flip) -> frozen encoder."""
 
     def __init__(self, cfg: TrainConfig, dist: distributed.DistInfo, local_batch: int) -> None:
-        from adaslot.data.coco import collate, open_dataset
+        from adaslot.data.coco import collate
+        from adaslot.data.datasets import open_dataset
         from adaslot.encoders import build_encoder
 
         self.device = dist.device
@@ -133,7 +134,8 @@ class CacheSource:
         store = open_store(str(cfg.from_cache))
         # Refuses (one line) a foreign, incomplete, val-split or other-encoder store.
         store.check_compatible(encoder=cfg.encoder, split="train", require_complete=True)
-        if store.num_views == 1 and dist.is_main:
+        movi = store.attrs.get("dataset", {}).get("name") == "movi"  # trained without flips anyway
+        if store.num_views == 1 and dist.is_main and not movi:
             print(f"note: {cfg.from_cache} stores one view per image, so training sees no flips "
                   "(cache the train split with 2 views to match the reference augmentation)")
         self.device = dist.device

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from adaslot.config import DataSpec, EvalConfig, TrainConfig
-from adaslot.data.coco import open_dataset
+from adaslot.data.datasets import open_dataset
 
 
 class Validator:
@@ -39,8 +39,12 @@ class Validator:
             store = open_store(cfg.val_from_cache)
             store.check_compatible(self.source.contract)
             src = store.attrs.get("source", {})
-            data = (DataSpec(root=cfg.val_root, split="val") if cfg.val_root else
-                    DataSpec(images=src.get("images"), annotations=src.get("annotations")))
+            if src.get("dataset") == "movi" or cfg.data.dataset == "movi":
+                root = cfg.val_root or cfg.data.root or src.get("images")  # the cached split's MOVi folder
+                data = DataSpec(dataset="movi", root=root, split="val")
+            else:
+                data = (DataSpec(root=cfg.val_root, split="val") if cfg.val_root else
+                        DataSpec(images=src.get("images"), annotations=src.get("annotations")))
             self.dataset = open_dataset(data, int(store.contract["input_size"][0]))
             self.features_fn, indices = cache_reader(store, self.dataset, self.device)
             self.indices = indices
@@ -56,8 +60,8 @@ class Validator:
                     else "the encoder weights found")
             check_contract(self.source.contract, self.encoder.contract(side), what,
                            "the features this run trained on", ENCODER_FIX)
-        self.dataset = open_dataset(DataSpec(root=cfg.val_root or cfg.data.root, split="val"),
-                                    side or self.encoder.image_size)
+        val = DataSpec(dataset=cfg.data.dataset, root=cfg.val_root or cfg.data.root, split="val")
+        self.dataset = open_dataset(val, side or self.encoder.image_size)
         self.indices = None
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
@@ -65,9 +69,10 @@ class Validator:
 
         if self.dataset is None:
             self._setup()
-        ecfg = EvalConfig(protocol="adaslot", batch_size=16, workers=0, max_images=self.max_images,
+        protocol = getattr(self.dataset, "protocol", "adaslot")  # MOVi data: "movi"
+        ecfg = EvalConfig(protocol=protocol, batch_size=16, workers=0, max_images=self.max_images,
                           seed=self.cfg.seed, merge_slots=self.merge_slots)
         data = EvalDataset(self.dataset, with_images=self.features_fn is None, indices=self.indices)
         result = evaluate_model(model, self.encoder, data, ecfg, features_fn=self.features_fn)
-        summary = result["protocols"]["adaslot"]
+        summary = result["protocols"][protocol]
         return {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}
