@@ -19,6 +19,7 @@ embedding interpolation, input resolution, normalisation, dtype. Stores and trai
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
 import os
 from pathlib import Path
@@ -190,7 +191,11 @@ def build_encoder(name: str, weights: str | os.PathLike | None = None, device: s
     access, ever (see module docstring)."""
     spec = get_encoder_spec(name)
     if spec.builder is not None:
-        backbone = spec.builder()
+        builder = spec.builder
+        if isinstance(builder, str):  # "module:attribute", imported only when the encoder is built
+            module, _, attr = builder.partition(":")
+            builder = getattr(importlib.import_module(module), attr)
+        backbone = builder()
         source = "builder"
         if weights is not None:
             backbone.load_state_dict(unwrap(load_weights_file(weights, name)))
@@ -240,20 +245,3 @@ def _random_init_state(spec: EncoderSpec, kwargs: dict[str, Any]) -> dict[str, t
             vit = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
         _RANDOM_INIT_CACHE[key] = {k: v.detach().clone() for k, v in vit.state_dict().items()}
     return _RANDOM_INIT_CACHE[key]
-
-
-def _demo_encoder() -> nn.Module:
-    from adaslot.demo_encoder import PatchColourPositionEncoder
-
-    return PatchColourPositionEncoder()
-
-
-# The demo's encoder (`adaslot demo`, preset `demo`): 8-px patches on 64-px images -> 8 x 8 = 64 tokens of
-# 128 dims. mean/std = 0/1: the module sees the [0, 1] pixels themselves.
-register_encoder(
-    name="demo-colour-pos", embed_dim=128, patch_size=8, image_size=64, mean=(0.0, 0.0, 0.0),
-    std=(1.0, 1.0, 1.0), builder=_demo_encoder,
-    tap_point="per-pixel fixed random Fourier colour features, patch mean (96) + 2-D sin-cos position code "
-              "(32, norm 0.1)",
-    description="demo: fixed random colour features + position code (no weights file)",
-)

@@ -39,7 +39,7 @@ class EncoderSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     timm_name: str | None = None
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
-    builder: Callable[[], nn.Module] | None = None
+    builder: Callable[[], nn.Module] | str | None = None  # or "module:attribute" of such a callable
     random_init_seed: int | None = None  # set: random weights from this seed, no file needed
     download_url: str | None = None  # the original release file, for the "missing weights" message
     hf_hub_id: str | None = None  # repo in the HF hub cache holding timm-format weights
@@ -135,3 +135,14 @@ register_encoder(name="dinov2-vitb-14-reg", timm_name="vit_base_patch14_reg4_din
                  description="DINOv2 ViT-B/14 with 4 registers")
 register_encoder(name="random-vit-tiny", timm_name="vit_tiny_patch16_224", embed_dim=192, patch_size=16,
                  random_init_seed=0, description="timm ViT-Tiny/16, random init (seed 0): tests, benchmarks")
+
+
+# The demo's encoder (`adaslot demo`, preset `demo`): 8-px patches on 64-px images -> 8 x 8 = 64 tokens of
+# 128 dims. mean/std = 0/1: the module sees the [0, 1] pixels themselves.
+register_encoder(
+    name="demo-colour-pos", embed_dim=128, patch_size=8, image_size=64, mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0), builder="adaslot.demo_encoder:PatchColourPositionEncoder",
+    tap_point="per-pixel fixed random Fourier colour features, patch mean (96) + 2-D sin-cos position code "
+              "(32, norm 0.1)",
+    description="demo: fixed random colour features + position code (no weights file)",
+)
