@@ -236,11 +236,11 @@ def load(checkpoint: str | os.PathLike, encoder_weights: str | os.PathLike | Non
     from adaslot.config.model import MethodOverrides
     from adaslot.device import resolve_device
 
-    unknown = sorted(set(method) - {f for f in MethodOverrides().to_dict()})
+    names = list(MethodOverrides().to_dict())
+    unknown = sorted(set(method) - set(names))
     if unknown:
         raise AdaslotError(f"adaslot.load() got the keyword {unknown[0]!r}; the inference-method keywords "
-                           "are "
-                           f"{', '.join(MethodOverrides().to_dict())}")
+                           f"are {', '.join(names)}")
     overrides = MethodOverrides(**method).validate().given()
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     model, payload = load_model(checkpoint, dev, overrides)

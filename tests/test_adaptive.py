@@ -1,6 +1,6 @@
-"""The inference method as a property of the model (docs/adaptive.md): recorded by train, run by eval, segment,
-the Python API and the sweep's scoring, overridden by one flag; and the training options that make the count
-(docs/method.md#count-options), each checked to do what it says (and not when off)."""
+"""The inference method as a property of the model (docs/adaptive.md): recorded by train, run by eval,
+segment, the Python API and the sweep's scoring, overridden by one flag; and the training options that make
+the count (docs/method.md#count-options), each checked to do what it says (and not when off)."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def test_eval_and_segment_masks_are_pixel_equal_for_every_method(demo_val, tmp_p
     files = _val_files(demo_val)[:6]
     img = tmp_path / "img"
     img.mkdir()
-    for image_id, path in files:
+    for _, path in files:
         (img / path.name).write_bytes(path.read_bytes())
     ann = json.loads((demo_val / "annotations" / "instances_val2017.json").read_text())
     ids = {i for i, _ in files}
@@ -139,7 +139,8 @@ def test_eval_and_segment_masks_are_pixel_equal_for_every_method(demo_val, tmp_p
                          "--save-masks", "--out", str(tmp_path / "e"), "--num-vis", "0", "--protocol",
                          "adaslot", *common], monkeypatch, capsys)
     assert code == 0, err
-    code, err = run_cli(["segment", CKPT, str(img), "--out", str(tmp_path / "s"), *common], monkeypatch, capsys)
+    code, err = run_cli(["segment", CKPT, str(img), "--out", str(tmp_path / "s"), *common], monkeypatch,
+                        capsys)
     assert code == 0, err
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())

@@ -24,7 +24,8 @@ SOURCE_KEYS = ("from_cache", "data", "encoder", "encoder_weights", "image_size",
 # Stage-1 grid keys a stage-2 variant may differ in from the checkpoint it warm-starts from (the warm start
 # loads everything but the selector; K, the selector, the sparsity weight and the schedule length are new).
 # The model fields are those the warm-start check lets differ, plus D and T (fixed by the input later).
-WARMSTART_FREE = ({"stage", "num_slots", "selector", "num_iters", "sparsity_weight", "warmstart",
+WARMSTART_FREE = ({"stage", "num_slots", "selector", "merge_slots", "merge_on", "num_iters",
+                   "sparsity_weight", "quadratic_weight", "quadratic_bias", "sparsity_ramp", "warmstart",
                    "selection_warmup", "model.feature_dim", "model.num_tokens"}
                   | {f"model.{name}" for name in WARMSTART_FREE_FIELDS})
 

@@ -216,7 +216,7 @@ def write_summary(runs: list[RunRecord], groups: list[Group], axes: list[str], r
         "Scores and rates in percent, as `adaslot eval` prints them; steps_per_s is each run's own compute, "
         "wall_s its elapsed time. vs best: 'noise' when the distance to the best is no larger than the "
         "larger std of the two (sample std over seeds), 'behind' when it is larger.", ""]
-    methods = sorted({json.dumps((r.score.get("method") or {}), sort_keys=True) for r in runs if r.score})
+    methods = list(dict.fromkeys(json.dumps(r.score.get("method") or {}) for r in runs if r.score))
     if methods:  # the inference method each checkpoint ran (its own, or --score-method's)
         lines[-1:-1] = ["Scored with the inference method " + "; ".join(
             ", ".join(f"{k}={v}" for k, v in json.loads(m).items()) for m in methods)
