@@ -33,7 +33,8 @@ def test_demo_quick_end_to_end(tmp_path):
     k_max = get_preset("demo").num_slots_stage2
     assert 0 <= results["mean_kept_slots"] <= k_max
     assert 1 <= results["mean_objects"] <= 6  # the demo draws 1-6 objects per image
-    assert results["method"] == "AdaSlot selector, sparsity weight 0.1 + slot merging (cosine distance < 0.12)"
+    assert results["method"] == ("AdaSlot selector, sparsity weight 0.1 + slot merging (cosine distance < "
+                                 "0.12)")
     assert results["inference_method"]["merge_slots"] == 0.12  # recorded by stage 2, run by eval
     assert "merged below cosine distance 0.12" in results["keep_mode"]
     confusion = results["count_confusion"]
