@@ -229,8 +229,8 @@ def test_merge_on_a_stage1_checkpoint_is_fine_keep_settings_are_refused(demo_val
 def test_train_records_merge_slots_and_eval_runs_it(train_store, tmp_path):
     res = train(tiny_train(tmp_path / "run", from_cache=str(train_store), num_iters=2, merge_slots=0.3))
     model, payload = load_model(res["checkpoint"])
-    assert payload["model_config"]["merge_slots"] == 0.3 and model.cfg.method == {"merge_slots": 0.3,
-                                                                                   "merge_on": "slots"}
+    assert payload["model_config"]["merge_slots"] == 0.3 and model.cfg.method == {
+        "merge_slots": 0.3, "merge_on": "slots", "merge_in_training": False}
     model.eval()
     out = model(torch.randn(2, model.cfg.num_tokens, model.cfg.feature_dim))
     assert out.groups is not None  # eval mode merges as recorded

@@ -87,9 +87,10 @@ class ModelConfig(Settings):
 
     @property
     def method(self) -> dict[str, Any]:
-        """The inference method (INFERENCE_FIELDS) with the values this config holds; a stage-1 model keeps
-        every slot, so its keep fields are left out."""
-        names = INFERENCE_FIELDS if self.adaptive else MERGE_FIELDS
+        """The inference method (INFERENCE_FIELDS, and whether merged groups are decoded from their mean slot)
+        with the values this config holds; a stage-1 model keeps every slot, so its keep fields are left
+        out."""
+        names = (INFERENCE_FIELDS if self.adaptive else MERGE_FIELDS) + ("merge_in_training",)
         return {name: getattr(self, name) for name in names}
 
     def with_method(self, overrides: dict[str, Any], what: str = "the checkpoint") -> ModelConfig:

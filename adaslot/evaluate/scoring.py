@@ -151,8 +151,7 @@ def keep_mode_label(model: torch.nn.Module, gumbel_eval: int | None = None) -> s
 
 def method_record(model: torch.nn.Module) -> dict[str, Any]:
     """The inference method that ran (ModelConfig.method), for metrics.json, manifest.json and score.json."""
-    cfg = _unwrap(model).cfg
-    return {**cfg.method, "merge_in_training": cfg.merge_in_training}
+    return dict(_unwrap(model).cfg.method)
 
 
 def _collate(batch: list[Any]) -> list[Any]:
