@@ -318,3 +318,10 @@ def test_selector_context_lets_a_slot_score_see_the_other_slots():
     assert torch.equal(alone.scores(slots)[:, 0], alone.scores(other)[:, 0])
     model = AdaSlot(_tiny(adaptive=True, selector_context=True))
     assert model.selector.context
+
+
+def test_merge_slots_0_turns_merging_in_training_off_too():
+    cfg = _tiny(merge_slots=0.3, merge_in_training=True)
+    off = cfg.with_method({"merge_slots": 0})
+    assert off.merge_slots == 0 and not off.merge_in_training
+    assert cfg.with_method({"merge_slots": 0.5}).merge_in_training  # another threshold keeps the decoding

@@ -109,6 +109,8 @@ class ModelConfig(Settings):
         if given.get("selector") == "adaslot" and self.selector != "adaslot":
             raise AdaslotError(f"--selector adaslot needs the Gumbel score network, which {what} lacks (it "
                                f"was trained with the {self.selector} selector)")
+        if given.get("merge_slots") == 0:  # --merge-slots 0: no merging at all, however it was trained
+            given["merge_in_training"] = False
         return dataclasses.replace(self, **given).validate()
 
     @classmethod
