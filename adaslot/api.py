@@ -2,20 +2,22 @@
 checked); `Segmenter.segment(images)` gives a `Segmentation` per image.
 
     model = adaslot.load("runs/stage2/checkpoints/last.pt", encoder_weights="dino_vitbase16_pretrain.pth")
-    result = model.segment("photo.jpg")  # labels [H, W], slots [K, D], kept [K], region
+    result = model.segment("photo.jpg")  # labels [H, W], slots [K, D], kept [K], groups [K], region
 
 Images go through the reference transform (docs/method.md#transforms: shorter side to the encoder's side,
 bicubic, center crop); labels and alpha come back at the image's original size through the mask path of
 `adaslot eval --save-masks` (evaluate/masks.py), so both give the same label map for the same image.
 Deterministic: every image starts from the same slot-initialisation noise (`seed`), and stage-2 models keep
-a slot when its keep logit beats its drop logit, as the model's forward decides in eval mode.
+a slot when its keep logit beats its drop logit, as the model's forward decides in eval mode. Slots are kept
+and merged by the inference method the checkpoint recorded (docs/adaptive.md); `load(..., merge_slots=0)`
+and the other inference-method keywords override it, as the flags of `adaslot eval` and `segment` do.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -40,13 +42,18 @@ __all__ = ["ImageLike", "Segmentation", "Segmenter", "load", "prepare_image"]
 class Segmentation:
     """One image's result. H, W: the original image size; K: the model's slots; D: the slot size.
 
-    labels: [H, W] int64 slot id of every pixel (as the PNGs of `adaslot segment` / `eval --save-masks`;
-            pixels outside `region` take the slot of the nearest crop-border point).
+    labels: [H, W] int64 segment id of every pixel: the lowest slot index of the pixel's group of merged
+            slots (its slot id when nothing merged); the PNGs of `adaslot segment` / `eval --save-masks`.
+            Pixels outside `region` take the segment of the nearest crop-border point.
     slots: [K, D] float32 slot vectors.
     kept: [K] bool, the stage-2 keep decision (all True for a stage-1 model); a dropped slot owns no pixel.
+    groups: [K] int64, the segment (group) each slot belongs to: groups[k] = the lowest slot index of k's
+            group; groups[k] == k for a slot merged with no other (and for every slot without merging).
     region: (top, left, bottom, right) the original pixels the network saw (`image[top:bottom, left:right]`).
-    alpha: [K, H, W] float32 per-slot masks at the original size (only with `alpha=True`: it is large).
+    alpha: [K, H, W] float32 per-segment masks at the original size (a group's slot masks summed into its
+            lowest slot, the others 0; only with `alpha=True`: it is large). labels = argmax over K.
     source: the file path when the image was given as one.
+    method: the inference method that ran (keep rule and merging; ModelConfig.method).
     """
 
     labels: np.ndarray
@@ -55,10 +62,27 @@ class Segmentation:
     region: tuple[int, int, int, int]
     alpha: np.ndarray | None = None
     source: str | None = None
+    groups: np.ndarray | None = None
+    method: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.groups is None:
+            self.groups = np.arange(len(self.kept))
 
     @property
     def num_kept(self) -> int:
+        """Slots kept by the keep rule (before merging)."""
         return int(self.kept.sum())
+
+    @property
+    def segments(self) -> np.ndarray:
+        """[K] bool: the kept slots that head a group (one per segment)."""
+        return self.kept & (self.groups == np.arange(len(self.groups)))
+
+    @property
+    def num_segments(self) -> int:
+        """Segments after merging: the number `adaslot eval` counts (mean_kept_slots, kept_vs_objects_r)."""
+        return int(self.segments.sum())
 
 
 def _channels_last_to_rgb(a: np.ndarray) -> torch.Tensor:
@@ -149,12 +173,18 @@ class Segmenter:
     def __repr__(self) -> str:
         stage = self.info.get("stage", "?")
         return (f"Segmenter(stage {stage}, K={self.num_slots}, encoder {self.encoder.name}, "
-                f"{self.image_size} px, device {self.device}, seed {self.seed})")
+                f"{self.image_size} px, device {self.device}, seed {self.seed}, method {self.method})")
+
+    @property
+    def method(self) -> dict[str, Any]:
+        """The inference method the model runs (ModelConfig.method)."""
+        return self.model.cfg.method
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> ModelOutput:
         """Network inputs [B, 3, S, S] in [0, 1] -> the model's output (slots [B, K, D], alpha [B, K, T], keep
-        [B, K] or None), every image from the same slot-initialisation noise; keep as the model decides."""
+        [B, K] or None, groups [B, K] or None), every image from the same slot-initialisation noise; kept and
+        merged as the model's inference method decides."""
         x = images.to(self.device, non_blocking=True)
         features = self.encoder(x).float()
         init = self.model.slot_attention.fixed_init(len(x), self.num_slots, self.seed)
@@ -163,16 +193,20 @@ class Segmenter:
     def postprocess(self, out: ModelOutput, geometries: Sequence[Geometry],
                     sources: Sequence[str | None] = (), alpha: bool = False) -> list[Segmentation]:
         """The model's output for a batch -> one Segmentation per image (labels at the original size)."""
-        grids = alpha_grids(out.alpha)
+        grids = alpha_grids(out.segment_alpha)
         slots = out.slots.float().cpu().numpy()
         kept = (out.keep > 0.5).cpu().numpy() if out.keep is not None else np.ones(slots.shape[:2], bool)
+        k = slots.shape[1]
+        no_merge = np.tile(np.arange(k), (len(slots), 1))
+        groups = out.groups.cpu().numpy() if out.groups is not None else no_merge
         results = []
         for i, geom in enumerate(geometries):
             full = alpha_full_image(grids[i], geom).cpu().numpy() if alpha else None
             source = sources[i] if i < len(sources) else None
             labels = labels_full_image(grids[i], geom)
             results.append(Segmentation(labels=labels, slots=slots[i], kept=kept[i],
-                                        region=geom.crop_region_original(), alpha=full, source=source))
+                                        region=geom.crop_region_original(), alpha=full, source=source,
+                                        groups=groups[i].astype(np.int64), method=dict(self.method)))
         return results
 
     def segment(self, images: ImageLike | Sequence[ImageLike], *, alpha: bool = False,
@@ -191,16 +225,25 @@ class Segmenter:
 
 
 def load(checkpoint: str | os.PathLike, encoder_weights: str | os.PathLike | None = None,
-         device: str | torch.device = "auto", seed: int = 0) -> Segmenter:
+         device: str | torch.device = "auto", seed: int = 0, **method: Any) -> Segmenter:
     """An adaslot checkpoint (`adaslot train`, or `adaslot convert-official` for the official ones) with the
     frozen encoder it was trained with: weights from `encoder_weights` (e.g. the DINO release file) or the
     local caches (none needed for the demo encoder). Refuses, with one line, encoder weights whose feature
-    contract differs from the checkpoint's. device: "auto" (a GPU if visible), "cpu", "cuda", "cuda:N"."""
+    contract differs from the checkpoint's. device: "auto" (a GPU if visible), "cpu", "cuda", "cuda:N".
+    method: inference-method keywords overriding the checkpoint's (docs/adaptive.md): merge_slots (0: no
+    merging), merge_on, selector, quality_tau, quality_rho, quality_alpha, quality_k_min."""
     from adaslot.checkpoint import load_encoder, load_model
+    from adaslot.config.model import MethodOverrides
     from adaslot.device import resolve_device
 
+    names = list(MethodOverrides().to_dict())
+    unknown = sorted(set(method) - set(names))
+    if unknown:
+        raise AdaslotError(f"adaslot.load() got the keyword {unknown[0]!r}; the inference-method keywords "
+                           f"are {', '.join(names)}")
+    overrides = MethodOverrides(**method).validate().given()
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    model, payload = load_model(checkpoint, dev)
+    model, payload = load_model(checkpoint, dev, overrides)
     encoder = load_encoder(payload, encoder_weights, dev)
     info = {"checkpoint": str(Path(checkpoint)), "stage": payload.get("stage"), "step": payload.get("step"),
             "encoder": payload.get("encoder")}

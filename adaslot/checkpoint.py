@@ -161,18 +161,47 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return payload
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[AdaSlot, dict[str, Any]]:
-    """Build a checkpoint's AdaSlot, load its weights, move to `device`, eval mode -> (model, payload)."""
+def recorded_model_config(payload: dict[str, Any], path: str | os.PathLike = "checkpoint") -> ModelConfig:
+    """A payload's ModelConfig, checked. A checkpoint without a recorded inference method (made before it
+    was recorded) loads as "no merging"; a setting or a value this adaslot does not know (e.g. a keep rule
+    of a newer release) is one line naming it."""
+    d = dict(payload["model_config"])
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise AdaslotError(f"{path} records the model setting {unknown[0]!r}={d[unknown[0]]!r}, which this "
+                           "adaslot does not know: use the adaslot release that wrote it")
+    cfg = ModelConfig.from_dict(d)
+    for f in dataclasses.fields(ModelConfig):
+        choices = f.metadata.get("choices")
+        if choices and getattr(cfg, f.name) not in choices:
+            raise AdaslotError(f"{path} records the inference method {f.name}={getattr(cfg, f.name)!r}, "
+                               "which "
+                               f"this adaslot does not know (it knows {', '.join(map(str, choices))})")
+    try:
+        return cfg.validate()
+    except AdaslotError as e:
+        raise AdaslotError(f"{path} records a model setting this adaslot does not accept: {e}") from None
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+               method: dict[str, Any] | None = None) -> tuple[AdaSlot, dict[str, Any]]:
+    """Build a checkpoint's AdaSlot, load its weights, move to `device`, eval mode -> (model, payload).
+
+    The model runs the inference method the checkpoint recorded (docs/adaptive.md), with `method`
+    (INFERENCE_FIELDS -> value, None: as recorded) overriding it; `model.cfg` holds the method that runs."""
     from adaslot.model import AdaSlot
 
     payload = load_checkpoint(path)
-    cfg = ModelConfig.from_dict(payload["model_config"])
+    cfg = recorded_model_config(payload, path)
     model = AdaSlot(cfg)
     try:
         model.load_state_dict(payload["model"], strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0][:200]
         raise AdaslotError(f"{path}: weights do not fit its own model_config ({first})") from None
+    if method:
+        model.cfg = cfg.with_method(method, str(path))
     model.to(device).eval()
     return model, payload
 
@@ -200,7 +229,7 @@ def load_encoder(payload: dict[str, Any], weights: str | os.PathLike | None = No
 
 def check_feature_shape(contract: dict[str, Any], payload: dict[str, Any]) -> None:
     """Refuse features of another token count or width than the checkpoint's model takes (one line)."""
-    mcfg = ModelConfig.from_dict(payload["model_config"])
+    mcfg = ModelConfig.from_dict(payload["model_config"], strict=False)
     if (contract.get("num_tokens"), contract.get("feature_dim")) != (mcfg.num_tokens, mcfg.feature_dim):
         raise AdaslotError(f"the encoder gives {contract.get('num_tokens')}x{contract.get('feature_dim')} "
                            f"features, the checkpoint's model expects {mcfg.num_tokens}x{mcfg.feature_dim}")

@@ -1,7 +1,8 @@
 """`adaslot demo`: the whole pipeline on the built-in synthetic dataset, on a CPU, with honest numbers.
 
 make-synthetic -> cache-features (train split, image + flip) -> train stage 1 (from the cache) -> train
-stage 2 (warm-started from stage 1; `selector`) -> eval on the val split (slots merged at `merge_slots`),
+stage 2 (warm-started from stage 1; `selector`; its checkpoint records the inference method, slots merged at
+`merge_slots`) -> eval on the val split with the checkpoint's method,
 each step through the library function of the real command. Then, on the same val images:
   baseline_fg_ari   the best trivial prediction (one slot everywhere, or a fixed grid of at most K_max blocks)
   patch_ceiling     the best FG-ARI any labelling of the 8 x 8 patch grid can reach (evaluate.patch_ceiling)
@@ -52,6 +53,7 @@ def _train_config(cfg: DemoConfig, stage: int, out: Path, store: Path, warmstart
         # stage 1 has no selector: it keeps TrainConfig's defaults, so changing them reuses stage 1
         sparsity_weight=cfg.sparsity_weight if stage == 2 else TrainConfig.sparsity_weight,
         selector=cfg.selector if stage == 2 else None,
+        merge_slots=cfg.merge_slots if stage == 2 else None,  # the inference method the checkpoint records
         seed=cfg.seed + stage, ckpt_every=2000 if cfg.profile == "long" else 10**9, keep_last=1, log_every=50,
         cache_in_memory=True,
         device="cpu", workers=0,
@@ -102,7 +104,7 @@ def method_name(cfg: DemoConfig) -> str:
     """What the demo trains and evaluates, in words (results.json `method`)."""
     name = (f"AdaSlot selector, sparsity weight {cfg.sparsity_weight:g}" if cfg.selector == "adaslot"
             else "quality selector")
-    merge = f" + slot merging at eval (cosine distance < {cfg.merge_slots:g})" if cfg.merge_slots else ""
+    merge = f" + slot merging (cosine distance < {cfg.merge_slots:g})" if cfg.merge_slots else ""
     return name + merge
 
 
@@ -111,7 +113,7 @@ def _eval(checkpoint: Path, data: Path, out: Path, cfg: DemoConfig, num_vis: int
 
     ecfg = EvalConfig(checkpoint=str(checkpoint), data=DataSpec(root=str(data), split="val"), out=str(out),
                       protocol=f"{PROTOCOL},fullres", num_vis=num_vis, device="cpu", workers=0, seed=cfg.seed,
-                      merge_slots=cfg.merge_slots or None, progress=cfg.progress)
+                      progress=cfg.progress)  # the checkpoint's own inference method
     return run_eval(ecfg)
 
 
@@ -119,7 +121,8 @@ def _summary(result: dict[str, Any], baseline: float, mean_objects: float, ratio
              ) -> dict[str, Any]:
     p = result["protocols"][PROTOCOL]
     return {
-        "keep_mode": result["keep_mode"], "fg_ari": p["fg_ari"], "baseline_fg_ari": baseline,
+        "keep_mode": result["keep_mode"], "inference_method": result["method"], "fg_ari": p["fg_ari"],
+        "baseline_fg_ari": baseline,
         "mean_kept_slots": p.get("mean_kept_slots"),
         "mean_objects": mean_objects, "kept_vs_objects_r": p.get("kept_vs_objects_r"),
         "cache_vs_online_step_ratio": ratio,

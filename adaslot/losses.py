@@ -14,3 +14,12 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tens
 def sparsity_loss(keep: torch.Tensor) -> torch.Tensor:
     """Mean of the hard keep mask keep [B, K] (kept fraction of K); carries the straight-through gradient."""
     return keep.mean()
+
+
+def sparsity_penalty(kept: torch.Tensor, linear: float, quadratic: float = 0.0, bias: float = 0.5
+                     ) -> torch.Tensor:
+    """The official penalty on the kept fraction `kept` (= sparsity_loss, a scalar):
+    linear * kept + quadratic * (kept - bias)^2 (docs/method.md#losses; quadratic = 0 in every released
+    config)."""
+    penalty = linear * kept
+    return penalty + quadratic * (kept - bias) ** 2 if quadratic else penalty

@@ -35,6 +35,14 @@ def constant_lr(step: int, base: float = 4e-4, warmup: int = 0, half_life: int =
     return base
 
 
+def ramp_weight(step: int, weight: float, ramp_steps: int = 0) -> float:
+    """A loss weight raised linearly from 0 at step 0 to `weight` at `ramp_steps`, then constant (ocl's
+    LinearHPScheduler with start value 0; docs/method.md#count-options). ramp_steps 0: `weight` throughout."""
+    if ramp_steps <= 0:
+        return weight
+    return weight * min(1.0, max(int(step), 0) / ramp_steps)
+
+
 SCHEDULES: dict[str, Callable[..., float]] = {
     "adaslot": adaslot_lr,
     "dinosaur": dinosaur_lr,

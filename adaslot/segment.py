@@ -5,9 +5,12 @@ model (`api.Segmenter`) -> per image, under OUT:
   masks/NAME.png    slot id per pixel at the original size (8-bit; the same file `eval --save-masks` writes)
   vis/NAME.png      with --vis: network input | slots | overlay | one alpha tile per slot
   slots/NAME.npz    with --save-slots: slots [K, D], kept [K]; gathered at the end into slots.npz
-  done.jsonl        one line per finished image (written after its files): size, crop region, kept slots
-  manifest.json     the run (checkpoint, encoder, seed), then at the end every image in input order and the
-                    skipped files with their reason
+  done.jsonl        one line per finished image (written after its files): size, crop region, kept slots,
+                    segments and groups (the slot each slot merged into)
+  manifest.json     the run (checkpoint, encoder, seed, inference method), then at the end every image in
+                    input order and the skipped files with their reason
+The masks are the label maps of the inference method the checkpoint recorded (keep rule and slot merging;
+docs/adaptive.md), or of the one the --selector / --merge-slots ... flags make of it.
 NAME is the image's path relative to the deepest folder holding every input, with the suffix .png (images of
 one folder that differ only in their suffix keep it: `a.jpg.png`, `a.png.png`). Every file is written under a
 temporary name and renamed, and an image counts as done only when its line is in done.jsonl and its files
@@ -35,6 +38,7 @@ from adaslot.device import resolve_workers
 from adaslot.errors import AdaslotError
 from adaslot.evaluate.masks import alpha_grids, labels_at_side
 from adaslot.files import atomic_path, file_sha256, write_json
+from adaslot.model.merge import sum_groups
 from adaslot.progress import progress_bar
 
 DONE_LOG, MANIFEST, SLOTS_FILE = "done.jsonl", "manifest.json", "slots.npz"
@@ -185,11 +189,11 @@ def run_segment(cfg: SegmentConfig) -> dict[str, Any]:
     if not images:
         raise AdaslotError(f"no images found in {' '.join(cfg.inputs)} (folders are searched for "
                            f"{', '.join(IMAGE_SUFFIXES)})")
-    segmenter = load(cfg.checkpoint, cfg.encoder_weights, cfg.device, seed=cfg.seed)
+    segmenter = load(cfg.checkpoint, cfg.encoder_weights, cfg.device, seed=cfg.seed, **cfg.method.given())
     contract = segmenter.encoder.contract()
     run = {"checkpoint_sha256": file_sha256(cfg.checkpoint), "encoder": contract["encoder"],
            "encoder_weights_sha256": contract["weights_sha256"], "input_size": contract["input_size"],
-           "seed": cfg.seed}
+           "seed": cfg.seed, "method": segmenter.method}
     _start(cfg, out, run)
     done = read_done(out)
     # rewrite the log with its whole lines only (a line cut short by a kill would swallow the next one)
@@ -241,7 +245,8 @@ def _segment_images(cfg: SegmentConfig, segmenter: Segmenter, out: Path, todo: l
                     log.write(json.dumps({
                         "file": r.source, "name": name, "mask": f"masks/{name}", "height": r.labels.shape[0],
                         "width": r.labels.shape[1], "crop_top_left_bottom_right": [top, left, bottom, right],
-                        "kept_slots": r.num_kept, "num_slots": len(r.kept), "stamp": b["stamp"]}) + "\n")
+                        "kept_slots": r.num_kept, "segments": r.num_segments, "groups": r.groups.tolist(),
+                        "num_slots": len(r.kept), "stamp": b["stamp"]}) + "\n")
                     log.flush()
                 new += len(good)
             bar.advance(task, len(batch))
@@ -258,9 +263,10 @@ def _write_image(cfg: SegmentConfig, out: Path, name: str, r: Any, image: torch.
             np.savez(f, slots=r.slots, kept=r.kept)
     if grid is not None:
         side = image.shape[-1]
-        title = f"{Path(name).name}  kept {r.num_kept}/{len(r.kept)}"
-        img = viz.slot_grid(image.float().numpy(), None, labels_at_side(grid, side),
-                            grid.float().cpu().numpy(), r.kept, title)
+        title = f"{Path(name).name}  kept {r.num_kept}/{len(r.kept)}, {r.num_segments} segments"
+        segments = grid if r.groups is None else sum_groups(grid[None], torch.from_numpy(r.groups)[None])[0]
+        img = viz.slot_grid(image.float().numpy(), None, labels_at_side(segments, side),
+                            grid.float().cpu().numpy(), r.kept, title, r.groups)
         viz.save_png(img, out / "vis" / name)
     viz.save_label_png(out / "masks" / name, r.labels)
 

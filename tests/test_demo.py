@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from adaslot.cli import app
-from adaslot.config import demo_config, get_preset, model_config_for
+from adaslot.config import DemoConfig, demo_config, get_preset, model_config_for
 from adaslot.demo import RESULT_KEYS
 from adaslot.encoders import build_encoder
 
@@ -36,8 +36,9 @@ def test_demo_quick_end_to_end(tmp_path):
     k_max = get_preset("demo").num_slots_stage2
     assert 0 <= results["mean_kept_slots"] <= k_max
     assert 1 <= results["mean_objects"] <= 6  # the demo draws 1-6 objects per image
-    assert results["method"] == ("AdaSlot selector, sparsity weight 0.1 + slot merging at eval (cosine "
-                                 "distance < 0.12)")
+    assert results["method"] == ("AdaSlot selector, sparsity weight 0.1 + slot merging (cosine distance < "
+                                 "0.12)")
+    assert results["inference_method"]["merge_slots"] == 0.12  # recorded by stage 2, run by eval
     assert "merged below cosine distance 0.12" in results["keep_mode"]
     confusion = results["count_confusion"]
     assert sum(map(sum, confusion["counts"])) == 16 and 0 <= results["split_rate"] <= 1
@@ -159,7 +160,8 @@ def test_shipped_checkpoint_matches_demo_encoder_and_preset():
 
     model, payload = load_model(DEMO_CHECKPOINT)
     assert payload["stage"] == 2 and payload["encoder"] == "demo-colour-pos"
-    assert model.cfg == model_config_for("demo", 2)
+    # the demo's inference method is recorded in it (docs/adaptive.md)
+    assert model.cfg == model_config_for("demo", 2, merge_slots=DemoConfig().merge_slots)
     contract = build_encoder("demo-colour-pos").contract(64)
     for key in ("weights_sha256", "tap_point", "input_size", "num_tokens", "feature_dim"):
         assert payload["feature_contract"][key] == contract[key], key

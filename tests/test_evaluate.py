@@ -14,6 +14,7 @@ from PIL import Image
 
 from adaslot.checkpoint import make_payload, save_checkpoint
 from adaslot.config import DataSpec, EvalConfig, ModelConfig
+from adaslot.config.model import MethodOverrides
 from adaslot.data.coco import CocoDataset
 from adaslot.data.transforms import compute_geometry
 from adaslot.encoders import build_encoder
@@ -367,17 +368,17 @@ def test_diagnostics_for_every_protocol_and_merging(checkpoints, synthetic_coco,
     print_results(plain)
     assert "per GT object count (adaslot protocol)" in capsys.readouterr().out
 
-    # a threshold above every cosine distance (<= 2) merges all slots into one: one kept slot per image,
-    # its mask is every pixel
-    merged = run_eval(cfg.replace(out=str(tmp_path / "all"), merge_slots=2.5))
+    # the largest threshold, 2, merges all slots (cosine distances are < 2) into one: one kept slot per
+    # image, its mask is every pixel
+    merged = run_eval(cfg.replace(out=str(tmp_path / "all"), method=MethodOverrides(merge_slots=2.0)))
     s = merged["protocols"]["adaslot"]
-    assert "merged below cosine distance 2.5" in merged["keep_mode"]
+    assert "merged below cosine distance 2" in merged["keep_mode"] and merged["method"]["merge_slots"] == 2.0
     assert s["mean_kept_slots"] == 1.0 and s["mean_active_slots"] == 1.0
     assert s["count_confusion"]["slots"] == "kept"
     assert all(len(row) == 2 and row[0] == 0 for row in s["count_confusion"]["counts"])
     assert s["split_rate"] == 0.0  # one slot cannot split an object
     # a threshold below every distance merges nothing: the plain result, now counted as kept slots
-    none = run_eval(cfg.replace(out=str(tmp_path / "none"), merge_slots=1e-12))
+    none = run_eval(cfg.replace(out=str(tmp_path / "none"), method=MethodOverrides(merge_slots=1e-12)))
     for p, s in none["protocols"].items():
         assert s["fg_ari"] == plain["protocols"][p]["fg_ari"] and s["mean_kept_slots"] == 5.0
 
@@ -386,9 +387,12 @@ def test_diagnostics_for_every_protocol_and_merging(checkpoints, synthetic_coco,
 def test_cli_merge_slots_flag(checkpoints, synthetic_coco, tmp_path, monkeypatch, capsys):
     args = ["eval", str(checkpoints[2]), "--root", str(synthetic_coco), "--num-vis", "0", "--workers", "0",
             "--no-progress", "--device", "cpu", "--protocol", "adaslot"]
-    code, err = run_cli([*args, "--out", str(tmp_path / "bad"), "--merge-slots", "0"], monkeypatch, capsys)
-    assert code == 2 and err == "adaslot: error: --merge-slots must be > 0, got 0.0"
+    for bad, why in (("2.5", "<= 2, got 2.5"), ("-0.1", ">= 0, got -0.1")):  # (0, 2], or 0 for off
+        code, err = run_cli([*args, "--out", str(tmp_path / "bad"), "--merge-slots", bad], monkeypatch,
+                            capsys)
+        assert code == 2 and err == f"adaslot: error: --merge-slots must be {why}", err
     code, _ = run_cli([*args, "--out", str(tmp_path / "ok"), "--merge-slots", "0.12"], monkeypatch, capsys)
     m = json.loads((tmp_path / "ok" / "metrics.json").read_text())
-    assert code == 0 and m["config"]["merge_slots"] == 0.12 and m["keep_mode"].startswith("deterministic")
+    assert code == 0 and m["config"]["method"]["merge_slots"] == 0.12
+    assert m["keep_mode"].startswith("deterministic") and m["method"]["overridden"] == ["merge_slots"]
     assert m["protocols"]["adaslot"]["count_confusion"]["slots"] == "kept"

@@ -164,16 +164,16 @@ def test_collect_rebuilds_the_same_table_from_run_folders(stage1, tmp_path, monk
     assert (tmp_path / "runs" / "slot_dim=16_seed=2" / "score.json").is_file()
 
 
-def test_collect_with_merge_slots_rescores_as_eval_merge_slots(stage1, tmp_path, monkeypatch, capsys,
-                                                              synthetic_coco, val_store):
+def test_collect_with_score_method_rescores_as_eval_merge_slots(stage1, tmp_path, monkeypatch, capsys,
+                                                               synthetic_coco, val_store):
     out, _ = stage1
     shutil.copytree(out / "runs", tmp_path / "runs")
-    code, err = run_cli(["sweep", "--collect", str(tmp_path), "--merge-slots", "0.5", "--no-progress"],
-                        monkeypatch, capsys)
+    code, err = run_cli(["sweep", "--collect", str(tmp_path), "--score-method", "merge_slots=0.5",
+                         "--no-progress"], monkeypatch, capsys)
     assert code == 0, err
     run = tmp_path / "runs" / "slot_dim=16_seed=1"
     score = json.loads((run / "score.json").read_text())
-    assert score["merge_slots"] == 0.5
+    assert score["score_method"] == {"merge_slots": 0.5} and score["method"]["merge_slots"] == 0.5
     code, err = run_cli(["eval", str(run / "checkpoints" / "last.pt"), "--root", str(synthetic_coco),
                          "--from-cache", str(val_store), "--out", str(tmp_path / "eval"), "--num-vis", "0",
                          "--protocol", "adaslot", "--workers", "0", "--seed", "1", "--merge-slots", "0.5",
@@ -185,7 +185,7 @@ def test_collect_with_merge_slots_rescores_as_eval_merge_slots(stage1, tmp_path,
     assert score["eval"]["mean_kept_slots"] < 4  # 4 slots, some merged
     table = rows(tmp_path / "sweep.csv")
     assert float(table[0]["mean_kept_slots"]) < 4
-    assert "merged below cosine distance 0.5" in (tmp_path / "summary.md").read_text()
+    assert "inference method merge_slots=0.5" in (tmp_path / "summary.md").read_text()
     # back to no merging: rescored, the table is the sweep's own again
     code, err = run_cli(["sweep", "--collect", str(tmp_path), "--no-progress"], monkeypatch, capsys)
     assert code == 0, err

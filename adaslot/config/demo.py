@@ -7,7 +7,7 @@ from typing import Any
 
 from adaslot.config.base import Settings, setting
 from adaslot.config.data import SyntheticConfig
-from adaslot.config.model import SELECTORS
+from adaslot.config.model import model_alias
 from adaslot.errors import AdaslotError
 
 PROFILES = ("normal", "long", "quick")
@@ -42,12 +42,13 @@ class DemoConfig(Settings):
     lr: float = setting(2e-3, "peak learning rate", above=0, cli=False)
     warmup_steps: int = setting(200, "warm-up steps", min=0, cli=False)
     lr_half_life: int = setting(100_000, "steps per halving of the learning rate", min=1, cli=False)
-    selector: str = setting("adaslot", "stage-2 selector: adaslot (Gumbel keep/drop + sparsity penalty) or "
-                                       "quality (greedy selection by slot quality)", choices=SELECTORS)
+    selector: str = model_alias("selector", "adaslot", "stage-2 selector: adaslot (Gumbel keep/drop + "
+                                "sparsity penalty) or quality (greedy selection by slot quality)")
     sparsity_weight: float = setting(0.1, "stage-2 sparsity weight of the adaslot selector (higher drops "
                                           "more slots)", min=0)
-    merge_slots: float = setting(0.12, "at eval, merge slots closer than this cosine distance (SOLV's "
-                                       "value; 0: no merging)", min=0)
+    merge_slots: float = model_alias("merge_slots", 0.12, "the stage-2 model's slot merging (recorded in its "
+                                     "checkpoint, so eval, segment and the API run it): merge slots closer "
+                                     "than this cosine distance (SOLV's value); 0: no merging")
     ratio_steps: int = setting(10, "steps timed online vs from the cache", min=1, cli=False)
     shipped: str | None = setting(None, "checkpoint to evaluate as 'shipped' (default: adaslot/assets; '' "
                                         "skips it)")

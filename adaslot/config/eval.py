@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from adaslot.config.base import Settings, setting
 from adaslot.config.data import DataSpec
+from adaslot.config.model import MethodOverrides
 from adaslot.config.store import DEVICE_HELP, WORKERS_HELP
 from adaslot.errors import AdaslotError
 
@@ -30,7 +31,7 @@ def resolve_protocols(protocols: str | Sequence[str]) -> tuple[str, ...]:
 @dataclass
 class EvalConfig(Settings):
     """`adaslot eval`; `evaluate.evaluate_model` (in-memory models) uses protocol, batch_size, workers,
-    max_images, gumbel_eval, merge_slots, seed and data.strict only."""
+    max_images, gumbel_eval, method, seed and data.strict only."""
 
     checkpoint: str = setting("", "an adaslot checkpoint (.pt) written by `adaslot train`", argument=True,
                               required=True)
@@ -46,12 +47,8 @@ class EvalConfig(Settings):
     gumbel_eval: int | None = setting(None, "stage 2: sample the keep decision with Gumbel noise of this "
                                             "seed (the official, stochastic protocol); default: keep-logit "
                                             "> drop-logit")
-    merge_slots: float | None = setting(None, "merge slots whose vectors are closer than this cosine "
-                                              "distance (complete linkage; SOLV uses 0.12) and sum their "
-                                              "masks; default: no merging", above=0)
-    merge_on: str = setting("slots", "what --merge-slots compares: slots (the slot vectors, after SOLV) or "
-                                     "features (each slot's alpha-weighted mean input feature, ours)",
-                            choices=("slots", "features"))
+    # the inference method: the checkpoint's, each flag given overrides it (--merge-slots 0: no merging)
+    method: MethodOverrides = setting(default_factory=MethodOverrides)
     encoder_weights: str | None = setting(None, "encoder weights file (default: local caches)")
     device: str = setting("auto", DEVICE_HELP)
     batch_size: int = setting(32, "images per forward pass", min=1)

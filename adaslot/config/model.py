@@ -13,6 +13,12 @@ from adaslot.config.base import Settings, parse_value, setting
 from adaslot.errors import AdaslotError
 
 SELECTORS = ("adaslot", "quality")
+MERGE_ON = ("slots", "features")
+# The inference method (docs/adaptive.md): the keep rule (stage 2) and slot merging. A checkpoint records it
+# in its model config; eval, segment, the Python API and the sweep's scoring run it unless told otherwise.
+KEEP_FIELDS = ("selector", "quality_tau", "quality_rho", "quality_alpha", "quality_k_min")
+MERGE_FIELDS = ("merge_slots", "merge_on")
+INFERENCE_FIELDS = KEEP_FIELDS + MERGE_FIELDS
 
 
 @dataclass
@@ -50,6 +56,23 @@ class ModelConfig(Settings):
                                   warmstart_free=True)
     quality_k_min: int = setting(2, "quality selector: slots always kept (the best by quality)", min=1,
                                  warmstart_free=True)
+    # Slot merging (docs/method.md#slot-merging): part of the inference method, recorded in the checkpoint.
+    merge_slots: float = setting(0.0, "merge slots closer than this cosine distance (complete linkage; "
+                                      "SOLV's 0.12) into one segment; 0: no merging", min=0, max=2,
+                                 warmstart_free=True)
+    merge_on: str = setting("slots", "what merging compares: slots (the slot vectors, after SOLV) or "
+                                     "features (each slot's alpha-weighted mean input feature, ours)",
+                            choices=MERGE_ON, warmstart_free=True)
+    # Options that make the count in training (docs/method.md#count-options); off = the reference.
+    merge_in_training: bool = setting(False, "merge slots inside the model in training too: the decoder "
+                                             "rebuilds from each group's mean slot (SOLV); needs merge_slots",
+                                      warmstart_free=True)
+    reassign_kept: bool = setting(False, "stage 2: after the keep decision, run the last slot-attention "
+                                         "iteration again over the kept slots only (after MetaSlot)",
+                                  warmstart_free=True)
+    selector_context: bool = setting(False, "stage 2, adaslot selector: the score network sees each slot "
+                                            "with its image's mean slot (ours, not AdaSlot's)",
+                                     warmstart_free=True)
     eps: float = setting(1e-8, "slot-attention renormalisation epsilon", above=0)
     # Options only a non-reference preset changes; the defaults are the reference (docs/method.md#deviations).
     slot_init_scale: float = setting(1.0, "multiplies exp(log sigma) of the slot initialisation", above=0)
@@ -62,6 +85,40 @@ class ModelConfig(Settings):
 
     def to_dict(self) -> dict[str, Any]:
         return super().to_dict()
+
+    def check(self) -> None:
+        if self.merge_in_training and not self.merge_slots:
+            raise AdaslotError("merge_in_training needs a merge threshold (--merge-slots T, T > 0)")
+        if self.merge_in_training and self.merge_on != "slots":
+            raise AdaslotError("merge_in_training merges slot vectors (SOLV); it needs --merge-on slots")
+
+    @property
+    def method(self) -> dict[str, Any]:
+        """The inference method (INFERENCE_FIELDS, and whether merged groups are decoded from their mean slot)
+        with the values this config holds; a stage-1 model keeps every slot, so its keep fields are left
+        out."""
+        names = (INFERENCE_FIELDS if self.adaptive else MERGE_FIELDS) + ("merge_in_training",)
+        return {name: getattr(self, name) for name in names}
+
+    def with_method(self, overrides: dict[str, Any], what: str = "the checkpoint") -> ModelConfig:
+        """This config with inference-method `overrides` (INFERENCE_FIELDS -> value; None: keep the
+        recorded value) applied and checked: keep settings need a stage-2 model, and the adaslot keep rule
+        needs the score network that only a model trained with it has (one-line AdaslotError)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(given) - set(INFERENCE_FIELDS))
+        if unknown:
+            raise AdaslotError(f"{unknown[0]!r} is not an inference-method setting (those are "
+                               f"{', '.join(INFERENCE_FIELDS)})")
+        keep = [k for k in KEEP_FIELDS if k in given]
+        if keep and not self.adaptive:
+            raise AdaslotError(f"--{keep[0].replace('_', '-')} is a keep setting, but {what} is a stage-1 "
+                               "model (every slot is kept); drop it")
+        if given.get("selector") == "adaslot" and self.selector != "adaslot":
+            raise AdaslotError(f"--selector adaslot needs the Gumbel score network, which {what} lacks (it "
+                               f"was trained with the {self.selector} selector)")
+        if given.get("merge_slots") == 0:  # --merge-slots 0: no merging at all, however it was trained
+            given["merge_in_training"] = False
+        return dataclasses.replace(self, **given).validate()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], strict: bool = True) -> ModelConfig:
@@ -82,6 +139,57 @@ class ModelConfig(Settings):
                 out[key] = parse_value(cls, key, value)
             except AdaslotError as e:
                 raise AdaslotError(f"{flag} {e}") from None
+        return out
+
+
+def model_alias(name: str, default: Any = None, help: str | None = None, **meta: Any) -> Any:
+    """A field of another config that sets ModelConfig's `name`: same help, range and choices, its own
+    default (None: the model's / the checkpoint's value). The one declaration stays ModelConfig's."""
+    f = next(f for f in dataclasses.fields(ModelConfig) if f.name == name)
+    m = f.metadata
+    return setting(default, help or m["help"], min=m["min"], max=m["max"], above=m["above"],
+                   choices=m["choices"], **meta)
+
+
+@dataclass
+class MethodOverrides(Settings):
+    """The inference method as a command may override it (eval, segment): each field sets the ModelConfig
+    field of its name; None keeps what the checkpoint recorded (docs/adaptive.md)."""
+
+    selector: str | None = model_alias("selector", help="keep rule of a stage-2 model: adaslot (the score "
+                                                        "network) or quality; default: the checkpoint's")
+    quality_tau: float | None = model_alias("quality_tau")
+    quality_rho: float | None = model_alias("quality_rho")
+    quality_alpha: float | None = model_alias("quality_alpha")
+    quality_k_min: int | None = model_alias("quality_k_min")
+    merge_slots: float | None = model_alias("merge_slots", help="merge slots closer than this cosine "
+                                            "distance (complete linkage; SOLV's 0.12); 0: no merging; "
+                                            "default: the checkpoint's")
+    merge_on: str | None = model_alias("merge_on")
+
+    def given(self) -> dict[str, Any]:
+        """{field: value} of the overrides set (not None)."""
+        return {k: v for k, v in self.to_dict().items() if v is not None}
+
+    @classmethod
+    def parse(cls, items: list[str], flag: str = "--score-method") -> dict[str, Any]:
+        """["merge_slots=0.25", "merge_on=features"] -> {"merge_slots": 0.25, "merge_on": "features"}, checked
+        (one line naming `flag` and the key)."""
+        out: dict[str, Any] = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in INFERENCE_FIELDS:
+                raise AdaslotError(f"{flag} expects KEY=VALUE with KEY one of {', '.join(INFERENCE_FIELDS)}; "
+                                   f"got {item!r}")
+            try:
+                out[key] = parse_value(ModelConfig, key, value)
+            except AdaslotError as e:
+                raise AdaslotError(f"{flag} {e}") from None
+        try:
+            cls(**out).validate()
+        except AdaslotError as e:
+            raise AdaslotError(f"{flag} {str(e).lstrip('-')}") from None
         return out
 
 

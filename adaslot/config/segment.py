@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adaslot.config.base import Settings, setting
+from adaslot.config.model import MethodOverrides
 from adaslot.config.store import DEVICE_HELP, WORKERS_HELP
 from adaslot.errors import AdaslotError
 
@@ -39,6 +40,8 @@ class SegmentConfig(Settings):
     workers: int | None = setting(None, WORKERS_HELP, min=0)
     seed: int = setting(0, "seed of the slot-initialisation noise (one draw shared by every image, as in "
                            "eval)")
+    # the inference method: the checkpoint's, each flag given overrides it (--merge-slots 0: no merging)
+    method: MethodOverrides = setting(default_factory=MethodOverrides)
     progress: bool = setting(True, "show the progress bar")
 
     def check(self) -> None:

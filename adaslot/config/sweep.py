@@ -34,7 +34,7 @@ from adaslot.config.base import (
     value_text,
 )
 from adaslot.config.data import DataSpec
-from adaslot.config.model import ModelConfig, model_config_for
+from adaslot.config.model import MethodOverrides, ModelConfig, model_config_for
 from adaslot.config.train import TrainConfig
 from adaslot.errors import AdaslotError
 
@@ -161,9 +161,11 @@ class SweepConfig(Settings):
     threads: int = setting(1, "torch threads per worker", min=1)
     score_images: int | None = setting(None, "score each finished variant on the first N val images "
                                              "(default: all)", min=1)
-    merge_slots: float | None = setting(None, "score with slots merged below this cosine distance (as eval "
-                                              "--merge-slots); a rerun with another value re-scores, nothing "
-                                              "retrains", above=0)
+    score_method: dict[str, Any] = setting(
+        default_factory=dict, parser=MethodOverrides.parse,
+        help="score with this inference method instead of each checkpoint's: KEY=VALUE, repeatable (e.g. "
+             "--score-method merge_slots=0.12; merge_slots=0: no merging); a rerun with another value "
+             "re-scores, nothing retrains")
     rank_by: str = setting("fg_ari", "metric the summary is sorted by: any column of sweep.csv (fg_ari, "
                                      "mbo_i, mbo_c, final_loss, ...); losses, rates of errors and times rank "
                                      "lowest first")
@@ -199,7 +201,7 @@ class SweepConfig(Settings):
 
     def scoring(self) -> dict[str, Any]:
         """How finished variants are scored (recorded in each score.json; a change re-scores)."""
-        return {"score_images": self.score_images, "merge_slots": self.merge_slots}
+        return {"score_images": self.score_images, "score_method": dict(self.score_method)}
 
     def device_list(self) -> list[str]:
         return [d.strip() for d in self.devices.split(",") if d.strip()] or ["auto"]

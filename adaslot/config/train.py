@@ -7,7 +7,7 @@ from typing import Any
 
 from adaslot.config.base import Settings, setting
 from adaslot.config.data import DataSpec
-from adaslot.config.model import PRESETS, SELECTORS, ModelConfig, get_preset
+from adaslot.config.model import PRESETS, ModelConfig, get_preset, model_alias
 from adaslot.config.store import DEVICE_HELP, WORKERS_HELP
 from adaslot.errors import AdaslotError
 
@@ -38,9 +38,13 @@ class TrainConfig(Settings):
                           choices=tuple(PRESETS), input=True)
     num_slots: int | None = setting(None, "K (default: the preset's stage-1 K, or its K_max in stage 2)",
                                     min=1)
-    selector: str | None = setting(None, "stage 2: adaslot (Gumbel keep/drop + sparsity penalty, the "
-                                         "reference) or quality (greedy selection by slot quality, no "
-                                         "gradient); default: the preset's", choices=SELECTORS)
+    selector: str | None = model_alias("selector", help="stage 2: adaslot (Gumbel keep/drop + sparsity "
+                                       "penalty, the reference) or quality (greedy selection by slot "
+                                       "quality, no gradient); default: the preset's")
+    merge_slots: float | None = model_alias("merge_slots", help="record slot merging below this cosine "
+                                            "distance (SOLV's 0.12) as the model's inference method (eval, "
+                                            "segment and the API run it); 0 or default: no merging")
+    merge_on: str | None = model_alias("merge_on")
     model_overrides: dict[str, Any] = setting(
         default_factory=dict, flag="model", parser=ModelConfig.parse_overrides,
         help="override a model setting: KEY=VALUE, repeatable (e.g. --model decoder_hidden=512x512)",
@@ -60,6 +64,14 @@ class TrainConfig(Settings):
                                     axis="give one checkpoint, or --warmstart auto with --stage1-sweep")
     sparsity_weight: float = setting(0.1, "stage 2: weight of the mean-kept-fraction penalty (adaslot "
                                           "selector only)", min=0, warmstart_free=True)
+    quadratic_weight: float = setting(0.0, "stage 2: weight of the official penalty's quadratic term "
+                                           "(mean kept fraction - quadratic_bias)^2; 0 in every released "
+                                           "config", min=0, warmstart_free=True)
+    quadratic_bias: float = setting(0.5, "stage 2: the kept fraction the quadratic term pulls towards",
+                                    min=0, max=1, warmstart_free=True)
+    sparsity_ramp: int = setting(0, "stage 2: raise the sparsity weights linearly from 0 over the first N "
+                                    "steps (0: full weight from the start, the reference)", min=0,
+                                warmstart_free=True)
     selection_warmup: int = setting(0, "stage 2: first steps without slot selection (every slot decodes, as "
                                        "in stage 1); QASA trains its quality selector after a warm-up",
                                     min=0, warmstart_free=True)
@@ -106,8 +118,9 @@ class TrainConfig(Settings):
 
     def model_settings(self) -> dict[str, Any]:
         """The model overrides of this run: --model KEY=VALUE, then the model settings that have their own
-        flag (--num-slots, --selector) on top."""
-        own = {k: v for k, v in (("num_slots", self.num_slots), ("selector", self.selector)) if v is not None}
+        flag (--num-slots, --selector, --merge-slots, --merge-on) on top."""
+        own = {k: getattr(self, k) for k in ("num_slots", "selector", "merge_slots", "merge_on")
+               if getattr(self, k) is not None}
         return {**self.model_overrides, **own}
 
     def val_source(self) -> str | None:

@@ -30,9 +30,10 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     cfg.validate()
     protocols = cfg.protocols
+    given = cfg.method.given()
     device = resolve_device(cfg.device)
-    model, payload = load_model(cfg.checkpoint, device)
-    mcfg = model.cfg
+    model, payload = load_model(cfg.checkpoint, device, given)
+    mcfg = model.cfg  # the inference method that runs: the checkpoint's, overridden by cfg.method
     if cfg.gumbel_eval is not None and not mcfg.adaptive:
         raise AdaslotError(f"--gumbel-eval samples the stage-2 keep decision, but {cfg.checkpoint} is a "
                            "stage-1 checkpoint (all slots are kept); drop the flag")
@@ -82,6 +83,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         "protocols": result["protocols"],
         "protocol_definitions": {p: PROTOCOL_DESCRIPTION[p] for p in protocols},
         "keep_mode": result["keep_mode"],
+        "method": {**result["method"], "overridden": sorted(given)},
         "source": source,
         "num_images": result["num_images"],
         "skipped_images": result["skipped"],

@@ -4,8 +4,9 @@ Stage-2 models keep a slot when its keep logit beats its drop logit (a quality-s
 training), and every image starts from the same slot-initialisation noise (`SlotAttention.fixed_init(seed)`),
 so a score is a function of the image alone, whatever the batch size, as in `adaslot segment`
 (docs/method.md#deviations). `gumbel_eval=SEED` is the official evaluation: the slot initialisation and the
-Gumbel noise are sampled per image, from a generator seeded with SEED. `merge_slots` merges similar slots of
-any model afterwards. The caller's global RNG state is left untouched.
+Gumbel noise are sampled per image, from a generator seeded with SEED. Slots merge as the model's inference
+method says (`cfg.merge_slots`, recorded in the checkpoint; `EvalConfig.method` overrides it), in the
+model's forward (docs/adaptive.md). The caller's global RNG state is left untouched.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from adaslot.data.transforms import Geometry, compute_geometry
 from adaslot.device import resolve_workers
 from adaslot.evaluate.masks import alpha_grids, gt_at_side, labels_at_side, labels_fullres
 from adaslot.metrics import MetricAccumulator, image_scores
-from adaslot.model.merge import merge_groups, merged_keep, slot_features, sum_groups
 
 if TYPE_CHECKING:
     from adaslot.data.coco import CocoDataset
@@ -133,9 +133,9 @@ def is_adaptive(model: torch.nn.Module) -> bool:
     return bool(getattr(getattr(_unwrap(model), "cfg", None), "adaptive", False))
 
 
-def keep_mode_label(model: torch.nn.Module, gumbel_eval: int | None, merge_slots: float | None = None,
-                    merge_on: str = "slots") -> str:
-    """How the evaluated slots were chosen, in words (metrics.json `keep_mode`)."""
+def keep_mode_label(model: torch.nn.Module, gumbel_eval: int | None = None) -> str:
+    """How the evaluated slots were chosen and grouped (the model's inference method), in words
+    (metrics.json `keep_mode`)."""
     cfg = getattr(_unwrap(model), "cfg", None)
     if not is_adaptive(model):
         label = "all slots (stage 1)"
@@ -146,10 +146,16 @@ def keep_mode_label(model: torch.nn.Module, gumbel_eval: int | None, merge_slots
         label = "deterministic (keep-logit > drop-logit)"
     else:
         label = f"gumbel (official stochastic protocol, seed {gumbel_eval})"
-    if merge_slots is not None:
-        what = "slot vectors" if merge_on == "slots" else "mean input features"
-        label += f", then slots merged below cosine distance {merge_slots} of their {what}"
+    if getattr(cfg, "merge_slots", 0):
+        what = "slot vectors" if cfg.merge_on == "slots" else "mean input features"
+        how = ", each group decoded from its mean slot" if cfg.merge_in_training else ""
+        label += f", then slots merged below cosine distance {cfg.merge_slots:g} of their {what}{how}"
     return label
+
+
+def method_record(model: torch.nn.Module) -> dict[str, Any]:
+    """The inference method that ran (ModelConfig.method), for metrics.json, manifest.json and score.json."""
+    return dict(_unwrap(model).cfg.method)
 
 
 @torch.no_grad()
@@ -193,6 +199,9 @@ def evaluate_model(
     accs = {p: MetricAccumulator() for p in protocols}
     skipped: list[dict[str, Any]] = []
     was_training = model.training
+    inner = _unwrap(model)
+    recorded = inner.cfg
+    inner.cfg = recorded.with_method(cfg.method.given(), "this model")
     model.eval()
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -217,11 +226,14 @@ def evaluate_model(
                                  cfg, device, on_image)
                 if progress is not None:
                     progress(len(batch))
+        label, method = keep_mode_label(model, cfg.gumbel_eval), method_record(model)
     finally:
         model.train(was_training)
+        inner.cfg = recorded
     return {
         "protocols": {p: accs[p].summary() for p in protocols},
-        "keep_mode": keep_mode_label(model, cfg.gumbel_eval, cfg.merge_slots, cfg.merge_on),
+        "keep_mode": label,
+        "method": method,
         "num_images": accs[protocols[0]].num_images,
         "skipped": skipped,
     }
@@ -243,12 +255,8 @@ def _score_batch(model: torch.nn.Module, encoder: Any, features_fn: Any, items: 
         inner = _unwrap(model)
         init = inner.slot_attention.fixed_init(len(items), inner.cfg.num_slots, cfg.seed)
     out = model(feats, slots_init=init, keep_mode=keep_mode if adaptive else None)
-    alpha, keep, groups = out.alpha, out.keep, None
-    if cfg.merge_slots is not None:  # docs/method.md#slot-merging: a group's masks summed into one slot
-        vectors = out.slots if cfg.merge_on == "slots" else slot_features(alpha, feats)
-        groups = merge_groups(vectors, cfg.merge_slots, keep=keep)
-        alpha, keep = sum_groups(alpha, groups), merged_keep(groups, keep)
-    grids = alpha_grids(alpha)
+    keep, groups = out.segment_keep, out.groups  # the model's inference method (docs/adaptive.md)
+    grids = alpha_grids(out.segment_alpha)
     own = alpha_grids(out.alpha) if groups is not None and on_image is not None else None
     keeps = keep.detach().float().cpu().numpy() if keep is not None else None
     for i, item in enumerate(items):

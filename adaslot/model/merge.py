@@ -48,6 +48,12 @@ def sum_groups(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bkr,bk...->br...", assign, x)
 
 
+def mean_groups(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """As `sum_groups`, with the mean over the group instead of the sum (e.g. merged slot vectors)."""
+    size = torch.nn.functional.one_hot(groups, x.shape[1]).sum(1).clamp_min(1)  # [B, K] members per group
+    return sum_groups(x, groups) / size.view(*size.shape, *([1] * (x.dim() - 2))).to(x.dtype)
+
+
 def slot_features(alpha: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """alpha [B, K, T], features [B, T, D] -> [B, K, D]: each slot's alpha-weighted mean input feature, what
     it explains of the image (docs/method.md#slot-merging); a slot with no alpha gets zeros."""

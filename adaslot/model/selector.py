@@ -22,17 +22,24 @@ def sample_gumbel(shape: torch.Size | tuple[int, ...], like: torch.Tensor) -> to
 class GumbelSelector(nn.Module):
     """slots [B, K, S] -> (keep [B, K] hard 0/1 with a straight-through gradient, logits [B, K, 2])."""
 
-    def __init__(self, slot_dim: int, hidden: int, tau: float = 1.0) -> None:
+    def __init__(self, slot_dim: int, hidden: int, tau: float = 1.0, context: bool = False) -> None:
         super().__init__()
-        self.tau = tau
-        self.net = two_layer_mlp(slot_dim, hidden, 2)
+        self.tau, self.context = tau, context
+        # context (docs/method.md#count-options, ours): each slot is scored beside its image's mean slot
+        self.net = two_layer_mlp(2 * slot_dim if context else slot_dim, hidden, 2)
+
+    def scores(self, slots: torch.Tensor) -> torch.Tensor:
+        """slots [B, K, S] -> logits [B, K, 2] (index 1 = keep)."""
+        if self.context:
+            slots = torch.cat([slots, slots.mean(dim=1, keepdim=True).expand_as(slots)], dim=-1)
+        return self.net(slots)
 
     def forward(self, slots: torch.Tensor, mode: str = "gumbel",
                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """mode "gumbel": hard Gumbel-softmax (tau=1), forward one-hot of argmax(logits + g), gradient of
         softmax((logits + g) / tau); `noise` [B, K, 2] fixes g. mode "deterministic": keep <=> logit_keep >
         logit_drop (g = 0), same straight-through gradient."""
-        logits = self.net(slots)  # [B, K, 2]
+        logits = self.scores(slots)  # [B, K, 2]
         if mode == "gumbel":
             g = sample_gumbel(logits.shape, logits) if noise is None else noise.to(logits)
         elif mode == "deterministic":

@@ -79,18 +79,41 @@ class SlotAttention(nn.Module):
 
         `attn` is the last iteration's softmax over slots before the eps renormalisation (official output).
         """
-        b, k, s = slots.shape
-        inputs = self.norm_input(inputs)
-        keys = self.to_k(inputs)  # [B, T, S]
-        values = self.to_v(inputs)  # [B, T, S]
-        attn = inputs.new_zeros(b, k, inputs.shape[1])
+        keys, values = self.project(inputs)
+        attn = inputs.new_zeros(slots.shape[0], slots.shape[1], inputs.shape[1])
         for _ in range(self.num_iterations):
-            q = self.to_q(self.norm_slots(slots))  # [B, K, S]
-            logits = torch.einsum("bks,bts->bkt", q, keys) * self.scale
-            attn = logits.softmax(dim=1)  # slots compete for each token
-            weights = attn + self.eps
-            weights = weights / weights.sum(dim=-1, keepdim=True)  # weighted mean over tokens
-            updates = torch.einsum("bkt,bts->bks", weights, values)
-            slots = self.gru(updates.reshape(b * k, s), slots.reshape(b * k, s)).reshape(b, k, s)
-            slots = slots + self.mlp(slots)
+            slots, attn = self.iterate(slots, keys, values)
         return slots, attn
+
+    def project(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs [B, T, S] -> (keys, values) [B, T, S], after the input LayerNorm."""
+        inputs = self.norm_input(inputs)
+        return self.to_k(inputs), self.to_v(inputs)
+
+    def iterate(self, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One iteration: slots [B, K, S], keys / values [B, T, S] -> (slots, attn [B, K, T]).
+
+        active [B, K] bool (docs/method.md#count-options, re-assignment): only these slots compete for the
+        tokens (the others get attention 0) and only they are updated; an image with no active slot is left
+        as a plain iteration."""
+        b, k, s = slots.shape
+        q = self.to_q(self.norm_slots(slots))  # [B, K, S]
+        logits = torch.einsum("bks,bts->bkt", q, keys) * self.scale
+        if active is not None:
+            active = active | ~active.any(dim=1, keepdim=True)
+            logits = logits.masked_fill(~active[..., None], float("-inf"))
+        attn = logits.softmax(dim=1)  # slots compete for each token
+        weights = attn + self.eps
+        weights = weights / weights.sum(dim=-1, keepdim=True)  # weighted mean over tokens
+        updates = torch.einsum("bkt,bts->bks", weights, values)
+        new = self.gru(updates.reshape(b * k, s), slots.reshape(b * k, s)).reshape(b, k, s)
+        new = new + self.mlp(new)
+        return (new if active is None else torch.where(active[..., None], new, slots)), attn
+
+    def reassign(self, inputs: torch.Tensor, slots: torch.Tensor,
+                 keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last iteration again over the kept slots only: inputs [B, T, S], slots [B, K, S], keep [B, K]
+        (hard 0/1) -> (slots, attn [B, K, T]); dropped slots keep their vectors and get no attention."""
+        keys, values = self.project(inputs)
+        return self.iterate(slots, keys, values, active=keep.detach() > 0.5)

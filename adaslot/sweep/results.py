@@ -227,10 +227,11 @@ def write_summary(runs: list[RunRecord], groups: list[Group], axes: list[str], r
         "Scores and rates in percent, as `adaslot eval` prints them; steps_per_s is each run's own compute, "
         "wall_s its elapsed time. vs best: 'noise' when the distance to the best is no larger than the "
         "larger std of the two (sample std over seeds), 'behind' when it is larger.", ""]
-    merged = sorted({str(r.score["merge_slots"]) for r in runs if r.score and r.score.get("merge_slots")})
-    if merged:  # eval --merge-slots: kept slots then count the slots left after merging
-        lines[-1:-1] = [f"Scored with slots merged below cosine distance {', '.join(merged)} "
-                        "(--merge-slots)."]
+    methods = list(dict.fromkeys(json.dumps(r.score.get("method") or {}) for r in runs if r.score))
+    if methods:  # the inference method each checkpoint ran (its own, or --score-method's)
+        lines[-1:-1] = ["Scored with the inference method " + "; ".join(
+            ", ".join(f"{k}={v}" for k, v in json.loads(m).items()) for m in methods)
+            + " (merged slots count as one; docs/adaptive.md)."]
     if groups:
         header, rows = table_rows(groups, rank_by)
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -95,12 +95,14 @@ def train_group(cfgs: list[TrainConfig], device: str, parent_pid: int | None = N
 
 def score_run(run_dir: str | Path, scoring: dict[str, Any], device: str = "auto") -> dict[str, Any]:
     """Score the last checkpoint of a run folder on its val data with the code of `adaslot eval` (adaslot
-    protocol, deterministic keep; `scoring`: score_images, merge_slots) and write run_dir/score.json:
-    {step, checkpoint, score_images, merge_slots, val, eval}."""
+    protocol, deterministic keep, the checkpoint's inference method; `scoring`: score_images, score_method
+    overriding that method) and write run_dir/score.json: {step, checkpoint, score_images, score_method,
+    method (the one that ran), val, eval}."""
     import json
 
     from adaslot.checkpoint import latest_checkpoint, load_model
     from adaslot.device import resolve_device
+    from adaslot.evaluate.scoring import method_record
     from adaslot.files import write_json
     from adaslot.train.validate import Validator
 
@@ -113,13 +115,13 @@ def score_run(run_dir: str | Path, scoring: dict[str, Any], device: str = "auto"
     if not cfg.val_source():
         raise AdaslotError(f"{run_dir}: its config names no val data (--val-from-cache or --val-root)")
     dev = resolve_device(device)
-    model, payload = load_model(ckpt, dev)
+    score_images, score_method = scoring.get("score_images"), dict(scoring.get("score_method") or {})
+    model, payload = load_model(ckpt, dev, score_method)
     run_input = RunInput(config.get("feature_contract"), config.get("encoder", "unknown"))
-    score_images, merge = scoring.get("score_images"), scoring.get("merge_slots")
-    validator = Validator(cfg, run_input, dev, max_images=score_images or 0, merge_slots=merge)
+    validator = Validator(cfg, run_input, dev, max_images=score_images or 0)
     scores = validator(model)
     score = {"step": int(payload["step"]), "checkpoint": ckpt.name, "score_images": score_images,
-             "merge_slots": merge,
+             "score_method": score_method, "method": method_record(model),
              "val": cfg.val_from_cache or cfg.val_root or cfg.data.root, "eval": scores}
     write_json(run_dir / "score.json", score)
     return score

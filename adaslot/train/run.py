@@ -36,7 +36,7 @@ from adaslot.config import TrainConfig
 from adaslot.device import set_matmul_precision
 from adaslot.errors import AdaslotError
 from adaslot.files import write_json
-from adaslot.schedules import get_schedule
+from adaslot.schedules import get_schedule, ramp_weight
 from adaslot.train.resume import changed_settings, check_warmstart_features, resolve_model_config
 from adaslot.train.runlog import MetricsLog
 from adaslot.train.step import NoiseSampler, NonFiniteError, TrainForward, optimisation_step
@@ -118,7 +118,8 @@ class Run:
                 if dist.is_main:
                     print("note: resumed on another device type; the slot/Gumbel noise stream is reseeded")
             source.load_state_dict(resume["loader"])
-        forward: nn.Module = TrainForward(model, cfg.sparsity_weight, cfg.precision)
+        forward: nn.Module = TrainForward(model, cfg.sparsity_weight, cfg.precision, cfg.quadratic_weight,
+                                          cfg.quadratic_bias)
         if dist.enabled:
             forward = nn.parallel.DistributedDataParallel(
                 forward, device_ids=[device.index] if device.type == "cuda" else None)
@@ -155,10 +156,11 @@ class Run:
         slot_noise, gumbel = self.noise.sample(cfg.batch_size, model_cfg, self.rows)
         b = features.shape[0]  # < local batch only when an online image could not be decoded
         slot_noise, gumbel = slot_noise[:b], None if gumbel is None else gumbel[:b]
+        scale = ramp_weight(self.step, 1.0, cfg.sparsity_ramp)  # docs/method.md#count-options
         try:
             loss_v, mse_v, kept_v, grad_norm = optimisation_step(
                 self.forward, self.model, self.optimiser, features, slot_noise, gumbel, cfg.grad_clip,
-                select=self.step >= cfg.selection_warmup)
+                select=self.step >= cfg.selection_warmup, scale=scale)
         except NonFiniteError as e:
             raise AdaslotError(_nan_message(e.what, e.value, self.step + 1, self.last_checkpoint)) from None
         self.step += 1
@@ -176,7 +178,8 @@ class Run:
                       "step_s": self._busy / self._steps_since}
             self._t_last, self._steps_since, self._busy = now, 0, 0.0
             if model_cfg.adaptive:
-                record.update(sparsity=kept_v, kept_slots=kept_v * model_cfg.num_slots)
+                record.update(sparsity=kept_v, kept_slots=kept_v * model_cfg.num_slots,
+                              sparsity_weight=scale * cfg.sparsity_weight)
             self.log.log(record)
         if cfg.val_every and step % cfg.val_every == 0:
             if self.dist.is_main:

@@ -10,7 +10,7 @@ from torch import nn
 from adaslot import distributed
 from adaslot.config import ModelConfig
 from adaslot.device import autocast
-from adaslot.losses import reconstruction_loss, sparsity_loss
+from adaslot.losses import reconstruction_loss, sparsity_loss, sparsity_penalty
 
 
 class NoiseSampler:
@@ -46,20 +46,23 @@ class NoiseSampler:
 class TrainForward(nn.Module):
     """model + loss as one module (what DDP / torch.compile wrap).
 
-    features [B, T, D], slot_noise [B, K, S], gumbel [B, K, 2] | None, select (False: selection warm-up) ->
-    (loss, mse, kept fraction [scalar]). S0 comes from `SlotAttention.init_from_noise` with the noise passed
-    in (so ranks can slice one draw).
-    Loss: docs/method.md#losses.
+    features [B, T, D], slot_noise [B, K, S], gumbel [B, K, 2] | None, select (False: selection warm-up),
+    scale (the sparsity ramp's factor at this step, docs/method.md#count-options) -> (loss, mse, kept
+    fraction [scalar]). S0 comes from `SlotAttention.init_from_noise` with the noise passed in (so ranks can
+    slice one draw). Loss: docs/method.md#losses, with the official quadratic term when
+    `quadratic_weight` > 0.
     """
 
-    def __init__(self, model: nn.Module, sparsity_weight: float, precision: str) -> None:
+    def __init__(self, model: nn.Module, sparsity_weight: float, precision: str,
+                 quadratic_weight: float = 0.0, quadratic_bias: float = 0.5) -> None:
         super().__init__()
         self.model = model
         self.sparsity_weight = sparsity_weight
+        self.quadratic_weight, self.quadratic_bias = quadratic_weight, quadratic_bias
         self.precision = precision
 
     def forward(self, features: torch.Tensor, slot_noise: torch.Tensor, gumbel: torch.Tensor | None,
-                select: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                select: bool = True, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         slots_init = self.model.slot_attention.init_from_noise(slot_noise)
         with autocast(self.precision, features.device):
             out = self.model(features, slots_init=slots_init, gumbel_noise=gumbel, keep_mode="gumbel",
@@ -70,7 +73,9 @@ class TrainForward(nn.Module):
         kept = sparsity_loss(out.keep.float())
         if out.keep_logits is None:  # quality selection: no gradient reaches the keep mask, so no penalty
             return mse, mse.detach(), kept.detach()
-        return mse + self.sparsity_weight * kept, mse.detach(), kept.detach()
+        penalty = sparsity_penalty(kept, scale * self.sparsity_weight, scale * self.quadratic_weight,
+                                   self.quadratic_bias)
+        return mse + penalty, mse.detach(), kept.detach()
 
 
 class NonFiniteError(Exception):
@@ -83,14 +88,16 @@ class NonFiniteError(Exception):
 
 def optimisation_step(forward: nn.Module, model: nn.Module, optimiser: torch.optim.Optimizer,
                       features: torch.Tensor, slot_noise: torch.Tensor, gumbel: torch.Tensor | None,
-                      grad_clip: float, select: bool = True) -> tuple[float, float, float, float]:
+                      grad_clip: float, select: bool = True, scale: float = 1.0
+                      ) -> tuple[float, float, float, float]:
     """One update: loss, backward, clip, Adam -> (loss, mse, kept fraction, grad norm) as floats.
 
-    features [b, T, D]; select False skips stage 2's keep decision (a selection warm-up). The loss values
+    features [b, T, D]; select False skips stage 2's keep decision (a selection warm-up); scale multiplies
+    the sparsity weights (their ramp). The loss values
     are averaged over DDP ranks, so every rank takes the same NaN decision. Raises NonFiniteError
     (parameters untouched) on a NaN/inf loss or gradient norm.
     """
-    loss, mse, kept = forward(features, slot_noise, gumbel, select)
+    loss, mse, kept = forward(features, slot_noise, gumbel, select, scale)
     stats = distributed.all_reduce_mean(torch.stack([loss.detach(), mse, kept]).float())
     loss_v, mse_v, kept_v = stats.tolist()
     if not math.isfinite(loss_v):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from adaslot.config import DataSpec, EvalConfig, TrainConfig
+from adaslot.config.model import MethodOverrides
 from adaslot.data.datasets import open_dataset
 
 
@@ -17,11 +18,12 @@ class Validator:
     val images (default `cfg.val_max_images`; 0: all): re-running the encoder on a COCO root's val split
     (--val-root, or --root online), or reading a cached val store (--val-from-cache, the fast proxy; its
     ground truth comes from the dataset recorded in the store). `source` gives the run's feature contract and
-    encoder name; `merge_slots` merges slots as `eval --merge-slots` does."""
+    encoder name; the model runs its own inference method (docs/adaptive.md), `method` overrides it as
+    eval's flags do."""
 
     def __init__(self, cfg: TrainConfig, source: Any, device: torch.device, max_images: int | None = None,
-                 merge_slots: float | None = None) -> None:
-        self.cfg, self.source, self.device, self.merge_slots = cfg, source, device, merge_slots
+                 method: dict[str, Any] | None = None) -> None:
+        self.cfg, self.source, self.device, self.method = cfg, source, device, dict(method or {})
         self.max_images = cfg.val_max_images if max_images is None else max_images or None
         self.dataset: Any = None
         self.encoder: Any = None
@@ -71,7 +73,7 @@ class Validator:
             self._setup()
         protocol = getattr(self.dataset, "protocol", "adaslot")  # MOVi data: "movi"
         ecfg = EvalConfig(protocol=protocol, batch_size=16, workers=0, max_images=self.max_images,
-                          seed=self.cfg.seed, merge_slots=self.merge_slots)
+                          seed=self.cfg.seed, method=MethodOverrides(**self.method))
         data = EvalDataset(self.dataset, with_images=self.features_fn is None, indices=self.indices)
         result = evaluate_model(model, self.encoder, data, ecfg, features_fn=self.features_fn)
         summary = result["protocols"][protocol]
