@@ -33,6 +33,8 @@ def other_value(cls: type, f: dataclasses.Field, value: typing.Any) -> typing.An
     if t is int:
         return (value or 1) + 1
     if t is float:
+        if value is None:  # an optional float (e.g. --merge-slots): any value in its range
+            return 0.5
         return value / 2 if f.metadata.get("max") is not None else value * 2 + 0.5
     if t is str:
         return f"{value or 'somewhere'}-else"
