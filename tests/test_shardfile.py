@@ -1,0 +1,66 @@
+"""The direct shard writer (adaslot/store/shardfile.py) writes the bytes zarr-python writes, and zarr, the
+direct reader and the full check read them back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from adaslot.store import layout
+from adaslot.store.shardfile import ShardWriter, direct_features, morton_order, write_shard
+
+
+def _group(path: Path, n: int, views: int, shard: int) -> zarr.Group:
+    root = zarr.open_group(path, mode="w")
+    layout.create_arrays(root, np.arange(n), views, 4, 6, shard)
+    return root
+
+
+@pytest.mark.parametrize(("n", "shard", "views"), [(10, 4, 2), (7, 8, 1), (13, 5, 2), (6, 3, 3), (64, 32, 2)])
+def test_shard_files_are_byte_identical_to_zarr(tmp_path, n, shard, views):
+    data = np.random.default_rng(n).standard_normal((n, views, 4, 6)).astype(np.float16)
+    via_zarr, direct_root = _group(tmp_path / "a.zarr", n, views, shard), _group(tmp_path / "b.zarr", n, views, shard)
+    direct = direct_features(direct_root, str(tmp_path / "b.zarr"))
+    assert direct is not None
+    for k in range(-(-n // shard)):
+        a, b = k * shard, min(n, (k + 1) * shard)
+        layout.for_writing(via_zarr, "features")[a:b] = data[a:b]
+        written = write_shard(direct, k, data[a:b])
+        ours = (tmp_path / f"b.zarr/features/c/{k}/0/0/0").read_bytes()
+        assert ours == (tmp_path / f"a.zarr/features/c/{k}/0/0/0").read_bytes()
+        assert written == len(ours)
+    assert not list(tmp_path.rglob("*.partial"))
+    np.testing.assert_array_equal(zarr.open_group(tmp_path / "b.zarr")["features"][:], data)
+    reader = layout.ShardedFeatures.open(tmp_path / "b.zarr/features")
+    for k in range(reader.num_shards):
+        assert reader.check_shard(k)[1] is None
+    rows = np.arange(n).repeat(views)
+    vs = np.tile(np.arange(views), n)
+    out = np.empty((rows.size, 4, 6), np.float16)
+    assert not reader.read_into(rows, vs, out).any()
+    np.testing.assert_array_equal(out, data.reshape(-1, 4, 6))
+
+
+def test_morton_order_matches_zarr():
+    from zarr.core.indexing import _morton_order
+
+    for shape in [(1, 1), (5, 2), (512, 2), (16, 3), (7, 1), (3, 5)]:
+        np.testing.assert_array_equal(morton_order(*shape), np.asarray(_morton_order((*shape, 1, 1)))[:, :2])
+
+
+def test_writer_thread_writes_status_last_and_falls_back_to_zarr_without_checksums(tmp_path, monkeypatch):
+    data = np.ones((8, 2, 4, 6), np.float16)
+    root = _group(tmp_path / "s.zarr", 8, 2, 4)
+    w = ShardWriter(root, str(tmp_path / "s.zarr"))
+    assert w.direct is not None
+    w.submit(1, 4, 8, data[4:], np.ones(4, np.uint8))
+    w.close()
+    assert w.bytes_written == data[4:].nbytes
+    np.testing.assert_array_equal(np.asarray(root["status"][:]), [0, 0, 0, 0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(root["features"][4:], data[4:])
+    monkeypatch.setattr(layout, "CHECKSUMS", False)
+    plain = _group(tmp_path / "p.zarr", 8, 2, 4)
+    assert direct_features(plain, str(tmp_path / "p.zarr")) is None  # no crc trailer: written through zarr
