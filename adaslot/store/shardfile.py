@@ -68,14 +68,15 @@ def write_shard(direct: ShardedFeatures, k: int, feats: np.ndarray) -> int:
     item = t * d * 2
     views = np.ascontiguousarray(feats).reshape(rows_here * v, item // 2).view(np.uint8)
     order = order[order[:, 0] < rows_here]  # chunks past the end of the array are not written (zarr)
-    chunk_bytes = item + 4
+    trailer = 4 if direct.crc else 0  # CHECKSUMS off (benchmarks only): no crc32c after each chunk
+    chunk_bytes = item + trailer
     index = np.full((s, v, 2), NO_CHUNK, "<u8")
     index[order[:, 0], order[:, 1], 0] = np.arange(len(order), dtype=np.uint64) * np.uint64(chunk_bytes)
     index[order[:, 0], order[:, 1], 1] = chunk_bytes
     value = google_crc32c.value
     buffers: list[Any] = []
     for j in (order[:, 0] * v + order[:, 1]).tolist():
-        buffers += (views[j], value(views[j]).to_bytes(4, "little"))
+        buffers += (views[j], value(views[j]).to_bytes(4, "little")) if trailer else (views[j],)
     raw = index.tobytes()
     buffers += (raw, value(raw).to_bytes(4, "little"))
     path = direct.shard_path(k)
@@ -111,12 +112,12 @@ def _finish_write(fd: int, part: list[Any], done: int) -> None:
 
 
 def direct_features(root: Any, path: str) -> ShardedFeatures | None:
-    """The direct writer for a local store whose features array has the format-2 checked layout; None
-    (write through zarr) for remote stores, format 1 or stores written without checksums."""
+    """The direct writer for a local store whose features array has the format-2 layout (one chunk per sample
+    and view); None (write through zarr) for remote stores and format 1."""
     if "://" in path:
         return None
     direct = ShardedFeatures.open(Path(path) / "features")
-    if direct is None or not direct.crc or direct.chunk[:2] != (1, 1):
+    if direct is None or direct.chunk[:2] != (1, 1):
         return None
     return direct
 
