@@ -57,8 +57,14 @@ def register_instant(name: str = "instant-vitb-16") -> str:
     """Register the benchmark-only instant encoder (ViT-B/16 shapes) and return its name."""
     from adaslot.encoders import register_encoder
 
-    register_encoder(name=name, embed_dim=768, patch_size=16, image_size=64, builder=InstantTokens,
-                     tap_point="zeros (benchmark: an encoder that costs nothing)")
+    register_encoder(
+        name=name,
+        embed_dim=768,
+        patch_size=16,
+        image_size=64,
+        builder=InstantTokens,
+        tap_point="zeros (benchmark: an encoder that costs nothing)",
+    )
     return name
 
 
@@ -86,7 +92,7 @@ def decode_part(paths: list[Path], repeats: int) -> dict[str, float]:
     from adaslot.data.transforms import compute_geometry, load_image, resize_crop, transform_image
 
     def pil() -> float:
-        c0, t = cpu_seconds(), time.perf_counter()
+        t = time.perf_counter()
         for p in paths:
             transform_image(load_image(p).image, 224)
         return len(paths) / (time.perf_counter() - t)
@@ -103,8 +109,11 @@ def decode_part(paths: list[Path], repeats: int) -> dict[str, float]:
     x = transform_image(load_image(paths[0]).image, 224)[0]
     u8 = decode_jpeg(read_file(str(paths[0])), mode=ImageReadMode.RGB)
     y = resize_crop(u8.float().div_(255.0), compute_geometry(480, 640, 224))
-    return {"pil_images_per_s": statistics.median(a), "torchvision_images_per_s": statistics.median(b),
-            "max_abs_diff_pil_vs_torchvision": float((x - y).abs().max())}
+    return {
+        "pil_images_per_s": statistics.median(a),
+        "torchvision_images_per_s": statistics.median(b),
+        "max_abs_diff_pil_vs_torchvision": float((x - y).abs().max()),
+    }
 
 
 def writer_part(tmp: Path, shards: int, repeats: int) -> dict[str, float]:
@@ -129,7 +138,7 @@ def writer_part(tmp: Path, shards: int, repeats: int) -> dict[str, float]:
             if kind == "direct":
                 write_shard(direct, k, data)
             else:
-                layout.for_writing(root, "features")[k * s:(k + 1) * s] = data
+                layout.for_writing(root, "features")[k * s : (k + 1) * s] = data
         dt = time.perf_counter() - t
         cpu[kind].append(cpu_seconds() - c0)
         shutil.rmtree(out, ignore_errors=True)
@@ -139,10 +148,13 @@ def writer_part(tmp: Path, shards: int, repeats: int) -> dict[str, float]:
     cpu["direct"].clear(), cpu["zarr"].clear()
     a, b = alternate(lambda: run("direct"), lambda: run("zarr"), repeats, warmup=False)
     views = shards * s * v
-    return {"direct_views_per_s": statistics.median(a), "zarr_views_per_s": statistics.median(b),
-            "direct_views_per_cpu_s": views / statistics.median(cpu["direct"]),
-            "zarr_views_per_cpu_s": views / statistics.median(cpu["zarr"]),
-            "direct_gb_per_s": statistics.median(a) * 196 * 768 * 2 / 1e9}
+    return {
+        "direct_views_per_s": statistics.median(a),
+        "zarr_views_per_s": statistics.median(b),
+        "direct_views_per_cpu_s": views / statistics.median(cpu["direct"]),
+        "zarr_views_per_cpu_s": views / statistics.median(cpu["zarr"]),
+        "direct_gb_per_s": statistics.median(a) * 196 * 768 * 2 / 1e9,
+    }
 
 
 def pipeline_part(tmp: Path, images: int, workers: int, repeats: int) -> dict[str, float]:
@@ -151,22 +163,38 @@ def pipeline_part(tmp: Path, images: int, workers: int, repeats: int) -> dict[st
     from adaslot.store.writer import cache_features
 
     name = register_instant()
-    make_synthetic(SyntheticConfig(out=str(tmp / "coco"), num_train=images, num_val=1, image_size=64, seed=0,
-                                   progress=False))
+    make_synthetic(
+        SyntheticConfig(
+            out=str(tmp / "coco"), num_train=images, num_val=1, image_size=64, seed=0, progress=False
+        )
+    )
     rates, cpus = [], []
     for _ in range(repeats):
         out = tmp / "pipe.zarr"
         shutil.rmtree(out, ignore_errors=True)
-        cfg = CacheConfig(out=str(out), data=DataSpec(root=str(tmp / "coco"), split="train"), encoder=name,
-                          image_size=64, batch_size=64, workers=workers, device="cpu", progress=False)
+        cfg = CacheConfig(
+            out=str(out),
+            data=DataSpec(root=str(tmp / "coco"), split="train"),
+            encoder=name,
+            image_size=64,
+            batch_size=64,
+            workers=workers,
+            device="cpu",
+            progress=False,
+        )
         c0, t = cpu_seconds(), time.perf_counter()
         s = cache_features(cfg)
         dt = time.perf_counter() - t
         assert s["images_written"] == images, s
         rates.append(images / dt)
         cpus.append((cpu_seconds() - c0) / images)
-    return {"images_per_s": statistics.median(rates), "runs": rates, "cpu_ms_per_image": 1e3 * statistics.median(cpus),
-            "images": images, "workers": workers}
+    return {
+        "images_per_s": statistics.median(rates),
+        "runs": rates,
+        "cpu_ms_per_image": 1e3 * statistics.median(cpus),
+        "images": images,
+        "workers": workers,
+    }
 
 
 def main() -> None:
@@ -184,20 +212,33 @@ def main() -> None:
         dec = decode_part(make_jpegs(tmp / "jpegs", args.jpegs), args.repeats)
         wr = writer_part(tmp, args.shards, args.repeats)
         pipe = pipeline_part(tmp, args.images, args.workers, args.repeats)
-    result = {"decode_640x480_jpeg_to_224": dec, "writer_vitb": wr, "pipeline_64px_instant_encoder": pipe,
-              "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    print(f"decode+transform 640x480 JPEG -> 224, one core: PIL {dec['pil_images_per_s']:.0f} images/s, "
-          f"torchvision.io.decode_jpeg {dec['torchvision_images_per_s']:.0f} images/s "
-          f"(max |diff| {dec['max_abs_diff_pil_vs_torchvision']:.3f})")
+    result = {
+        "decode_640x480_jpeg_to_224": dec,
+        "writer_vitb": wr,
+        "pipeline_64px_instant_encoder": pipe,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    print(
+        f"decode+transform 640x480 JPEG -> 224, one core: PIL {dec['pil_images_per_s']:.0f} images/s, "
+        f"torchvision.io.decode_jpeg {dec['torchvision_images_per_s']:.0f} images/s "
+        f"(max |diff| {dec['max_abs_diff_pil_vs_torchvision']:.3f})"
+    )
     print(f"ratio decode torchvision / PIL = {dec['torchvision_images_per_s'] / dec['pil_images_per_s']:.2f}")
-    print(f"shard writer, ViT-B views with crc32c: direct {wr['direct_views_per_s']:.0f} views/s "
-          f"({wr['direct_views_per_cpu_s']:.0f} per CPU second, {wr['direct_gb_per_s']:.2f} GB/s), zarr-python "
-          f"{wr['zarr_views_per_s']:.0f} views/s ({wr['zarr_views_per_cpu_s']:.0f} per CPU second)")
-    print(f"ratio shard writer direct / zarr-python = {wr['direct_views_per_s'] / wr['zarr_views_per_s']:.1f} "
-          f"(per CPU second {wr['direct_views_per_cpu_s'] / wr['zarr_views_per_cpu_s']:.1f}); "
-          f"direct / goal 6000 views/s = {wr['direct_views_per_s'] / 6000:.2f}")
-    print(f"cache-features, 64 px, 2 views, instant encoder, {pipe['workers']} decode worker(s): "
-          f"{pipe['images_per_s']:.0f} images/s ({pipe['cpu_ms_per_image']:.2f} CPU ms per image)")
+    print(
+        f"shard writer, ViT-B views with crc32c: direct {wr['direct_views_per_s']:.0f} views/s "
+        f"({wr['direct_views_per_cpu_s']:.0f} per CPU second, {wr['direct_gb_per_s']:.2f} GB/s), zarr-python "
+        f"{wr['zarr_views_per_s']:.0f} views/s ({wr['zarr_views_per_cpu_s']:.0f} per CPU second)"
+    )
+    print(
+        f"ratio shard writer direct / zarr-python = {wr['direct_views_per_s'] / wr['zarr_views_per_s']:.1f} "
+        f"(per CPU second {wr['direct_views_per_cpu_s'] / wr['zarr_views_per_cpu_s']:.1f}); "
+        f"direct / goal 6000 views/s = {wr['direct_views_per_s'] / 6000:.2f}"
+    )
+    print(
+        f"cache-features, 64 px, 2 views, instant encoder, {pipe['workers']} decode worker(s): "
+        f"{pipe['images_per_s']:.0f} images/s ({pipe['cpu_ms_per_image']:.2f} CPU ms per image)"
+    )
     print(f"ratio pipeline images/s / goal 1000 = {pipe['images_per_s'] / 1000:.2f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

@@ -19,13 +19,24 @@ def _group(path: Path, n: int, views: int, shard: int) -> zarr.Group:
     return root
 
 
-@pytest.mark.parametrize(("n", "shard", "views", "crc"),
-                         [(10, 4, 2, True), (7, 8, 1, True), (13, 5, 2, True), (6, 3, 3, True), (64, 32, 2, True),
-                          (13, 5, 2, False)])
+@pytest.mark.parametrize(
+    ("n", "shard", "views", "crc"),
+    [
+        (10, 4, 2, True),
+        (7, 8, 1, True),
+        (13, 5, 2, True),
+        (6, 3, 3, True),
+        (64, 32, 2, True),
+        (13, 5, 2, False),
+    ],
+)
 def test_shard_files_are_byte_identical_to_zarr(tmp_path, monkeypatch, n, shard, views, crc):
     monkeypatch.setattr(layout, "CHECKSUMS", crc)  # False: the benchmarks' measure of the checksums' cost
     data = np.random.default_rng(n).standard_normal((n, views, 4, 6)).astype(np.float16)
-    via_zarr, direct_root = _group(tmp_path / "a.zarr", n, views, shard), _group(tmp_path / "b.zarr", n, views, shard)
+    via_zarr, direct_root = (
+        _group(tmp_path / "a.zarr", n, views, shard),
+        _group(tmp_path / "b.zarr", n, views, shard),
+    )
     direct = direct_features(direct_root, str(tmp_path / "b.zarr"))
     assert direct is not None
     for k in range(-(-n // shard)):

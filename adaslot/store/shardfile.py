@@ -64,7 +64,9 @@ def write_shard(direct: ShardedFeatures, k: int, feats: np.ndarray) -> int:
     order, rows_here = shard_bytes_layout(direct, k)
     s, v, t, d = direct.shard[0], direct.shape[1], direct.shape[2], direct.shape[3]
     if feats.shape != (rows_here, v, t, d) or feats.dtype != np.float16:
-        raise ValueError(f"shard {k} needs [{rows_here}, {v}, {t}, {d}] float16, got {feats.shape} {feats.dtype}")
+        raise ValueError(
+            f"shard {k} needs [{rows_here}, {v}, {t}, {d}] float16, got {feats.shape} {feats.dtype}"
+        )
     item = t * d * 2
     views = np.ascontiguousarray(feats).reshape(rows_here * v, item // 2).view(np.uint8)
     order = order[order[:, 0] < rows_here]  # chunks past the end of the array are not written (zarr)
@@ -86,7 +88,7 @@ def write_shard(direct: ShardedFeatures, k: int, feats: np.ndarray) -> int:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         for i in range(0, len(buffers), IOV_BATCH):
-            part = buffers[i:i + IOV_BATCH]
+            part = buffers[i : i + IOV_BATCH]
             want = sum(memoryview(b).nbytes for b in part)
             got = os.writev(fd, part)
             if got != want:  # a short write (rare: signals, quotas): finish it with plain writes
