@@ -312,11 +312,14 @@ def main() -> None:
         results=res,
     )
     before = lines(metrics(run2))
+    stamp = metrics(run2).stat().st_mtime_ns if metrics(run2).is_file() else 0
     run(
         "train resumed",
         kill_cmd,
         run2,
-        first=lambda: lines(metrics(run2)) > before,
+        # the first write to metrics.jsonl: the run resumes from its last checkpoint, so lines may be
+        # rewritten before the count passes the killed run's
+        first=lambda: metrics(run2).is_file() and metrics(run2).stat().st_mtime_ns != stamp,
         results=res,
         metrics_lines_before=before,
     )
