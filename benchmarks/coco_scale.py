@@ -144,6 +144,40 @@ print(json.dumps({"samples": seen, "steps": steps, "first_batch_s": first, "seco
 """
 
 
+INDEX_SNIPPET = """
+import sys, time, json
+t0 = time.perf_counter()
+import numpy as np, zarr
+from adaslot.store import STORE_FORMAT, STORE_VERSION, FeatureStore, open_store, shard_done_mask
+from adaslot.store.layout import create_arrays, for_writing
+from adaslot.store.loader import FeatureLoader
+t_import = time.perf_counter() - t0
+out, n = sys.argv[1], int(sys.argv[2])
+root = zarr.open_group(out, mode="w")
+create_arrays(root, np.arange(1, n + 1), 2, 196, 768, 512)
+for_writing(root, "status")[:] = 1
+root.attrs.update({"format": STORE_FORMAT, "format_version": STORE_VERSION, "complete": True,
+                   "layout": {"chunk_samples": 64, "shard_samples": 512}})
+r = {"import_s": t_import}
+
+
+def timed(key, fn):
+    t = time.perf_counter()
+    value = fn()
+    r[key] = time.perf_counter() - t
+    return value
+
+
+store = timed("open_store_s", lambda: open_store(out))
+timed("shard_done_mask_s", lambda: shard_done_mask(store.status, 512))
+loader = timed("loader_init_s", lambda: FeatureLoader(store, 64, seed=0))
+timed("epoch_plan_s", lambda: loader.epoch_plan(0))
+pos = timed("resume_position_200k_steps_s", lambda: loader.position(200_000 * 64))
+r["resume_position"] = pos
+print(json.dumps(r))
+"""
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few hundred images, a few steps (the test)")
@@ -189,6 +223,20 @@ def main() -> None:
 
     # 0. the floor every command pays before it can do anything: Python + torch + adaslot imports
     run("import (floor)", [sys.executable, "-c", "import torch, adaslot.cli"], None, results=res)
+
+    # 0b. what opening a store and planning its loader cost at COCO's N (a store of 118 287 rows whose
+    # features are never written: metadata, status and image ids only), and the resume position at step 200k
+    r = run(
+        "store + loader index at COCO N",
+        [sys.executable, "-c", INDEX_SNIPPET, str(work / "index.zarr"), str(COCO_TRAIN)],
+        None,
+        results=res,
+    )
+    try:
+        r.update(json.loads(r["output_tail"].strip().splitlines()[-1]))
+    except (ValueError, IndexError):
+        pass
+    shutil.rmtree(work / "index.zarr", ignore_errors=True)
 
     # 1. data
     meta = work / "data.json"
@@ -509,6 +557,10 @@ def table(result: dict[str, Any]) -> str:
     for r in result["results"]:
         notes = []
         for key in (
+            "open_store_s",
+            "loader_init_s",
+            "epoch_plan_s",
+            "resume_position_200k_steps_s",
             "images",
             "steps",
             "samples_per_s",
