@@ -3,6 +3,9 @@ direct reader and the full check read them back."""
 
 from __future__ import annotations
 
+import errno
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,8 @@ import zarr
 
 from adaslot.store import layout
 from adaslot.store.shardfile import ShardWriter, direct_features, morton_order, write_shard
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _group(path: Path, n: int, views: int, shard: int) -> zarr.Group:
@@ -77,3 +82,24 @@ def test_writer_thread_writes_features_then_status(tmp_path):
     np.testing.assert_array_equal(np.asarray(root["status"][:]), [0, 0, 0, 0, 1, 1, 1, 1])
     np.testing.assert_array_equal(root["features"][4:], data[4:])
     assert direct_features(root, "s3://bucket/s.zarr") is None  # remote stores: written through zarr
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path):
+    """A real size limit (RLIMIT_FSIZE, in a child process) stops the write halfway: the error comes out and
+    neither the shard nor its `*.partial` file is left."""
+    _group(tmp_path / "f.zarr", 64, 2, 64)
+    code = (
+        "import resource, signal, sys, numpy as np\n"
+        "from adaslot.store.shardfile import direct_features, write_shard\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))\n"
+        f"d = direct_features(None, {str(tmp_path / 'f.zarr')!r})\n"
+        "try:\n"
+        "    write_shard(d, 0, np.ones((64, 2, 4, 6), np.float16))\n"
+        "except OSError as e:\n"
+        "    print(e.errno)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert r.stdout.strip() == str(errno.EFBIG), r.stderr
+    assert not list((tmp_path / "f.zarr").rglob("*.partial"))
+    assert not (tmp_path / "f.zarr/features/c/0/0/0/0").exists()

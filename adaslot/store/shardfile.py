@@ -87,16 +87,20 @@ def write_shard(direct: ShardedFeatures, k: int, feats: np.ndarray) -> int:
     total = 0
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        for i in range(0, len(buffers), IOV_BATCH):
-            part = buffers[i : i + IOV_BATCH]
-            want = sum(memoryview(b).nbytes for b in part)
-            got = os.writev(fd, part)
-            if got != want:  # a short write (rare: signals, quotas): finish it with plain writes
-                _finish_write(fd, part, got)
-            total += want
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            for i in range(0, len(buffers), IOV_BATCH):
+                part = buffers[i : i + IOV_BATCH]
+                want = sum(memoryview(b).nbytes for b in part)
+                got = os.writev(fd, part)
+                if got != want:  # a short write (a size limit, a signal): the rest with plain writes
+                    _finish_write(fd, part, got)
+                total += want
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a size limit leaves no half shard behind
+        raise
     return total
 
 
