@@ -13,7 +13,7 @@ Three parts, each printed as a rate and a ratio measured in this run:
 Goals (docs/scale.md): writer >= 6000 ViT-B views/s on one core; pipeline >= 1000 images/s on 2 cores.
 Results go to docs/results/cache_host.json (or --json).
 
-    .venv/bin/python benchmarks/cache_host.py [--jpegs 48] [--shards 2] [--images 4000] [--workers 1]
+    .venv/bin/python benchmarks/cache_host.py [--jpegs 48] [--shards 2] [--images 4000] [--workers 2]
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def main() -> None:
     p.add_argument("--jpegs", type=int, default=48)
     p.add_argument("--shards", type=int, default=2)
     p.add_argument("--images", type=int, default=4000)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=str(ROOT / "docs" / "results" / "cache_host.json"))
     args = p.parse_args()
