@@ -178,6 +178,70 @@ print(json.dumps(r))
 """
 
 
+SEG_FLAGS = ["--save-slots", "--batch-size", "64", "--workers", "1", "--device", "cpu", "--no-progress"]
+
+
+def memory_steps(
+    work: Path, data: Path, ckpt: Path, n_val: int, n_seg: int, res: list[dict[str, Any]]
+) -> Callable[[int], Path]:
+    """eval on n_val and n_val / 10 val images, segment --save-slots on n_seg and n_seg / 10 train images
+    (the memory ratios) -> the function giving the folder of the first n train images (symlinks)."""
+    # eval on every val image, and on a tenth of them (memory ratio)
+    for n in (n_val, max(1, n_val // 10)):
+        ev = work / f"eval-{n}"
+        shutil.rmtree(ev, ignore_errors=True)
+        run(
+            f"eval {n} images",
+            cli(
+                "eval",
+                str(ckpt),
+                "--root",
+                str(data),
+                "--split",
+                "val",
+                "--out",
+                str(ev),
+                "--save-masks",
+                "--num-vis",
+                "0",
+                "--max-images",
+                str(n),
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ),
+            ev,
+            first=lambda ev=ev: (ev / "masks").is_dir() and any((ev / "masks").iterdir()),
+            results=res,
+            images=n,
+        )
+
+    # segment --save-slots on n_seg images and on a tenth of them
+    def image_folder(n: int) -> Path:
+        folder = work / f"seg-inputs-{n}"
+        if not folder.is_dir() or count_files(folder) != n:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            for f in sorted(os.listdir(data / "train2017"))[:n]:
+                os.symlink(data / "train2017" / f, folder / f)
+        return folder
+
+    for n in (n_seg, max(1, n_seg // 10)):
+        so = work / f"segment-{n}"
+        shutil.rmtree(so, ignore_errors=True)
+        run(
+            f"segment {n} images",
+            cli("segment", str(ckpt), str(image_folder(n)), "--out", str(so), *SEG_FLAGS),
+            so,
+            first=lambda so=so: lines(so / "done.jsonl") > 0,
+            results=res,
+            images=n,
+        )
+    return image_folder
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few hundred images, a few steps (the test)")
@@ -195,6 +259,13 @@ def main() -> None:
     p.add_argument("--ranks", type=int, default=4)
     p.add_argument("--work", default=str(ROOT / "cache" / "coco_scale"))
     p.add_argument("--keep-data", action="store_true", help="reuse WORK/data if it has the right size")
+    p.add_argument(
+        "--memory",
+        default=None,
+        metavar="CKPT",
+        help="only the eval / segment memory runs at --val / --segment images, with this checkpoint "
+        "(writes WORK/memory-data and docs/results/coco_scale_memory.json)",
+    )
     p.add_argument("--json", default=None, help="default docs/results/coco_scale.json (quick: WORK/...)")
     p.add_argument("--md", default=None, help="markdown table (default: beside --json)")
     args = p.parse_args()
@@ -208,6 +279,9 @@ def main() -> None:
         steps, ranks, variants_steps = args.steps, args.ranks, 20
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.memory:
+        memory_only(args, work, n_val, n_seg)
+        return
     json_path = Path(
         args.json
         or (work / "coco_scale.json" if args.quick else ROOT / "docs" / "results" / "coco_scale.json")
@@ -373,60 +447,9 @@ def main() -> None:
     )
     ckpt = run1 / "checkpoints" / "last.pt"
 
-    # 5. eval on every val image, and on a tenth of them (memory ratio)
-    for n in (n_val, max(1, n_val // 10)):
-        ev = work / f"eval-{n}"
-        shutil.rmtree(ev, ignore_errors=True)
-        run(
-            f"eval {n} images",
-            cli(
-                "eval",
-                str(ckpt),
-                "--root",
-                str(data),
-                "--split",
-                "val",
-                "--out",
-                str(ev),
-                "--save-masks",
-                "--num-vis",
-                "0",
-                "--max-images",
-                str(n),
-                "--workers",
-                "0",
-                "--device",
-                "cpu",
-                "--no-progress",
-            ),
-            ev,
-            first=lambda ev=ev: (ev / "masks").is_dir() and any((ev / "masks").iterdir()),
-            results=res,
-            images=n,
-        )
-
-    # 6. segment --save-slots on n_seg images, on a tenth of them, then killed halfway and resumed
-    def image_folder(n: int) -> Path:
-        folder = work / f"seg-inputs-{n}"
-        if not folder.is_dir() or count_files(folder) != n:
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
-            for f in sorted(os.listdir(data / "train2017"))[:n]:
-                os.symlink(data / "train2017" / f, folder / f)
-        return folder
-
-    seg_flags = ["--save-slots", "--batch-size", "64", "--workers", "1", "--device", "cpu", "--no-progress"]
-    for n in (n_seg, max(1, n_seg // 10)):
-        so = work / f"segment-{n}"
-        shutil.rmtree(so, ignore_errors=True)
-        run(
-            f"segment {n} images",
-            cli("segment", str(ckpt), str(image_folder(n)), "--out", str(so), *seg_flags),
-            so,
-            first=lambda so=so: lines(so / "done.jsonl") > 0,
-            results=res,
-            images=n,
-        )
+    # 5-6. eval and segment at two sizes (memory ratios), then segment killed halfway and resumed
+    image_folder = memory_steps(work, data, ckpt, n_val, n_seg, res)
+    seg_flags = SEG_FLAGS
     sk = work / "segment-killed"
     shutil.rmtree(sk, ignore_errors=True)
     seg_cmd = cli("segment", str(ckpt), str(image_folder(n_seg)), "--out", str(sk), *seg_flags)
@@ -538,6 +561,42 @@ def main() -> None:
     print(f"wrote {json_path} and {md_path} ({total:.0f} s in all)")
     if any(r["exit_code"] != 0 and "killed_at_s" not in r for r in res):
         sys.exit("coco_scale: a step failed (see the errors above)")
+
+
+def memory_only(args: argparse.Namespace, work: Path, n_val: int, n_seg: int) -> None:
+    """--memory CKPT: make n_seg train / n_val val images, then only the memory steps."""
+    res: list[dict[str, Any]] = []
+    data = work / "memory-data"
+    shutil.rmtree(data, ignore_errors=True)
+    run(
+        "make-synthetic",
+        cli(
+            "make-synthetic",
+            str(data),
+            "--num-train",
+            str(n_seg),
+            "--num-val",
+            str(n_val),
+            "--image-size",
+            "64",
+            "--overwrite",
+            "--no-progress",
+        ),
+        data,
+        results=res,
+    )
+    memory_steps(work, data, Path(args.memory), n_val, n_seg, res)
+    result = {
+        "val_images": n_val,
+        "segment_images": n_seg,
+        **memory_ratios(res),
+        "results": [{k: v for k, v in r.items() if k != "output_tail"} for r in res],
+    }
+    out = Path(args.json or ROOT / "docs" / "results" / "coco_scale_memory.json")
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(table(result))
+    for k, v in memory_ratios(res).items():
+        print(f"ratio {k} = {v}")
 
 
 def memory_ratios(res: list[dict[str, Any]]) -> dict[str, float]:
