@@ -11,7 +11,7 @@ Three parts, each printed as a rate and a ratio measured in this run:
      registered encoder whose module returns zeros of the contract's shape (ViT-B/16: 16 tokens x 768 at
      64 px), images/s end to end (dataset index, DataLoader decode workers, writer, status, metadata).
 Goals (docs/scale.md): writer >= 6000 ViT-B views/s on one core; pipeline >= 1000 images/s on 2 cores.
-Results go to docs/results/cache_host.json (or --json).
+Results go to docs/results/cache_host_rates.json (or --json).
 
     .venv/bin/python benchmarks/cache_host.py [--jpegs 48] [--shards 2] [--images 4000] [--workers 2]
 """
@@ -212,7 +212,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=4000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--json", default=str(ROOT / "docs" / "results" / "cache_host.json"))
+    p.add_argument("--json", default=str(ROOT / "docs" / "results" / "cache_host_rates.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(dir=os.environ.get("ADASLOT_BENCH_TMP")) as t:

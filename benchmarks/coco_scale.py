@@ -14,7 +14,7 @@ Steps: make-synthetic; cache-features (train, 2 views; val, 1 view); the loader 
 for --steps steps; the same run SIGKILLed mid-epoch and resumed; eval on all val images and on 1/10 of them
 (memory ratio); `segment --save-slots` on --segment images and on 1/10 of them, then a segment run killed
 halfway and resumed (it must not redo finished images); a sweep of 8 variants; DDP with 4 gloo ranks from
-the store. Results: --json (docs/results/coco_scale.json) and a markdown table (--md).
+the store. Results: --json (docs/results/coco_scale_steps.json) and a markdown table (--md).
 
     python benchmarks/coco_scale.py [--quick] [--scale 1.0] [--work cache/coco_scale] [--keep-data]
 """
@@ -266,7 +266,7 @@ def main() -> None:
         help="only the eval / segment memory runs at --val / --segment images, with this checkpoint "
         "(writes WORK/memory-data and docs/results/coco_scale_memory.json)",
     )
-    p.add_argument("--json", default=None, help="default docs/results/coco_scale.json (quick: WORK/...)")
+    p.add_argument("--json", default=None, help="default docs/results/coco_scale_steps.json (quick: WORK/...)")
     p.add_argument("--md", default=None, help="markdown table (default: beside --json)")
     args = p.parse_args()
     if args.quick:
@@ -284,7 +284,7 @@ def main() -> None:
         return
     json_path = Path(
         args.json
-        or (work / "coco_scale.json" if args.quick else ROOT / "docs" / "results" / "coco_scale.json")
+        or (work / "coco_scale.json" if args.quick else ROOT / "docs" / "results" / "coco_scale_steps.json")
     )
     md_path = Path(args.md or json_path.with_suffix(".md"))
     res: list[dict[str, Any]] = []
