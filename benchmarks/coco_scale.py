@@ -266,7 +266,7 @@ def main() -> None:
         help="only the eval / segment memory runs at --val / --segment images, with this checkpoint "
         "(writes WORK/memory-data and docs/results/coco_scale_memory.json)",
     )
-    p.add_argument("--json", default=None, help="default docs/results/coco_scale_steps.json (quick: WORK/...)")
+    p.add_argument("--json", default=None, help="default docs/results/coco_scale_steps.json (quick: WORK/)")
     p.add_argument("--md", default=None, help="markdown table (default: beside --json)")
     args = p.parse_args()
     if args.quick:
