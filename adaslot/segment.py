@@ -273,9 +273,25 @@ def _write_image(cfg: SegmentConfig, out: Path, name: str, r: Any, image: torch.
 
 def _gather_slots(out: Path, records: list[dict[str, Any]]) -> Path:
     """slots/*.npz of the finished images, in input order -> OUT/slots.npz (rewritten whole, atomically):
-    slots [N, K, D] float32, kept [N, K] bool, paths [N] and masks [N] (str; np.load needs no pickle)."""
-    pieces = [np.load(out / "slots" / f"{os.path.splitext(r['name'])[0]}.npz") for r in records]
-    with atomic_path(out / SLOTS_FILE) as tmp, open(tmp, "wb") as f:
-        np.savez(f, slots=np.stack([p["slots"] for p in pieces]), kept=np.stack([p["kept"] for p in pieces]),
-                 paths=np.array([r["file"] for r in records]), masks=np.array([r["mask"] for r in records]))
+    slots [N, K, D] float32, kept [N, K] bool, paths [N] and masks [N] (str; np.load needs no pickle).
+    Streamed one image at a time (adaslot/npzfile.py): memory does not grow with N."""
+    from adaslot.npzfile import NpzWriter
+
+    def piece(r: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(out / "slots" / f"{os.path.splitext(r['name'])[0]}.npz") as p:
+            return p["slots"], p["kept"]
+
+    slots0, kept0 = piece(records[0])
+    kept = np.zeros((len(records), *kept0.shape), kept0.dtype)
+
+    def rows() -> Any:
+        for i, r in enumerate(records):
+            s, kept[i] = piece(r)
+            yield s
+
+    with atomic_path(out / SLOTS_FILE) as tmp, NpzWriter(tmp) as z:
+        z.stream("slots", (len(records), *slots0.shape), slots0.dtype, rows())
+        z.array("kept", kept)
+        z.array("paths", np.array([r["file"] for r in records]))
+        z.array("masks", np.array([r["mask"] for r in records]))
     return out / SLOTS_FILE

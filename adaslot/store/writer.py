@@ -1,8 +1,9 @@
 """`adaslot cache-features`: one pass of the frozen encoder over a dataset into a zarr feature store.
 
 Pipeline: DataLoader workers decode + resize (+ flip view) -> pinned batches -> encoder on the device ->
-fp16 rows collected per shard -> a writer thread writes each finished shard's features and then its status
-chunk (the shard's completion marker), so disk writes overlap with compute.
+fp16 rows collected per shard -> a writer thread writes each finished shard's features file (directly, one
+writev per run of chunks: adaslot/store/shardfile.py) and then its status chunk (the shard's completion
+marker), so disk writes overlap with compute.
 
 Exactness: batches never straddle a shard and always start at the shard's first row, so a shard's bytes are a
 function of the shard alone; a killed run leaves some shards flagged done and the rerun computes only the
@@ -16,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import queue
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from adaslot.store import (
     status_code,
 )
 from adaslot.store.create import check_resumable, create_store, first_difference, jsonable
-from adaslot.store.layout import for_writing
+from adaslot.store.shardfile import ShardWriter
 
 VIEW_NAMES = ("image", "hflip")
 
@@ -113,47 +112,6 @@ def _existing_attrs(out: str, overwrite: bool = False) -> dict[str, Any] | None:
         raise metadata_damage(out) from None
 
 
-class _ShardWriter:
-    """Background thread writing finished shards in order; errors resurface in the main thread."""
-
-    def __init__(self, root: Any, path: str, depth: int = 2):
-        self.root, self.path = root, path
-        self.q: queue.Queue = queue.Queue(maxsize=depth)  # bounded: at most `depth` shards held in RAM
-        self.error: BaseException | None = None
-        self.bytes_written = 0
-        self.thread = threading.Thread(target=self._run, name="adaslot-shard-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            if self.error is not None:
-                continue  # drain after a failure
-            shard, a, b, feats, status = item
-            try:
-                for_writing(self.root, "features")[a:b] = feats
-                for_writing(self.root, "status")[a:b] = status  # last: the shard counts as written only now
-                self.bytes_written += feats.nbytes
-            except BaseException as e:  # noqa: BLE001  (re-raised in the main thread)
-                self.error = e
-
-    def submit(self, *item: Any) -> None:
-        self._check()
-        self.q.put(item)
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.thread.join()
-        self._check()
-
-    def _check(self) -> None:
-        e = self.error
-        if isinstance(e, OSError):  # a full disk, a size limit: cli.main says it in one line (adaslot.faults)
-            raise OSError(e.errno, e.strerror, e.filename or self.path) from None
-        if e is not None:
-            raise AdaslotError(f"writing the store failed: {type(e).__name__}: {e}")
 
 
 def cache_features(cfg: CacheConfig) -> dict[str, Any]:
@@ -261,7 +219,7 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate, pin_memory=on_cuda,
         prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
-    writer = _ShardWriter(root, cfg.out)
+    writer = ShardWriter(root, cfg.out)
     open_shards: dict[int, dict[str, Any]] = {}
     counts = {"written": 0, "skipped": 0}
 

@@ -1,0 +1,258 @@
+"""The host side of `cache-features` at GPU rate: the pipeline with an encoder that costs nothing.
+
+Three parts, each printed as a rate and a ratio measured in this run:
+  1. decode + transform per core: COCO-size JPEGs (640 x 480 smooth-noise photos) -> [3, 224, 224], the
+     PIL path cache-features uses (adaslot/data/transforms.py) vs torchvision.io.decode_jpeg (measured only;
+     PIL stays the reference), one process.
+  2. the shard writer at ViT-B size (196 x 768 fp16 per view, shards of 512 samples x 2 views), with
+     crc32c checksums: the direct writer cache-features uses (adaslot/store/shardfile.py) vs writing the same
+     shard through zarr-python (the writer before), in views/s and views per CPU second (= per core).
+  3. the whole `cache-features` on 64-px images (2 views) with the "instant" encoder: a benchmark-only
+     registered encoder whose module returns zeros of the contract's shape (ViT-B/16: 16 tokens x 768 at
+     64 px), images/s end to end (dataset index, DataLoader decode workers, writer, status, metadata).
+Goals (docs/scale.md): writer >= 6000 ViT-B views/s on one core; pipeline >= 1000 images/s on 2 cores.
+Results go to docs/results/cache_host_rates.json (or --json).
+
+    .venv/bin/python benchmarks/cache_host.py [--jpegs 48] [--shards 2] [--images 4000] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from _timing import alternate
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_seconds() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class InstantTokens(nn.Module):
+    """[B, 3, H, W] -> zeros [B, (H / patch) * (W / patch), dim]: an encoder that takes no time."""
+
+    def __init__(self, dim: int = 768, patch: int = 16) -> None:
+        super().__init__()
+        self.dim, self.patch = dim, patch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = (x.shape[-2] // self.patch) * (x.shape[-1] // self.patch)
+        return x.new_zeros(x.shape[0], t, self.dim)
+
+
+def register_instant(name: str = "instant-vitb-16") -> str:
+    """Register the benchmark-only instant encoder (ViT-B/16 shapes) and return its name."""
+    from adaslot.encoders import register_encoder
+
+    register_encoder(
+        name=name,
+        embed_dim=768,
+        patch_size=16,
+        image_size=64,
+        builder=InstantTokens,
+        tap_point="zeros (benchmark: an encoder that costs nothing)",
+    )
+    return name
+
+
+def make_jpegs(folder: Path, count: int) -> list[Path]:
+    """640 x 480 photo-like JPEGs: smooth noise (low-frequency colour fields) plus fine grain, quality 90."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        low = torch.from_numpy(rng.random((1, 3, 12, 16), dtype=np.float32))
+        img = torch.nn.functional.interpolate(low, size=(480, 640), mode="bicubic", align_corners=False)[0]
+        img = img + torch.from_numpy(rng.normal(0, 0.04, (3, 480, 640)).astype(np.float32))
+        a = (img.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        p = folder / f"{i:06d}.jpg"
+        Image.fromarray(a).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+def decode_part(paths: list[Path], repeats: int) -> dict[str, float]:
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    from adaslot.data.transforms import compute_geometry, load_image, resize_crop, transform_image
+
+    cpu: dict[str, list[float]] = {"pil": [], "tv": []}
+
+    def timed(kind: str, one: Callable[[Path], object]) -> float:
+        c, t = time.process_time(), time.perf_counter()
+        for p in paths:
+            one(p)
+        cpu[kind].append(len(paths) / (time.process_time() - c))  # images per CPU second of this process
+        return len(paths) / (time.perf_counter() - t)
+
+    def pil() -> float:
+        return timed("pil", lambda p: transform_image(load_image(p).image, 224))
+
+    def tv_one(p: Path) -> None:
+        u8 = decode_jpeg(read_file(str(p)), mode=ImageReadMode.RGB)
+        resize_crop(u8.float().div_(255.0), compute_geometry(u8.shape[1], u8.shape[2], 224))
+
+    def tv() -> float:
+        return timed("tv", tv_one)
+
+    a, b = alternate(pil, tv, repeats)
+    x = transform_image(load_image(paths[0]).image, 224)[0]
+    u8 = decode_jpeg(read_file(str(paths[0])), mode=ImageReadMode.RGB)
+    y = resize_crop(u8.float().div_(255.0), compute_geometry(480, 640, 224))
+    return {
+        "pil_images_per_s": statistics.median(a),
+        "torchvision_images_per_s": statistics.median(b),
+        "pil_images_per_cpu_s": statistics.median(cpu["pil"][-repeats:]),
+        "torchvision_images_per_cpu_s": statistics.median(cpu["tv"][-repeats:]),
+        "max_abs_diff_pil_vs_torchvision": float((x - y).abs().max()),
+    }
+
+
+def writer_part(tmp: Path, shards: int, repeats: int) -> dict[str, float]:
+    """ViT-B-sized shards written by the direct writer vs through zarr-python (both with crc32c)."""
+    import zarr
+
+    from adaslot.store import layout
+    from adaslot.store.shardfile import direct_features, write_shard
+
+    s, v = 512, 2
+    data = np.random.default_rng(0).standard_normal((s, v, 196, 768), np.float32).astype(np.float16)
+    cpu: dict[str, list[float]] = {"direct": [], "zarr": []}
+
+    def run(kind: str) -> float:
+        out = tmp / f"w-{kind}.zarr"
+        shutil.rmtree(out, ignore_errors=True)
+        root = zarr.open_group(out, mode="w")
+        layout.create_arrays(root, np.arange(s * shards), v, 196, 768, s)
+        direct = direct_features(root, str(out))
+        c0, t = cpu_seconds(), time.perf_counter()
+        for k in range(shards):
+            if kind == "direct":
+                write_shard(direct, k, data)
+            else:
+                layout.for_writing(root, "features")[k * s : (k + 1) * s] = data
+        dt = time.perf_counter() - t
+        cpu[kind].append(cpu_seconds() - c0)
+        shutil.rmtree(out, ignore_errors=True)
+        return shards * s * v / dt
+
+    run("direct"), run("zarr")  # warm-up
+    cpu["direct"].clear(), cpu["zarr"].clear()
+    a, b = alternate(lambda: run("direct"), lambda: run("zarr"), repeats, warmup=False)
+    views = shards * s * v
+    return {
+        "direct_views_per_s": statistics.median(a),
+        "zarr_views_per_s": statistics.median(b),
+        "direct_views_per_cpu_s": views / statistics.median(cpu["direct"]),
+        "zarr_views_per_cpu_s": views / statistics.median(cpu["zarr"]),
+        "direct_gb_per_s": statistics.median(a) * 196 * 768 * 2 / 1e9,
+    }
+
+
+def pipeline_part(tmp: Path, images: int, workers: int, repeats: int) -> dict[str, float]:
+    from adaslot.config import CacheConfig, DataSpec
+    from adaslot.data.synthetic import SyntheticConfig, make_synthetic
+    from adaslot.store.writer import cache_features
+
+    name = register_instant()
+    make_synthetic(
+        SyntheticConfig(
+            out=str(tmp / "coco"), num_train=images, num_val=1, image_size=64, seed=0, progress=False
+        )
+    )
+    rates, cpus = [], []
+    for _ in range(repeats):
+        out = tmp / "pipe.zarr"
+        shutil.rmtree(out, ignore_errors=True)
+        cfg = CacheConfig(
+            out=str(out),
+            data=DataSpec(root=str(tmp / "coco"), split="train"),
+            encoder=name,
+            image_size=64,
+            batch_size=64,
+            workers=workers,
+            device="cpu",
+            progress=False,
+        )
+        c0, t = cpu_seconds(), time.perf_counter()
+        s = cache_features(cfg)
+        dt = time.perf_counter() - t
+        assert s["images_written"] == images, s
+        rates.append(images / dt)
+        cpus.append((cpu_seconds() - c0) / images)
+    return {
+        "images_per_s": statistics.median(rates),
+        "runs": rates,
+        "cpu_ms_per_image": 1e3 * statistics.median(cpus),
+        "images": images,
+        "workers": workers,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--jpegs", type=int, default=48)
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--images", type=int, default=4000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", default=str(ROOT / "docs" / "results" / "cache_host_rates.json"))
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("ADASLOT_BENCH_TMP")) as t:
+        tmp = Path(t)
+        dec = decode_part(make_jpegs(tmp / "jpegs", args.jpegs), args.repeats)
+        wr = writer_part(tmp, args.shards, args.repeats)
+        pipe = pipeline_part(tmp, args.images, args.workers, args.repeats)
+    result = {
+        "decode_640x480_jpeg_to_224": dec,
+        "writer_vitb": wr,
+        "pipeline_64px_instant_encoder": pipe,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    print(
+        f"decode+transform 640x480 JPEG -> 224, one core: PIL {dec['pil_images_per_s']:.0f} images/s, "
+        f"torchvision.io.decode_jpeg {dec['torchvision_images_per_s']:.0f} images/s; per CPU second "
+        f"{dec['pil_images_per_cpu_s']:.0f} / {dec['torchvision_images_per_cpu_s']:.0f} "
+        f"(max |diff| {dec['max_abs_diff_pil_vs_torchvision']:.3f})"
+    )
+    print(f"ratio decode torchvision / PIL = {dec['torchvision_images_per_s'] / dec['pil_images_per_s']:.2f}")
+    print(
+        f"shard writer, ViT-B views with crc32c: direct {wr['direct_views_per_s']:.0f} views/s "
+        f"({wr['direct_views_per_cpu_s']:.0f} per CPU second, {wr['direct_gb_per_s']:.2f} GB/s), zarr-python "
+        f"{wr['zarr_views_per_s']:.0f} views/s ({wr['zarr_views_per_cpu_s']:.0f} per CPU second)"
+    )
+    print(
+        f"ratio shard writer direct / zarr-python = {wr['direct_views_per_s'] / wr['zarr_views_per_s']:.1f} "
+        f"(per CPU second {wr['direct_views_per_cpu_s'] / wr['zarr_views_per_cpu_s']:.1f}); "
+        f"direct / goal 6000 views/s = {wr['direct_views_per_s'] / 6000:.2f}"
+    )
+    print(
+        f"cache-features, 64 px, 2 views, instant encoder, {pipe['workers']} decode worker(s): "
+        f"{pipe['images_per_s']:.0f} images/s ({pipe['cpu_ms_per_image']:.2f} CPU ms per image)"
+    )
+    print(f"ratio pipeline images/s / goal 1000 = {pipe['images_per_s'] / 1000:.2f}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
