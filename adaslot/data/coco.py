@@ -82,6 +82,21 @@ class SkipLog:
             self._seen.add(key)
             self.items.append(skip)
 
+    def record(self, batch_or_item: dict[str, Any], notes: Counter[str]) -> list[Skip]:
+        """Add the skips of a collated batch (or of one item) and count its notes into `notes`; returns the
+        new skips. The datasets' `record` (call it in the main process for every batch)."""
+        if "ok" in batch_or_item:  # a single item
+            item = batch_or_item
+            skipped = [] if item["ok"] else [{k: v for k, v in item.items() if k != "ok"}]
+            new_notes = item.get("notes", []) if item["ok"] else []
+        else:
+            skipped, new_notes = batch_or_item.get("skipped", []), batch_or_item.get("notes", [])
+        new = [Skip(**s) for s in skipped]
+        for s in new:
+            self.add(s)
+        notes.update(new_notes)
+        return new
+
     def counts(self) -> dict[str, int]:
         return dict(Counter(s.reason for s in self.items))
 
@@ -219,17 +234,7 @@ class CocoDataset(Dataset):
     def record(self, batch_or_item: dict[str, Any]) -> list[Skip]:
         """Keep the skip list and notes of a collated batch (or of one item); returns the new skips.
         Call it in the main process for every batch: `for b in loader: ds.record(b); ...`."""
-        if "ok" in batch_or_item:  # a single item
-            item = batch_or_item
-            skipped = [] if item["ok"] else [{k: v for k, v in item.items() if k != "ok"}]
-            notes = item.get("notes", []) if item["ok"] else []
-        else:
-            skipped, notes = batch_or_item.get("skipped", []), batch_or_item.get("notes", [])
-        new = [Skip(**s) for s in skipped]
-        for s in new:
-            self.skips.add(s)
-        self.notes.update(notes)
-        return new
+        return self.skips.record(batch_or_item, self.notes)
 
     # ------------------------------------------------------------ ground truth
 

@@ -127,17 +127,8 @@ class CocoWdsDataset(torch.utils.data.Dataset):
                 "notes": notes}
 
     def record(self, batch_or_item: dict[str, Any]) -> list[Skip]:
-        if "ok" in batch_or_item:
-            item = batch_or_item
-            skipped = [] if item["ok"] else [{k: v for k, v in item.items() if k != "ok"}]
-            notes = item.get("notes", []) if item["ok"] else []
-        else:
-            skipped, notes = batch_or_item.get("skipped", []), batch_or_item.get("notes", [])
-        new = [Skip(**s) for s in skipped]
-        for s in new:
-            self.skips.add(s)
-        self.notes.update(notes)
-        return new
+        """Keep the skips and notes of a collated batch or one item (see `CocoDataset.record`)."""
+        return self.skips.record(batch_or_item, self.notes)
 
     def ground_truth(self, image_id: int, include_crowd: bool = True) -> GroundTruth:
         """As `CocoDataset.ground_truth` (empty masks dropped); iscrowd is unknown here: all False."""

@@ -157,15 +157,8 @@ class MoviDataset(torch.utils.data.Dataset):
                 "geometry": geom, "notes": []}
 
     def record(self, batch_or_item: dict[str, Any]) -> list[Skip]:
-        """Keep the skips of a collated batch or one item (see `CocoDataset.record`)."""
-        if "ok" in batch_or_item:
-            skipped = [] if batch_or_item["ok"] else [{k: v for k, v in batch_or_item.items() if k != "ok"}]
-        else:
-            skipped = batch_or_item.get("skipped", [])
-        new = [Skip(**s) for s in skipped]
-        for s in new:
-            self.skips.add(s)
-        return new
+        """Keep the skips and notes of a collated batch or one item (see `CocoDataset.record`)."""
+        return self.skips.record(batch_or_item, self.notes)
 
     def ground_truth(self, image_id: int, include_crowd: bool = True) -> GroundTruth:
         """One mask per object id present in the frame (background 0 left out), at the frame's resolution;
