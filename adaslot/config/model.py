@@ -125,9 +125,11 @@ class ModelConfig(Settings):
         return super().from_dict(d, strict=strict)
 
     @classmethod
-    def parse_overrides(cls, items: list[str], flag: str = "--model") -> dict[str, Any]:
-        """["slot_dim=64", "decoder_hidden=512x512"] -> {"slot_dim": 64, "decoder_hidden": (512, 512)}."""
-        names = [f.name for f in dataclasses.fields(cls)]
+    def parse_overrides(cls, items: list[str], flag: str = "--model",
+                        names: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """["slot_dim=64", "decoder_hidden=512x512"] -> {"slot_dim": 64, "decoder_hidden": (512, 512)};
+        KEY one of `names` (default: every field), else one line naming `flag`."""
+        names = names or tuple(f.name for f in dataclasses.fields(cls))
         out: dict[str, Any] = {}
         for item in items:
             key, sep, value = item.partition("=")
@@ -175,17 +177,7 @@ class MethodOverrides(Settings):
     def parse(cls, items: list[str], flag: str = "--score-method") -> dict[str, Any]:
         """["merge_slots=0.25", "merge_on=features"] -> {"merge_slots": 0.25, "merge_on": "features"}, checked
         (one line naming `flag` and the key)."""
-        out: dict[str, Any] = {}
-        for item in items:
-            key, sep, value = item.partition("=")
-            key = key.strip().replace("-", "_")
-            if not sep or key not in INFERENCE_FIELDS:
-                raise AdaslotError(f"{flag} expects KEY=VALUE with KEY one of {', '.join(INFERENCE_FIELDS)}; "
-                                   f"got {item!r}")
-            try:
-                out[key] = parse_value(ModelConfig, key, value)
-            except AdaslotError as e:
-                raise AdaslotError(f"{flag} {e}") from None
+        out = ModelConfig.parse_overrides(items, flag, INFERENCE_FIELDS)
         try:
             cls(**out).validate()
         except AdaslotError as e:
