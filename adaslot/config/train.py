@@ -127,6 +127,10 @@ class TrainConfig(Settings):
         """The val store or COCO root periodic validation reads (None: no validation data)."""
         return self.val_from_cache or self.val_root or self.data.root
 
+    def total_steps(self) -> int:
+        """num_iters, or the preset's / stage's default when unset (what `resolved()` fills in)."""
+        return int(self.resolved().num_iters or 0)
+
     def resolved(self) -> TrainConfig:
         """A copy with stage defaults filled in (num_iters)."""
         steps = get_preset(self.preset).num_iters if self.preset in PRESETS else None

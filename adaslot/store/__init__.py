@@ -90,7 +90,7 @@ class FeatureStore:
         recorded in `damage` and reads as "not written" (status 0, image id -1) instead."""
         arr = self._root[name]
         try:
-            return arr[:]
+            return np.asarray(arr[:])
         except ValueError as e:  # zarr's crc32c codec: "Stored and computed checksum do not match"
             if self.backend != "zarr" or "checksum" not in str(e):
                 raise
@@ -357,7 +357,8 @@ def open_store(path: str | Path, strict: bool = True) -> FeatureStore:
 
 def _read_json(path: str) -> dict[str, Any]:
     with open(path) as f:
-        return json.load(f)
+        doc: dict[str, Any] = json.load(f)
+    return doc
 
 
 def _broken_metadata(path: str) -> str:

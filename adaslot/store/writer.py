@@ -19,7 +19,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -162,12 +162,13 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
                 verdict = ("complete", [])
             else:
                 _remove_partial_files(cfg.out)  # rank 0 only, before any rank writes
-                status = np.asarray(zarr.open_group(cfg.out, mode="r")["status"][:])
+                group: Any = zarr.open_group(cfg.out, mode="r")  # zarr types a member as Array | Group
+                status = np.asarray(group["status"][:])
                 done = shard_done_mask(status, cfg.shard_size)
                 verdict = ("ready", [k for k in range(done.size) if not done[k]])
         except AdaslotError as e:
             verdict = ("error", str(e))
-    kind, payload = distributed.broadcast_object(verdict)
+    kind, payload = cast(tuple[str, Any], distributed.broadcast_object(verdict))
     if kind == "error":
         raise AdaslotError(payload)
     if kind == "complete":
@@ -186,14 +187,14 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
     distributed.barrier()
 
     summary: dict[str, Any] = {}
-    error = None
+    error: str | None = None
     if dist.is_main:
         try:
             summary = _finalize(cfg, root, dataset, n, s, time.time() - t_start, written * dist.world_size)
             summary["shards_this_run"] = len(missing)
         except AdaslotError as e:
             error = str(e)
-    error = distributed.broadcast_object(error)
+    error = cast(str | None, distributed.broadcast_object(error))
     if dist.enabled:
         distributed.cleanup()
     if error:
@@ -223,7 +224,7 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
     open_shards: dict[int, dict[str, Any]] = {}
     counts = {"written": 0, "skipped": 0}
 
-    def finish(pending: tuple[int, np.ndarray, list[dict], Any, Any]) -> None:
+    def finish(pending: tuple[int, np.ndarray, list[dict[str, Any]], Any, Any]) -> None:
         """Copy one encoded batch into its shard buffer; hand the shard to the writer when it is full."""
         k, idx, skips, host, event = pending
         if event is not None:
@@ -269,7 +270,7 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
                     if on_cuda:  # async copy into pinned memory; the next batch is queued before we wait
                         host = torch.empty(f.shape, dtype=f.dtype, pin_memory=True)
                         host.copy_(f, non_blocking=True)
-                        event = torch.cuda.Event()
+                        event = torch.cuda.Event()  # type: ignore[no-untyped-call]  # unannotated in torch
                         event.record()
                     else:
                         host = f
