@@ -45,6 +45,11 @@ from adaslot.store.shardfile import ShardWriter
 VIEW_NAMES = ("image", "hflip")
 
 
+def store_layout(cfg: CacheConfig) -> dict[str, int]:
+    """The layout settings a store records (attrs["settings"]["layout"]): block and shard sizes in samples."""
+    return {"chunk_samples": cfg.chunk_samples, "shard_samples": cfg.shard_samples}
+
+
 def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, views: int) -> dict[str, Any]:
     """Everything that determines the store's bytes; a rerun must match it exactly to resume."""
     from adaslot.data.transforms import describe_transform
@@ -59,7 +64,7 @@ def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, view
                           "resize": f"{dataset.shape[1]}x{dataset.shape[2]} -> {side}x{side}, bicubic, "
                                     f"align_corners=False, antialias={cfg.antialias}"},
             "views": list(VIEW_NAMES[:views]),
-            "layout": {"chunk_samples": cfg.chunk_size, "shard_samples": cfg.shard_size},
+            "layout": store_layout(cfg),
         }
     return {
         "feature_contract": contract,
@@ -75,7 +80,7 @@ def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, view
         },
         "transform": describe_transform(side, antialias=cfg.antialias, crop=True),
         "views": list(VIEW_NAMES[:views]),
-        "layout": {"chunk_samples": cfg.chunk_size, "shard_samples": cfg.shard_size},
+        "layout": store_layout(cfg),
     }
 
 
@@ -164,7 +169,7 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
                 _remove_partial_files(cfg.out)  # rank 0 only, before any rank writes
                 group: Any = zarr.open_group(cfg.out, mode="r")  # zarr types a member as Array | Group
                 status = np.asarray(group["status"][:])
-                done = shard_done_mask(status, cfg.shard_size)
+                done = shard_done_mask(status, cfg.shard_samples)
                 verdict = ("ready", [k for k in range(done.size) if not done[k]])
         except AdaslotError as e:
             verdict = ("error", str(e))
@@ -177,7 +182,7 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
         return {"already_complete": True, "out": cfg.out}
 
     root = zarr.open_group(cfg.out, mode="r+")
-    s = cfg.shard_size
+    s = cfg.shard_samples
     missing: list[int] = payload
     # Round-robin over the *missing* shards: after a partial run the ranks still get equal work (a rank idle
     # at the final barrier for long would hit the process-group timeout).
@@ -206,7 +211,7 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
                    side: int, tokens: int, dim: int, device: torch.device, dist: Any, collate: Any
                    ) -> tuple[int, int]:
     """Encode the given shards (in order) and hand each finished one to the writer thread."""
-    n, s, bs = len(dataset), cfg.shard_size, cfg.batch_size
+    n, s, bs = len(dataset), cfg.shard_samples, cfg.batch_size
     bounds = {k: (k * s, min((k + 1) * s, n)) for k in shards}
     # Batches start at each shard's first row and never cross a shard: the bytes of a shard do not depend
     # on which other shards this run encodes (resume, ranks) even if the kernels depend on the batch size.
