@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from adaslot.config import ModelConfig, TrainConfig, model_config_for
-from adaslot.config.base import names_where
+from adaslot.config.base import cli_fields, flag_of, names_where
 from adaslot.contract import check_contract
 
 
@@ -25,7 +25,8 @@ def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     `resumable` apart. A setting missing from `saved` (a run from an older adaslot) counts as its default."""
     old, new = _flat(TrainConfig.from_dict(saved)), _flat(cfg)
     resumable = names_where(TrainConfig, "resumable")
-    return [f"--{k.replace('_', '-')} {old[k]!r} -> {v!r}" for k, v in new.items()
+    flags = {f.name: flag_of(f) for f, _t, _path in cli_fields(TrainConfig)}
+    return [f"{flags.get(k, k)} {old[k]!r} -> {v!r}" for k, v in new.items()
             if k not in resumable and old[k] != v]
 
 
