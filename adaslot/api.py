@@ -62,7 +62,7 @@ class Segmentation:
     region: tuple[int, int, int, int]
     alpha: np.ndarray | None = None
     source: str | None = None
-    groups: np.ndarray | None = None
+    groups: np.ndarray = None  # type: ignore[assignment]  # None = unmerged: __post_init__ sets arange(K)
     method: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,7 +110,7 @@ def image_tensor(image: ImageLike) -> tuple[torch.Tensor, str | None]:
     uint8 or float in [0, 1]. Raises AdaslotError (ImageLoadError for files) with one readable line.
     """
     if isinstance(image, str | os.PathLike):
-        return to_tensor(load_image(image).image), str(image)
+        return to_tensor(load_image(Path(image)).image), str(image)
     if isinstance(image, Image.Image):
         return to_tensor(to_rgb(image)), None
     if isinstance(image, torch.Tensor):
@@ -215,7 +215,7 @@ class Segmenter:
         tensor [N, C, H, W]; -> a list). Images may differ in size and mode (see `image_tensor`); they run
         through the network `batch_size` at a time. alpha=True also returns the per-slot masks [K, H, W]."""
         batch = _is_batch(images)
-        items = list(images) if batch else [images]  # type: ignore[arg-type]
+        items: list[Any] = list(images) if batch else [images]  # type: ignore[arg-type]  # _is_batch: iterable
         results: list[Segmentation] = []
         for lo in range(0, len(items), batch_size):
             prepared = [prepare_image(im, self.image_size) for im in items[lo:lo + batch_size]]

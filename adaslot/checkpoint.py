@@ -21,7 +21,7 @@ import shutil
 import sys
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -329,7 +329,8 @@ def rotate_checkpoints(ckpt_dir: str | os.PathLike, keep: int) -> list[Path]:
 
 def capture_rng() -> dict[str, Any]:
     """Python, NumPy, torch CPU (and CUDA) generator states, as tensors / plain values (weights_only-safe)."""
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())  # the legacy tuple form
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np_state
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
@@ -376,7 +377,7 @@ def check_warmstart(payload: dict[str, Any], cfg: ModelConfig, source: str = "ch
         )
 
 
-def warm_start(model: torch.nn.Module, payload: dict[str, Any], cfg: ModelConfig,
+def warm_start(model: AdaSlot, payload: dict[str, Any], cfg: ModelConfig,
                source: str = "checkpoint") -> list[str]:
     """Load every stage-1 tensor into the stage-2 `model`; only the score network keeps its fresh init.
 

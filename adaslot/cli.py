@@ -102,7 +102,7 @@ def config_command(name: str, cls: type[Settings]) -> Callable:
         def command(**values: Any) -> None:
             fn(_build(cls, values))
 
-        command.__signature__ = inspect.Signature(_parameters(cls))  # type: ignore[attr-defined]
+        command.__signature__ = inspect.Signature(_parameters(cls))  # type: ignore[attr-defined]  # typer reads __signature__, which a function type does not declare
         command.__doc__ = fn.__doc__
         command.__name__ = fn.__name__
         app.command(name)(command)

@@ -164,8 +164,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     _say(cfg, f"[bold]2/6 cache-features[/] ({get_preset(PRESET).encoder}) -> {store}")
     cache_features(CacheConfig(
         out=str(store), data=DataSpec(root=str(data), split="train"), encoder=get_preset(PRESET).encoder,
-        image_size=side, views=2, batch_size=256, workers=0, device="cpu", chunk_size=64, shard_size=512,
-        overwrite=True, progress=cfg.progress))
+        image_size=side, views=2, batch_size=256, workers=0, device="cpu", chunk_samples=64,
+        shard_samples=512, overwrite=True, progress=cfg.progress))
     times["cache_features"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -30,6 +30,10 @@ class PatchColourPositionEncoder(nn.Module):
     the feature contract identifies them; the tap-point string names the averaging and the position weight).
     """
 
+    proj: torch.Tensor  # buffers: [3, colour_dim], [colour_dim], [1]
+    phase: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, patch_size: int = 8, colour_dim: int = 96, position_dim: int = 32, sigma: float = 6.0,
                  position_weight: float = 0.1, seed: int = 0) -> None:
         super().__init__()

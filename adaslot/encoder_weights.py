@@ -98,8 +98,9 @@ def load_into_vit(vit: nn.Module, obj: dict[str, Any], source: str = "weights", 
         k = wrong[0]
         raise AdaslotError(f"{who} does not match the architecture ({k}: {tuple(flat[k].shape)} in the file, "
                            f"{tuple(own[k].shape)} expected); wrong encoder name?")
-    if getattr(vit, "norm", None) is not None and hasattr(vit.norm, "reset_parameters"):
-        vit.norm.reset_parameters()  # after the tap point; defined values in case the file lacks it
+    norm: Any = getattr(vit, "norm", None)
+    if norm is not None and hasattr(norm, "reset_parameters"):
+        norm.reset_parameters()  # after the tap point; defined values in case the file lacks it
     missing, unexpected = vit.load_state_dict(flat, strict=False)
     missing = [k for k in missing if not k.startswith(UNUSED_PREFIXES)]
     if missing or unexpected:

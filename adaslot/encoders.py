@@ -84,7 +84,7 @@ class _TimmTap(nn.Module):
         self.offset, self.antialias = offset, antialias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        vit = self.vit
+        vit: Any = self.vit  # a timm VisionTransformer: its parts are looked up by their timm names
         tokens = vit.patch_embed(x)  # dynamic_img_size: [B, h, w, D]
         grid = (int(tokens.shape[1]), int(tokens.shape[2]))
         tokens = tokens.flatten(1, 2)
@@ -107,6 +107,9 @@ class FrozenEncoder(nn.Module):
 
     `image_size`: the side this encoder is used at (the default of `contract()`, `num_tokens()` and of the
     images a Segmenter prepares); the spec's default unless `build_encoder(image_size=...)` says otherwise."""
+
+    mean: torch.Tensor  # buffers [1, 3, 1, 1]
+    std: torch.Tensor
 
     def __init__(self, spec: EncoderSpec, backbone: nn.Module, weights_source: str,
                  image_size: int | None = None):

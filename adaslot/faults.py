@@ -59,7 +59,8 @@ def describe(e: OSError) -> str:
     if what is None:
         text = str(e.strerror or e).strip() or type(e).__name__
         what = text.splitlines()[0][:200]
-    head = what + (f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else "")
+    code = errno.errorcode.get(e.errno) if e.errno is not None else None
+    head = what + (f" ({code})" if code else "")
     write = e.errno in _WRITES
     path = e.filename2 if write and e.filename2 else e.filename  # a rename: its target
     if path is not None or write:

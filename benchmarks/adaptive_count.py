@@ -65,7 +65,7 @@ def prepare(out: Path) -> tuple[Path, Path]:
         if not (store / "zarr.json").is_file():
             cache_features(CacheConfig(out=str(store), data=DataSpec(root=str(data), split=split),
                                        encoder=encoder, image_size=64, views=views, batch_size=256, workers=0,
-                                       device="cpu", chunk_size=64, shard_size=512, overwrite=True,
+                                       device="cpu", chunk_samples=64, shard_samples=512, overwrite=True,
                                        progress=False))
     return train, val
 

@@ -85,7 +85,7 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             cfg = CacheConfig(out=out, data=DataSpec(root=f"{tmp}/coco", split="val"), encoder=args.encoder,
                               image_size=args.side, batch_size=args.batch_size, workers=args.workers,
-                              device=args.device, chunk_size=8, shard_size=16, progress=False)
+                              device=args.device, chunk_samples=8, shard_samples=16, progress=False)
             c0 = cpu_seconds()
             t = time.perf_counter()
             s = cache_features(cfg)

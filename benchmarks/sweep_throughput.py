@@ -46,7 +46,7 @@ def build_store(root: Path, images: int) -> Path:
     store = root / "train.zarr"
     cache_features(CacheConfig(out=str(store), data=DataSpec(root=str(root / "data")), views=2,
                                encoder=get_preset("demo").encoder, image_size=64, batch_size=256, workers=0,
-                               device="cpu", chunk_size=64, shard_size=512, progress=False))
+                               device="cpu", chunk_samples=64, shard_samples=512, progress=False))
     return store
 
 

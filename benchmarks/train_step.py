@@ -60,8 +60,8 @@ def build_store(root: Path, encoder: str, out: Path) -> None:
     """A real 2-view train store of the synthetic images (cache-features)."""
     from adaslot.store.writer import cache_features
 
-    cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(root)), encoder=encoder, chunk_size=8,
-                               shard_size=8, batch_size=8, workers=0, device="cpu", progress=False))
+    cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(root)), encoder=encoder, chunk_samples=8,
+                               shard_samples=8, batch_size=8, workers=0, device="cpu", progress=False))
 
 
 def build_coco_shaped_store(out: Path, n: int) -> None:

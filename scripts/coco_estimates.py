@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     train = TrainConfig()
-    shard = CacheConfig.__dataclass_fields__["shard_size"].default
+    shard = CacheConfig.__dataclass_fields__["shard_samples"].default
     cfg = model_config_for("coco", 1)
     t, d = cfg.num_tokens, cfg.feature_dim
     stores = {split: store_bytes(n, v, t, d, shard) for split, (n, v) in COCO.items()}

@@ -35,8 +35,8 @@ def train_store(synthetic_coco: Path, tmp_path_factory: pytest.TempPathFactory) 
 
     out = tmp_path_factory.mktemp("train_store") / "train.zarr"
     cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(synthetic_coco)),
-                               encoder="random-vit-tiny", chunk_size=4, shard_size=8, batch_size=6, workers=0,
-                               device="cpu", progress=False))
+                               encoder="random-vit-tiny", chunk_samples=4, shard_samples=8, batch_size=6,
+                               workers=0, device="cpu", progress=False))
     return out
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from adaslot.config import TrainConfig
+from adaslot.config.base import to_flags
 from adaslot.device import torch_threads  # noqa: F401 (the tests' import of it)
 from adaslot.train import read_metrics
 
@@ -21,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 # A tiny slot model on random-vit-tiny features: fast, same code paths as the reference sizes.
 TINY_MODEL = {"slot_dim": 32, "input_mlp_hidden": 64, "slot_mlp_hidden": 64, "decoder_hidden": (64, 64),
               "selector_hidden": 32}
-TINY_FLAGS = [arg for k, v in TINY_MODEL.items()
-              for arg in ("--model", f"{k}={'x'.join(map(str, v)) if isinstance(v, tuple) else v}")]
+_FLAGS = to_flags(TrainConfig(model_overrides=TINY_MODEL))
+TINY_FLAGS = _FLAGS[_FLAGS.index("--model"):]  # the --model KEY=VALUE flags (after the required --out)
 
 Box = tuple[int, int, int, int]
 

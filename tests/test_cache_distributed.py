@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e  # whole cache-features runs under torchrun
 
 def test_torchrun_two_ranks_equals_single_process(synthetic_coco, tmp_path):
     common = dict(data=DataSpec(root=str(synthetic_coco)), encoder="random-vit-tiny", image_size=64,
-                  batch_size=2, workers=0, device="cpu", chunk_size=1, shard_size=2, progress=False)
+                  batch_size=2, workers=0, device="cpu", chunk_samples=1, shard_samples=2, progress=False)
     single = tmp_path / "single.zarr"
     cache_features(CacheConfig(out=str(single), **common))
 

@@ -46,8 +46,8 @@ def make_store(out: Path, name: str, coco: Path) -> Path:
 
     side = SIDE[get_encoder_spec(name).patch_size]
     cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(coco)), encoder=name, image_size=side,
-                               views=1, chunk_size=4, shard_size=8, batch_size=6, workers=0, device="cpu",
-                               progress=False))
+                               views=1, chunk_samples=4, shard_samples=8, batch_size=6, workers=0,
+                               device="cpu", progress=False))
     return out
 
 

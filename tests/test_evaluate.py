@@ -304,8 +304,8 @@ def test_from_cache_proxy_matches_the_image_pass(checkpoints, synthetic_coco, tm
 
     store = tmp_path / "val.zarr"
     cache_features(CacheConfig(out=str(store), data=DataSpec(root=str(synthetic_coco), split="val"),
-                               encoder=ENCODER, workers=0, device="cpu", progress=False, chunk_size=2,
-                               shard_size=4))
+                               encoder=ENCODER, workers=0, device="cpu", progress=False, chunk_samples=2,
+                               shard_samples=4))
     common = dict(checkpoint=str(checkpoints[2]), data=DataSpec(root=str(synthetic_coco), split="val"),
                   workers=0, num_vis=0,
                   device="cpu", batch_size=4, protocol="adaslot,dinosaur")

@@ -30,7 +30,7 @@ def make_store(path: Path, complete: bool = True) -> str:
     settings = {"feature_contract": {"encoder": "test", "feature_dim": D, "num_tokens": T}, "dataset": {
         "split": "train"}, "transform": {}, "views": ["image", "hflip"],
         "layout": {"chunk_samples": CHUNK, "shard_samples": SHARD}}
-    cfg = CacheConfig(out=str(path), chunk_size=CHUNK, shard_size=SHARD)
+    cfg = CacheConfig(out=str(path), chunk_samples=CHUNK, shard_samples=SHARD)
     _prepare_store(cfg, settings, np.arange(N) + 1000, V, T, D, source={})
     root = zarr.open_group(str(path), mode="r+")
     values = np.arange(N)[:, None] + 0.5 * np.arange(V)[None, :]

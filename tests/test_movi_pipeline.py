@@ -25,8 +25,8 @@ from adaslot.train import NoiseSampler, TrainForward, optimisation_step
 def movi_store(movi_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("movi_store") / "train.zarr"
     cache_features(CacheConfig(out=str(out), data=DataSpec(dataset="movi", root=str(movi_root / "tfds")),
-                               encoder="random-vit-tiny", chunk_size=3, shard_size=9, batch_size=9, workers=0,
-                               device="cpu", progress=False))
+                               encoder="random-vit-tiny", chunk_samples=3, shard_samples=9, batch_size=9,
+                               workers=0, device="cpu", progress=False))
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import same_contents, shard_files
+from helpers import run_cli, run_cli_output, same_contents, shard_files
 
 from adaslot.config import CacheConfig, DataSpec, VerifyConfig
 from adaslot.errors import AdaslotError
@@ -30,7 +30,7 @@ SIDE = 64  # 4 x 4 tokens of the random ViT-Tiny: small and fast, same code path
 def _cfg(root: Path, out: Path, split: str = "train", strict: bool = False, **kw) -> CacheConfig:
     base = dict(out=str(out), data=DataSpec(root=str(root), split=split, strict=strict),
                 encoder="random-vit-tiny", image_size=SIDE, batch_size=1, workers=0, device="cpu",
-                chunk_size=1, shard_size=2, progress=False)
+                chunk_samples=1, shard_samples=2, progress=False)
     return CacheConfig(**{**base, **kw})
 
 
@@ -38,7 +38,7 @@ def _cli_args(cfg: CacheConfig) -> list[str]:
     return [sys.executable, "-m", "adaslot.cli", "cache-features", "--out", cfg.out, "--dataset", "coco",
             "--root", str(cfg.data.root), "--split", cfg.data.split, "--encoder", cfg.encoder, "--image-size",
             str(SIDE), "--batch-size", str(cfg.batch_size), "--workers", str(cfg.workers), "--device", "cpu",
-            "--chunk-size", str(cfg.chunk_size), "--shard-size", str(cfg.shard_size), "--no-progress"]
+            "--chunk-size", str(cfg.chunk_samples), "--shard-size", str(cfg.shard_samples), "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +110,11 @@ def test_settings_mismatch_refused_unless_overwrite(synthetic_coco, reference, t
     shutil.copytree(reference, out)
     cfg = _cfg(synthetic_coco, out)
     assert cache_features(cfg)["already_complete"]
-    for change in (dict(chunk_size=2), dict(precision="bf16"), dict(image_size=32), dict(views=1)):
+    for change in (dict(chunk_samples=2), dict(precision="bf16"), dict(image_size=32), dict(views=1)):
         with pytest.raises(AdaslotError, match="different settings"):
             cache_features(dataclasses.replace(cfg, **change))
     val = DataSpec(root=str(synthetic_coco), split="val")
-    cache_features(dataclasses.replace(cfg, data=val, overwrite=True, shard_size=4))
+    cache_features(dataclasses.replace(cfg, data=val, overwrite=True, shard_samples=4))
     st = open_store(out)
     assert st.complete and st.features.shape == (6, 1, 16, 192) and st.attrs["dataset"]["split"] == "val"
     with pytest.raises(AdaslotError, match="split 'val'"):
@@ -207,8 +207,8 @@ def test_export_creates_the_folder_and_refuses_a_folder_as_file(reference, tmp_p
 
 @pytest.mark.parametrize("kw,msg", [({"image_size": -16}, "--image-size must be >= 1"),
                                     ({"workers": -1}, "--workers must be >= 0"),
-                                    ({"chunk_size": 0}, "--chunk-size must be >= 1"),
-                                    ({"chunk_size": 2, "shard_size": 3}, "a multiple of --chunk-size")])
+                                    ({"chunk_samples": 0}, "--chunk-size must be >= 1"),
+                                    ({"chunk_samples": 2, "shard_samples": 3}, "a multiple of --chunk-size")])
 def test_bad_cache_flags_refused_before_writing(synthetic_coco, tmp_path, kw, msg):
     out = tmp_path / "bad.zarr"
     with pytest.raises(AdaslotError, match=msg):
@@ -271,3 +271,26 @@ def test_format_1_store_stays_readable(reference, tmp_path):
     assert sorted(rows.tolist()) == ok and feats.shape == (11, 16, 192)
     r = check_store(str(v1.path))
     assert r["ok"] and r["format_version"] == 1 and r["shards_checked"] == 3
+
+
+
+def test_store_written_before_resumes_with_the_same_flags(synthetic_coco, reference, tmp_path, monkeypatch,
+                                                         capsys):
+    """The settings are named as the store records them (chunk_samples / shard_samples); the flags kept their
+    first spelling. A store written before (tests/data/v1-synthetic-train.zarr, `--chunk-size 2
+    --shard-size 4`) records the layout today's config gives for those flags, and a rerun of the same
+    command line finds its store complete; another block size is refused."""
+    from adaslot.store.writer import store_layout
+
+    v1 = open_store(Path(__file__).parent / "data" / "v1-synthetic-train.zarr")
+    assert v1.attrs["settings"]["layout"] == store_layout(CacheConfig(chunk_samples=2, shard_samples=4))
+    out = tmp_path / "again.zarr"
+    shutil.copytree(reference, out)
+    args = ["cache-features", "--out", str(out), "--root", str(synthetic_coco), "--split", "train",
+            "--encoder", "random-vit-tiny", "--image-size", str(SIDE), "--batch-size", "1", "--workers", "0",
+            "--device", "cpu", "--chunk-size", "1", "--shard-size", "2", "--no-progress"]
+    code, out_text, err = run_cli_output(args, monkeypatch, capsys)
+    assert code == 0 and "already complete" in out_text, err
+    code, err = run_cli([*args[:-5], "--chunk-size", "2", "--shard-size", "2", "--no-progress"], monkeypatch,
+                        capsys)
+    assert code == 2 and "different settings" in err

@@ -31,7 +31,7 @@ def reference(synthetic_coco, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ref") / "ref.zarr"
     cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(synthetic_coco)),
                                encoder="random-vit-tiny", image_size=SIDE, batch_size=2, workers=0,
-                               device="cpu", chunk_size=2, shard_size=2, progress=False))
+                               device="cpu", chunk_samples=2, shard_samples=2, progress=False))
     assert open_store(out).format_version == 2
     return out
 

@@ -55,8 +55,8 @@ def val_store(synthetic_coco, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("val_store") / "val.zarr"
     cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(synthetic_coco), split="val"),
-                               encoder="random-vit-tiny", chunk_size=4, shard_size=8, batch_size=6, workers=0,
-                               device="cpu", progress=False))
+                               encoder="random-vit-tiny", chunk_samples=4, shard_samples=8, batch_size=6,
+                               workers=0, device="cpu", progress=False))
     return out
 
 

@@ -32,10 +32,12 @@ class CacheConfig(Settings):
     batch_size: int = setting(64, "images per encoder batch", min=1)
     workers: int | None = setting(None, WORKERS_HELP, min=0)
     device: str = setting("auto", DEVICE_HELP)
-    chunk_size: int = setting(64, "samples per loader block: the unit whose order the training loader "
-                                  "shuffles and that it splits between ranks", min=1)
-    shard_size: int = setting(512, "samples per shard file (a multiple of --chunk-size); the unit of "
-                                   "writing, resume and repair", min=1)
+    # named as the store records them (attrs["settings"]["layout"]); the flags keep their first spelling,
+    # which scripts use (the config layer has one flag name per field)
+    chunk_samples: int = setting(64, "samples per loader block: the unit whose order the training loader "
+                                     "shuffles and that it splits between ranks", min=1, flag="chunk-size")
+    shard_samples: int = setting(512, "samples per shard file (a multiple of --chunk-size); the unit of "
+                                      "writing, resume and repair", min=1, flag="shard-size")
     overwrite: bool = setting(False, "replace a store made with other settings")
     repair: bool = setting(False, "check every checksum of the existing store and re-encode exactly its "
                                   "damaged shards (same bytes as an undamaged store)")
@@ -46,9 +48,9 @@ class CacheConfig(Settings):
             raise AdaslotError("give the store path: --out PATH (a folder ending in .zarr, or an fsspec URL)")
         if self.repair and self.overwrite:
             raise AdaslotError("--repair keeps the store and --overwrite replaces it: give one of them")
-        if self.shard_size % self.chunk_size:
-            raise AdaslotError(f"--shard-size ({self.shard_size}) must be a multiple of --chunk-size "
-                               f"({self.chunk_size})")
+        if self.shard_samples % self.chunk_samples:
+            raise AdaslotError(f"--shard-size ({self.shard_samples}) must be a multiple of --chunk-size "
+                               f"({self.chunk_samples})")
 
     @property
     def num_views(self) -> int:

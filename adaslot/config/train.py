@@ -127,6 +127,10 @@ class TrainConfig(Settings):
         """The val store or COCO root periodic validation reads (None: no validation data)."""
         return self.val_from_cache or self.val_root or self.data.root
 
+    def total_steps(self) -> int:
+        """num_iters, or the preset's / stage's default when unset (what `resolved()` fills in)."""
+        return int(self.resolved().num_iters or 0)
+
     def resolved(self) -> TrainConfig:
         """A copy with stage defaults filled in (num_iters)."""
         steps = get_preset(self.preset).num_iters if self.preset in PRESETS else None
@@ -148,3 +152,16 @@ class TrainConfig(Settings):
         d["model_overrides"] = {k: tuple(v) if isinstance(v, list) else v
                                 for k, v in d.get("model_overrides", {}).items()}
         return super().from_dict(d, strict=strict)
+
+
+def flat_settings(train: dict[str, Any], model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run's settings under one flat name each, as resume, sweep planning and sweep results compare them.
+
+    train: TrainConfig.to_dict(); its DataSpec's settings sit bare beside the others. model: a
+    ModelConfig.to_dict(); given, its settings come in as model.X in place of the --model overrides. Lists
+    (what JSON makes of tuples) read as tuples."""
+    flat = {k: v for k, v in train.items() if k != "data" and (model is None or k != "model_overrides")}
+    flat |= train["data"]
+    if model is not None:
+        flat |= {f"model.{k}": v for k, v in model.items()}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}

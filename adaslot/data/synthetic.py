@@ -61,7 +61,7 @@ def _random_colour(rng: np.random.Generator, avoid: list[np.ndarray], min_dist: 
             return c
         if d > best_d:
             best, best_d = c, d
-    return best  # type: ignore[return-value]
+    return best  # type: ignore[return-value]  # set: the first try always beats best_d = -1
 
 
 def _pattern(rng: np.random.Generator, kind: str, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -77,7 +77,7 @@ def _pattern(rng: np.random.Generator, kind: str, size: int, yy: np.ndarray, xx:
     if kind == "noise":  # smooth blotches: a small random grid upsampled bilinearly, sampled at the pixels
         g = int(rng.integers(3, 8))
         small = Image.fromarray((rng.uniform(0, 1, (g, g)) * 255).astype(np.uint8), "L")
-        full = np.asarray(small.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+        full = np.asarray(small.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
         return full[yy.astype(np.int32), xx.astype(np.int32)]
     if kind == "gradient":
         theta = rng.uniform(0, 2 * np.pi)

@@ -172,9 +172,10 @@ def _decode_feature(buf: bytes) -> list[bytes] | np.ndarray:
     for kind, _wire, body in _fields(buf):
         assert isinstance(body, bytes)
         if kind == 1:  # BytesList: repeated bytes value = 1
-            return [bytes(v) for n, _w, v in _fields(body) if n == 1]  # type: ignore[misc]
+            return [bytes(v) for n, _w, v in _fields(body) if n == 1]
         if kind == 2:  # FloatList: repeated float value = 1 (packed or not)
-            parts = [np.frombuffer(v, "<f4") for n, _w, v in _fields(body) if n == 1]  # type: ignore[arg-type]
+            parts = [np.frombuffer(v, "<f4") for n, _w, v in _fields(body)  # type: ignore[arg-type]  # wire 2: bytes
+                     if n == 1]
             return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
         if kind == 3:  # Int64List: repeated int64 value = 1 (packed or not)
             vals: list[int] = []
@@ -182,11 +183,11 @@ def _decode_feature(buf: bytes) -> list[bytes] | np.ndarray:
                 if n != 1:
                     continue
                 if w == 0:
-                    vals.append(_signed64(int(v)))  # type: ignore[arg-type]
+                    vals.append(_signed64(int(v)))
                 else:
                     p = 0
-                    while p < len(v):  # type: ignore[arg-type]
-                        x, p = _read_varint(v, p)  # type: ignore[arg-type]
+                    while p < len(v):  # type: ignore[arg-type]  # wire 2 (packed): bytes
+                        x, p = _read_varint(v, p)  # type: ignore[arg-type]  # idem
                         vals.append(_signed64(x))
             return np.asarray(vals, np.int64)
     return []  # an empty Feature (no kind set)
@@ -219,7 +220,7 @@ def encode_example(features: dict[str, list[bytes] | np.ndarray | list[float] | 
     for key in sorted(features):
         value = features[key]
         if isinstance(value, list) and all(isinstance(v, bytes) for v in value):
-            feat = _len_field(1, b"".join(_len_field(1, v) for v in value))  # type: ignore[arg-type]
+            feat = _len_field(1, b"".join(_len_field(1, v) for v in value))  # type: ignore[arg-type]  # all bytes (checked above)
         else:
             arr = np.asarray(value)
             if arr.dtype.kind == "f":

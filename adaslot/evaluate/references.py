@@ -24,7 +24,7 @@ def _gt_labels(dataset: CocoDataset | Dataset | Sequence[EvalItem], side: int, m
 
     if isinstance(dataset, CocoDataset):
         dataset = EvalDataset(dataset, with_images=False)
-    n = len(dataset) if max_images is None else min(len(dataset), max_images)  # type: ignore[arg-type]
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)  # type: ignore[arg-type]  # Dataset has __len__ at run time
     for i in range(n):
         item = dataset[i]
         if isinstance(item, EvalItem):

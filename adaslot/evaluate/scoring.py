@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from adaslot.metrics import MetricAccumulator, image_scores
 
 if TYPE_CHECKING:
     from adaslot.data.coco import CocoDataset
+    from adaslot.model import AdaSlot
 
 PROTOCOL_SIDE = {"adaslot": 224, "dinosaur": 320, "movi": 128}
 PROTOCOL_CROWD = {"adaslot": True, "dinosaur": False, "fullres": True, "movi": True}  # crowd kept?
@@ -121,11 +122,11 @@ class ImageResult:
     slot_masks: torch.Tensor | None = None  # [K, g, g] each slot's own mask before merging (pictures)
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+def _unwrap(model: torch.nn.Module) -> AdaSlot:
     """The model inside DDP / torch.compile wrappers."""
     for attr in ("module", "_orig_mod"):
         model = getattr(model, attr, model)
-    return model
+    return cast("AdaSlot", model)
 
 
 def is_adaptive(model: torch.nn.Module) -> bool:
@@ -136,7 +137,7 @@ def is_adaptive(model: torch.nn.Module) -> bool:
 def keep_mode_label(model: torch.nn.Module, gumbel_eval: int | None = None) -> str:
     """How the evaluated slots were chosen and grouped (the model's inference method), in words
     (metrics.json `keep_mode`)."""
-    cfg = getattr(_unwrap(model), "cfg", None)
+    cfg: Any = getattr(_unwrap(model), "cfg", None)
     if not is_adaptive(model):
         label = "all slots (stage 1)"
     elif getattr(cfg, "selector", "adaslot") == "quality":
@@ -181,16 +182,17 @@ def evaluate_model(
 
     cfg = cfg or EvalConfig()
     protocols = cfg.protocols
-    coco = None
+    coco: Any = None
     # any dataset with CocoDataset's interface (data.movi, data.coco_wds) is wrapped the same way
     if isinstance(dataset, CocoDataset) or hasattr(dataset, "ground_truth"):
         coco = dataset
-        dataset = EvalDataset(dataset, with_images=features_fn is None)
+        dataset = EvalDataset(cast("CocoDataset", dataset), with_images=features_fn is None)
     elif isinstance(dataset, EvalDataset):
         coco = dataset.coco
-    if cfg.max_images is not None and cfg.max_images < len(dataset):  # type: ignore[arg-type]
-        dataset = torch.utils.data.Subset(dataset, range(cfg.max_images))  # type: ignore[arg-type]
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,  # type: ignore[arg-type]
+    # the dataset has __len__ at run time; torch declares none on Dataset (hence the ignores)
+    if cfg.max_images is not None and cfg.max_images < len(dataset):  # type: ignore[arg-type]  # see above
+        dataset = torch.utils.data.Subset(dataset, range(cfg.max_images))  # type: ignore[arg-type]  # idem
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,  # type: ignore[arg-type]  # idem
                         num_workers=resolve_workers(cfg.workers), collate_fn=keep_list)
     device = next(model.parameters()).device
     adaptive = is_adaptive(model)
@@ -248,7 +250,7 @@ def _score_batch(model: torch.nn.Module, encoder: Any, features_fn: Any, items: 
     else:
         if encoder is None:
             raise ValueError("evaluate_model needs an encoder or a features_fn")
-        feats = encoder(torch.stack([it.image for it in items]).to(device))
+        feats = encoder(torch.stack([cast(torch.Tensor, it.image) for it in items]).to(device))
     feats = feats.to(device=device, dtype=torch.float32)
     init = None
     if cfg.gumbel_eval is None:  # docs/method.md#deviations: one slot-init draw for every image

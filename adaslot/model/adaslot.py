@@ -101,6 +101,7 @@ class AdaSlot(nn.Module):
         if keep is not None and cfg.reassign_kept:  # docs/method.md#count-options: survivors take the tokens
             slots, attn = self.slot_attention.reassign(inputs, slots, keep)
         merging = cfg.merge_slots > 0 and (cfg.merge_in_training or not self.training)
+        groups: torch.Tensor | None
         if merging and cfg.merge_in_training:  # SOLV: decode each group's mean slot (method.md#count-options)
             groups = merge_groups(slots, cfg.merge_slots, keep=keep)
             rep = merged_keep(groups).to(slots.dtype)
@@ -133,7 +134,8 @@ class AdaSlot(nn.Module):
         mode = keep_mode or ("gumbel" if self.training else "deterministic")
         if mode not in KEEP_MODES:
             raise AdaslotError(f"keep_mode must be one of {KEEP_MODES}, got {mode!r}")
-        return self.selector(slots, mode, gumbel_noise)
+        keep_logits: tuple[torch.Tensor, torch.Tensor] = self.selector(slots, mode, gumbel_noise)
+        return keep_logits
 
 
 def load_stage1_into_stage2(model: AdaSlot, state_dict: Mapping[str, torch.Tensor]) -> list[str]:

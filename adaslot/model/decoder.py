@@ -52,12 +52,16 @@ class MLPDecoder(nn.Module):
 
     def decode(self, slots: torch.Tensor) -> torch.Tensor:
         """slots [N, S] -> per-slot outputs [N, T, D + 1] (features then alpha logit)."""
+        out: torch.Tensor
         if not self.split_first_layer:
-            return self.mlp(slots.unsqueeze(1) + self.pos_embed)
+            out = self.mlp(slots.unsqueeze(1) + self.pos_embed)
+            return out
         first = self.mlp[0]
+        assert isinstance(first, nn.Linear)
         per_slot = first(slots)  # [N, H] = W slot + b
         per_token = self.pos_embed[0] @ first.weight.t()  # [T, H] = W pos
-        return self.mlp[1:](per_slot.unsqueeze(1) + per_token)
+        out = self.mlp[1:](per_slot.unsqueeze(1) + per_token)
+        return out
 
     def decode_sparse(self, slots: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
         """slots [B, K, S], kept [B, K] bool -> outputs [B, K, T, D + 1]; autograd records kept rows only.
@@ -92,7 +96,7 @@ class MLPDecoder(nn.Module):
         else:
             b, k, s = slots.shape
             out = self.decode(slots.reshape(b * k, s)).reshape(b, k, self.num_tokens, self.feature_dim + 1)
-        patches, alpha_logits = out.split([self.feature_dim, 1], dim=-1)
+        patches, alpha_logits = torch.split(out, [self.feature_dim, 1], dim=-1)
         alpha = masked_alpha(alpha_logits.squeeze(-1), keep)
         recon = torch.einsum("bkt,bktd->btd", alpha, patches)
         return recon, alpha

@@ -32,7 +32,8 @@ class GumbelSelector(nn.Module):
         """slots [B, K, S] -> logits [B, K, 2] (index 1 = keep)."""
         if self.context:
             slots = torch.cat([slots, slots.mean(dim=1, keepdim=True).expand_as(slots)], dim=-1)
-        return self.net(slots)
+        logits: torch.Tensor = self.net(slots)
+        return logits
 
     def forward(self, slots: torch.Tensor, mode: str = "gumbel",
                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from adaslot.config import CacheConfig, DataSpec
+from adaslot.config.base import to_flags
 from adaslot.contract import IDENTITY_KEYS, check_contract
 from adaslot.errors import AdaslotError
 from adaslot.store.layout import Damage, ShardedFeatures
@@ -90,7 +92,7 @@ class FeatureStore:
         recorded in `damage` and reads as "not written" (status 0, image id -1) instead."""
         arr = self._root[name]
         try:
-            return arr[:]
+            return np.asarray(arr[:])
         except ValueError as e:  # zarr's crc32c codec: "Stored and computed checksum do not match"
             if self.backend != "zarr" or "checksum" not in str(e):
                 raise
@@ -264,25 +266,18 @@ def repair_hint(path: str, attrs: dict[str, Any]) -> str:
     s, src = attrs.get("settings") or {}, attrs.get("source") or {}
     try:
         c, layout = s["feature_contract"], s["layout"]
-        args = ["adaslot", "cache-features", "--out", path, "--images", src["images"], "--annotations",
-                src["annotations"]]
-        if s["dataset"]["split"] != "train":
-            args += ["--split", s["dataset"]["split"]]
-        args += ["--encoder", c["encoder"]]
-        if src.get("encoder_weights"):
-            args += ["--encoder-weights", src["encoder_weights"]]
-        args += ["--image-size", str(c["input_size"][0]), "--views", str(len(s["views"]))]
-        if c.get("precision", "fp32") != "fp32":
-            args += ["--precision", c["precision"]]
-        if "antialias=True" in str(s["transform"].get("resize", "")):
-            args.append("--antialias")
-        args += ["--chunk-size", str(layout["chunk_samples"]), "--shard-size", str(layout["shard_samples"])]
-        if src.get("batch_size"):
-            args += ["--batch-size", str(src["batch_size"])]
+        given: dict[str, Any] = {"batch_size": src["batch_size"]} if src.get("batch_size") else {}
+        cfg = CacheConfig(
+            out=path, data=DataSpec(images=src["images"], annotations=src["annotations"],
+                                    split=s["dataset"]["split"]),
+            encoder=c["encoder"], encoder_weights=src.get("encoder_weights") or None,
+            image_size=int(c["input_size"][0]), views=len(s["views"]), precision=c.get("precision", "fp32"),
+            antialias="antialias=True" in str(s["transform"].get("resize", "")),
+            chunk_samples=int(layout["chunk_samples"]), shard_samples=int(layout["shard_samples"]), **given)
     except (KeyError, TypeError, IndexError):  # settings unreadable (damaged root metadata) or foreign
         return (f"repair it by rerunning the `adaslot cache-features --out {path} ...` command that wrote "
                 f"it with --repair")
-    return "repair it with: " + shlex.join([*args, "--repair"])
+    return "repair it with: " + shlex.join(["adaslot", "cache-features", *to_flags(cfg), "--repair"])
 
 
 def metadata_damage(path: str) -> AdaslotError:
@@ -357,7 +352,8 @@ def open_store(path: str | Path, strict: bool = True) -> FeatureStore:
 
 def _read_json(path: str) -> dict[str, Any]:
     with open(path) as f:
-        return json.load(f)
+        doc: dict[str, Any] = json.load(f)
+    return doc
 
 
 def _broken_metadata(path: str) -> str:

@@ -224,7 +224,7 @@ class ShardedFeatures:
                     if self.crc and ci < expected:
                         return done, f"the chunk of {what} is missing"
                     continue
-                if os.preadv(fd, [buf], int(off)) != nbytes:
+                if os.preadv(fd, [buf.data], int(off)) != nbytes:
                     return done, f"cut short (chunk of {what})"
                 done += int(nbytes)
                 if self.crc and google_crc32c.value(buf[:-4]) != int.from_bytes(buf[-4:].tobytes(), "little"):

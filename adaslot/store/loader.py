@@ -75,7 +75,8 @@ class FeatureLoader:
         self._chunk_rows = [np.flatnonzero(valid[a:b]) + a for a, b in self.chunks]
         if in_memory:
             self._mem_rows = np.concatenate(  # ascending: blocks in order, rows ascending inside each
-                [self._chunk_rows[c] for c in range(len(self.chunks)) if c % world_size == rank] or [[]]
+                [self._chunk_rows[c] for c in range(len(self.chunks)) if c % world_size == rank]
+                or [np.empty(0, np.int64)]
             ).astype(np.int64)
             if self._mem_rows.size == 0:
                 raise AdaslotError(f"rank {rank} of {world_size} has no samples in {self.store.path}")
@@ -86,10 +87,12 @@ class FeatureLoader:
         self.consumed = 0  # samples handed out by __next__ on this rank
         self._plans: dict[int, tuple[np.ndarray, np.ndarray, list[int]]] = {}
         self._pool: ThreadPoolExecutor | None = None
-        self._jobs: deque[Future] = deque()  # host batches being read, in stream order
+        # host batches being read, in stream order
+        self._jobs: deque[Future[tuple[torch.Tensor, torch.Tensor]]] = deque()
         self._ahead: deque[tuple[torch.Tensor, torch.Tensor, Any]] = deque()  # CUDA: batches being copied
         self._copy_stream: Any = None
-        self._free: queue.SimpleQueue = queue.SimpleQueue()  # recycled host buffers, (buffer, CUDA event)
+        # recycled host buffers, (buffer, CUDA event)
+        self._free: queue.SimpleQueue[tuple[torch.Tensor, Any]] = queue.SimpleQueue()
         self._lent: torch.Tensor | None = None  # reuse_buffers: the buffer of the batch handed out last
         self._next_pos: tuple[int, int] = (0, 0)  # (epoch, index) of the next batch to submit
 
@@ -184,7 +187,8 @@ class FeatureLoader:
         job = self._jobs.popleft()
         self._submit()
         try:
-            return job.result()
+            batch: tuple[torch.Tensor, torch.Tensor] = job.result()
+            return batch
         except BaseException:
             self.close()
             raise
@@ -192,12 +196,12 @@ class FeatureLoader:
     def _next_on_cuda(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep DEVICE_AHEAD batches in flight to the GPU on a side stream; hand out the oldest."""
         if self._copy_stream is None:
-            self._copy_stream = torch.cuda.Stream(self.device)
+            self._copy_stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]  # torch leaves Stream() unannotated
         while len(self._ahead) < DEVICE_AHEAD:
             host, rows = self._next_host()
             with torch.cuda.stream(self._copy_stream):
                 feats = host.to(self.device, non_blocking=True).float()
-                done = torch.cuda.Event()
+                done = torch.cuda.Event()  # type: ignore[no-untyped-call]  # torch leaves Event() unannotated
                 done.record()
             self._free.put((host, done))  # reused once the copy has finished (the reader waits for it)
             self._ahead.append((feats, rows, done))

@@ -84,7 +84,8 @@ def repair_prepare(cfg: CacheConfig, settings: dict[str, Any], image_ids: np.nda
 def _read(path: Path) -> dict[str, Any] | None:
     """A zarr.json's content; None if it is missing or does not parse."""
     try:
-        return json.loads(path.read_text())
+        doc: dict[str, Any] = json.loads(path.read_text())
+        return doc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
 

@@ -138,7 +138,7 @@ class ShardWriter:
     def __init__(self, root: Any, path: str, depth: int = 2):
         self.root, self.path = root, path
         self.direct = direct_features(root, path)
-        self.q: queue.Queue = queue.Queue(maxsize=depth)  # bounded: at most `depth` shards held in RAM
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=depth)  # bounded: at most `depth` shards held in RAM
         self.error: BaseException | None = None
         self.bytes_written = 0
         self.thread = threading.Thread(target=self._run, name="adaslot-shard-writer", daemon=True)

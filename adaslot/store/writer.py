@@ -19,7 +19,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -45,6 +45,11 @@ from adaslot.store.shardfile import ShardWriter
 VIEW_NAMES = ("image", "hflip")
 
 
+def store_layout(cfg: CacheConfig) -> dict[str, int]:
+    """The layout settings a store records (attrs["settings"]["layout"]): block and shard sizes in samples."""
+    return {"chunk_samples": cfg.chunk_samples, "shard_samples": cfg.shard_samples}
+
+
 def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, views: int) -> dict[str, Any]:
     """Everything that determines the store's bytes; a rerun must match it exactly to resume."""
     from adaslot.data.transforms import describe_transform
@@ -59,7 +64,7 @@ def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, view
                           "resize": f"{dataset.shape[1]}x{dataset.shape[2]} -> {side}x{side}, bicubic, "
                                     f"align_corners=False, antialias={cfg.antialias}"},
             "views": list(VIEW_NAMES[:views]),
-            "layout": {"chunk_samples": cfg.chunk_size, "shard_samples": cfg.shard_size},
+            "layout": store_layout(cfg),
         }
     return {
         "feature_contract": contract,
@@ -75,7 +80,7 @@ def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, view
         },
         "transform": describe_transform(side, antialias=cfg.antialias, crop=True),
         "views": list(VIEW_NAMES[:views]),
-        "layout": {"chunk_samples": cfg.chunk_size, "shard_samples": cfg.shard_size},
+        "layout": store_layout(cfg),
     }
 
 
@@ -162,12 +167,13 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
                 verdict = ("complete", [])
             else:
                 _remove_partial_files(cfg.out)  # rank 0 only, before any rank writes
-                status = np.asarray(zarr.open_group(cfg.out, mode="r")["status"][:])
-                done = shard_done_mask(status, cfg.shard_size)
+                group: Any = zarr.open_group(cfg.out, mode="r")  # zarr types a member as Array | Group
+                status = np.asarray(group["status"][:])
+                done = shard_done_mask(status, cfg.shard_samples)
                 verdict = ("ready", [k for k in range(done.size) if not done[k]])
         except AdaslotError as e:
             verdict = ("error", str(e))
-    kind, payload = distributed.broadcast_object(verdict)
+    kind, payload = cast(tuple[str, Any], distributed.broadcast_object(verdict))
     if kind == "error":
         raise AdaslotError(payload)
     if kind == "complete":
@@ -176,7 +182,7 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
         return {"already_complete": True, "out": cfg.out}
 
     root = zarr.open_group(cfg.out, mode="r+")
-    s = cfg.shard_size
+    s = cfg.shard_samples
     missing: list[int] = payload
     # Round-robin over the *missing* shards: after a partial run the ranks still get equal work (a rank idle
     # at the final barrier for long would hit the process-group timeout).
@@ -186,14 +192,14 @@ def cache_features(cfg: CacheConfig) -> dict[str, Any]:
     distributed.barrier()
 
     summary: dict[str, Any] = {}
-    error = None
+    error: str | None = None
     if dist.is_main:
         try:
             summary = _finalize(cfg, root, dataset, n, s, time.time() - t_start, written * dist.world_size)
             summary["shards_this_run"] = len(missing)
         except AdaslotError as e:
             error = str(e)
-    error = distributed.broadcast_object(error)
+    error = cast(str | None, distributed.broadcast_object(error))
     if dist.enabled:
         distributed.cleanup()
     if error:
@@ -205,7 +211,7 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
                    side: int, tokens: int, dim: int, device: torch.device, dist: Any, collate: Any
                    ) -> tuple[int, int]:
     """Encode the given shards (in order) and hand each finished one to the writer thread."""
-    n, s, bs = len(dataset), cfg.shard_size, cfg.batch_size
+    n, s, bs = len(dataset), cfg.shard_samples, cfg.batch_size
     bounds = {k: (k * s, min((k + 1) * s, n)) for k in shards}
     # Batches start at each shard's first row and never cross a shard: the bytes of a shard do not depend
     # on which other shards this run encodes (resume, ranks) even if the kernels depend on the batch size.
@@ -223,7 +229,7 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
     open_shards: dict[int, dict[str, Any]] = {}
     counts = {"written": 0, "skipped": 0}
 
-    def finish(pending: tuple[int, np.ndarray, list[dict], Any, Any]) -> None:
+    def finish(pending: tuple[int, np.ndarray, list[dict[str, Any]], Any, Any]) -> None:
         """Copy one encoded batch into its shard buffer; hand the shard to the writer when it is full."""
         k, idx, skips, host, event = pending
         if event is not None:
@@ -269,7 +275,7 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
                     if on_cuda:  # async copy into pinned memory; the next batch is queued before we wait
                         host = torch.empty(f.shape, dtype=f.dtype, pin_memory=True)
                         host.copy_(f, non_blocking=True)
-                        event = torch.cuda.Event()
+                        event = torch.cuda.Event()  # type: ignore[no-untyped-call]  # unannotated in torch
                         event.record()
                     else:
                         host = f

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from adaslot.config import TrainConfig, model_config_for
-from adaslot.config.base import names_where, to_flags
-from adaslot.config.sweep import Variant, value_text, warmstart_free_keys
+from adaslot.config.base import names_where, to_flags, value_text
+from adaslot.config.sweep import Variant, warmstart_free_keys
+from adaslot.config.train import flat_settings
 from adaslot.errors import AdaslotError
 from adaslot.sweep.results import checkpoint_step, find_axes, read_runs, read_score
 
@@ -38,7 +39,7 @@ def is_scored(run_dir: str | Path, step: int, scoring: dict[str, Any]) -> bool:
 def needs(cfg: TrainConfig, scoring: dict[str, Any]) -> str:
     """What the run in cfg.out still needs: "nothing", "score" (trained, not scored with these settings),
     or "train" (then score)."""
-    steps = cfg.resolved().num_iters
+    steps = cfg.total_steps()
     if checkpoint_step(cfg.out) < steps:
         return "train"
     return "nothing" if is_scored(cfg.out, steps, scoring) else "score"
@@ -89,7 +90,7 @@ def step_cost(cfg: TrainConfig) -> float:
 
 def work(cfgs: list[TrainConfig]) -> float:
     """The remaining work of runs: steps left x step_cost."""
-    return sum((c.resolved().num_iters - checkpoint_step(c.out)) * step_cost(c) for c in cfgs)
+    return sum((c.total_steps() - checkpoint_step(c.out)) * step_cost(c) for c in cfgs)
 
 
 def assign(groups: list[list[TrainConfig]], jobs: int) -> list[list[list[TrainConfig]]]:
@@ -152,8 +153,5 @@ def resolve_warmstart(variants: list[Variant], stage1_sweep: str) -> list[Varian
 def variant_settings(cfg: TrainConfig) -> dict[str, Any]:
     """A run's settings as the results name them: train settings bare (DataSpec's included), model settings
     as model.X (the model config the run will build, before the input fixes feature_dim / num_tokens)."""
-    d = cfg.to_dict()
-    flat = {k: v for k, v in d.items() if k not in ("data", "model_overrides")} | d["data"]
     model = model_config_for(cfg.preset, cfg.stage, **cfg.model_settings())
-    flat |= {f"model.{k}": v for k, v in model.to_dict().items()}
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}
+    return flat_settings(cfg.to_dict(), model.to_dict())

@@ -17,6 +17,7 @@ from typing import Any
 
 from adaslot.config.base import value_text
 from adaslot.config.sweep import hidden_axes
+from adaslot.config.train import flat_settings
 from adaslot.errors import AdaslotError
 from adaslot.evaluate.report import format_value
 from adaslot.files import atomic_path
@@ -96,9 +97,7 @@ def read_runs(sweep_dir: str | Path) -> list[RunRecord]:
         d = cfg_file.parent
         config = json.loads(cfg_file.read_text())
         train = config["train"]
-        settings = {k: v for k, v in train.items() if k not in ("data", "model_overrides")} | train["data"]
-        settings |= {f"model.{k}": v for k, v in config["model"].items()}
-        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+        settings = flat_settings(train, config["model"])
         runs.append(RunRecord(d.name, str(d), settings, int(train["num_iters"]), checkpoint_step(d),
                               read_metrics(d), read_score(d)))
     return runs

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from adaslot.config import ModelConfig, TrainConfig, model_config_for
-from adaslot.config.base import names_where
+from adaslot.config.base import cli_fields, flag_of, names_where
+from adaslot.config.train import flat_settings
 from adaslot.contract import check_contract
 
 
@@ -15,17 +16,13 @@ def resolve_model_config(cfg: TrainConfig, feature_dim: int, num_tokens: int) ->
     return model_config_for(cfg.preset, cfg.stage, **overrides).validate()
 
 
-def _flat(cfg: TrainConfig) -> dict[str, Any]:
-    d = cfg.to_dict()
-    return {**{k: v for k, v in d.items() if k != "data"}, **d["data"]}
-
-
 def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """`--flag old -> new` for every setting that differs from a saved run's config, those declared
     `resumable` apart. A setting missing from `saved` (a run from an older adaslot) counts as its default."""
-    old, new = _flat(TrainConfig.from_dict(saved)), _flat(cfg)
+    old, new = flat_settings(TrainConfig.from_dict(saved).to_dict()), flat_settings(cfg.to_dict())
     resumable = names_where(TrainConfig, "resumable")
-    return [f"--{k.replace('_', '-')} {old[k]!r} -> {v!r}" for k, v in new.items()
+    flags = {f.name: flag_of(f) for f, _t, _path in cli_fields(TrainConfig)}
+    return [f"{flags.get(k, k)} {old[k]!r} -> {v!r}" for k, v in new.items()
             if k not in resumable and old[k] != v]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -124,7 +124,7 @@ class Run:
             forward = nn.parallel.DistributedDataParallel(
                 forward, device_ids=[device.index] if device.type == "cuda" else None)
         if cfg.compile:
-            forward = torch.compile(forward)
+            forward = cast(nn.Module, torch.compile(forward))
         self.forward = forward
 
         # ---- run folder: config.json, metrics.jsonl, checkpoints/
@@ -136,14 +136,14 @@ class Run:
                               resolved, dist.is_main)
         self.validator = Validator(cfg, source, device)
         self.resumed_at = int(resume["step"]) if resume is not None else None
-        if dist.is_main and resume is not None:
+        if dist.is_main and resume is not None and resume_path is not None:
             print(f"resuming {cfg.out} from step {self.step} ({resume_path.name})")
         self.last_checkpoint, self.last_loss = resume_path, float("nan")
         self._t_last, self._steps_since, self._busy = time.perf_counter(), 0, 0.0
 
     @property
     def done(self) -> bool:
-        return self.step >= self.cfg.num_iters
+        return self.step >= self.cfg.total_steps()
 
     def train_step(self, features: torch.Tensor) -> dict[str, float]:
         """One update on features [b, T, D] (this rank's rows), then log / validate / checkpoint when due.
@@ -210,7 +210,7 @@ class Run:
 
     def close(self) -> None:
         self.log.close()
-        if self.dist.is_main and self.resumed_at is not None and self.resumed_at >= self.cfg.num_iters:
+        if self.dist.is_main and self.resumed_at is not None and self.resumed_at >= self.cfg.total_steps():
             print(f"{self.cfg.out} is already complete at step {self.resumed_at} (raise --num-iters to "
                   "continue)")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -11,6 +12,9 @@ from adaslot import distributed
 from adaslot.config import ModelConfig
 from adaslot.device import autocast
 from adaslot.losses import reconstruction_loss, sparsity_loss, sparsity_penalty
+
+if TYPE_CHECKING:
+    from adaslot.model import AdaSlot
 
 
 class NoiseSampler:
@@ -53,7 +57,7 @@ class TrainForward(nn.Module):
     `quadratic_weight` > 0.
     """
 
-    def __init__(self, model: nn.Module, sparsity_weight: float, precision: str,
+    def __init__(self, model: AdaSlot, sparsity_weight: float, precision: str,
                  quadratic_weight: float = 0.0, quadratic_bias: float = 0.5) -> None:
         super().__init__()
         self.model = model

@@ -49,7 +49,7 @@ class Validator:
                         DataSpec(images=src.get("images"), annotations=src.get("annotations")))
             self.dataset = open_dataset(data, int(store.contract["input_size"][0]))
             self.features_fn, indices = cache_reader(store, self.dataset, self.device)
-            self.indices = indices
+            self.indices: list[int] | None = indices
             return
         self.encoder = getattr(self.source, "encoder", None)
         if self.encoder is None:  # a run from a store: the encoder of its contract, at the contract's side
