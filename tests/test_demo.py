@@ -195,6 +195,11 @@ def test_movi_demo_quick_end_to_end_twice(tmp_path):
     assert results["baseline_fg_ari"] < results["patch_ceiling_fg_ari"] <= 1.0
     assert 0 < results["mean_objects"] <= cfg.data.max_objects
     assert any((tmp_path / "a" / "eval" / "vis").iterdir())
+    import zarr
+
+    # the store: one view of the 9 official training frames of each video, 64 tokens (64 px, 8-px patches)
+    feats = zarr.open_group(tmp_path / "a" / "features" / "train.zarr", mode="r")["features"]
+    assert feats.shape[:3] == (9 * cfg.data.num_train, 1, 64)
     for key in ("fg_ari", "mbo_i", "baseline_fg_ari", "patch_ceiling_fg_ari", "mean_objects",
                 "mean_kept_slots", "split_rate", "merge_rate", "count_confusion", "stage1_final_loss",
                 "stage2_final_loss"):

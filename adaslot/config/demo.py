@@ -28,7 +28,8 @@ def movi_demo_data() -> SyntheticConfig:
     squares of radius 17-32 px, each video on one plain colour (`movi_background="plain"`): on the default
     vertical gradient the demo's colour encoder splits the background into bands (docs/movi.md)."""
     return SyntheticConfig(format="movi", num_train=100, num_val=8, min_objects=2, max_objects=5,
-                           categories=("circle", "square"), movi_background="plain")
+                           categories=("circle", "square"), movi_background="plain",
+                           image_size=64)  # the frames' side at the encoder (128 -> 64, as the shape demo's)
 
 
 @dataclass
