@@ -40,7 +40,8 @@ class DemoConfig(Settings):
     adaslot/assets), quick (seconds, for tests). A run is defined by step counts, never by wall time, and
     fixed by `seed`, so it is reproducible."""
 
-    out: str = setting("cache/demo", "output folder (data, features, runs, eval, results.json)")
+    out: str = setting("cache/demo", "output folder (data, features, runs, eval, results.json; "
+                                     "--dataset movi: cache/movi-demo)")
     profile: str = setting("normal", "normal (< 10 min on 2 cores), long (the run whose checkpoint ships, "
                                      "<= 1 h), quick (tiny, seconds; numbers meaningless)",
                            choices=PROFILES, shortcuts={"long": "long", "quick": "quick"})
@@ -98,5 +99,7 @@ def demo_config(profile: str = "normal", **overrides: Any) -> DemoConfig:
     dataset = overrides.pop("dataset", None) or "synthetic"
     if dataset == "movi":
         data = movi_demo_data().replace(**MOVI_PROFILE_DATA[profile])
+    if dataset == "movi":  # its own default folder, so it never replaces the shape demo's
+        changes["out"] = "cache/movi-demo"
     cfg = DemoConfig(profile=profile, data=data, dataset=dataset, **changes)
     return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
