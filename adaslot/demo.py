@@ -10,6 +10,11 @@ each step through the library function of the real command. Then, on the same va
   shipped           the same numbers for the checkpoint in adaslot/assets (trained by `adaslot demo --long`,
                     never on these val images: the val split has its own seed stream)
 Everything goes to OUT/results.json; pictures to OUT/eval/vis (and OUT/eval-shipped/vis).
+
+`--dataset movi` runs the same steps on MOVi-like videos (`make-synthetic --format movi`, plain backgrounds):
+cached and trained from the TFDS records, evaluated from the webdataset shards with the movi protocol (every
+val frame an image, scored at 128 x 128; docs/movi.md). No shipped checkpoint is compared and `--long`
+installs no assets (the shipped ones are the shape demo's).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from adaslot.files import atomic_path, write_json
 ASSETS = DEMO_CHECKPOINT.parent  # the package's assets folder (what `--long` installs)
 PRESET = "demo"
 PROTOCOL = "adaslot"  # headline protocol (GT at 224, as the patch ceiling); fullres is reported beside it
+MOVI_PROTOCOL = "movi"  # the movi demo's only protocol (GT at 128, as its patch ceiling)
 RESULT_KEYS = ("method", "fg_ari", "baseline_fg_ari", "mean_kept_slots", "mean_objects", "kept_vs_objects_r",
                "split_rate", "merge_rate", "count_confusion", "cache_vs_online_step_ratio")
 # object-level diagnostics copied from the eval summary (docs/method.md#object-diagnostics)
@@ -42,6 +48,18 @@ def _say(cfg: DemoConfig, msg: str) -> None:
         from rich import print as rprint
 
         rprint(msg)
+
+
+def headline_protocol(cfg: DemoConfig) -> str:
+    return MOVI_PROTOCOL if cfg.dataset == "movi" else PROTOCOL
+
+
+def data_spec(cfg: DemoConfig, data: Path, split: str) -> DataSpec:
+    """The demo's dataset at `data` (what make-synthetic wrote). MOVi: the TFDS records for training, the
+    webdataset shards for eval, so one run reads both layouts."""
+    if cfg.dataset == "movi":
+        return DataSpec(dataset="movi", root=str(data / ("tfds" if split == "train" else "wds")), split=split)
+    return DataSpec(root=str(data), split=split)
 
 
 def _train_config(cfg: DemoConfig, stage: int, out: Path, store: Path, warmstart: str | None) -> TrainConfig:
@@ -74,7 +92,7 @@ def step_time_ratio(cfg: DemoConfig, store: Path, data: Path, steps: int) -> dic
     for mode in ("cache", "online"):
         tcfg = _train_config(cfg, 1, Path("unused"), store, None)
         if mode == "online":
-            tcfg = dataclasses.replace(tcfg, from_cache=None, data=DataSpec(root=str(data)))
+            tcfg = dataclasses.replace(tcfg, from_cache=None, data=data_spec(cfg, data, "train"))
         else:
             tcfg = dataclasses.replace(tcfg, cache_in_memory=False)  # streaming reads, as a big cache would
         source = build_source(tcfg, dist, cfg.batch_size)
@@ -111,22 +129,24 @@ def method_name(cfg: DemoConfig) -> str:
 def _eval(checkpoint: Path, data: Path, out: Path, cfg: DemoConfig, num_vis: int) -> dict[str, Any]:
     from adaslot.evaluate import run_eval
 
-    ecfg = EvalConfig(checkpoint=str(checkpoint), data=DataSpec(root=str(data), split="val"), out=str(out),
-                      protocol=f"{PROTOCOL},fullres", num_vis=num_vis, device="cpu", workers=0, seed=cfg.seed,
+    protocol = MOVI_PROTOCOL if cfg.dataset == "movi" else f"{PROTOCOL},fullres"
+    ecfg = EvalConfig(checkpoint=str(checkpoint), data=data_spec(cfg, data, "val"), out=str(out),
+                      protocol=protocol, num_vis=num_vis, device="cpu", workers=0, seed=cfg.seed,
                       progress=cfg.progress)  # the checkpoint's own inference method
     return run_eval(ecfg)
 
 
-def _summary(result: dict[str, Any], baseline: float, mean_objects: float, ratio: float | None
-             ) -> dict[str, Any]:
-    p = result["protocols"][PROTOCOL]
+def _summary(result: dict[str, Any], baseline: float, mean_objects: float, ratio: float | None,
+             protocol: str = PROTOCOL) -> dict[str, Any]:
+    p = result["protocols"][protocol]
     return {
         "keep_mode": result["keep_mode"], "inference_method": result["method"], "fg_ari": p["fg_ari"],
         "baseline_fg_ari": baseline,
         "mean_kept_slots": p.get("mean_kept_slots"),
         "mean_objects": mean_objects, "kept_vs_objects_r": p.get("kept_vs_objects_r"),
         "cache_vs_online_step_ratio": ratio,
-        "fg_ari_fullres": result["protocols"]["fullres"]["fg_ari"], "mbo_i": p["mbo_i"],
+        "protocol": protocol, "fg_ari_fullres": result["protocols"].get("fullres", {}).get("fg_ari"),
+        "mbo_i": p["mbo_i"],
         "kept_histogram": p.get("kept_histogram"), "pictures": str(Path(result["out"]) / "vis"),
         "checkpoint": result["checkpoint"]["path"], "checkpoint_step": result["checkpoint"]["step"],
         **{k: p.get(k) for k in DIAGNOSTICS},
@@ -136,8 +156,9 @@ def _summary(result: dict[str, Any], baseline: float, mean_objects: float, ratio
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the demo pipeline into cfg.out; returns (and writes to OUT/results.json) the results dict."""
     from adaslot.data.datasets import open_dataset
+    from adaslot.data.movi_synthetic import make_synthetic_movi
     from adaslot.data.synthetic import make_synthetic
-    from adaslot.evaluate import patch_ceiling, trivial_baseline
+    from adaslot.evaluate import EvalDataset, EvalItem, patch_ceiling, trivial_baseline
     from adaslot.store.writer import cache_features
     from adaslot.train import train
 
@@ -156,15 +177,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     t = time.perf_counter()
     _say(cfg, f"[bold]1/6 make-synthetic[/] -> {data}")
     side = cfg.data.image_size
-    syn = make_synthetic(cfg.data.replace(out=str(data), seed=cfg.seed, overwrite=True,
-                                          progress=cfg.progress))
+    movi = cfg.dataset == "movi"
+    write = make_synthetic_movi if movi else make_synthetic
+    syn = write(cfg.data.replace(out=str(data), seed=cfg.seed, overwrite=True, progress=cfg.progress))
     times["make_synthetic"] = time.perf_counter() - t
 
     t = time.perf_counter()
     _say(cfg, f"[bold]2/6 cache-features[/] ({get_preset(PRESET).encoder}) -> {store}")
     cache_features(CacheConfig(
-        out=str(store), data=DataSpec(root=str(data), split="train"), encoder=get_preset(PRESET).encoder,
-        image_size=side, views=2, batch_size=256, workers=0, device="cpu", chunk_samples=64,
+        out=str(store), data=data_spec(cfg, data, "train"), encoder=get_preset(PRESET).encoder,
+        image_size=side, views=1 if movi else 2, batch_size=256, workers=0, device="cpu", chunk_samples=64,
         shard_samples=512, overwrite=True, progress=cfg.progress))
     times["cache_features"] = time.perf_counter() - t
 
@@ -182,11 +204,18 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     _say(cfg, "[bold]5/6 eval[/] on the val split")
     num_vis = 8
     res = _eval(Path(s2["checkpoint"]), data, out / "eval", cfg, num_vis)
-    val = open_dataset(DataSpec(root=str(data), split="val"), side)
+    protocol = headline_protocol(cfg)
+    val = open_dataset(data_spec(cfg, data, "val"), side)
     k_max = get_preset(PRESET).num_slots_stage2
-    base = trivial_baseline(val, k_max)
-    ceiling = patch_ceiling(val, grid=side // 8, side=224)
-    mean_objects = syn["val_objects"] / max(1, syn["val_images"])
+    score_side = 128 if movi else 224  # the headline protocol's GT side
+    gt = EvalDataset(val, with_images=False) if movi else val  # MOVi: a reader with CocoDataset's interface
+    base = trivial_baseline(gt, k_max, side=score_side)
+    ceiling = patch_ceiling(gt, grid=side // 8, side=score_side)
+    if movi:  # objects visible in each val frame
+        counts = [len(f.masks) for f in (gt[i] for i in range(len(gt))) if isinstance(f, EvalItem)]
+        mean_objects = sum(counts) / max(1, len(counts))
+    else:
+        mean_objects = syn["val_objects"] / max(1, syn["val_images"])
     times["eval"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -194,8 +223,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     ratio = step_time_ratio(cfg, store, data, cfg.ratio_steps)
     times["step_time_ratio"] = time.perf_counter() - t
 
-    results: dict[str, Any] = _summary(res, base["best"], mean_objects, ratio["ratio"])
+    results: dict[str, Any] = _summary(res, base["best"], mean_objects, ratio["ratio"], protocol)
     results.update({
+        "dataset": cfg.dataset,
         "method": method_name(cfg),
         "baseline": base, "patch_ceiling_fg_ari": ceiling, "step_times": ratio,
         "profile": cfg.profile, "config": cfg.to_dict(), "threads": torch.get_num_threads(),
@@ -203,12 +233,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "stage2_final_loss": _final_loss(s2["loss"], out / "stage2"),
     })
     shipped_path = DEMO_CHECKPOINT if cfg.shipped is None else (Path(cfg.shipped) if cfg.shipped else None)
+    if movi:  # the shipped checkpoint is the shape demo's
+        shipped_path = None
     if shipped_path is not None and shipped_path.is_file():
         t = time.perf_counter()
         _say(cfg, f"shipped checkpoint {shipped_path} on the same val split")
         try:
             sres = _eval(shipped_path, data, out / "eval-shipped", cfg, num_vis)
-            results["shipped"] = _summary(sres, base["best"], mean_objects, ratio["ratio"])
+            results["shipped"] = _summary(sres, base["best"], mean_objects, ratio["ratio"], protocol)
         except AdaslotError as e:
             # e.g. a checkpoint made before a change of the demo encoder: this run's results still stand
             results["shipped"] = None
@@ -218,7 +250,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         results["shipped"] = None
         if shipped_path is not None:
             _say(cfg, f"[yellow]no shipped checkpoint at {shipped_path}; skipped[/]")
-    if cfg.profile == "long" and cfg.export_assets:
+    if cfg.profile == "long" and cfg.export_assets and not movi:
         written = export_assets(Path(s2["checkpoint"]), res, results, out / "assets")
         results["assets"] = install_assets(Path(written["dir"]), ASSETS)
     times["total"] = time.perf_counter() - t_all
@@ -300,7 +332,8 @@ def print_results(results: dict[str, Any]) -> None:
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
     shipped = results.get("shipped")
-    table = Table(title=f"adaslot demo ({results['profile']}) - val split, {PROTOCOL} protocol")
+    table = Table(title=f"adaslot demo ({results.get('dataset', 'synthetic')}, {results['profile']}) - val "
+                  f"split, {results.get('protocol', PROTOCOL)} protocol")
     table.add_column("metric")
     table.add_column("this run")
     if shipped:

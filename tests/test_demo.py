@@ -166,3 +166,41 @@ def test_shipped_checkpoint_matches_demo_encoder_and_preset():
     for key in ("weights_sha256", "tap_point", "input_size", "num_tokens", "feature_dim"):
         assert payload["feature_contract"][key] == contract[key], key
     assert DEMO_CHECKPOINT.stat().st_size < 5_000_000
+
+
+def test_movi_demo_quick_end_to_end_twice(tmp_path):
+    """`adaslot demo --dataset movi --quick`: MOVi-like videos in both layouts, cache from the TFDS records,
+    stages 1 + 2, eval of the webdataset val shards with the movi protocol; the same numbers twice."""
+    cfg = demo_config("quick", dataset="movi")
+    assert cfg.data.format == "movi" and cfg.data.movi_background == "plain"
+    assert demo_config("normal", dataset="movi").data.frames == 24  # the official video length
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        res = CliRunner().invoke(app, ["demo", "--dataset", "movi", "--quick", "--out", str(out), "--threads",
+                                       "1"])
+        assert res.exit_code == 0, res.output
+        assert "movi protocol" in " ".join(res.output.split())
+        runs.append(json.loads((out / "results.json").read_text()))
+    results = runs[0]
+    for key in (*RESULT_KEYS, "shipped", "patch_ceiling_fg_ari"):
+        assert key in results, key
+    assert results["dataset"] == "movi" and results["protocol"] == "movi"
+    assert results["shipped"] is None  # the shipped checkpoint is the shape demo's: not compared
+    metrics = json.loads((tmp_path / "a" / "eval" / "metrics.json").read_text())
+    assert set(metrics["protocols"]) == {"movi"}
+    # every frame of the one 10-frame val video is an image
+    assert sum(map(sum, results["count_confusion"]["counts"])) == cfg.data.frames * cfg.data.num_val
+    assert 0 <= results["fg_ari"] <= 1 and 0 <= results["mbo_i"] <= 1
+    assert results["baseline_fg_ari"] < results["patch_ceiling_fg_ari"] <= 1.0
+    assert 0 < results["mean_objects"] <= cfg.data.max_objects
+    assert any((tmp_path / "a" / "eval" / "vis").iterdir())
+    import zarr
+
+    # the store: one view of the 9 official training frames of each video, 64 tokens (64 px, 8-px patches)
+    feats = zarr.open_group(tmp_path / "a" / "features" / "train.zarr", mode="r")["features"]
+    assert feats.shape[:3] == (9 * cfg.data.num_train, 1, 64)
+    for key in ("fg_ari", "mbo_i", "baseline_fg_ari", "patch_ceiling_fg_ari", "mean_objects",
+                "mean_kept_slots", "split_rate", "merge_rate", "count_confusion", "stage1_final_loss",
+                "stage2_final_loss"):
+        assert runs[1][key] == results[key], key

@@ -228,3 +228,16 @@ def test_synthetic_movi_is_a_function_of_the_seed(movi_root, tmp_path):
     make_synthetic(SyntheticConfig(out=str(tmp_path / "b"), **cfg))
     same = [(tmp_path / "a" / r).read_bytes() == (tmp_path / "b" / r).read_bytes() for r in files]
     assert len(same) == 6 and all(same)  # 2 json, 2 tfrecord, 2 tar files: byte for byte
+
+
+def test_plain_background_draws_the_same_objects_on_one_colour():
+    """`movi_background="plain"` (the movi demo's data) keeps every object of the default gradient video and
+    paints the background one colour; the default stays the gradient."""
+    assert SyntheticConfig().movi_background == "gradient"
+    frames, ids = render_video(video_rng(0, 0, 3), _cfg())
+    plain_frames, plain_ids = render_video(video_rng(0, 0, 3), _cfg().replace(movi_background="plain"))
+    assert np.array_equal(ids, plain_ids)
+    assert np.array_equal(frames[ids > 0], plain_frames[ids > 0])  # objects: same pixels
+    background = plain_frames[ids == 0]  # [N, 3]
+    assert (background == background[0]).all()
+    assert len(np.unique(frames[ids == 0], axis=0)) > 10  # the gradient has many colours

@@ -94,6 +94,9 @@ class SyntheticConfig(Settings):
     frames: int = setting(24, "movi: frames per video", min=2)
     video_size: int = setting(128, "movi: square frame side in pixels", min=16)
     shard_videos: int = setting(8, "movi: videos per TFRecord / tar shard", min=1)
+    movi_background: str = setting("gradient", "movi: gradient (vertical gradient of two random colours, the "
+                                                "default) or plain (one colour per video: what the movi demo "
+                                                "trains on, docs/movi.md)", choices=("gradient", "plain"))
     overwrite: bool = setting(False, "replace OUT if it exists")
     progress: bool = setting(True, "show a progress bar")
 

@@ -11,6 +11,7 @@ from adaslot.config.model import model_alias
 from adaslot.errors import AdaslotError
 
 PROFILES = ("normal", "long", "quick")
+DEMO_DATASETS = ("synthetic", "movi")
 
 
 def demo_data() -> SyntheticConfig:
@@ -22,6 +23,15 @@ def demo_data() -> SyntheticConfig:
                            categories=("circle", "square"), min_visible=0.8)
 
 
+def movi_demo_data() -> SyntheticConfig:
+    """The movi demo's videos (`make-synthetic --format movi`): 24 frames of 128 px, 2-5 moving circles and
+    squares of radius 17-32 px, each video on one plain colour (`movi_background="plain"`): on the default
+    vertical gradient the demo's colour encoder splits the background into bands (docs/movi.md)."""
+    return SyntheticConfig(format="movi", num_train=100, num_val=8, min_objects=2, max_objects=5,
+                           categories=("circle", "square"), movi_background="plain",
+                           image_size=64)  # the frames' side at the encoder (128 -> 64, as the shape demo's)
+
+
 @dataclass
 class DemoConfig(Settings):
     """`adaslot demo`: make-synthetic -> cache-features -> train stage 1 -> stage 2 (warm start) -> eval.
@@ -30,10 +40,14 @@ class DemoConfig(Settings):
     adaslot/assets), quick (seconds, for tests). A run is defined by step counts, never by wall time, and
     fixed by `seed`, so it is reproducible."""
 
-    out: str = setting("cache/demo", "output folder (data, features, runs, eval, results.json)")
+    out: str = setting("cache/demo", "output folder (data, features, runs, eval, results.json; "
+                                     "--dataset movi: cache/movi-demo)")
     profile: str = setting("normal", "normal (< 10 min on 2 cores), long (the run whose checkpoint ships, "
                                      "<= 1 h), quick (tiny, seconds; numbers meaningless)",
                            choices=PROFILES, shortcuts={"long": "long", "quick": "quick"})
+    dataset: str = setting("synthetic", "synthetic (shape images, COCO layout) or movi (videos of moving "
+                                        "shapes in MOVi's layouts, movi protocol; docs/movi.md)",
+                           choices=DEMO_DATASETS)
     seed: int = setting(0, "seed of data, model init and noise (the run is a function of it)")
     data: SyntheticConfig = setting(default_factory=demo_data, cli=False)
     stage1_steps: int = setting(2200, "stage-1 steps", min=1, cli=False)
@@ -60,7 +74,7 @@ class DemoConfig(Settings):
 
     @classmethod
     def cli_base(cls, given: dict[str, Any]) -> DemoConfig:
-        return demo_config(given.get("profile") or "normal")
+        return demo_config(given.get("profile") or "normal", dataset=given.get("dataset"))
 
 
 PROFILE_CHANGES: dict[str, dict[str, Any]] = {
@@ -70,6 +84,10 @@ PROFILE_CHANGES: dict[str, dict[str, Any]] = {
     "quick": {"data": {"num_train": 64, "num_val": 16}, "stage1_steps": 4, "stage2_steps": 3, "batch_size": 8,
               "ratio_steps": 2},
 }
+# the movi demo's data per profile (videos: 9 training frames each, all 24 frames of a val video scored)
+# (quick: 10-frame videos, so that eval scores 10 frames, not 24)
+MOVI_PROFILE_DATA: dict[str, dict[str, Any]] = {"normal": {}, "long": {"num_train": 300}, "quick": {
+    "num_train": 2, "num_val": 1, "frames": 10}}
 
 
 def demo_config(profile: str = "normal", **overrides: Any) -> DemoConfig:
@@ -78,5 +96,10 @@ def demo_config(profile: str = "normal", **overrides: Any) -> DemoConfig:
         raise AdaslotError(f"unknown demo profile {profile!r}; choose one of {', '.join(PROFILES)}")
     changes = dict(PROFILE_CHANGES[profile])
     data = demo_data().replace(**changes.pop("data", {}))
-    cfg = DemoConfig(profile=profile, data=data, **changes)
+    dataset = overrides.pop("dataset", None) or "synthetic"
+    if dataset == "movi":
+        data = movi_demo_data().replace(**MOVI_PROFILE_DATA[profile])
+    if dataset == "movi":  # its own default folder, so it never replaces the shape demo's
+        changes["out"] = "cache/movi-demo"
+    cfg = DemoConfig(profile=profile, data=data, dataset=dataset, **changes)
     return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})

@@ -40,7 +40,9 @@ def render_video(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[np.nda
     n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     top, bottom = _random_colour(rng, []), _random_colour(rng, [])
     ramp = np.linspace(0, 1, s, dtype=np.float32)[:, None, None]
-    background = top * (1 - ramp) + bottom * ramp  # [S, 1, 3] vertical gradient
+    if cfg.movi_background == "plain":  # same draws as the gradient, so the objects are the same
+        bottom = top
+    background = top * (1 - ramp) + bottom * ramp  # [S, 1, 3] vertical gradient (plain: one colour)
     objs = []
     colours = [top, bottom]
     for _ in range(n):
@@ -92,7 +94,7 @@ def wds_members(frames: np.ndarray, ids: np.ndarray, key: int) -> dict[str, byte
         "video.npy.gz": wds.gzip_bytes(wds.npy_bytes(frames)),
         "segmentations.npy.gz": wds.gzip_bytes(wds.npy_bytes(ids[..., None])),
         "metadata.json": json.dumps({"num_instances": int(ids.max()), "video_name": f"{key:07d}"}).encode(),
-        "background.txt": b"gradient",
+        "background.txt": b"gradient",  # a fixed extra member a reader must skip
     }
 
 
