@@ -73,7 +73,7 @@ class MoviDataset(torch.utils.data.Dataset):
         self.shape = self._reference_shape()  # (T, H, W) of the first readable video
         official9 = frames == "official9" or (frames == "auto" and split == "train")
         self.frames_rule = "official9" if official9 else "all"
-        samples = []
+        samples: list[tuple[int, int]] = []
         for v, ref in enumerate(self.listing.videos):
             chosen = train_frames(ref.key, self.shape[0]) if official9 else range(self.shape[0])
             samples.extend((v, t) for t in chosen)

@@ -55,7 +55,7 @@ class Video:
 class ArrayVideo(Video):
     def __init__(self, frames: np.ndarray, seg: np.ndarray) -> None:
         self.frames, self.seg = frames, seg
-        self.shape = tuple(frames.shape[:3])  # type: ignore[assignment]
+        self.shape = tuple(frames.shape[:3])
 
     def frame(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         return self.frames[t], self.seg[t]
@@ -149,7 +149,7 @@ def _list_tfds(folder: Path, split: str) -> Listing:
     name = TFDS_SPLIT[split]
     pattern = re.compile(rf"-{name}\.tfrecord-(\d+)-of-(\d+)$")
     shards = sorted((p for p in folder.iterdir() if pattern.search(p.name)),
-                    key=lambda p: int(pattern.search(p.name).group(1)))  # type: ignore[union-attr]
+                    key=lambda p: int(pattern.search(p.name).group(1)))  # type: ignore[union-attr]  # filtered above
     if not shards:
         raise AdaslotError(f"split '{split}' not found in {folder}: no *-{name}.tfrecord-* shards")
     try:
@@ -193,7 +193,7 @@ def _read_tfds(ref: VideoRef) -> Video:
     for name in FIELDS:
         if not isinstance(example.get(name), list) or not example[name]:
             raise VideoError("missing-field", f"{ref.name}: no '{name}' frames")
-    return PngVideo(ref.name, example["video"], example["segmentations"])  # type: ignore[arg-type]
+    return PngVideo(ref.name, example["video"], example["segmentations"])  # type: ignore[arg-type]  # bytes lists, checked above
 
 
 # ---------------------------------------------------------------- webdataset
