@@ -7,11 +7,15 @@ import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from adaslot.errors import AdaslotError
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -85,3 +89,23 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Build a folder at `out` atomically: yields an empty temp folder beside it, which replaces `out` when
+    the block ends normally and is removed when it raises. A non-empty `out` is refused (one line) unless
+    `overwrite`."""
+    out = Path(out)
+    if (out.is_file() or (out.is_dir() and any(out.iterdir()))) and not overwrite:
+        raise AdaslotError(f"{out} already exists and is not empty; pass --overwrite or choose another path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

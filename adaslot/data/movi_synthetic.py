@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from adaslot.config.data import SyntheticConfig
 from adaslot.data import tfrecord, wds
 from adaslot.data.synthetic import _random_colour, _shape_mask
 from adaslot.errors import AdaslotError
+from adaslot.files import atomic_dir
 
 NAME = "movi_synthetic"
 SPLITS = (("train", "train", 0), ("val", "validation", 1))  # (ours / wds folder, TFDS name, seed slot)
@@ -116,11 +114,12 @@ def make_synthetic_movi(cfg: SyntheticConfig) -> dict[str, Any]:
 
 def _write(cfg: SyntheticConfig, advance: Any) -> dict[str, Any]:
     out = Path(cfg.out)
-    occupied = out.is_file() or (out.is_dir() and any(out.iterdir()))
-    if occupied and not cfg.overwrite:
-        raise AdaslotError(f"{out} already exists and is not empty; pass --overwrite or choose another path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    with atomic_dir(out, cfg.overwrite) as tmp:
+        return _write_into(cfg, out, tmp, advance)
+
+
+def _write_into(cfg: SyntheticConfig, out: Path, tmp: Path, advance: Any) -> dict[str, Any]:
+    """Both layouts into the temp folder `tmp`, which becomes `out` (paths in the summary are `out`'s)."""
     s = cfg.video_size
     tfds_dir = tmp / "tfds" / NAME / f"{s}x{s}" / "1.0.0"
     tfds_dir.mkdir(parents=True)
@@ -128,38 +127,31 @@ def _write(cfg: SyntheticConfig, advance: Any) -> dict[str, Any]:
                                "wds": str(out / "wds")}
     splits_info = []
     objects = 0
-    try:
-        for ours, tfds_name, slot in SPLITS:
-            count = cfg.num_train if ours == "train" else cfg.num_val
-            (tmp / "wds" / ours).mkdir(parents=True)
-            chunks = _chunks(count, cfg.shard_videos)
-            lengths = []
-            for n, chunk in enumerate(chunks):
-                records, samples = [], []
-                for i in chunk:
-                    frames, ids = render_video(video_rng(cfg.seed, slot, i), cfg)
-                    objects += len(np.unique(ids[0])) - 1
-                    records.append(tfds_example(frames, ids, i))
-                    samples.append((f"{i:07d}", wds_members(frames, ids, i)))
-                    advance()
-                tfrecord.write_records(
-                    tfds_dir / f"{NAME}-{tfds_name}.tfrecord-{n:05d}-of-{len(chunks):05d}", records)
-                wds.write_shard(tmp / "wds" / ours / f"shard-{n:06d}.tar", samples)
-                lengths.append(len(records))
-            splits_info.append({"name": tfds_name, "shardLengths": [str(v) for v in lengths],
-                                "numBytes": "0"})
-            summary[f"{ours}_videos"] = count
-        info = {"name": NAME, "version": "1.0.0", "description": "adaslot moving shapes, MOVi layout",
-                "splits": splits_info}
-        (tfds_dir / "dataset_info.json").write_text(json.dumps(info, indent=1))
-        (tfds_dir / "features.json").write_text(json.dumps({
-            "video": {"shape": [cfg.frames, s, s, 3], "encoding": "png"},
-            "segmentations": {"shape": [cfg.frames, s, s, 1], "encoding": "png"}}, indent=1))
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    for ours, tfds_name, slot in SPLITS:
+        count = cfg.num_train if ours == "train" else cfg.num_val
+        (tmp / "wds" / ours).mkdir(parents=True)
+        chunks = _chunks(count, cfg.shard_videos)
+        lengths = []
+        for n, chunk in enumerate(chunks):
+            records, samples = [], []
+            for i in chunk:
+                frames, ids = render_video(video_rng(cfg.seed, slot, i), cfg)
+                objects += len(np.unique(ids[0])) - 1
+                records.append(tfds_example(frames, ids, i))
+                samples.append((f"{i:07d}", wds_members(frames, ids, i)))
+                advance()
+            tfrecord.write_records(
+                tfds_dir / f"{NAME}-{tfds_name}.tfrecord-{n:05d}-of-{len(chunks):05d}", records)
+            wds.write_shard(tmp / "wds" / ours / f"shard-{n:06d}.tar", samples)
+            lengths.append(len(records))
+        splits_info.append({"name": tfds_name, "shardLengths": [str(v) for v in lengths],
+                            "numBytes": "0"})
+        summary[f"{ours}_videos"] = count
+    info = {"name": NAME, "version": "1.0.0", "description": "adaslot moving shapes, MOVi layout",
+            "splits": splits_info}
+    (tfds_dir / "dataset_info.json").write_text(json.dumps(info, indent=1))
+    (tfds_dir / "features.json").write_text(json.dumps({
+        "video": {"shape": [cfg.frames, s, s, 3], "encoding": "png"},
+        "segmentations": {"shape": [cfg.frames, s, s, 1], "encoding": "png"}}, indent=1))
     summary["objects_first_frame"] = objects
     return summary

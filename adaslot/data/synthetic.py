@@ -17,9 +17,6 @@ from __future__ import annotations
 import colorsys
 import functools
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ from PIL import Image, ImageDraw
 
 from adaslot.config.data import BACKGROUNDS, CATEGORIES, SyntheticConfig
 from adaslot.errors import AdaslotError
+from adaslot.files import atomic_dir
 
 TEXTURES: tuple[str, ...] = ("solid", "stripes", "checker", "noise")
 SPLIT_SEED = {"train": 0, "val": 1}
@@ -261,13 +259,8 @@ def make_synthetic(cfg: SyntheticConfig) -> dict[str, Any]:
     if cfg.format == "movi":
         raise AdaslotError("--format movi is written by adaslot.data.movi_synthetic.make_synthetic_movi")
     out = Path(cfg.out)
-    occupied = out.is_file() or (out.is_dir() and any(out.iterdir()))
-    if occupied and not cfg.overwrite:
-        raise AdaslotError(f"{out} already exists and is not empty; pass --overwrite or choose another path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     summary: dict[str, Any] = {"root": str(out)}
-    try:
+    with atomic_dir(out, cfg.overwrite) as tmp:
         from adaslot.progress import progress_bar
 
         with progress_bar("make-synthetic", cfg.progress, unit="img") as bar:
@@ -281,12 +274,6 @@ def make_synthetic(cfg: SyntheticConfig) -> dict[str, Any]:
                 summary[f"{split}_images"] = count
                 summary[f"{split}_objects"] = ann_id_next - ann_id
                 ann_id = ann_id_next
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     n_img = cfg.num_train + cfg.num_val
     summary["mean_objects"] = (summary["train_objects"] + summary["val_objects"]) / max(1, n_img)
     return summary
