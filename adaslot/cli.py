@@ -1,5 +1,10 @@
 """The `adaslot` command line: one function per command, each taking its config dataclass.
 
+Names: command `foo-bar` is `foo_bar_cmd` here and calls the library's `run_foo_bar(cfg: FooBarConfig)`
+(run_make_synthetic, run_cache_features, run_cache_verify, run_train, run_eval, run_segment, run_sweep,
+run_demo). Commands that only wrap a plain library function (cache-info, export, convert-official) call it
+directly.
+
 Flags are not written here: `config_command` builds every command's options from the fields of its config
 (adaslot.config: name, default, help, range), so each setting is declared once. Library code raises
 `AdaslotError` for anything a user can cause; `main()` prints it as one line and exits 2, and does the same
@@ -116,10 +121,9 @@ def config_command(name: str, cls: type[Settings]) -> Callable:
 @config_command("make-synthetic", SyntheticConfig)
 def make_synthetic_cmd(cfg: SyntheticConfig) -> None:
     """Write the built-in synthetic shapes dataset as a real COCO-2017-format dataset (JPEG + RLE json)."""
-    from adaslot.data.movi_synthetic import make_synthetic_movi
-    from adaslot.data.synthetic import make_synthetic
+    from adaslot.data.synthetic import run_make_synthetic
 
-    s = make_synthetic_movi(cfg) if cfg.format == "movi" else make_synthetic(cfg)
+    s = run_make_synthetic(cfg)
     if cfg.format == "movi":
         print(f"wrote {s['train_videos']} train / {s['val_videos']} val videos of {cfg.frames} frames as "
               f"TFDS records ({s['tfds']}) and webdataset shards ({s['wds']})")
@@ -135,10 +139,10 @@ def cache_features_cmd(cfg: CacheConfig) -> None:
 
     Rerun the same command after an interruption: only missing shards are computed. Under
     `torchrun --nproc_per_node P --no-python adaslot cache-features ...` each rank encodes its own shards."""
-    from adaslot.store.writer import cache_features
+    from adaslot.store.writer import run_cache_features
 
     faults.note(kept=lambda: _store_kept(cfg.out), rerun="(it computes only the missing shards)")
-    cache_features(cfg)
+    run_cache_features(cfg)
 
 
 def _store_kept(out: str) -> str:
@@ -163,14 +167,14 @@ def cache_info_cmd(cfg: InfoConfig) -> None:
 def cache_verify_cmd(cfg: VerifyConfig) -> None:
     """Recompute a random sample online and report the max error against the stored features; with --full,
     check every stored checksum instead and list the damaged files."""
-    from adaslot.store.verify import verify_store
+    from adaslot.store.verify import run_cache_verify
 
     if cfg.full:
         from adaslot.store.checksums import check_store, report_checks
 
         report_checks(check_store(cfg.store, progress=True))
         return
-    r = verify_store(cfg)
+    r = run_cache_verify(cfg)
     verdict = "OK (within fp16 rounding)" if r["ok"] else "MISMATCH"
     print(f"{r['rows']} images recomputed: max abs error {r['max_abs_error']:.3g} "
           f"(fp16 rounding bound {r['bound']:.3g}): {verdict}")
@@ -190,10 +194,10 @@ def export_cmd(cfg: ExportConfig) -> None:
 @config_command("train", TrainConfig)
 def train_cmd(cfg: TrainConfig) -> None:
     """Train stage 1 or 2 from a feature store or online from images; rerunning the same command resumes."""
-    from adaslot.train import train
+    from adaslot.train import run_train
 
     faults.note(rerun="to continue")
-    result = train(cfg)
+    result = run_train(cfg)
     if result["rank"] == 0:
         # No loss when a finished run was rerun (no step taken): "loss nan" would read as a failure.
         loss = "" if result["loss"] != result["loss"] else f", loss {result['loss']:.6f}"

@@ -156,11 +156,10 @@ def _summary(result: dict[str, Any], baseline: float, mean_objects: float, ratio
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the demo pipeline into cfg.out; returns (and writes to OUT/results.json) the results dict."""
     from adaslot.data.datasets import open_dataset
-    from adaslot.data.movi_synthetic import make_synthetic_movi
-    from adaslot.data.synthetic import make_synthetic
+    from adaslot.data.synthetic import run_make_synthetic
     from adaslot.evaluate import EvalDataset, EvalItem, patch_ceiling, trivial_baseline
-    from adaslot.store.writer import cache_features
-    from adaslot.train import train
+    from adaslot.store.writer import run_cache_features
+    from adaslot.train import run_train
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -178,13 +177,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     _say(cfg, f"[bold]1/6 make-synthetic[/] -> {data}")
     side = cfg.data.image_size
     movi = cfg.dataset == "movi"
-    write = make_synthetic_movi if movi else make_synthetic
-    syn = write(cfg.data.replace(out=str(data), seed=cfg.seed, overwrite=True, progress=cfg.progress))
+    syn = run_make_synthetic(cfg.data.replace(out=str(data), seed=cfg.seed, overwrite=True,
+                                              progress=cfg.progress))
     times["make_synthetic"] = time.perf_counter() - t
 
     t = time.perf_counter()
     _say(cfg, f"[bold]2/6 cache-features[/] ({get_preset(PRESET).encoder}) -> {store}")
-    cache_features(CacheConfig(
+    run_cache_features(CacheConfig(
         out=str(store), data=data_spec(cfg, data, "train"), encoder=get_preset(PRESET).encoder,
         image_size=side, views=1 if movi else 2, batch_size=256, workers=0, device="cpu", chunk_samples=64,
         shard_samples=512, overwrite=True, progress=cfg.progress))
@@ -192,12 +191,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     t = time.perf_counter()
     _say(cfg, f"[bold]3/6 train stage 1[/] ({cfg.stage1_steps} steps) -> {out / 'stage1'}")
-    s1 = train(_train_config(cfg, 1, out / "stage1", store, None))
+    s1 = run_train(_train_config(cfg, 1, out / "stage1", store, None))
     times["train_stage1"] = time.perf_counter() - t
 
     t = time.perf_counter()
     _say(cfg, f"[bold]4/6 train stage 2[/] ({cfg.stage2_steps} steps, warm start) -> {out / 'stage2'}")
-    s2 = train(_train_config(cfg, 2, out / "stage2", store, s1["checkpoint"]))
+    s2 = run_train(_train_config(cfg, 2, out / "stage2", store, s1["checkpoint"]))
     times["train_stage2"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -54,16 +54,16 @@ def prepare(out: Path) -> tuple[Path, Path]:
     """The demo's data (seed 0) and its train (image + flip) and val feature stores, made once."""
     from adaslot.config import CacheConfig, DataSpec, get_preset
     from adaslot.config.demo import demo_data
-    from adaslot.data.synthetic import make_synthetic
-    from adaslot.store.writer import cache_features
+    from adaslot.data.synthetic import run_make_synthetic
+    from adaslot.store.writer import run_cache_features
 
     data, train, val = out / "data", out / "features" / "train.zarr", out / "features" / "val.zarr"
     if not (data / "annotations" / "instances_val2017.json").is_file():
-        make_synthetic(demo_data().replace(out=str(data), seed=0, overwrite=True, progress=False))
+        run_make_synthetic(demo_data().replace(out=str(data), seed=0, overwrite=True, progress=False))
     encoder = get_preset("demo").encoder
     for store, split, views in ((train, "train", 2), (val, "val", 1)):
         if not (store / "zarr.json").is_file():
-            cache_features(CacheConfig(out=str(store), data=DataSpec(root=str(data), split=split),
+            run_cache_features(CacheConfig(out=str(store), data=DataSpec(root=str(data), split=split),
                                        encoder=encoder, image_size=64, views=views, batch_size=256, workers=0,
                                        device="cpu", chunk_samples=64, shard_samples=512, overwrite=True,
                                        progress=False))

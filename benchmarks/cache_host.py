@@ -167,11 +167,11 @@ def writer_part(tmp: Path, shards: int, repeats: int) -> dict[str, float]:
 
 def pipeline_part(tmp: Path, images: int, workers: int, repeats: int) -> dict[str, float]:
     from adaslot.config import CacheConfig, DataSpec
-    from adaslot.data.synthetic import SyntheticConfig, make_synthetic
-    from adaslot.store.writer import cache_features
+    from adaslot.data.synthetic import SyntheticConfig, run_make_synthetic
+    from adaslot.store.writer import run_cache_features
 
     name = register_instant()
-    make_synthetic(
+    run_make_synthetic(
         SyntheticConfig(
             out=str(tmp / "coco"), num_train=images, num_val=1, image_size=64, seed=0, progress=False
         )
@@ -191,7 +191,7 @@ def pipeline_part(tmp: Path, images: int, workers: int, repeats: int) -> dict[st
             progress=False,
         )
         c0, t = cpu_seconds(), time.perf_counter()
-        s = cache_features(cfg)
+        s = run_cache_features(cfg)
         dt = time.perf_counter() - t
         assert s["images_written"] == images, s
         rates.append(images / dt)

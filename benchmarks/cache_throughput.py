@@ -32,11 +32,11 @@ from _timing import alternate
 
 from adaslot.config import CacheConfig, DataSpec
 from adaslot.data.coco import CocoDataset
-from adaslot.data.synthetic import SyntheticConfig, make_synthetic
+from adaslot.data.synthetic import SyntheticConfig, run_make_synthetic
 from adaslot.encoders import build_encoder
 from adaslot.store import layout
 from adaslot.store.shardfile import direct_features, write_shard
-from adaslot.store.writer import cache_features
+from adaslot.store.writer import run_cache_features
 
 
 def main() -> None:
@@ -52,8 +52,8 @@ def main() -> None:
     device = torch.device(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:
-        make_synthetic(SyntheticConfig(out=f"{tmp}/coco", num_train=1, num_val=args.images, image_size=256,
-                                       seed=0, progress=False))
+        run_make_synthetic(SyntheticConfig(out=f"{tmp}/coco", num_train=1, num_val=args.images,
+                                           image_size=256, seed=0, progress=False))
         enc = build_encoder(args.encoder, device=device)
         ds = CocoDataset.from_root(f"{tmp}/coco", "val", size=args.side, views=1)
         images = torch.stack([ds[i]["image"] for i in range(len(ds))]).to(device)
@@ -88,7 +88,7 @@ def main() -> None:
                               device=args.device, chunk_samples=8, shard_samples=16, progress=False)
             c0 = cpu_seconds()
             t = time.perf_counter()
-            s = cache_features(cfg)
+            s = run_cache_features(cfg)
             dt = time.perf_counter() - t
             key = "cache" if checksums else "cache without checksums"
             cpu[key].append((cpu_seconds() - c0) / len(images))

@@ -99,11 +99,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     from adaslot.config import SyntheticConfig
-    from adaslot.data.movi_synthetic import make_synthetic_movi
+    from adaslot.data.movi_synthetic import write_movi_synthetic
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        make_synthetic_movi(SyntheticConfig(out=str(tmp / "movi"), format="movi", num_train=args.videos,
+        write_movi_synthetic(SyntheticConfig(out=str(tmp / "movi"), format="movi", num_train=args.videos,
                                        num_val=args.videos, seed=0, progress=False))
         rates: dict[str, dict[str, float]] = {}
         for layout in ("wds", "tfds"):

@@ -30,11 +30,11 @@ SMALL = dict(slot_dim=32, input_mlp_hidden=64, slot_mlp_hidden=64, decoder_hidde
 def encoder_features(num_images: int = 32) -> torch.Tensor:
     """features [N, 196, 192]: random-vit-tiny on synthetic COCO-layout images (center crop 224, no flip)."""
     from adaslot.data.coco import CocoDataset
-    from adaslot.data.synthetic import SyntheticConfig, make_synthetic
+    from adaslot.data.synthetic import SyntheticConfig, run_make_synthetic
     from adaslot.encoders import build_encoder
 
     with tempfile.TemporaryDirectory() as tmp:
-        make_synthetic(SyntheticConfig(out=f"{tmp}/coco", num_train=num_images, num_val=1, image_size=224,
+        run_make_synthetic(SyntheticConfig(out=f"{tmp}/coco", num_train=num_images, num_val=1, image_size=224,
                                        seed=0, progress=False))
         ds = CocoDataset.from_root(f"{tmp}/coco", "train", size=224)
         images = torch.stack([ds[i]["image"] for i in range(len(ds))])

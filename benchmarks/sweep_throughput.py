@@ -12,7 +12,7 @@ sweep prints so that a command repeats its variant bit for bit, is dropped) and 
 sweep workers' count; then equal losses show they are the same runs).
 
 Store bytes read per variant-step: /proc/self/io read bytes (rchar) of this process over --io-steps steps,
-for one `train()` run and for one lockstep group of the sweep's worker (train_group) of the size a worker
+for one `run_train()` run and for one lockstep group of the sweep's worker (train_group) of the size a worker
 gets here, divided by steps x runs.
 
     python benchmarks/sweep_throughput.py [--steps 300] [--train-images 512] [--jobs 2]
@@ -38,13 +38,13 @@ REPO = Path(__file__).resolve().parents[1]
 def build_store(root: Path, images: int) -> Path:
     """The demo's shapes (64 px) with `images` train and 64 val images, cached as the demo caches them."""
     from adaslot.config import CacheConfig, DataSpec, demo_config, get_preset
-    from adaslot.data.synthetic import make_synthetic
-    from adaslot.store.writer import cache_features
+    from adaslot.data.synthetic import run_make_synthetic
+    from adaslot.store.writer import run_cache_features
 
     data = demo_config().data.replace(out=str(root / "data"), num_train=images, num_val=64, progress=False)
-    make_synthetic(data)
+    run_make_synthetic(data)
     store = root / "train.zarr"
-    cache_features(CacheConfig(out=str(store), data=DataSpec(root=str(root / "data")), views=2,
+    run_cache_features(CacheConfig(out=str(store), data=DataSpec(root=str(root / "data")), views=2,
                                encoder=get_preset("demo").encoder, image_size=64, batch_size=256, workers=0,
                                device="cpu", chunk_samples=64, shard_samples=512, progress=False))
     return store
@@ -73,14 +73,14 @@ def bytes_per_variant_step(cfg, out: Path, steps: int, group: int) -> tuple[floa
     import torch
 
     from adaslot.sweep.worker import train_group
-    from adaslot.train import train
+    from adaslot.train import run_train
 
     torch.set_num_threads(1)
     runs = [v.cfg.replace(num_iters=steps, out=str(out / f"io-{i}")) for i, v in enumerate(cfg.variants())]
     # warm-up: the imports and the first opening of the store are not the training's reads
-    train(runs[0].replace(out=str(out / "io-warm"), num_iters=1))
+    run_train(runs[0].replace(out=str(out / "io-warm"), num_iters=1))
     before = rchar()
-    train(runs[0].replace(out=str(out / "io-plain")))
+    run_train(runs[0].replace(out=str(out / "io-plain")))
     plain = (rchar() - before) / steps
     before = rchar()
     train_group(runs[:group], "cpu")

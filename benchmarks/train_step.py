@@ -58,10 +58,11 @@ def register_random_vit_b() -> str:
 
 def build_store(root: Path, encoder: str, out: Path) -> None:
     """A real 2-view train store of the synthetic images (cache-features)."""
-    from adaslot.store.writer import cache_features
+    from adaslot.store.writer import run_cache_features
 
-    cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(root)), encoder=encoder, chunk_samples=8,
-                               shard_samples=8, batch_size=8, workers=0, device="cpu", progress=False))
+    run_cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(root)), encoder=encoder,
+                                   chunk_samples=8, shard_samples=8, batch_size=8, workers=0, device="cpu",
+                                   progress=False))
 
 
 def build_coco_shaped_store(out: Path, n: int) -> None:
@@ -270,12 +271,12 @@ def main() -> None:
             print(line)
         return
     vit_b = register_random_vit_b()
-    from adaslot.data.synthetic import SyntheticConfig, make_synthetic
+    from adaslot.data.synthetic import SyntheticConfig, run_make_synthetic
 
     ratios: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "coco"
-        make_synthetic(SyntheticConfig(out=str(root), num_train=args.images, num_val=1, image_size=480,
+        run_make_synthetic(SyntheticConfig(out=str(root), num_train=args.images, num_val=1, image_size=480,
                                        seed=0, progress=False))
         stores = {"random-vit-tiny": Path(tmp) / "tiny.zarr", vit_b: Path(tmp) / "coco_shaped.zarr"}
         build_store(root, "random-vit-tiny", stores["random-vit-tiny"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from adaslot.data.synthetic import SyntheticConfig, make_synthetic
+from adaslot.data.synthetic import SyntheticConfig, run_make_synthetic
 
 # Small enough to write in well under a second; 224 px so the ViT sees its native 14 x 14 token grid.
 TINY_TRAIN, TINY_VAL, TINY_SIZE = 12, 6, 224
@@ -20,7 +20,7 @@ def synthetic_coco(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Read-only for tests: copy it (shutil.copytree) before writing into it.
     """
     root = tmp_path_factory.mktemp("synthetic") / "coco"
-    make_synthetic(SyntheticConfig(
+    run_make_synthetic(SyntheticConfig(
         out=str(root), num_train=TINY_TRAIN, num_val=TINY_VAL, image_size=TINY_SIZE, seed=0, progress=False,
     ))
     return root
@@ -31,10 +31,10 @@ def train_store(synthetic_coco: Path, tmp_path_factory: pytest.TempPathFactory) 
     """A complete 2-view train store of `synthetic_coco` (random-vit-tiny, 196 x 192 tokens), chunks of 4.
     Read-only for tests."""
     from adaslot.config import CacheConfig, DataSpec
-    from adaslot.store.writer import cache_features
+    from adaslot.store.writer import run_cache_features
 
     out = tmp_path_factory.mktemp("train_store") / "train.zarr"
-    cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(synthetic_coco)),
+    run_cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(synthetic_coco)),
                                encoder="random-vit-tiny", chunk_samples=4, shard_samples=8, batch_size=6,
                                workers=0, device="cpu", progress=False))
     return out
@@ -48,8 +48,8 @@ def movi_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """make-synthetic --format movi: 3 train / 2 val videos of 24 frames, 128 px, 2 videos per shard.
     Read-only for tests (copy before damaging)."""
     root = tmp_path_factory.mktemp("movi") / "movi"
-    from adaslot.data.movi_synthetic import make_synthetic_movi
+    from adaslot.data.movi_synthetic import write_movi_synthetic
 
-    make_synthetic_movi(SyntheticConfig(out=str(root), format="movi", num_train=MOVI_TRAIN, num_val=MOVI_VAL,
+    write_movi_synthetic(SyntheticConfig(out=str(root), format="movi", num_train=MOVI_TRAIN, num_val=MOVI_VAL,
                                         shard_videos=2, seed=0, min_objects=2, max_objects=4, progress=False))
     return root

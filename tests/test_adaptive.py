@@ -33,7 +33,7 @@ from adaslot.errors import AdaslotError
 from adaslot.evaluate import run_eval
 from adaslot.model import AdaSlot, GumbelSelector
 from adaslot.schedules import ramp_weight
-from adaslot.train import TrainForward, read_metrics, train
+from adaslot.train import TrainForward, read_metrics, run_train
 
 torch.set_num_threads(1)
 CKPT = str(adaslot.DEMO_CHECKPOINT)
@@ -42,11 +42,11 @@ CKPT = str(adaslot.DEMO_CHECKPOINT)
 @pytest.fixture(scope="module")
 def demo_val(tmp_path_factory) -> Path:
     """24 val images of the demo's data (another seed than the demo's), COCO layout."""
-    from adaslot.data.synthetic import make_synthetic
+    from adaslot.data.synthetic import run_make_synthetic
 
     out = tmp_path_factory.mktemp("demo_val") / "data"
     cfg: SyntheticConfig = demo_data().replace(out=str(out), num_train=0, num_val=24, seed=5, progress=False)
-    make_synthetic(cfg)
+    run_make_synthetic(cfg)
     return out
 
 
@@ -227,7 +227,7 @@ def test_merge_on_a_stage1_checkpoint_is_fine_keep_settings_are_refused(demo_val
 
 
 def test_train_records_merge_slots_and_eval_runs_it(train_store, tmp_path):
-    res = train(tiny_train(tmp_path / "run", from_cache=str(train_store), num_iters=2, merge_slots=0.3))
+    res = run_train(tiny_train(tmp_path / "run", from_cache=str(train_store), num_iters=2, merge_slots=0.3))
     model, payload = load_model(res["checkpoint"])
     assert payload["model_config"]["merge_slots"] == 0.3 and model.cfg.method == {
         "merge_slots": 0.3, "merge_on": "slots", "merge_in_training": False}
@@ -299,8 +299,8 @@ def test_quadratic_term_and_sparsity_ramp():
 
 
 def test_sparsity_ramp_in_a_training_run(train_store, tmp_path):
-    s1 = train(tiny_train(tmp_path / "s1", from_cache=str(train_store), num_iters=2))
-    train(tiny_train(tmp_path / "s2", from_cache=str(train_store), num_iters=4, stage=2,
+    s1 = run_train(tiny_train(tmp_path / "s1", from_cache=str(train_store), num_iters=2))
+    run_train(tiny_train(tmp_path / "s2", from_cache=str(train_store), num_iters=4, stage=2,
                      warmstart=s1["checkpoint"], sparsity_weight=0.4, sparsity_ramp=4))
     logged = [r["sparsity_weight"] for r in read_metrics(tmp_path / "s2") if "sparsity_weight" in r]
     assert logged == pytest.approx([0.0, 0.1, 0.2, 0.3])  # the weight of each step's update

@@ -12,7 +12,7 @@ from helpers import same_contents, shard_files
 
 from adaslot.config import CacheConfig, DataSpec
 from adaslot.store import open_store
-from adaslot.store.writer import cache_features
+from adaslot.store.writer import run_cache_features
 
 pytestmark = pytest.mark.e2e  # whole cache-features runs under torchrun
 
@@ -21,7 +21,7 @@ def test_torchrun_two_ranks_equals_single_process(synthetic_coco, tmp_path):
     common = dict(data=DataSpec(root=str(synthetic_coco)), encoder="random-vit-tiny", image_size=64,
                   batch_size=2, workers=0, device="cpu", chunk_samples=1, shard_samples=2, progress=False)
     single = tmp_path / "single.zarr"
-    cache_features(CacheConfig(out=str(single), **common))
+    run_cache_features(CacheConfig(out=str(single), **common))
 
     multi = tmp_path / "multi.zarr"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -15,7 +15,7 @@ from adaslot.config import DataSpec, EvalConfig, model_config_for
 from adaslot.data.coco import CocoDataset
 from adaslot.data.coco_wds import CocoWdsDataset, write_coco_shards
 from adaslot.data.datasets import open_dataset
-from adaslot.data.synthetic import SyntheticConfig, make_synthetic
+from adaslot.data.synthetic import SyntheticConfig, run_make_synthetic
 from adaslot.errors import AdaslotError
 
 
@@ -23,7 +23,7 @@ from adaslot.errors import AdaslotError
 def roots(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("coco_wds")
     coco = base / "coco"
-    make_synthetic(SyntheticConfig(out=str(coco), num_train=2, num_val=5, crowd_prob=0.3, seed=3,
+    run_make_synthetic(SyntheticConfig(out=str(coco), num_train=2, num_val=5, crowd_prob=0.3, seed=3,
                                    progress=False))
     ds = CocoDataset.from_root(coco, "val")
     # two images per shard, written in ocl's shuffled order

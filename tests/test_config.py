@@ -132,8 +132,8 @@ def test_strict_stops_at_a_malformed_annotation_in_every_command(synthetic_coco,
     """cache-features, online train and eval with --strict stop at the first malformed annotation, with one
     line naming it; without --strict the annotation is left out and counted."""
     from adaslot.evaluate import run_eval
-    from adaslot.store.writer import cache_features
-    from adaslot.train import train
+    from adaslot.store.writer import run_cache_features
+    from adaslot.train import run_train
 
     root = tmp_path / "coco"
     shutil.copytree(synthetic_coco, root)
@@ -143,13 +143,13 @@ def test_strict_stops_at_a_malformed_annotation_in_every_command(synthetic_coco,
     strict_train = DataSpec(root=str(root), strict=True)
     strict_val = DataSpec(root=str(root), split="val", strict=True)
     with pytest.raises(AdaslotError, match=msg.format(bad_train)):
-        cache_features(CacheConfig(out=str(tmp_path / "s.zarr"), data=strict_train, encoder="random-vit-tiny",
-                                   workers=0, device="cpu", progress=False))
+        run_cache_features(CacheConfig(out=str(tmp_path / "s.zarr"), data=strict_train,
+                                       encoder="random-vit-tiny", workers=0, device="cpu", progress=False))
     assert not (tmp_path / "s.zarr").exists()
     with pytest.raises(AdaslotError, match=msg.format(bad_train)):
-        train(TrainConfig(out=str(tmp_path / "r"), data=strict_train, encoder="random-vit-tiny", num_iters=1,
-                          workers=0, device="cpu", progress=False))
-    ckpt = train(TrainConfig(out=str(tmp_path / "ok"), from_cache=str(train_store), num_iters=1,
+        run_train(TrainConfig(out=str(tmp_path / "r"), data=strict_train, encoder="random-vit-tiny",
+                              num_iters=1, workers=0, device="cpu", progress=False))
+    ckpt = run_train(TrainConfig(out=str(tmp_path / "ok"), from_cache=str(train_store), num_iters=1,
                              batch_size=2, model_overrides={"slot_dim": 8, "decoder_hidden": (8,)}, workers=0,
                              device="cpu", progress=False))["checkpoint"]
     lenient = EvalConfig(checkpoint=ckpt, data=dataclasses.replace(strict_val, strict=False), workers=0,

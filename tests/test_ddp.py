@@ -47,7 +47,7 @@ def test_helpers_are_noops_in_one_process():
 
 
 def test_torchrun_two_ranks_resume_and_match_one_process(tmp_path, synthetic_coco):
-    from adaslot.train import train
+    from adaslot.train import run_train
 
     def cfg(out: Path, n: int) -> TrainConfig:
         return TrainConfig(out=str(out), data=DataSpec(root=str(synthetic_coco)), encoder="random-vit-tiny",
@@ -56,8 +56,8 @@ def test_torchrun_two_ranks_resume_and_match_one_process(tmp_path, synthetic_coc
                            progress=False)
 
     ref, run = tmp_path / "ref", tmp_path / "ddp"
-    train(cfg(ref, 4))  # one process, 4 steps
-    train(cfg(run, 2))  # one process, 2 steps; 2 DDP ranks continue it to 4
+    run_train(cfg(ref, 4))  # one process, 4 steps
+    run_train(cfg(run, 2))  # one process, 2 steps; 2 DDP ranks continue it to 4
     r = torchrun("train", "--out", str(run), "--root", str(synthetic_coco), "--encoder", "random-vit-tiny",
                  "--num-iters", "4")
     assert r.stdout.count("resuming") == 1  # rank 0 speaks; both ranks resumed

@@ -42,10 +42,10 @@ def hub(tmp_path_factory):
 
 def make_store(out: Path, name: str, coco: Path) -> Path:
     from adaslot.config import CacheConfig, DataSpec
-    from adaslot.store.writer import cache_features
+    from adaslot.store.writer import run_cache_features
 
     side = SIDE[get_encoder_spec(name).patch_size]
-    cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(coco)), encoder=name, image_size=side,
+    run_cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(coco)), encoder=name, image_size=side,
                                views=1, chunk_samples=4, shard_samples=8, batch_size=6, workers=0,
                                device="cpu", progress=False))
     return out
@@ -90,10 +90,10 @@ def test_sweep_over_stores_of_different_encoders(stores, synthetic_coco, tmp_pat
 
 @pytest.mark.parametrize("name", ["dinov2-vits-14", "dinov2-vits-14-reg"])
 def test_stage1_run_and_segment(name, stores, synthetic_coco, tmp_path, monkeypatch, capsys):
-    from adaslot.train import train
+    from adaslot.train import run_train
 
     run = tmp_path / "run"
-    train(tiny_train(run, from_cache=str(stores[name]), num_iters=2))
+    run_train(tiny_train(run, from_cache=str(stores[name]), num_iters=2))
     ckpt = latest_checkpoint(run / "checkpoints")
     payload = load_checkpoint(ckpt)
     d = RELEASES[name][1]

@@ -300,10 +300,10 @@ def test_unreadable_image_is_skipped_and_listed(checkpoints, tmp_path):
 @pytest.mark.e2e
 def test_from_cache_proxy_matches_the_image_pass(checkpoints, synthetic_coco, tmp_path):
     from adaslot.config import CacheConfig
-    from adaslot.store.writer import cache_features
+    from adaslot.store.writer import run_cache_features
 
     store = tmp_path / "val.zarr"
-    cache_features(CacheConfig(out=str(store), data=DataSpec(root=str(synthetic_coco), split="val"),
+    run_cache_features(CacheConfig(out=str(store), data=DataSpec(root=str(synthetic_coco), split="val"),
                                encoder=ENCODER, workers=0, device="cpu", progress=False, chunk_samples=2,
                                shard_samples=4))
     common = dict(checkpoint=str(checkpoints[2]), data=DataSpec(root=str(synthetic_coco), split="val"),

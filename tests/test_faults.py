@@ -19,7 +19,7 @@ from helpers import TINY_FLAGS, faulty_cli, losses, read_only_prefix, run_cli, t
 
 from adaslot import faults
 from adaslot.checkpoint import load_checkpoint
-from adaslot.train import train
+from adaslot.train import run_train
 
 pytestmark = pytest.mark.e2e  # commands meeting faults, in subprocesses
 
@@ -41,8 +41,8 @@ def runs(train_store, tmp_path_factory) -> dict[str, Path]:
     One torch thread, as the child processes use."""
     base = tmp_path_factory.mktemp("runs")
     with torch_threads(1):
-        train(tiny_train(base / "ref", from_cache=str(train_store), num_iters=20, **KW))
-        train(tiny_train(base / "run10", from_cache=str(train_store), num_iters=10, **KW))
+        run_train(tiny_train(base / "ref", from_cache=str(train_store), num_iters=20, **KW))
+        run_train(tiny_train(base / "run10", from_cache=str(train_store), num_iters=10, **KW))
     return {"ref": base / "ref", "run10": base / "run10"}
 
 
@@ -69,7 +69,7 @@ def test_disk_fills_at_a_checkpoint(runs, train_store, tmp_path):
     assert max(losses(run)) == 15  # steps 11-15 were logged before the checkpoint failed
 
     with torch_threads(1):
-        train(tiny_train(run, from_cache=str(train_store), num_iters=20, **KW))
+        run_train(tiny_train(run, from_cache=str(train_store), num_iters=20, **KW))
     assert losses(run) == losses(runs["ref"]) and sorted(losses(run)) == list(range(1, 21))
     assert os.readlink(ckpts / "last.pt") == "step-00000020.pt"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import tiny_train, torch_threads
 
-from adaslot.train import read_metrics, train
+from adaslot.train import read_metrics, run_train
 
 FIXTURE = Path(__file__).parent / "data" / "fixed-seed-losses.json"
 KEYS = ("loss", "mse", "lr", "grad_norm", "sparsity", "kept_slots")  # timing keys are measured, never equal
@@ -30,8 +30,8 @@ def _steps(run: Path) -> list[dict[str, float]]:
 def _run(tmp_path: Path, store: Path) -> dict[str, list[dict[str, float]]]:
     common = dict(from_cache=str(store), lr_schedule="adaslot", warmup_steps=2, lr_half_life=3, seed=5)
     with torch_threads(1):
-        s1 = train(tiny_train(tmp_path / "s1", num_iters=6, ckpt_every=6, **common))
-        train(tiny_train(tmp_path / "s2", stage=2, num_iters=4, num_slots=6, ckpt_every=4,
+        s1 = run_train(tiny_train(tmp_path / "s1", num_iters=6, ckpt_every=6, **common))
+        run_train(tiny_train(tmp_path / "s2", stage=2, num_iters=4, num_slots=6, ckpt_every=4,
                          warmstart=s1["checkpoint"], **common))
     return {"stage1": _steps(tmp_path / "s1"), "stage2": _steps(tmp_path / "s2")}
 

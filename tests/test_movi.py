@@ -215,17 +215,17 @@ def test_png_folders_read_like_the_shards(movi_root, tmp_path):
 
 
 def test_synthetic_movi_is_a_function_of_the_seed(movi_root, tmp_path):
-    from adaslot.data.movi_synthetic import make_synthetic_movi as make_synthetic
+    from adaslot.data.synthetic import run_make_synthetic
 
     cfg = dict(format="movi", num_train=1, num_val=1, shard_videos=2, seed=0, min_objects=2, max_objects=4,
                progress=False)
-    make_synthetic(SyntheticConfig(out=str(tmp_path / "a"), **cfg))
+    run_make_synthetic(SyntheticConfig(out=str(tmp_path / "a"), **cfg))
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     # prefix-stable: the first video of a split is the same in a 1-video and a 2-video set
     a = MoviDataset(tmp_path / "a" / "wds", "val")
     b = MoviDataset(movi_root / "wds", "val")
     assert all(torch.equal(a[i]["image"], b[i]["image"]) for i in (0, 23))
-    make_synthetic(SyntheticConfig(out=str(tmp_path / "b"), **cfg))
+    run_make_synthetic(SyntheticConfig(out=str(tmp_path / "b"), **cfg))
     same = [(tmp_path / "a" / r).read_bytes() == (tmp_path / "b" / r).read_bytes() for r in files]
     assert len(same) == 6 and all(same)  # 2 json, 2 tfrecord, 2 tar files: byte for byte
 

@@ -17,14 +17,14 @@ from adaslot.config import CacheConfig, DataSpec, EvalConfig, TrainConfig, get_p
 from adaslot.data.movi import MoviDataset, split_sample_id
 from adaslot.model import AdaSlot
 from adaslot.store import open_store
-from adaslot.store.writer import cache_features
+from adaslot.store.writer import run_cache_features
 from adaslot.train import NoiseSampler, TrainForward, optimisation_step
 
 
 @pytest.fixture(scope="module")
 def movi_store(movi_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("movi_store") / "train.zarr"
-    cache_features(CacheConfig(out=str(out), data=DataSpec(dataset="movi", root=str(movi_root / "tfds")),
+    run_cache_features(CacheConfig(out=str(out), data=DataSpec(dataset="movi", root=str(movi_root / "tfds")),
                                encoder="random-vit-tiny", chunk_samples=3, shard_samples=9, batch_size=9,
                                workers=0, device="cpu", progress=False))
     return out
@@ -69,13 +69,13 @@ def test_one_step_from_the_store_equals_online(movi_store, movi_root):
 def test_online_train_and_eval_repeat_exactly(movi_root, tmp_path):
     """Online training (no flip) and eval's movi protocol are functions of the data and the seed."""
     from adaslot.evaluate.run import run_eval
-    from adaslot.train import train
+    from adaslot.train import run_train
 
     runs = []
     for n in range(2):
         run = tmp_path / f"run{n}"
         data = DataSpec(dataset="movi", root=str(movi_root / "wds"))
-        ckpt = train(tiny_train(run, data=data, preset="movi-c", encoder="random-vit-tiny", batch_size=3,
+        ckpt = run_train(tiny_train(run, data=data, preset="movi-c", encoder="random-vit-tiny", batch_size=3,
                                 num_iters=2, val_every=2, val_max_images=4))
         rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
         res = run_eval(EvalConfig(checkpoint=str(ckpt["checkpoint"]), out=str(tmp_path / f"ev{n}"),

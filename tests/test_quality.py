@@ -127,12 +127,12 @@ def test_train_quality_selector_with_warmup_then_eval(tmp_path, train_store, syn
     from adaslot.config import DataSpec, EvalConfig, TrainConfig
     from adaslot.errors import AdaslotError
     from adaslot.evaluate import run_eval
-    from adaslot.train import read_metrics, train
+    from adaslot.train import read_metrics, run_train
 
     common = dict(from_cache=str(train_store), stage=2, num_slots=6, batch_size=4, lr_schedule="constant",
                   lr=1e-3, log_every=1, ckpt_every=10, workers=0, device="cpu", progress=False)
     model = {**TINY_MODEL, "quality_rho": 0.0}  # rho 0: K_min = 2 slots after warm-up
-    r = train(TrainConfig(out=str(tmp_path / "q"), num_iters=4, selection_warmup=2, selector="quality",
+    r = run_train(TrainConfig(out=str(tmp_path / "q"), num_iters=4, selection_warmup=2, selector="quality",
                           model_overrides=model, **common))
     rows = [row for row in read_metrics(tmp_path / "q") if "loss" in row]
     assert [row["kept_slots"] for row in rows] == pytest.approx([6, 6, 2, 2])
@@ -141,7 +141,7 @@ def test_train_quality_selector_with_warmup_then_eval(tmp_path, train_store, syn
     assert payload["model_config"]["selector"] == "quality"
     assert not any(k.startswith("selector.") for k in payload["model"])
     with pytest.raises(AdaslotError, match="quality selector"):  # the warm-up is for the quality selector
-        train(TrainConfig(out=str(tmp_path / "a"), num_iters=1, selection_warmup=1,
+        run_train(TrainConfig(out=str(tmp_path / "a"), num_iters=1, selection_warmup=1,
                           model_overrides=dict(TINY_MODEL), **common))
     with pytest.raises(AdaslotError, match="--selector is for stage 2"):
         TrainConfig(out=str(tmp_path / "b"), from_cache=str(train_store), selector="quality").validate()
@@ -168,10 +168,10 @@ def test_quality_stage2_warm_starts_from_a_stage1_checkpoint(tmp_path, train_sto
     from helpers import TINY_MODEL, tiny_train
 
     from adaslot.checkpoint import load_checkpoint
-    from adaslot.train import train
+    from adaslot.train import run_train
 
-    s1 = train(tiny_train(tmp_path / "s1", from_cache=str(train_store), num_iters=2))
-    s2 = train(tiny_train(tmp_path / "s2", from_cache=str(train_store), num_iters=2, stage=2,
+    s1 = run_train(tiny_train(tmp_path / "s1", from_cache=str(train_store), num_iters=2))
+    s2 = run_train(tiny_train(tmp_path / "s2", from_cache=str(train_store), num_iters=2, stage=2,
                           selector="quality", warmstart=s1["checkpoint"],
                           model_overrides={**TINY_MODEL, "quality_tau": 0.3}))
     payload = load_checkpoint(s2["checkpoint"])

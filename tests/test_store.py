@@ -21,8 +21,8 @@ from adaslot.config import CacheConfig, DataSpec, VerifyConfig
 from adaslot.errors import AdaslotError
 from adaslot.store import STATUS_OK, open_store
 from adaslot.store.export import export_hdf5
-from adaslot.store.verify import verify_store
-from adaslot.store.writer import cache_features
+from adaslot.store.verify import run_cache_verify
+from adaslot.store.writer import run_cache_features
 
 SIDE = 64  # 4 x 4 tokens of the random ViT-Tiny: small and fast, same code path as 224
 
@@ -45,7 +45,7 @@ def _cli_args(cfg: CacheConfig) -> list[str]:
 def reference(synthetic_coco, tmp_path_factory) -> Path:
     """An uninterrupted run: 12 train images x 2 views, 6 shards of 2 samples."""
     out = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    cache_features(_cfg(synthetic_coco, out))
+    run_cache_features(_cfg(synthetic_coco, out))
     return out
 
 
@@ -80,7 +80,7 @@ def test_kill9_then_rerun_is_byte_identical(synthetic_coco, reference, tmp_path)
     with pytest.raises(AdaslotError, match="incomplete"):  # what train does with it
         killed.check_compatible(encoder="random-vit-tiny")
 
-    summary = cache_features(cfg)  # the same command again finishes only the missing shards
+    summary = run_cache_features(cfg)  # the same command again finishes only the missing shards
     assert summary["shards_this_run"] == total - done
     st = open_store(cfg.out)
     assert st.complete
@@ -101,7 +101,7 @@ def test_readback_equals_online_encoder(synthetic_coco, reference):
         stored = torch.from_numpy(st.read(row, row + 1)[0]).float()
         bound = online.abs() * 2.0**-11 + 1e-6  # fp16 round-to-nearest: relative error <= 2^-11
         assert ((stored - online).abs() <= bound).all()
-    r = verify_store(VerifyConfig(store=str(reference), sample=2, device="cpu"))
+    r = run_cache_verify(VerifyConfig(store=str(reference), sample=2, device="cpu"))
     assert r["ok"] and r["rows"] == 2 and r["max_abs_error"] <= r["bound"]
 
 
@@ -109,12 +109,12 @@ def test_settings_mismatch_refused_unless_overwrite(synthetic_coco, reference, t
     out = tmp_path / "s.zarr"
     shutil.copytree(reference, out)
     cfg = _cfg(synthetic_coco, out)
-    assert cache_features(cfg)["already_complete"]
+    assert run_cache_features(cfg)["already_complete"]
     for change in (dict(chunk_samples=2), dict(precision="bf16"), dict(image_size=32), dict(views=1)):
         with pytest.raises(AdaslotError, match="different settings"):
-            cache_features(dataclasses.replace(cfg, **change))
+            run_cache_features(dataclasses.replace(cfg, **change))
     val = DataSpec(root=str(synthetic_coco), split="val")
-    cache_features(dataclasses.replace(cfg, data=val, overwrite=True, shard_samples=4))
+    run_cache_features(dataclasses.replace(cfg, data=val, overwrite=True, shard_samples=4))
     st = open_store(out)
     assert st.complete and st.features.shape == (6, 1, 16, 192) and st.attrs["dataset"]["split"] == "val"
     with pytest.raises(AdaslotError, match="split 'val'"):
@@ -123,7 +123,7 @@ def test_settings_mismatch_refused_unless_overwrite(synthetic_coco, reference, t
     other.mkdir()
     (other / "precious.txt").write_text("keep me")
     with pytest.raises(AdaslotError, match="not a zarr store"):
-        cache_features(_cfg(synthetic_coco, other, overwrite=True))
+        run_cache_features(_cfg(synthetic_coco, other, overwrite=True))
     assert (other / "precious.txt").exists()
 
 
@@ -144,7 +144,7 @@ def test_skipped_image_is_recorded(synthetic_coco, tmp_path):
     victim = sorted((root / "val2017").iterdir())[2]
     victim.write_bytes(b"this is not a jpeg")
     cfg = _cfg(root, tmp_path / "skip.zarr", split="val", batch_size=2)
-    summary = cache_features(cfg)
+    summary = run_cache_features(cfg)
     st = open_store(cfg.out)
     assert summary["images_written"] == 5 and summary["skipped"] == 1
     assert st.complete and st.status[2] >= 2 and st.image_ids[2] == -1 and st.num_valid == 5
@@ -212,7 +212,7 @@ def test_export_creates_the_folder_and_refuses_a_folder_as_file(reference, tmp_p
 def test_bad_cache_flags_refused_before_writing(synthetic_coco, tmp_path, kw, msg):
     out = tmp_path / "bad.zarr"
     with pytest.raises(AdaslotError, match=msg):
-        cache_features(_cfg(synthetic_coco, out, **kw))
+        run_cache_features(_cfg(synthetic_coco, out, **kw))
     assert not out.exists()  # nothing half-written
 
 
@@ -220,7 +220,7 @@ def test_store_path_that_is_a_file_is_refused(synthetic_coco, tmp_path):
     f = tmp_path / "features.pt"
     f.write_text("precious")
     with pytest.raises(AdaslotError, match="is a file"):
-        cache_features(_cfg(synthetic_coco, f))
+        run_cache_features(_cfg(synthetic_coco, f))
     assert f.read_text() == "precious"
 
 
@@ -231,26 +231,26 @@ def test_strict_stops_at_the_first_unusable_image(synthetic_coco, tmp_path):
     victim.write_bytes(b"this is not a jpeg")
     cfg = _cfg(root, tmp_path / "strict.zarr", split="val", batch_size=2, strict=True)
     with pytest.raises(AdaslotError, match="drop --strict") as e:
-        cache_features(cfg)
+        run_cache_features(cfg)
     assert victim.name in str(e.value) and "\n" not in str(e.value)
     assert not open_store(cfg.out).complete  # refused by train until a rerun finishes it
     victim.unlink()  # now missing on disk: refused before any encoding
     with pytest.raises(AdaslotError, match="missing"):
-        cache_features(dataclasses.replace(cfg, out=str(tmp_path / "strict2.zarr")))
+        run_cache_features(dataclasses.replace(cfg, out=str(tmp_path / "strict2.zarr")))
 
 
 @pytest.mark.e2e
 def test_verify_refuses_another_dataset_and_an_empty_sample(reference, tmp_path):
-    from adaslot.data.synthetic import SyntheticConfig, make_synthetic
+    from adaslot.data.synthetic import SyntheticConfig, run_make_synthetic
 
     other = tmp_path / "other"  # same layout, sizes and ids, other pictures and annotations
-    make_synthetic(SyntheticConfig(out=str(other), num_train=12, num_val=6, image_size=224, seed=5,
+    run_make_synthetic(SyntheticConfig(out=str(other), num_train=12, num_val=6, image_size=224, seed=5,
                                    progress=False))
     with pytest.raises(AdaslotError, match="not the annotation file the store was made from"):
-        verify_store(VerifyConfig(store=str(reference), sample=2, data=DataSpec(root=str(other)),
+        run_cache_verify(VerifyConfig(store=str(reference), sample=2, data=DataSpec(root=str(other)),
                                   device="cpu"))
     with pytest.raises(AdaslotError, match="--sample must be >= 1"):
-        verify_store(VerifyConfig(store=str(reference), sample=0, device="cpu"))
+        run_cache_verify(VerifyConfig(store=str(reference), sample=0, device="cpu"))
 
 
 def test_format_1_store_stays_readable(reference, tmp_path):

@@ -17,7 +17,7 @@ from helpers import TINY_FLAGS, TINY_MODEL, run_cli, run_cli_output, same_conten
 from adaslot.config import CacheConfig, DataSpec
 from adaslot.store import open_store
 from adaslot.store.checksums import check_store
-from adaslot.store.writer import cache_features
+from adaslot.store.writer import run_cache_features
 
 pytestmark = pytest.mark.e2e  # commands on damaged stores
 
@@ -29,7 +29,7 @@ KINDS = ("zarr.json cut short", "shard cut short", "bytes flipped in a shard")
 def reference(synthetic_coco, tmp_path_factory) -> Path:
     """12 train images x 2 views in 6 shards of 2 samples, as cache-features writes them (format 2)."""
     out = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(synthetic_coco)),
+    run_cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(synthetic_coco)),
                                encoder="random-vit-tiny", image_size=SIDE, batch_size=2, workers=0,
                                device="cpu", chunk_samples=2, shard_samples=2, progress=False))
     assert open_store(out).format_version == 2
@@ -66,10 +66,10 @@ def one_line(code: int, err: str, bad: Path) -> None:
 def checkpoint(reference, tmp_path_factory) -> Path:
     """A one-step stage-1 checkpoint trained on the undamaged store (for eval's cache proxy)."""
     from adaslot.config import TrainConfig
-    from adaslot.train import train
+    from adaslot.train import run_train
 
     run = tmp_path_factory.mktemp("ckpt")
-    r = train(TrainConfig(out=str(run), from_cache=str(reference), model_overrides=dict(TINY_MODEL),
+    r = run_train(TrainConfig(out=str(run), from_cache=str(reference), model_overrides=dict(TINY_MODEL),
                           num_slots=4, batch_size=4, num_iters=1, device="cpu", workers=0, progress=False))
     return Path(r["checkpoint"])
 

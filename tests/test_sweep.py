@@ -51,10 +51,10 @@ def cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:  # noqa: 
 def val_store(synthetic_coco, tmp_path_factory):
     """The 6 val images of the synthetic fixture, cached (the sweeps score on it without the encoder)."""
     from adaslot.config import CacheConfig, DataSpec
-    from adaslot.store.writer import cache_features
+    from adaslot.store.writer import run_cache_features
 
     out = tmp_path_factory.mktemp("val_store") / "val.zarr"
-    cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(synthetic_coco), split="val"),
+    run_cache_features(CacheConfig(out=str(out), data=DataSpec(root=str(synthetic_coco), split="val"),
                                encoder="random-vit-tiny", chunk_samples=4, shard_samples=8, batch_size=6,
                                workers=0, device="cpu", progress=False))
     return out

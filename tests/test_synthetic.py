@@ -16,8 +16,8 @@ from adaslot.data.synthetic import (
     CATEGORIES,
     SyntheticConfig,
     image_id_for,
-    make_synthetic,
     render_scene,
+    run_make_synthetic,
     scene_rng,
 )
 from adaslot.errors import AdaslotError
@@ -77,7 +77,7 @@ def test_scene_properties() -> None:
 def test_deterministic_for_a_seed(tmp_path: Path) -> None:
     def write(name: str, seed: int, n: int) -> Path:
         root = tmp_path / name
-        make_synthetic(SyntheticConfig(out=str(root), num_train=n, num_val=2, image_size=64, seed=seed,
+        run_make_synthetic(SyntheticConfig(out=str(root), num_train=n, num_val=2, image_size=64, seed=seed,
                                        progress=False))
         return root
 
@@ -92,13 +92,13 @@ def test_deterministic_for_a_seed(tmp_path: Path) -> None:
 
 def test_crowd_and_errors(tmp_path: Path) -> None:
     root = tmp_path / "crowd"
-    make_synthetic(SyntheticConfig(out=str(root), num_train=0, num_val=8, image_size=64, crowd_prob=0.5,
+    run_make_synthetic(SyntheticConfig(out=str(root), num_train=0, num_val=8, image_size=64, crowd_prob=0.5,
                                    min_radius=0.2, max_radius=0.3, progress=False))
     anns = json.loads((root / "annotations" / "instances_val2017.json").read_text())["annotations"]
     assert {a["iscrowd"] for a in anns} == {0, 1}
     rle = anns[0]["segmentation"]
     assert mask_utils.area(rle) == anns[0]["area"]
     with pytest.raises(AdaslotError, match="already exists"):
-        make_synthetic(SyntheticConfig(out=str(root), num_train=1, num_val=1, progress=False))
+        run_make_synthetic(SyntheticConfig(out=str(root), num_train=1, num_val=1, progress=False))
     with pytest.raises(AdaslotError, match="background"):
-        make_synthetic(SyntheticConfig(out=str(tmp_path / "x"), background="zebra", progress=False))
+        run_make_synthetic(SyntheticConfig(out=str(tmp_path / "x"), background="zebra", progress=False))

@@ -21,7 +21,7 @@ from helpers import tiny_train as tiny
 from adaslot.checkpoint import list_checkpoints, load_checkpoint
 from adaslot.config import DataSpec, model_config_for
 from adaslot.errors import AdaslotError
-from adaslot.train import NoiseSampler, TrainForward, optimisation_step, train
+from adaslot.train import NoiseSampler, TrainForward, optimisation_step, run_train
 
 
 @pytest.mark.e2e
@@ -36,7 +36,7 @@ def test_kill_and_resume_gives_the_uninterrupted_loss_sequence(tmp_path, train_s
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(tiny(ref, from_cache=str(train_store), num_iters=30, ckpt_every=5, keep_last=2, seed=3))
+        run_train(tiny(ref, from_cache=str(train_store), num_iters=30, ckpt_every=5, keep_last=2, seed=3))
     finally:
         torch.set_num_threads(threads)
 
@@ -82,7 +82,7 @@ def test_threads_flag_sets_the_runs_thread_count_and_is_recorded(tmp_path, train
     build = loop.build_source
     monkeypatch.setattr(loop, "build_source", lambda *a: Probe(build(*a)))
     with torch_threads(2):
-        train(tiny(tmp_path / "run", from_cache=str(train_store), num_iters=2, threads=1))
+        run_train(tiny(tmp_path / "run", from_cache=str(train_store), num_iters=2, threads=1))
         assert torch.get_num_threads() == 2  # the caller's number is back
     assert seen == [1, 1]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["threads"] == 1
@@ -152,14 +152,14 @@ def test_one_step_from_cache_equals_online(train_store, synthetic_coco):
 
 def test_stage1_then_stage2_warm_start_from_cache(tmp_path, train_store):
     s1 = tmp_path / "s1"
-    r1 = train(tiny(s1, from_cache=str(train_store), num_iters=2, cache_in_memory=True))
+    r1 = run_train(tiny(s1, from_cache=str(train_store), num_iters=2, cache_in_memory=True))
     assert r1["step"] == 2 and Path(r1["checkpoint"]).name == "step-00000002.pt"
     saved = json.loads((s1 / "config.json").read_text())
     assert saved["model"]["feature_dim"] == 192 and saved["model"]["num_tokens"] == 196  # from the store
     assert saved["train"]["num_iters"] == 2 and saved["encoder"] == "random-vit-tiny"
 
     s2 = tmp_path / "s2"
-    r2 = train(tiny(s2, stage=2, from_cache=str(train_store), num_iters=2, num_slots=6,
+    r2 = run_train(tiny(s2, stage=2, from_cache=str(train_store), num_iters=2, num_slots=6,
                     warmstart=r1["checkpoint"]))
     p1, p2 = load_checkpoint(r1["checkpoint"]), load_checkpoint(r2["checkpoint"])
     assert p2["stage"] == 2 and p2["model_config"]["adaptive"] and p2["model_config"]["num_slots"] == 6
@@ -170,25 +170,25 @@ def test_stage1_then_stage2_warm_start_from_cache(tmp_path, train_store):
 
 
 def test_warm_start_refuses_a_stage2_checkpoint_and_another_shape(tmp_path, train_store):
-    r1 = train(tiny(tmp_path / "s1", from_cache=str(train_store), num_iters=1))
-    r2 = train(tiny(tmp_path / "s2", stage=2, from_cache=str(train_store), num_iters=1, num_slots=6,
+    r1 = run_train(tiny(tmp_path / "s1", from_cache=str(train_store), num_iters=1))
+    r2 = run_train(tiny(tmp_path / "s2", stage=2, from_cache=str(train_store), num_iters=1, num_slots=6,
                     warmstart=r1["checkpoint"]))
     with pytest.raises(AdaslotError, match="stage-2 checkpoint"):
-        train(tiny(tmp_path / "s3", stage=2, from_cache=str(train_store), num_iters=1,
+        run_train(tiny(tmp_path / "s3", stage=2, from_cache=str(train_store), num_iters=1,
                    warmstart=r2["checkpoint"]))
     with pytest.raises(AdaslotError, match="slot_dim"):
-        train(tiny(tmp_path / "s4", stage=2, from_cache=str(train_store), num_iters=1,
+        run_train(tiny(tmp_path / "s4", stage=2, from_cache=str(train_store), num_iters=1,
                    model_overrides={**TINY_MODEL, "slot_dim": 16}, warmstart=r1["checkpoint"]))
 
 
 def test_dense_decoding_flag_matches_sparse_default(tmp_path, train_store):
-    s1 = train(tiny(tmp_path / "s1", from_cache=str(train_store), num_iters=1))
+    s1 = run_train(tiny(tmp_path / "s1", from_cache=str(train_store), num_iters=1))
     runs = {}
     for dense in (False, True):
         run = tmp_path / f"s2-{dense}"
         model = {**TINY_MODEL, "sparse_decoding": not dense}
-        train(tiny(run, stage=2, from_cache=str(train_store), num_iters=3, num_slots=6, model_overrides=model,
-                   warmstart=s1["checkpoint"]))
+        run_train(tiny(run, stage=2, from_cache=str(train_store), num_iters=3, num_slots=6,
+                       model_overrides=model, warmstart=s1["checkpoint"]))
         runs[dense] = losses(run)
         assert json.loads((run / "config.json").read_text())["model"]["sparse_decoding"] is not dense
     # Same batches and noise: only the 1e-5 renormaliser term of the dropped slots' gradients differs.
@@ -201,7 +201,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, train_store):
     run = tmp_path / "nan"
     # lr 1e30: the first update overflows the parameters, so step 2's loss is not finite.
     with pytest.raises(AdaslotError) as e:
-        train(tiny(run, from_cache=str(train_store), num_iters=5, lr=1e30, ckpt_every=1))
+        run_train(tiny(run, from_cache=str(train_store), num_iters=5, lr=1e30, ckpt_every=1))
     msg = str(e.value)
     assert "at step 2" in msg and "step-00000001.pt" in msg and "\n" not in msg
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000001.pt"]
@@ -210,10 +210,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, train_store):
 
 def test_rerun_with_other_settings_is_refused_and_a_longer_one_continues(tmp_path, train_store):
     run = tmp_path / "r"
-    train(tiny(run, from_cache=str(train_store), num_iters=2))
+    run_train(tiny(run, from_cache=str(train_store), num_iters=2))
     with pytest.raises(AdaslotError, match="other settings"):
-        train(tiny(run, from_cache=str(train_store), num_iters=4, lr=5e-3))
-    r = train(tiny(run, from_cache=str(train_store), num_iters=3))  # longer: continues
+        run_train(tiny(run, from_cache=str(train_store), num_iters=4, lr=5e-3))
+    r = run_train(tiny(run, from_cache=str(train_store), num_iters=3))  # longer: continues
     assert r["step"] == 3 and sorted(losses(run)) == [1, 2, 3]
 
 
@@ -227,13 +227,13 @@ def test_bad_input_is_refused_in_one_line(tmp_path, train_store, synthetic_coco,
     if kw.get("from_cache") == "COCO_ROOT":
         kw = {"from_cache": str(synthetic_coco)}
     with pytest.raises(AdaslotError, match=msg):
-        train(tiny(tmp_path / "run", **{"from_cache": str(train_store), **kw}))
+        run_train(tiny(tmp_path / "run", **{"from_cache": str(train_store), **kw}))
 
 
 @pytest.mark.e2e
 def test_online_mode_with_validation(tmp_path, synthetic_coco):
     run = tmp_path / "online"
-    r = train(tiny(run, data=DataSpec(root=str(synthetic_coco)), encoder="random-vit-tiny", batch_size=2,
+    r = run_train(tiny(run, data=DataSpec(root=str(synthetic_coco)), encoder="random-vit-tiny", batch_size=2,
                    num_iters=2, val_every=2, val_max_images=2))
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert r["step"] == 2 and [x["step"] for x in rows if "loss" in x] == [1, 2]
@@ -250,14 +250,14 @@ def test_online_strict_stops_at_an_unreadable_image(tmp_path, synthetic_coco):
     victim = sorted((data / "train2017").iterdir())[0]
     victim.write_bytes(b"not a jpeg")
     common = dict(encoder="random-vit-tiny", batch_size=12, num_iters=1, workers=0)
-    r = train(tiny(tmp_path / "lenient", data=DataSpec(root=str(data)), **common))
+    r = run_train(tiny(tmp_path / "lenient", data=DataSpec(root=str(data)), **common))
     assert r["step"] == 1
     with pytest.raises(AdaslotError, match=rf"\({victim}\): unreadable .*drop --strict"):
-        train(tiny(tmp_path / "strict", data=DataSpec(root=str(data), strict=True), **common))
+        run_train(tiny(tmp_path / "strict", data=DataSpec(root=str(data), strict=True), **common))
     for image in (data / "train2017").iterdir():  # nothing readable: an error, not an endless loop
         image.write_bytes(b"not a jpeg")
     with pytest.raises(AdaslotError, match="no training image could be read"):
-        train(tiny(tmp_path / "none", data=DataSpec(root=str(data)), **common))
+        run_train(tiny(tmp_path / "none", data=DataSpec(root=str(data)), **common))
 
 
 def test_cli_error_is_one_line(tmp_path):
@@ -271,7 +271,7 @@ def test_bf16_autocast_tracks_fp32(tmp_path, train_store):
     """Short parity check of --precision bf16 (the few-hundred-step curve is benchmarks/precision.py)."""
     runs = {p: tmp_path / p for p in ("fp32", "bf16")}
     for p, out in runs.items():
-        train(tiny(out, from_cache=str(train_store), num_iters=4, precision=p, cache_in_memory=True))
+        run_train(tiny(out, from_cache=str(train_store), num_iters=4, precision=p, cache_in_memory=True))
     a, b = losses(runs["fp32"]), losses(runs["bf16"])
     assert a.keys() == b.keys() and a != b  # bf16 really changed the arithmetic
     for step in a:
@@ -284,7 +284,7 @@ def test_compile_tracks_fp32(tmp_path, train_store):
     """--compile (torch.compile of model + loss; ~1 min of compilation on CPU, hence benchmark-marked)."""
     runs = {c: tmp_path / str(c) for c in (False, True)}
     for c, out in runs.items():
-        train(tiny(out, from_cache=str(train_store), num_iters=4, compile=c, cache_in_memory=True))
+        run_train(tiny(out, from_cache=str(train_store), num_iters=4, compile=c, cache_in_memory=True))
     a, b = losses(runs[False]), losses(runs[True])
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4)
@@ -299,7 +299,7 @@ def test_compile_tracks_fp32(tmp_path, train_store):
 def test_bad_numeric_flags_refused_before_the_run_folder(tmp_path, train_store, kw, msg):
     run = tmp_path / "r"
     with pytest.raises(AdaslotError, match=msg):
-        train(tiny(run, from_cache=str(train_store), num_iters=2, **kw))
+        run_train(tiny(run, from_cache=str(train_store), num_iters=2, **kw))
     assert not run.exists()  # no config.json / metrics.jsonl left looking like a run
 
 

@@ -100,7 +100,7 @@ def _chunks(n: int, size: int) -> list[range]:
     return [range(a, min(a + size, n)) for a in range(0, n, size)] or [range(0)]
 
 
-def make_synthetic_movi(cfg: SyntheticConfig) -> dict[str, Any]:
+def write_movi_synthetic(cfg: SyntheticConfig) -> dict[str, Any]:
     """Write both layouts under `cfg.out` (atomically: a temp dir renamed at the end) -> summary dict."""
     from adaslot.progress import progress_bar
 

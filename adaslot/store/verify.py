@@ -14,7 +14,7 @@ from adaslot.files import file_sha256
 from adaslot.store import open_store
 
 
-def verify_store(cfg: VerifyConfig) -> dict[str, Any]:
+def run_cache_verify(cfg: VerifyConfig) -> dict[str, Any]:
     """Recompute `cfg.sample` random stored rows (all views) online and compare -> {rows, max_abs_error,
     bound, ok}.
 

@@ -119,7 +119,7 @@ def _existing_attrs(out: str, overwrite: bool = False) -> dict[str, Any] | None:
 
 
 
-def cache_features(cfg: CacheConfig) -> dict[str, Any]:
+def run_cache_features(cfg: CacheConfig) -> dict[str, Any]:
     """Run the frozen encoder over the dataset into `cfg.out` (resumable, see module doc) -> summary dict."""
     from adaslot.data.coco import collate
     from adaslot.data.datasets import open_dataset

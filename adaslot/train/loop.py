@@ -17,7 +17,7 @@ from adaslot.train.inputs import build_source
 from adaslot.train.run import Run, checked_settings
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def run_train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or resume) the run in cfg.out; returns {"step", "loss", "checkpoint", "run_dir", "rank"}.
     With cfg.threads, torch uses that many CPU threads for the run (the caller's number is restored)."""
     with torch_threads(cfg.threads):

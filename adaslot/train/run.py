@@ -1,8 +1,8 @@
 """One training run as an object: its model, optimiser, noise, log, checkpoints and validation, stepped with
 batches it is given.
 
-`train()` (loop.py) feeds one Run from its own input; `adaslot sweep` feeds several Runs the same batches in
-lockstep (one read of the store for all of them). The batch a Run is given is all it takes from outside, so
+`run_train()` (loop.py) feeds one Run from its own input; `adaslot sweep` feeds several Runs the same batches
+in lockstep (one read of the store for all of them). The batch a Run is given is all it takes from outside, so
 a Run computes the same losses either way.
 
 Resume: a Run built on a run folder with checkpoints continues from the newest one (model, optimiser, step,
