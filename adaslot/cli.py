@@ -121,7 +121,7 @@ def config_command(name: str, cls: type[Settings]) -> Callable:
 @config_command("make-synthetic", SyntheticConfig)
 def make_synthetic_cmd(cfg: SyntheticConfig) -> None:
     """Write the built-in synthetic shapes dataset as a real COCO-2017-format dataset (JPEG + RLE json)."""
-    from adaslot.data.synthetic import run_make_synthetic
+    from adaslot.data.make_synthetic import run_make_synthetic
 
     s = run_make_synthetic(cfg)
     if cfg.format == "movi":

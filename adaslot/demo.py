@@ -156,7 +156,7 @@ def _summary(result: dict[str, Any], baseline: float, mean_objects: float, ratio
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the demo pipeline into cfg.out; returns (and writes to OUT/results.json) the results dict."""
     from adaslot.data.datasets import open_dataset
-    from adaslot.data.synthetic import run_make_synthetic
+    from adaslot.data.make_synthetic import run_make_synthetic
     from adaslot.evaluate import EvalDataset, EvalItem, patch_ceiling, trivial_baseline
     from adaslot.store.writer import run_cache_features
     from adaslot.train import run_train

@@ -54,7 +54,7 @@ def prepare(out: Path) -> tuple[Path, Path]:
     """The demo's data (seed 0) and its train (image + flip) and val feature stores, made once."""
     from adaslot.config import CacheConfig, DataSpec, get_preset
     from adaslot.config.demo import demo_data
-    from adaslot.data.synthetic import run_make_synthetic
+    from adaslot.data.make_synthetic import run_make_synthetic
     from adaslot.store.writer import run_cache_features
 
     data, train, val = out / "data", out / "features" / "train.zarr", out / "features" / "val.zarr"

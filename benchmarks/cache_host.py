@@ -167,7 +167,8 @@ def writer_part(tmp: Path, shards: int, repeats: int) -> dict[str, float]:
 
 def pipeline_part(tmp: Path, images: int, workers: int, repeats: int) -> dict[str, float]:
     from adaslot.config import CacheConfig, DataSpec
-    from adaslot.data.synthetic import SyntheticConfig, run_make_synthetic
+    from adaslot.data.make_synthetic import run_make_synthetic
+    from adaslot.data.synthetic import SyntheticConfig
     from adaslot.store.writer import run_cache_features
 
     name = register_instant()

@@ -32,7 +32,8 @@ from _timing import alternate
 
 from adaslot.config import CacheConfig, DataSpec
 from adaslot.data.coco import CocoDataset
-from adaslot.data.synthetic import SyntheticConfig, run_make_synthetic
+from adaslot.data.make_synthetic import run_make_synthetic
+from adaslot.data.synthetic import SyntheticConfig
 from adaslot.encoders import build_encoder
 from adaslot.store import layout
 from adaslot.store.shardfile import direct_features, write_shard

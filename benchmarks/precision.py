@@ -30,7 +30,8 @@ SMALL = dict(slot_dim=32, input_mlp_hidden=64, slot_mlp_hidden=64, decoder_hidde
 def encoder_features(num_images: int = 32) -> torch.Tensor:
     """features [N, 196, 192]: random-vit-tiny on synthetic COCO-layout images (center crop 224, no flip)."""
     from adaslot.data.coco import CocoDataset
-    from adaslot.data.synthetic import SyntheticConfig, run_make_synthetic
+    from adaslot.data.make_synthetic import run_make_synthetic
+    from adaslot.data.synthetic import SyntheticConfig
     from adaslot.encoders import build_encoder
 
     with tempfile.TemporaryDirectory() as tmp:

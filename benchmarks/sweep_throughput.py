@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 def build_store(root: Path, images: int) -> Path:
     """The demo's shapes (64 px) with `images` train and 64 val images, cached as the demo caches them."""
     from adaslot.config import CacheConfig, DataSpec, demo_config, get_preset
-    from adaslot.data.synthetic import run_make_synthetic
+    from adaslot.data.make_synthetic import run_make_synthetic
     from adaslot.store.writer import run_cache_features
 
     data = demo_config().data.replace(out=str(root / "data"), num_train=images, num_val=64, progress=False)

@@ -271,7 +271,8 @@ def main() -> None:
             print(line)
         return
     vit_b = register_random_vit_b()
-    from adaslot.data.synthetic import SyntheticConfig, run_make_synthetic
+    from adaslot.data.make_synthetic import run_make_synthetic
+    from adaslot.data.synthetic import SyntheticConfig
 
     ratios: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:

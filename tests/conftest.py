@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from adaslot.data.synthetic import SyntheticConfig, run_make_synthetic
+from adaslot.data.make_synthetic import run_make_synthetic
+from adaslot.data.synthetic import SyntheticConfig
 
 # Small enough to write in well under a second; 224 px so the ViT sees its native 14 x 14 token grid.
 TINY_TRAIN, TINY_VAL, TINY_SIZE = 12, 6, 224

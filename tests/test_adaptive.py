@@ -42,7 +42,7 @@ CKPT = str(adaslot.DEMO_CHECKPOINT)
 @pytest.fixture(scope="module")
 def demo_val(tmp_path_factory) -> Path:
     """24 val images of the demo's data (another seed than the demo's), COCO layout."""
-    from adaslot.data.synthetic import run_make_synthetic
+    from adaslot.data.make_synthetic import run_make_synthetic
 
     out = tmp_path_factory.mktemp("demo_val") / "data"
     cfg: SyntheticConfig = demo_data().replace(out=str(out), num_train=0, num_val=24, seed=5, progress=False)

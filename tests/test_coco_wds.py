@@ -15,7 +15,8 @@ from adaslot.config import DataSpec, EvalConfig, model_config_for
 from adaslot.data.coco import CocoDataset
 from adaslot.data.coco_wds import CocoWdsDataset, write_coco_shards
 from adaslot.data.datasets import open_dataset
-from adaslot.data.synthetic import SyntheticConfig, run_make_synthetic
+from adaslot.data.make_synthetic import run_make_synthetic
+from adaslot.data.synthetic import SyntheticConfig
 from adaslot.errors import AdaslotError
 
 

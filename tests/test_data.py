@@ -266,7 +266,7 @@ def test_wrong_paths_are_one_line_errors(tmp_path: Path, synthetic_coco: Path) -
 # ---------------------------------------------------------------- ground truth
 
 def test_ground_truth_matches_drawn_scene_and_crowd_options(tmp_path: Path) -> None:
-    from adaslot.data.synthetic import run_make_synthetic
+    from adaslot.data.make_synthetic import run_make_synthetic
 
     cfg = SyntheticConfig(out=str(tmp_path / "c"), num_train=0, num_val=6, image_size=96, seed=2,
                           crowd_prob=0.4, progress=False)

@@ -215,7 +215,7 @@ def test_png_folders_read_like_the_shards(movi_root, tmp_path):
 
 
 def test_synthetic_movi_is_a_function_of_the_seed(movi_root, tmp_path):
-    from adaslot.data.synthetic import run_make_synthetic
+    from adaslot.data.make_synthetic import run_make_synthetic
 
     cfg = dict(format="movi", num_train=1, num_val=1, shard_videos=2, seed=0, min_objects=2, max_objects=4,
                progress=False)

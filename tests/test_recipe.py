@@ -131,7 +131,8 @@ def test_the_recipe_runs_at_demo_scale(tmp_path, monkeypatch, capsys):
     """The README's five commands at demo scale, run twice (a resubmitted Slurm job finds every step done):
     a tiny synthetic COCO root (4 train, 2 val images) for /data/coco, a random tiny ViT for the weights, a
     tiny model and two steps; the chain of files (stores, checkpoints, metrics.json) is the recipe's own."""
-    from adaslot.data.synthetic import SyntheticConfig, run_make_synthetic
+    from adaslot.data.make_synthetic import run_make_synthetic
+    from adaslot.data.synthetic import SyntheticConfig
 
     coco = tmp_path / "coco"
     run_make_synthetic(SyntheticConfig(out=str(coco), num_train=4, num_val=2, image_size=224, seed=0,

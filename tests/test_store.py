@@ -241,7 +241,8 @@ def test_strict_stops_at_the_first_unusable_image(synthetic_coco, tmp_path):
 
 @pytest.mark.e2e
 def test_verify_refuses_another_dataset_and_an_empty_sample(reference, tmp_path):
-    from adaslot.data.synthetic import SyntheticConfig, run_make_synthetic
+    from adaslot.data.make_synthetic import run_make_synthetic
+    from adaslot.data.synthetic import SyntheticConfig
 
     other = tmp_path / "other"  # same layout, sizes and ids, other pictures and annotations
     run_make_synthetic(SyntheticConfig(out=str(other), num_train=12, num_val=6, image_size=224, seed=5,

@@ -12,12 +12,12 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from adaslot.data.make_synthetic import run_make_synthetic
 from adaslot.data.synthetic import (
     CATEGORIES,
     SyntheticConfig,
     image_id_for,
     render_scene,
-    run_make_synthetic,
     scene_rng,
 )
 from adaslot.errors import AdaslotError

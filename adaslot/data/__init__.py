@@ -26,7 +26,7 @@ _EXPORTS = {
     "train_frames": "adaslot.data.movi",
     "CocoWdsDataset": "adaslot.data.coco_wds",
     "SyntheticConfig": "adaslot.data.synthetic",
-    "run_make_synthetic": "adaslot.data.synthetic",
+    "run_make_synthetic": "adaslot.data.make_synthetic",
     "render_scene": "adaslot.data.synthetic",
 }
 

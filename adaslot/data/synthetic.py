@@ -1,6 +1,6 @@
 """The built-in synthetic dataset: shape scenes written as a real COCO-2017-layout dataset.
 
-`run_make_synthetic(cfg)` writes
+`write_coco_synthetic(cfg)` writes
     OUT/train2017/<id:012d>.jpg, OUT/val2017/<id:012d>.jpg,
     OUT/annotations/instances_train2017.json, OUT/annotations/instances_val2017.json
 so `pycocotools.coco.COCO` and `adaslot.data.coco` read it unchanged. Segmentations are compressed RLE of
@@ -32,7 +32,7 @@ TEXTURES: tuple[str, ...] = ("solid", "stripes", "checker", "noise")
 SPLIT_SEED = {"train": 0, "val": 1}
 VAL_ID_OFFSET = 1_000_000  # val image ids = 1_000_000 + i + 1, so ids are unique across splits (as in COCO)
 
-__all__ = ["BACKGROUNDS", "CATEGORIES", "Scene", "SyntheticConfig", "run_make_synthetic", "render_scene"]
+__all__ = ["BACKGROUNDS", "CATEGORIES", "Scene", "SyntheticConfig", "render_scene", "write_coco_synthetic"]
 
 
 @dataclass
@@ -250,17 +250,14 @@ def _write_split(cfg: SyntheticConfig, root: Path, split: str, count: int, ann_i
     return coco, ann_id
 
 
-def run_make_synthetic(cfg: SyntheticConfig) -> dict[str, Any]:
-    """`adaslot make-synthetic`: write the dataset to `cfg.out` (atomically: a temp dir renamed at the end).
-    Returns a summary dict (root, images per split, objects per split, mean objects per image; --format movi:
-    adaslot.data.movi_synthetic.write_movi_synthetic's)."""
+def write_coco_synthetic(cfg: SyntheticConfig) -> dict[str, Any]:
+    """Write the dataset in COCO's layout to `cfg.out` (atomically: a temp dir renamed at the end). Returns a
+    summary dict (root, images per split, objects per split, mean objects per image)."""
     cfg.validate()
     if not cfg.out:
         raise AdaslotError("give the output folder of make-synthetic")
-    if cfg.format == "movi":  # videos in MOVi's layouts (docs/movi.md)
-        from adaslot.data.movi_synthetic import write_movi_synthetic
-
-        return write_movi_synthetic(cfg)
+    if cfg.format == "movi":
+        raise AdaslotError("--format movi is written by adaslot.data.movi_synthetic.write_movi_synthetic")
     out = Path(cfg.out)
     summary: dict[str, Any] = {"root": str(out)}
     with atomic_dir(out, cfg.overwrite) as tmp:
