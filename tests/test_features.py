@@ -56,7 +56,8 @@ def test_a_store_of_other_features_is_refused_by_the_one_check(train_store, sour
         msg = str(e.value)
         assert "\n" not in msg and f"feature store {train_store}" in msg, msg
     with pytest.raises(AdaslotError, match="weights_sha256") as e:  # the live encoder: the same rule
-        open_features(None, CPU, encoder="random-vit-tiny", expected=other, expected_what="the run's features")
+        open_features(None, CPU, encoder="random-vit-tiny", expected=other,
+                      expected_what="the run's features")
     assert "\n" not in str(e.value) and "does not match the run's features" in str(e.value)
 
 
