@@ -42,7 +42,6 @@ class FeatureSource:
     dataset indices it has features for (None: every one); `needs_images`: whether items must carry their
     network input [3, S, S]; `description`: where the features come from, in words (metrics.json)."""
 
-    kind = ""
     needs_images = True
     description = ""
 
@@ -66,7 +65,6 @@ class FeatureSource:
 class LiveFeatures(FeatureSource):
     """The frozen encoder run on every image at side `image_size` (default: the encoder's own)."""
 
-    kind = "live"
     description = "images: frozen encoder re-run on every image"
 
     def __init__(self, encoder: FrozenEncoder, image_size: int | None = None,
@@ -91,7 +89,6 @@ class StoreFeatures(FeatureSource):
     """View 0 of a feature store's rows, looked up by image id (checksums checked on every read: a damaged
     store is a one-line error)."""
 
-    kind = "store"
     needs_images = False
 
     def __init__(self, store: FeatureStore, device: torch.device) -> None:
