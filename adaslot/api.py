@@ -31,6 +31,7 @@ from adaslot.evaluate.masks import alpha_full_image, alpha_grids, labels_full_im
 
 if TYPE_CHECKING:
     from adaslot.encoders import FrozenEncoder
+    from adaslot.features import LiveFeatures
     from adaslot.model import AdaSlot, ModelOutput
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]  # noqa: UP007 (a runtime alias)
@@ -158,21 +159,31 @@ def _is_batch(images: Any) -> bool:
 class Segmenter:
     """A trained slot model with its frozen encoder, ready for images (see `load`).
 
-    encoder: images [B, 3, S, S] -> features [B, T, D]; model: the AdaSlot; seed: slot-initialisation noise;
+    features: the live feature source (adaslot.features.LiveFeatures, or a FrozenEncoder used at its own
+    side): images [B, 3, S, S] -> features [B, T, D]; model: the AdaSlot; seed: slot-initialisation noise;
     image_size: S; num_slots: K; slot_dim: the slot size; info: the checkpoint's stage, step, encoder, path.
     """
 
-    def __init__(self, model: AdaSlot, encoder: FrozenEncoder, seed: int = 0,
+    def __init__(self, model: AdaSlot, features: LiveFeatures | FrozenEncoder, seed: int = 0,
                  info: dict[str, Any] | None = None) -> None:
-        self.model, self.encoder, self.seed = model.eval(), encoder, seed
+        from adaslot.features import LiveFeatures
+
+        self.model, self.seed = model.eval(), seed
         self.device = next(model.parameters()).device
-        self.image_size = int(encoder.image_size)
+        self.features = features if isinstance(features, LiveFeatures) else LiveFeatures(features,
+                                                                                           device=self.device)
+        self.image_size = self.features.image_size
         self.num_slots, self.slot_dim = model.cfg.num_slots, model.cfg.slot_dim
         self.info = dict(info or {})
 
+    @property
+    def encoder(self) -> FrozenEncoder:
+        """The frozen encoder the features come from."""
+        return self.features.encoder
+
     def __repr__(self) -> str:
         stage = self.info.get("stage", "?")
-        return (f"Segmenter(stage {stage}, K={self.num_slots}, encoder {self.encoder.name}, "
+        return (f"Segmenter(stage {stage}, K={self.num_slots}, encoder {self.features.encoder_name}, "
                 f"{self.image_size} px, device {self.device}, seed {self.seed}, method {self.method})")
 
     @property
@@ -185,9 +196,8 @@ class Segmenter:
         """Network inputs [B, 3, S, S] in [0, 1] -> the model's output (slots [B, K, D], alpha [B, K, T], keep
         [B, K] or None, groups [B, K] or None), every image from the same slot-initialisation noise; kept and
         merged as the model's inference method decides."""
-        x = images.to(self.device, non_blocking=True)
-        features = self.encoder(x).float()
-        init = self.model.slot_attention.fixed_init(len(x), self.num_slots, self.seed)
+        features = self.features.encode(images)
+        init = self.model.slot_attention.fixed_init(len(images), self.num_slots, self.seed)
         return self.model(features, slots_init=init)
 
     def postprocess(self, out: ModelOutput, geometries: Sequence[Geometry],
@@ -232,9 +242,10 @@ def load(checkpoint: str | os.PathLike, encoder_weights: str | os.PathLike | Non
     contract differs from the checkpoint's. device: "auto" (a GPU if visible), "cpu", "cuda", "cuda:N".
     method: inference-method keywords overriding the checkpoint's (docs/adaptive.md): merge_slots (0: no
     merging), merge_on, selector, quality_tau, quality_rho, quality_alpha, quality_k_min."""
-    from adaslot.checkpoint import load_encoder, load_model
+    from adaslot.checkpoint import load_model
     from adaslot.config.model import MethodOverrides
     from adaslot.device import resolve_device
+    from adaslot.features import LiveFeatures, checkpoint_features
 
     names = list(MethodOverrides().to_dict())
     unknown = sorted(set(method) - set(names))
@@ -244,7 +255,8 @@ def load(checkpoint: str | os.PathLike, encoder_weights: str | os.PathLike | Non
     overrides = MethodOverrides(**method).validate().given()
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     model, payload = load_model(checkpoint, dev, overrides)
-    encoder = load_encoder(payload, encoder_weights, dev)
+    features = checkpoint_features(payload, dev, weights=encoder_weights)
+    assert isinstance(features, LiveFeatures)  # no store given: the live encoder
     info = {"checkpoint": str(Path(checkpoint)), "stage": payload.get("stage"), "step": payload.get("step"),
             "encoder": payload.get("encoder")}
-    return Segmenter(model, encoder, seed=seed, info=info)
+    return Segmenter(model, features, seed=seed, info=info)

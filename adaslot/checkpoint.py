@@ -32,7 +32,6 @@ from adaslot.errors import AdaslotError
 from adaslot.files import atomic_path
 
 if TYPE_CHECKING:
-    from adaslot.encoders import FrozenEncoder
     from adaslot.model import AdaSlot
 
 FORMAT = "adaslot-checkpoint"
@@ -204,27 +203,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
         model.cfg = cfg.with_method(method, str(path))
     model.to(device).eval()
     return model, payload
-
-
-ENCODER_FIX = "use the encoder weights (or the cache) the model was trained with"
-
-
-def load_encoder(payload: dict[str, Any], weights: str | os.PathLike | None = None,
-                 device: str | torch.device = "cpu") -> FrozenEncoder:
-    """The frozen encoder a checkpoint was trained with (`payload["encoder"]`; weights from `weights` or the
-    local caches), refused with one line when its feature contract or token grid differ from the
-    checkpoint's."""
-    from adaslot.contract import check_contract
-    from adaslot.encoders import build_encoder
-
-    trained_on = payload.get("feature_contract") or {"encoder": payload.get("encoder")}
-    side = (trained_on.get("input_size") or [None])[0]  # the side the model was trained at
-    encoder = build_encoder(payload["encoder"], weights=weights, device=device, image_size=side)
-    contract = encoder.contract()
-    what = f"--encoder-weights {weights}" if weights else "the encoder weights found"
-    check_contract(trained_on, contract, what, "the checkpoint's feature contract", ENCODER_FIX)
-    check_feature_shape(contract, payload)
-    return encoder
 
 
 def check_feature_shape(contract: dict[str, Any], payload: dict[str, Any]) -> None:

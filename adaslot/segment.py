@@ -190,7 +190,7 @@ def run_segment(cfg: SegmentConfig) -> dict[str, Any]:
         raise AdaslotError(f"no images found in {' '.join(cfg.inputs)} (folders are searched for "
                            f"{', '.join(IMAGE_SUFFIXES)})")
     segmenter = load(cfg.checkpoint, cfg.encoder_weights, cfg.device, seed=cfg.seed, **cfg.method.given())
-    contract = segmenter.encoder.contract()
+    contract = segmenter.features.contract
     run = {"checkpoint_sha256": file_sha256(cfg.checkpoint), "encoder": contract["encoder"],
            "encoder_weights_sha256": contract["weights_sha256"], "input_size": contract["input_size"],
            "seed": cfg.seed, "method": segmenter.method}

@@ -52,18 +52,20 @@ def test_same_samples_and_masks_as_pycocotools(roots):
 
 def test_same_metrics_as_pycocotools(roots):
     from adaslot.encoders import build_encoder
-    from adaslot.evaluate.scoring import evaluate_model
+    from adaslot.evaluate import EvalOptions, evaluate_model
+    from adaslot.features import LiveFeatures
     from adaslot.model import AdaSlot
 
     coco_root, shards = roots
     torch.manual_seed(0)
     model = AdaSlot(model_config_for("coco", 1, feature_dim=192, num_tokens=196, num_slots=4, **TINY_MODEL))
-    encoder = build_encoder("random-vit-tiny")
+    encoder = LiveFeatures(build_encoder("random-vit-tiny"))
     out = []
     for data in (DataSpec(root=str(coco_root), split="val"),
                  DataSpec(dataset="coco-wds", root=str(shards), split="val")):
         cfg = EvalConfig(checkpoint="-", data=data, protocol="adaslot,fullres", workers=0, batch_size=2)
-        out.append(evaluate_model(model, encoder, open_dataset(data, 224), cfg)["protocols"])
+        out.append(evaluate_model(model, encoder, open_dataset(data, 224), EvalOptions.from_config(cfg))
+                   ["protocols"])
     assert json.dumps(out[0], sort_keys=True) == json.dumps(out[1], sort_keys=True)
     assert out[0]["adaslot"]["num_images"] == 5
     with pytest.raises(AdaslotError, match="iscrowd"):

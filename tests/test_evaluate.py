@@ -21,6 +21,7 @@ from adaslot.encoders import build_encoder
 from adaslot.errors import AdaslotError
 from adaslot.evaluate import (
     EvalItem,
+    EvalOptions,
     evaluate_model,
     gt_at_side,
     labels_at_side,
@@ -31,6 +32,7 @@ from adaslot.evaluate import (
     run_eval,
     score_image,
 )
+from adaslot.features import LiveFeatures
 from adaslot.metrics import overlap_free_labels
 from adaslot.model import AdaSlot
 
@@ -190,9 +192,9 @@ def test_gumbel_eval_is_seeded_and_recorded(checkpoints, synthetic_coco):
     from adaslot.checkpoint import load_model
 
     model, _ = load_model(checkpoints[2])
-    enc = build_encoder(ENCODER)
+    enc = LiveFeatures(build_encoder(ENCODER))
     ds = CocoDataset.from_root(synthetic_coco, "val")
-    cfg = EvalConfig(protocol="adaslot", workers=0, gumbel_eval=3)
+    cfg = EvalOptions(protocols=("adaslot",), workers=0, gumbel_eval=3)
     model.train()
     rng_before = torch.get_rng_state()
     a = evaluate_model(model, enc, ds, cfg)
@@ -201,7 +203,7 @@ def test_gumbel_eval_is_seeded_and_recorded(checkpoints, synthetic_coco):
     assert torch.equal(torch.get_rng_state(), rng_before)  # caller's RNG untouched
     assert a["protocols"] == b["protocols"]
     assert "gumbel" in a["keep_mode"] and "seed 3" in a["keep_mode"]
-    det = evaluate_model(model, enc, ds, EvalConfig(protocol="adaslot", workers=0, max_images=4))
+    det = evaluate_model(model, enc, ds, EvalOptions(protocols=("adaslot",), workers=0, max_images=4))
     assert det["keep_mode"].startswith("deterministic") and det["num_images"] == 4
 
 
@@ -213,8 +215,9 @@ def test_stage1_in_memory_on_synthetic(checkpoints, synthetic_coco):
 
     model, _ = load_model(checkpoints[1])
     seen = []
-    r = evaluate_model(model, build_encoder(ENCODER), CocoDataset.from_root(synthetic_coco, "val"),
-                       EvalConfig(protocol="adaslot,fullres", workers=0), on_image=seen.append)
+    r = evaluate_model(model, LiveFeatures(build_encoder(ENCODER)),
+                       CocoDataset.from_root(synthetic_coco, "val"),
+                       EvalOptions(protocols=("adaslot", "fullres"), workers=0), on_image=seen.append)
     s = r["protocols"]["adaslot"]
     assert set(r["protocols"]) == {"adaslot", "fullres"} and "mean_kept_slots" not in s
     assert s["num_images"] == 6 and s["num_skipped"] == 0 and len(seen) == 6

@@ -30,8 +30,8 @@ def resolve_protocols(protocols: str | Sequence[str]) -> tuple[str, ...]:
 
 @dataclass
 class EvalConfig(Settings):
-    """`adaslot eval`; `evaluate.evaluate_model` (in-memory models) uses protocol, batch_size, workers,
-    max_images, gumbel_eval, method, seed and data.strict only."""
+    """`adaslot eval`; `evaluate.EvalOptions.from_config` turns it into the options of
+    `evaluate.evaluate_model` (in-memory models)."""
 
     checkpoint: str = setting("", "an adaslot checkpoint (.pt) written by `adaslot train`", argument=True,
                               required=True)

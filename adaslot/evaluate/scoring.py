@@ -5,7 +5,7 @@ training), and every image starts from the same slot-initialisation noise (`Slot
 so a score is a function of the image alone, whatever the batch size, as in `adaslot segment`
 (docs/method.md#deviations). `gumbel_eval=SEED` is the official evaluation: the slot initialisation and the
 Gumbel noise are sampled per image, from a generator seeded with SEED. Slots merge as the model's inference
-method says (`cfg.merge_slots`, recorded in the checkpoint; `EvalConfig.method` overrides it), in the
+method says (`cfg.merge_slots`, recorded in the checkpoint; `EvalOptions.method` overrides it), in the
 model's forward (docs/adaptive.md). The caller's global RNG state is left untouched.
 """
 
@@ -19,15 +19,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from adaslot.config import EvalConfig
 from adaslot.data.coco import keep_list
 from adaslot.data.transforms import Geometry, compute_geometry
 from adaslot.device import resolve_workers
 from adaslot.evaluate.masks import alpha_grids, gt_at_side, labels_at_side, labels_fullres
+from adaslot.evaluate.options import EvalOptions
 from adaslot.metrics import MetricAccumulator, image_scores
 
 if TYPE_CHECKING:
     from adaslot.data.coco import CocoDataset
+    from adaslot.features import FeatureSource
     from adaslot.model import AdaSlot
 
 PROTOCOL_SIDE = {"adaslot": 224, "dinosaur": 320, "movi": 128}
@@ -162,48 +163,47 @@ def method_record(model: torch.nn.Module) -> dict[str, Any]:
 @torch.no_grad()
 def evaluate_model(
     model: torch.nn.Module,
-    encoder: torch.nn.Module | None,
+    features: FeatureSource,
     dataset: CocoDataset | Dataset | Sequence[EvalItem],
-    cfg: EvalConfig | None = None,
+    options: EvalOptions | None = None,
     *,
-    features_fn: Callable[[list[EvalItem]], torch.Tensor] | None = None,
     on_image: Callable[[ImageResult], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Score an in-memory model; returns {"protocols": {name: summary}, "keep_mode", "num_images", "skipped"}.
 
-    dataset: a CocoDataset (wrapped in EvalDataset), an EvalDataset, or any sequence of EvalItems.
-    Features come from `encoder(images [B, 3, S, S]) -> [B, T, D]`, or from `features_fn(items)` (cache
-    proxy). Uses cfg.protocol, batch_size, workers, max_images, gumbel_eval, seed, data.strict (defaults:
-    EvalConfig()). The model is put in eval mode and restored afterwards; the global RNG is left untouched.
-    Summaries: metrics.MetricAccumulator.summary.
+    features: where the features [B, T, D] come from (adaslot.features: the live encoder, or a feature
+    store, the fast proxy). dataset: a CocoDataset (wrapped in EvalDataset: the images `features` covers),
+    an EvalDataset, or any sequence of EvalItems. options: how to score (default: EvalOptions()). The model
+    is put in eval mode and restored afterwards; the global RNG is left untouched. Summaries:
+    metrics.MetricAccumulator.summary.
     """
     from adaslot.data.coco import CocoDataset, Skip
 
-    cfg = cfg or EvalConfig()
-    protocols = cfg.protocols
+    opts = options or EvalOptions()
+    protocols = opts.protocols
     coco: Any = None
     # any dataset with CocoDataset's interface (data.movi, data.coco_wds) is wrapped the same way
     if isinstance(dataset, CocoDataset) or hasattr(dataset, "ground_truth"):
         coco = dataset
-        dataset = EvalDataset(cast("CocoDataset", dataset), with_images=features_fn is None)
+        dataset = EvalDataset(cast("CocoDataset", dataset), with_images=features.needs_images,
+                              indices=features.covering(dataset))
     elif isinstance(dataset, EvalDataset):
         coco = dataset.coco
     # the dataset has __len__ at run time; torch declares none on Dataset (hence the ignores)
-    if cfg.max_images is not None and cfg.max_images < len(dataset):  # type: ignore[arg-type]  # see above
-        dataset = torch.utils.data.Subset(dataset, range(cfg.max_images))  # type: ignore[arg-type]  # idem
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,  # type: ignore[arg-type]  # idem
-                        num_workers=resolve_workers(cfg.workers), collate_fn=keep_list)
+    if opts.max_images is not None and opts.max_images < len(dataset):  # type: ignore[arg-type]  # see above
+        dataset = torch.utils.data.Subset(dataset, range(opts.max_images))  # type: ignore[arg-type]  # idem
+    loader = DataLoader(dataset, batch_size=opts.batch_size, shuffle=False,  # type: ignore[arg-type]  # idem
+                        num_workers=resolve_workers(opts.workers), collate_fn=keep_list)
     device = next(model.parameters()).device
-    adaptive = is_adaptive(model)
-    keep_mode = "gumbel" if cfg.gumbel_eval is not None else "deterministic"
-    seed = cfg.seed if cfg.gumbel_eval is None else cfg.gumbel_eval
+    keep_mode = "gumbel" if opts.gumbel_eval is not None else "deterministic"
+    seed = opts.seed if opts.gumbel_eval is None else opts.gumbel_eval
     accs = {p: MetricAccumulator() for p in protocols}
     skipped: list[dict[str, Any]] = []
     was_training = model.training
     inner = _unwrap(model)
     recorded = inner.cfg
-    inner.cfg = recorded.with_method(cfg.method.given(), "this model")
+    inner.cfg = recorded.with_method(dict(opts.method), "this model")
     model.eval()
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -212,23 +212,23 @@ def evaluate_model(
                 items = [b for b in batch if isinstance(b, EvalItem)]
                 for bad in (b for b in batch if not isinstance(b, EvalItem)):
                     skip = {k: v for k, v in bad.items() if k != "ok"}  # the fields of data.coco.Skip
-                    if cfg.data.strict:
+                    if opts.strict:
                         raise Skip(**skip).strict_error()
                     skipped.append(skip)
                     if coco is not None:
                         coco.record(bad)
-                if cfg.data.strict:
+                if opts.strict:
                     problem = next((p for it in items for p in it.problems), None)
                     if problem:
                         from adaslot.errors import AdaslotError
 
                         raise AdaslotError(f"{problem}; drop --strict to skip it")
                 if items:
-                    _score_batch(model, encoder, features_fn, items, protocols, accs, adaptive, keep_mode,
-                                 cfg, device, on_image)
+                    _score_batch(model, features.features(items), items,
+                                 accs, keep_mode, opts, on_image)
                 if progress is not None:
                     progress(len(batch))
-        label, method = keep_mode_label(model, cfg.gumbel_eval), method_record(model)
+        label, method = keep_mode_label(model, opts.gumbel_eval), method_record(model)
     finally:
         model.train(was_training)
         inner.cfg = recorded
@@ -241,30 +241,25 @@ def evaluate_model(
     }
 
 
-def _score_batch(model: torch.nn.Module, encoder: Any, features_fn: Any, items: list[EvalItem],
-                 protocols: Sequence[str], accs: dict[str, MetricAccumulator], adaptive: bool, keep_mode: str,
-                 cfg: EvalConfig, device: torch.device,
+def _score_batch(model: torch.nn.Module, feats: torch.Tensor, items: list[EvalItem],
+                 accs: dict[str, MetricAccumulator], keep_mode: str, opts: EvalOptions,
                  on_image: Callable[[ImageResult], None] | None) -> None:
-    if features_fn is not None:
-        feats = features_fn(items)
-    else:
-        if encoder is None:
-            raise ValueError("evaluate_model needs an encoder or a features_fn")
-        feats = encoder(torch.stack([cast(torch.Tensor, it.image) for it in items]).to(device))
+    """features [B, T, D] of `items` -> the model -> each item's scores into `accs` (and `on_image`)."""
+    device = next(model.parameters()).device
     feats = feats.to(device=device, dtype=torch.float32)
     init = None
-    if cfg.gumbel_eval is None:  # docs/method.md#deviations: one slot-init draw for every image
+    if opts.gumbel_eval is None:  # docs/method.md#deviations: one slot-init draw for every image
         inner = _unwrap(model)
-        init = inner.slot_attention.fixed_init(len(items), inner.cfg.num_slots, cfg.seed)
-    out = model(feats, slots_init=init, keep_mode=keep_mode if adaptive else None)
+        init = inner.slot_attention.fixed_init(len(items), inner.cfg.num_slots, opts.seed)
+    out = model(feats, slots_init=init, keep_mode=keep_mode if is_adaptive(model) else None)
     keep, groups = out.segment_keep, out.groups  # the model's inference method (docs/adaptive.md)
     grids = alpha_grids(out.segment_alpha)
     own = alpha_grids(out.alpha) if groups is not None and on_image is not None else None
     keeps = keep.detach().float().cpu().numpy() if keep is not None else None
     for i, item in enumerate(items):
-        scores = score_image(grids[i], item, protocols)
+        scores = score_image(grids[i], item, opts.protocols)
         kept = int(keeps[i].sum()) if keeps is not None else None
-        for p in protocols:
+        for p in opts.protocols:
             accs[p].add(scores[p], kept)
         if on_image is not None:
             on_image(ImageResult(item, grids[i], keeps[i] if keeps is not None else None, scores,

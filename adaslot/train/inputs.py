@@ -2,8 +2,9 @@
 
   CacheSource    a feature store (adaslot.store.loader), one stored view per sample
   OnlineSource   images -> train transform (docs/method.md#transforms, random flip) -> frozen encoder
-Both expose feature_dim, num_tokens, contract, encoder_name, next_batch(), state_dict() / load_state_dict()
-(the resume position) and close().
+Both stream over the run's feature source (adaslot.features: `features`, which decides store or live and
+checks it) and expose its feature_dim, num_tokens, contract and encoder_name, plus next_batch(),
+state_dict() / load_state_dict() (the resume position) and close().
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from adaslot import distributed
 from adaslot.config import TrainConfig, get_preset
 from adaslot.device import resolve_workers
 from adaslot.errors import AdaslotError
+from adaslot.features import FeatureSource, LiveFeatures, StoreFeatures, open_features
 
 
 class SampleStream:
@@ -66,21 +68,28 @@ class FlippedViews(torch.utils.data.Dataset):
         return item
 
 
-class OnlineSource:
+class _Features:
+    """The feature source's description, shared by both inputs."""
+
+    features: FeatureSource
+
+    def _describe(self, features: FeatureSource) -> None:
+        self.features, self.device = features, features.device
+        self.feature_dim, self.num_tokens = features.feature_dim, features.num_tokens
+        self.contract, self.encoder_name = features.contract, features.encoder_name
+
+
+class OnlineSource(_Features):
     """Images -> train transform (resize, clamp, center crop, random flip) -> frozen encoder."""
 
-    def __init__(self, cfg: TrainConfig, dist: distributed.DistInfo, local_batch: int) -> None:
+    def __init__(self, cfg: TrainConfig, dist: distributed.DistInfo, local_batch: int,
+                 features: LiveFeatures) -> None:
         from adaslot.data.coco import collate
         from adaslot.data.datasets import open_dataset
-        from adaslot.encoders import build_encoder
 
-        self.device = dist.device
-        self.encoder = build_encoder(cfg.encoder or get_preset(cfg.preset).encoder, cfg.encoder_weights,
-                                     device=self.device)
-        side = cfg.image_size or self.encoder.image_size
-        self.dataset = open_dataset(cfg.data, side)
-        self.feature_dim, self.num_tokens = self.encoder.embed_dim, self.encoder.num_tokens(side)
-        self.encoder_name, self.contract = self.encoder.name, self.encoder.contract(side)
+        self._describe(features)
+        self.live = features
+        self.dataset = open_dataset(cfg.data, features.image_size)
         self.cfg, self.dist, self.collate = cfg, dist, collate
         rows = slice(dist.rank * local_batch, (dist.rank + 1) * local_batch)
         self.stream = SampleStream(len(self.dataset), cfg.seed, cfg.batch_size, rows)
@@ -107,7 +116,7 @@ class OnlineSource:
             if self.cfg.data.strict and new_skips:  # workers skip; the policy is applied here
                 raise new_skips[0].strict_error()
             if len(batch["index"]):
-                return self.encoder(batch["image"].to(self.device, non_blocking=True)).float()
+                return self.live.encode(batch["image"])
             empty += self.cfg.batch_size
             if empty > 2 * len(self.dataset):  # two epochs without one readable image: it would loop forever
                 raise AdaslotError("no training image could be read (skip reasons: "
@@ -124,27 +133,22 @@ class OnlineSource:
         self._iter = None
 
 
-class CacheSource:
+class CacheSource(_Features):
     """Features streamed from a feature store (adaslot.store.loader); one random stored view per sample."""
 
-    def __init__(self, cfg: TrainConfig, dist: distributed.DistInfo, local_batch: int) -> None:
-        from adaslot.store import open_store
+    def __init__(self, cfg: TrainConfig, dist: distributed.DistInfo, local_batch: int,
+                 features: StoreFeatures) -> None:
         from adaslot.store.loader import FeatureLoader
 
-        store = open_store(str(cfg.from_cache))
-        # Refuses (one line) a foreign, incomplete, val-split or other-encoder store.
-        store.check_compatible(encoder=cfg.encoder, split="train", require_complete=True)
+        self._describe(features)
+        store = features.store
         movi = store.attrs.get("dataset", {}).get("name") == "movi"  # trained without flips anyway
         if store.num_views == 1 and dist.is_main and not movi:
             print(f"note: {cfg.from_cache} stores one view per image, so training sees no flips "
                   "(cache the train split with 2 views to match the reference augmentation)")
-        self.device = dist.device
         # device: the loader copies batches ahead onto the device and converts them there (fp16 -> fp32).
         self.loader = FeatureLoader(store, local_batch, seed=cfg.seed, in_memory=cfg.cache_in_memory,
                                     rank=dist.rank, world_size=dist.world_size, device=self.device)
-        self.feature_dim, self.num_tokens = store.feature_dim, store.num_tokens
-        self.contract = dict(store.contract)
-        self.encoder_name = self.contract.get("encoder", "unknown")
 
     def next_batch(self) -> torch.Tensor:
         """-> features [b, T, D] float32 on the device (stored as float16)."""
@@ -163,7 +167,13 @@ class CacheSource:
 
 def build_source(cfg: TrainConfig, dist: distributed.DistInfo,
                  local_batch: int) -> CacheSource | OnlineSource:
-    """The input of this run: a feature store (`--from-cache`) or images through the frozen encoder."""
-    if cfg.from_cache:
-        return CacheSource(cfg, dist, local_batch)
-    return OnlineSource(cfg, dist, local_batch)
+    """The input of this run: a feature store (`--from-cache`; refused, in one line, unless complete, of the
+    train split and of `--encoder` when given) or images through the frozen encoder (`--encoder`, default
+    the preset's, at `--image-size`, default the encoder's)."""
+    encoder = cfg.encoder if cfg.from_cache else cfg.encoder or get_preset(cfg.preset).encoder
+    features = open_features(cfg.from_cache, dist.device, encoder=encoder, weights=cfg.encoder_weights,
+                             image_size=cfg.image_size, split="train", require_complete=True)
+    if isinstance(features, StoreFeatures):
+        return CacheSource(cfg, dist, local_batch, features)
+    assert isinstance(features, LiveFeatures)
+    return OnlineSource(cfg, dist, local_batch, features)
