@@ -161,7 +161,7 @@ def test_shipped_checkpoint_matches_demo_encoder_and_preset():
     model, payload = load_model(DEMO_CHECKPOINT)
     assert payload["stage"] == 2 and payload["encoder"] == "demo-colour-pos"
     # the demo's inference method is recorded in it (docs/adaptive.md)
-    assert model.cfg == model_config_for("demo", 2, merge_slots=DemoConfig().merge_slots)
+    assert model.cfg == model_config_for("demo", 2, merge_slots=DemoConfig().train.merge_slots)
     contract = build_encoder("demo-colour-pos").contract(64)
     for key in ("weights_sha256", "tap_point", "input_size", "num_tokens", "feature_dim"):
         assert payload["feature_contract"][key] == contract[key], key
