@@ -13,7 +13,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, TypeVar
 
 from adaslot.errors import AdaslotError
@@ -271,13 +271,16 @@ def value_text(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def to_flags(cfg: Settings) -> list[str]:
+def to_flags(cfg: Settings, only: Collection[str] | None = None) -> list[str]:
     """The command-line arguments that give `cfg` (the inverse of the CLI): positional arguments first, then
-    `--flag value` for every setting that differs from its default (required ones always), in field order."""
+    `--flag value` for every setting that differs from its default (required ones always), in field order;
+    `only`: just the settings of these names."""
     default = type(cfg)()
     args: list[str] = []
     flags: list[str] = []
     for f, _t, path in cli_fields(type(cfg)):
+        if only is not None and f.name not in only:
+            continue
         value, dflt = value_at(cfg, path, f.name), value_at(default, path, f.name)
         if value == dflt and not f.metadata.get("required"):
             continue

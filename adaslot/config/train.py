@@ -43,7 +43,7 @@ class TrainConfig(Settings):
                                        "quality, no gradient); default: the preset's")
     merge_slots: float | None = model_alias("merge_slots", help="record slot merging below this cosine "
                                             "distance (SOLV's 0.12) as the model's inference method (eval, "
-                                            "segment and the API run it); 0: no merging (the presets' default)")
+                                            "segment and the API run it); 0: no merging (the presets')")
     merge_on: str | None = model_alias("merge_on")
     model_overrides: dict[str, Any] = setting(
         default_factory=dict, flag="model", parser=ModelConfig.parse_overrides,
