@@ -289,7 +289,8 @@ def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[s
     config = {k: payload.get(k) for k in ("stage", "step", "encoder", "model_config", "feature_contract",
                                           "train_config")}
     config["demo_config"] = results["config"]
-    config["command"] = shlex.join(["adaslot", "demo", *to_flags(DemoConfig.from_dict(results["config"]))])
+    demo = DemoConfig.from_dict(results["config"]).replace(profile="long")  # the run whose files ship
+    config["command"] = shlex.join(["adaslot", "demo", *to_flags(demo)])
     config["method"] = results["method"]
     write_json(dest / "demo-config.json", config)
     metrics = {k: v for k, v in results.items() if k not in ("config", "shipped")}

@@ -273,8 +273,8 @@ def value_text(value: Any) -> str:
 
 def to_flags(cfg: Settings, only: Collection[str] | None = None) -> list[str]:
     """The command-line arguments that give `cfg` (the inverse of the CLI): positional arguments first, then
-    `--flag value` for every setting that differs from its default (required ones always), in field order;
-    `only`: just the settings of these names."""
+    `--flag value` (or its shortcut: `--long`) for every setting that differs from its default (required ones
+    always), in field order; `only`: just the settings of these names."""
     default = type(cfg)()
     args: list[str] = []
     flags: list[str] = []
@@ -285,7 +285,10 @@ def to_flags(cfg: Settings, only: Collection[str] | None = None) -> list[str]:
         if value == dflt and not f.metadata.get("required"):
             continue
         flag = flag_of(f)
-        if f.metadata.get("argument"):
+        short = [k for k, v in f.metadata.get("shortcuts", {}).items() if v == value]
+        if short:
+            flags.append(f"--{short[0]}")
+        elif f.metadata.get("argument"):
             args.append(value_text(value))
         elif isinstance(value, dict):  # a repeatable KEY=VALUE flag (e.g. --model)
             flags += [a for k, v in value.items() for a in (flag, f"{k}={value_text(v)}")]
