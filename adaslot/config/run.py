@@ -1,9 +1,9 @@
 """A run, resolved once: `RunSpec` holds a run's TrainConfig and the ModelConfig it trains, with the input's
 encoder name, feature contract and world size (docs/training.md#the-run-folder).
 
-`adaslot train` resolves the spec once and writes it to the run folder (config.json) and into every
-checkpoint; resume, sweep planning, sweep results, warm-start matching, sweep scoring and the demo read it
-back (`RunSpec.load`, `RunSpec.from_payload`) and never resolve a model config themselves.
+`adaslot train` resolves the spec once and writes it to the run folder (`RunSpec.file`: config.json) and
+into every checkpoint; resume, sweep planning, sweep results, warm-start matching, sweep scoring and the demo
+read it back (`RunSpec.load`, `RunSpec.from_payload`) and never resolve a model config themselves.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ class RunSpec:
         model = model_config_for(train.preset, train.stage, None if from_input else train.encoder,
                                  None if from_input else train.image_size, **overrides).validate()
         name = encoder or train.encoder or get_preset(train.preset).encoder
-        return cls(train, model, name, feature_contract, world_size)
+        contract = None if feature_contract is None else json.loads(json.dumps(feature_contract))  # as saved
+        return cls(train, model, name, contract, world_size)
 
     def flat(self) -> dict[str, Any]:
         """The run's settings under one flat name each (how resume, sweep planning and sweep results compare
@@ -85,16 +86,16 @@ class RunSpec:
         """The spec a checkpoint recorded (`payload()`), missing keys as in `from_dict`."""
         return cls.from_dict({k: payload.get(p) for k, p in PAYLOAD_KEYS.items()})
 
-    def save(self, run_dir: str | Path) -> Path:
-        """Write run_dir/config.json atomically."""
-        from adaslot.files import write_json
-
-        return write_json(Path(run_dir) / CONFIG_FILE, self.to_dict())
+    @staticmethod
+    def file(run_dir: str | Path) -> Path:
+        """Where a run folder keeps its spec: run_dir/config.json (train writes `to_dict()` there atomically;
+        settings code imports no file helpers)."""
+        return Path(run_dir) / CONFIG_FILE
 
     @classmethod
     def load(cls, run_dir: str | Path) -> RunSpec:
         """The spec of a run folder (its config.json); one line if it is missing or unreadable."""
-        path = Path(run_dir) / CONFIG_FILE
+        path = cls.file(run_dir)
         try:
             d = json.loads(path.read_text())
         except FileNotFoundError:

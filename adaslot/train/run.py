@@ -35,6 +35,7 @@ from adaslot.checkpoint import (
 from adaslot.config import RunSpec, TrainConfig
 from adaslot.device import set_matmul_precision
 from adaslot.errors import AdaslotError
+from adaslot.files import write_json
 from adaslot.schedules import get_schedule, ramp_weight
 from adaslot.train.resume import changed_settings, check_warmstart_features
 from adaslot.train.runlog import MetricsLog
@@ -132,7 +133,7 @@ class Run:
 
         # ---- run folder: config.json, metrics.jsonl, checkpoints/
         if dist.is_main:
-            spec.save(self.run_dir)
+            write_json(RunSpec.file(self.run_dir), spec.to_dict())
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", self.step, cfg.wandb, cfg.wandb_project,
                               spec.to_dict(), dist.is_main)
         self.validator = Validator(cfg, source, device)
