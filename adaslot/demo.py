@@ -30,9 +30,8 @@ from typing import Any
 import torch
 
 from adaslot import DEMO_CHECKPOINT
-from adaslot.config import CacheConfig, DataSpec, DemoConfig, EvalConfig, RunSpec, TrainConfig, get_preset
+from adaslot.config import CacheConfig, DataSpec, DemoConfig, EvalConfig, RunSpec, get_preset
 from adaslot.config.base import to_flags
-from adaslot.config.sweep import warmstart_free_keys
 from adaslot.errors import AdaslotError
 from adaslot.files import atomic_path, write_json
 
@@ -63,21 +62,6 @@ def data_spec(cfg: DemoConfig, data: Path, split: str) -> DataSpec:
     if cfg.dataset == "movi":
         return DataSpec(dataset="movi", root=str(data / ("tfds" if split == "train" else "wds")), split=split)
     return DataSpec(root=str(data), split=split)
-
-
-def stage_config(cfg: DemoConfig, stage: int, out: Path, store: Path, warmstart: str | None) -> TrainConfig:
-    """The train config of the demo's stage `stage`: its base train config with the per-stage settings filled
-    in. Stage 1 has no selector: it keeps TrainConfig's defaults of every setting a warm start may change
-    (warmstart_free), so a change of the stage-2 method reuses stage 1."""
-    base = cfg.train
-    if stage == 1:
-        free, default = warmstart_free_keys(), TrainConfig()
-        names = {f.name for f in dataclasses.fields(TrainConfig)} & free
-        base = base.replace(**{n: getattr(default, n) for n in names}, model_overrides={
-            k: v for k, v in base.model_overrides.items() if f"model.{k}" not in free})
-    return base.replace(stage=stage, out=str(out), from_cache=str(store), warmstart=warmstart,
-                        num_iters=cfg.stage1_steps if stage == 1 else cfg.stage2_steps, seed=cfg.seed + stage,
-                        progress=cfg.progress)
 
 
 def step_time_ratio(cfg: DemoConfig, stage1: RunSpec, data: Path, steps: int) -> dict[str, float]:
@@ -194,12 +178,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     t = time.perf_counter()
     _say(cfg, f"[bold]3/6 train stage 1[/] ({cfg.stage1_steps} steps) -> {out / 'stage1'}")
-    s1 = run_train(stage_config(cfg, 1, out / "stage1", store, None))
+    s1 = run_train(cfg.stage_config(1, out / "stage1", store, None))
     times["train_stage1"] = time.perf_counter() - t
 
     t = time.perf_counter()
     _say(cfg, f"[bold]4/6 train stage 2[/] ({cfg.stage2_steps} steps, warm start) -> {out / 'stage2'}")
-    s2 = run_train(stage_config(cfg, 2, out / "stage2", store, s1["checkpoint"]))
+    s2 = run_train(cfg.stage_config(2, out / "stage2", store, s1["checkpoint"]))
     specs = {stage: RunSpec.load(out / f"stage{stage}") for stage in (1, 2)}  # the runs as they trained
     times["train_stage2"] = time.perf_counter() - t
 

@@ -112,10 +112,10 @@ def test_the_demo_nests_its_train_config_and_its_flags_set_it():
     assert from_flags(DemoConfig, {}) == DemoConfig()
     quick = demo_config("quick")
     assert quick.train.batch_size == 8 and demo_config("long").train.ckpt_every == 2000
-    from adaslot.demo import stage_config
-
-    s1, s2 = (stage_config(quick, s, Path("o"), Path("f.zarr"), None) for s in (1, 2))
+    s1, s2 = (quick.stage_config(s, Path("o"), Path("f.zarr"), None) for s in (1, 2))
     assert (s1.selector, s1.merge_slots, s2.selector, s2.merge_slots) == (None, None, "adaslot", 0.12)
     assert s1.lr == s2.lr == quick.train.lr and (s1.seed, s2.seed) == (quick.seed + 1, quick.seed + 2)
     RunSpec.resolve(s1.validate(), 128, 64)
+    with pytest.raises(AdaslotError, match="--selector must be one of"):  # checked before anything runs
+        from_flags(DemoConfig, {"selector": "greedy"}).validate()
     assert RunSpec.resolve(s2.validate(), 128, 64).model.merge_slots == 0.12

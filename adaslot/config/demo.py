@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from adaslot.config.base import Settings, setting
 from adaslot.config.data import SyntheticConfig
+from adaslot.config.sweep import warmstart_free_keys
 from adaslot.config.train import TrainConfig
 from adaslot.errors import AdaslotError
 
 PROFILES = ("normal", "long", "quick")
 DEMO_DATASETS = ("synthetic", "movi")
-# The settings of the demo's base train config that it fills in per stage run (demo.stage_config)
+# The settings of the demo's base train config that it fills in per stage run (DemoConfig.stage_config)
 PER_STAGE = ("stage", "out", "from_cache", "num_iters", "warmstart", "seed", "progress")
 # The base train config's settings that are flags of `adaslot demo` (the stage-2 method)
 TRAIN_FLAGS = ("selector", "sparsity_weight", "merge_slots")
@@ -80,6 +83,26 @@ class DemoConfig(Settings):
     @classmethod
     def cli_base(cls, given: dict[str, Any]) -> DemoConfig:
         return demo_config(given.get("profile") or "normal", dataset=given.get("dataset"))
+
+    def check(self) -> None:
+        out = Path(self.out or ".")
+        for stage in (1, 2):  # the stage runs' settings, checked before anything runs
+            warmstart = "stage1.pt" if stage == 2 else None
+            self.stage_config(stage, out / f"stage{stage}", out / "features", warmstart).validate()
+
+    def stage_config(self, stage: int, out: Path, store: Path, warmstart: str | None) -> TrainConfig:
+        """The train config of the demo's stage `stage`: the base `train` with PER_STAGE filled in. Stage 1
+        has no selector: it keeps TrainConfig's defaults of every setting a warm start may change
+        (warmstart_free), so a change of the stage-2 method reuses stage 1."""
+        base = self.train
+        if stage == 1:
+            free, default = warmstart_free_keys(), TrainConfig()
+            names = {f.name for f in dataclasses.fields(TrainConfig)} & free
+            base = base.replace(**{n: getattr(default, n) for n in names}, model_overrides={
+                k: v for k, v in base.model_overrides.items() if f"model.{k}" not in free})
+        steps = self.stage1_steps if stage == 1 else self.stage2_steps
+        return base.replace(stage=stage, out=str(out), from_cache=str(store), warmstart=warmstart,
+                            num_iters=steps, seed=self.seed + stage, progress=self.progress)
 
 
 PROFILE_CHANGES: dict[str, dict[str, Any]] = {

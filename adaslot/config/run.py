@@ -108,4 +108,3 @@ class RunSpec:
 
     def replace(self, **changes: Any) -> RunSpec:
         return dataclasses.replace(self, **changes)
-
