@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -29,7 +30,8 @@ from typing import Any
 import torch
 
 from adaslot import DEMO_CHECKPOINT
-from adaslot.config import CacheConfig, DataSpec, DemoConfig, EvalConfig, TrainConfig, get_preset
+from adaslot.config import CacheConfig, DataSpec, DemoConfig, EvalConfig, RunSpec, get_preset
+from adaslot.config.base import to_flags
 from adaslot.errors import AdaslotError
 from adaslot.files import atomic_path, write_json
 
@@ -62,41 +64,25 @@ def data_spec(cfg: DemoConfig, data: Path, split: str) -> DataSpec:
     return DataSpec(root=str(data), split=split)
 
 
-def _train_config(cfg: DemoConfig, stage: int, out: Path, store: Path, warmstart: str | None) -> TrainConfig:
-    return TrainConfig(
-        stage=stage, out=str(out), from_cache=str(store), preset=PRESET, progress=cfg.progress,
-        num_iters=cfg.stage1_steps if stage == 1 else cfg.stage2_steps,
-        batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule="adaslot", warmup_steps=cfg.warmup_steps,
-        lr_half_life=cfg.lr_half_life, warmstart=warmstart,
-        # stage 1 has no selector: it keeps TrainConfig's defaults, so changing them reuses stage 1
-        sparsity_weight=cfg.sparsity_weight if stage == 2 else TrainConfig.sparsity_weight,
-        selector=cfg.selector if stage == 2 else None,
-        merge_slots=cfg.merge_slots if stage == 2 else None,  # the inference method the checkpoint records
-        seed=cfg.seed + stage, ckpt_every=2000 if cfg.profile == "long" else 10**9, keep_last=1, log_every=50,
-        cache_in_memory=True,
-        device="cpu", workers=0,
-    )
-
-
-def step_time_ratio(cfg: DemoConfig, store: Path, data: Path, steps: int) -> dict[str, float]:
+def step_time_ratio(cfg: DemoConfig, stage1: RunSpec, data: Path, steps: int) -> dict[str, float]:
     """Seconds per training step online (images decoded, transformed, encoded) / from the feature store.
 
-    Same model (stage-1 demo preset), same batch, same step code (train.TrainForward + Adam); `steps` timed
-    steps after one untimed warm-up step each."""
+    Same model (the stage-1 run's, from its spec), same batch, same step code (train.TrainForward + Adam);
+    `steps` timed steps after one untimed warm-up step each."""
     from adaslot import distributed
     from adaslot.model import AdaSlot
-    from adaslot.train import NoiseSampler, TrainForward, build_source, resolve_model_config
+    from adaslot.train import NoiseSampler, TrainForward, build_source
 
     dist = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    mcfg, batch = stage1.model, stage1.train.batch_size
     seconds = {}
     for mode in ("cache", "online"):
-        tcfg = _train_config(cfg, 1, Path("unused"), store, None)
+        tcfg = stage1.train
         if mode == "online":
             tcfg = dataclasses.replace(tcfg, from_cache=None, data=data_spec(cfg, data, "train"))
         else:
             tcfg = dataclasses.replace(tcfg, cache_in_memory=False)  # streaming reads, as a big cache would
-        source = build_source(tcfg, dist, cfg.batch_size)
-        mcfg = resolve_model_config(tcfg, source.feature_dim, source.num_tokens)
+        source = build_source(tcfg, dist, batch)
         torch.manual_seed(cfg.seed)
         model = AdaSlot(mcfg)
         forward = TrainForward(model, 0.0, "fp32")
@@ -107,7 +93,7 @@ def step_time_ratio(cfg: DemoConfig, store: Path, data: Path, steps: int) -> dic
             if i == 1:
                 t0 = time.perf_counter()
             feats = source.next_batch()
-            slot_noise, gumbel = noise.sample(cfg.batch_size, mcfg, slice(0, cfg.batch_size))
+            slot_noise, gumbel = noise.sample(batch, mcfg, slice(0, batch))
             loss, _, _ = forward(feats, slot_noise, gumbel)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -118,11 +104,12 @@ def step_time_ratio(cfg: DemoConfig, store: Path, data: Path, steps: int) -> dic
             "ratio": seconds["online"] / seconds["cache"]}
 
 
-def method_name(cfg: DemoConfig) -> str:
-    """What the demo trains and evaluates, in words (results.json `method`)."""
-    name = (f"AdaSlot selector, sparsity weight {cfg.sparsity_weight:g}" if cfg.selector == "adaslot"
-            else "quality selector")
-    merge = f" + slot merging (cosine distance < {cfg.merge_slots:g})" if cfg.merge_slots else ""
+def method_name(stage2: RunSpec) -> str:
+    """What the demo's stage-2 run trained and eval runs, in words (results.json `method`)."""
+    model = stage2.model
+    name = (f"AdaSlot selector, sparsity weight {stage2.train.sparsity_weight:g}"
+            if model.selector == "adaslot" else "quality selector")
+    merge = f" + slot merging (cosine distance < {model.merge_slots:g})" if model.merge_slots else ""
     return name + merge
 
 
@@ -191,12 +178,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     t = time.perf_counter()
     _say(cfg, f"[bold]3/6 train stage 1[/] ({cfg.stage1_steps} steps) -> {out / 'stage1'}")
-    s1 = run_train(_train_config(cfg, 1, out / "stage1", store, None))
+    s1 = run_train(cfg.stage_config(1, out / "stage1", store, None))
     times["train_stage1"] = time.perf_counter() - t
 
     t = time.perf_counter()
     _say(cfg, f"[bold]4/6 train stage 2[/] ({cfg.stage2_steps} steps, warm start) -> {out / 'stage2'}")
-    s2 = run_train(_train_config(cfg, 2, out / "stage2", store, s1["checkpoint"]))
+    s2 = run_train(cfg.stage_config(2, out / "stage2", store, s1["checkpoint"]))
+    specs = {stage: RunSpec.load(out / f"stage{stage}") for stage in (1, 2)}  # the runs as they trained
     times["train_stage2"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -219,13 +207,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     t = time.perf_counter()
     _say(cfg, "[bold]6/6 step time[/]: online (images -> encoder) vs from the cache")
-    ratio = step_time_ratio(cfg, store, data, cfg.ratio_steps)
+    ratio = step_time_ratio(cfg, specs[1], data, cfg.ratio_steps)
     times["step_time_ratio"] = time.perf_counter() - t
 
     results: dict[str, Any] = _summary(res, base["best"], mean_objects, ratio["ratio"], protocol)
     results.update({
         "dataset": cfg.dataset,
-        "method": method_name(cfg),
+        "method": method_name(specs[2]),
         "baseline": base, "patch_ceiling_fg_ari": ceiling, "step_times": ratio,
         "profile": cfg.profile, "config": cfg.to_dict(), "threads": torch.get_num_threads(),
         "stage1_final_loss": _final_loss(s1["loss"], out / "stage1"),
@@ -285,10 +273,8 @@ def export_assets(checkpoint: Path, eval_result: dict[str, Any], results: dict[s
     config = {k: payload.get(k) for k in ("stage", "step", "encoder", "model_config", "feature_contract",
                                           "train_config")}
     config["demo_config"] = results["config"]
-    dc, default = results["config"], DemoConfig().to_dict()
-    config["command"] = f"adaslot demo --long --out {dc['out']}" + "".join(
-        f" --{k.replace('_', '-')} {dc[k]}" for k in ("seed", "threads", "selector", "sparsity_weight",
-                                                      "merge_slots") if dc[k] != default[k])
+    demo = DemoConfig.from_dict(results["config"]).replace(profile="long")  # the run whose files ship
+    config["command"] = shlex.join(["adaslot", "demo", *to_flags(demo)])
     config["method"] = results["method"]
     write_json(dest / "demo-config.json", config)
     metrics = {k: v for k, v in results.items() if k not in ("config", "shipped")}

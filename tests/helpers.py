@@ -22,8 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 # A tiny slot model on random-vit-tiny features: fast, same code paths as the reference sizes.
 TINY_MODEL = {"slot_dim": 32, "input_mlp_hidden": 64, "slot_mlp_hidden": 64, "decoder_hidden": (64, 64),
               "selector_hidden": 32}
-_FLAGS = to_flags(TrainConfig(model_overrides=TINY_MODEL))
-TINY_FLAGS = _FLAGS[_FLAGS.index("--model"):]  # the --model KEY=VALUE flags (after the required --out)
+TINY_FLAGS = to_flags(TrainConfig(model_overrides=TINY_MODEL), only=("model_overrides",))  # --model K=V ...
 
 Box = tuple[int, int, int, int]
 

@@ -95,7 +95,8 @@ def test_count_options_are_off_in_the_reference_and_the_coco_preset():
 
 def test_shipped_checkpoint_records_the_demo_method():
     recorded = load_checkpoint(CKPT)["model_config"]
-    assert recorded["merge_slots"] == DemoConfig().merge_slots == 0.12 and recorded["merge_on"] == "slots"
+    assert recorded["merge_slots"] == DemoConfig().train.merge_slots == 0.12
+    assert recorded["merge_on"] == "slots"
     assert adaslot.load(CKPT, device="cpu").method["merge_slots"] == 0.12
 
 

@@ -79,9 +79,10 @@ def test_torchrun_two_ranks_resume_and_match_one_process(tmp_path, synthetic_coc
 def test_torchrun_two_ranks_from_a_store_equal_one_process_on_the_joined_batches(tmp_path, train_store):
     """2 ranks streaming their own chunks of one store: the logged losses equal a 1-process replay that feeds
     [rank 0's batch; rank 1's batch] (read with the ranks' own loaders) through the same step code."""
+    from adaslot.config import RunSpec
     from adaslot.model import AdaSlot
     from adaslot.store.loader import FeatureLoader
-    from adaslot.train import NoiseSampler, TrainForward, optimisation_step, resolve_model_config
+    from adaslot.train import NoiseSampler, TrainForward, optimisation_step
 
     run = tmp_path / "ddp-cache"
     torchrun("train", "--out", str(run), "--from-cache", str(train_store), "--num-iters", "3")
@@ -91,7 +92,7 @@ def test_torchrun_two_ranks_from_a_store_equal_one_process_on_the_joined_batches
 
     cfg = TrainConfig(out=str(run), from_cache=str(train_store), model_overrides=dict(TINY_MODEL),
                       num_slots=4, batch_size=4, lr=1e-3, lr_schedule="constant", seed=1)
-    mcfg = resolve_model_config(cfg, 192, 196)
+    mcfg = RunSpec.resolve(cfg, 192, 196).model
     torch.manual_seed(cfg.seed)
     model = AdaSlot(mcfg)
     forward = TrainForward(model, cfg.sparsity_weight, "fp32")

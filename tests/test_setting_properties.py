@@ -12,7 +12,7 @@ import torch
 from helpers import tiny_train
 
 from adaslot.checkpoint import warm_start
-from adaslot.config import DataSpec, ModelConfig, TrainConfig
+from adaslot.config import DataSpec, ModelConfig, RunSpec, TrainConfig
 from adaslot.config.base import base_type, field_types, names_where
 from adaslot.config.sweep import axis_value, hidden_axes, warmstart_free_keys
 from adaslot.distributed import DistInfo
@@ -71,7 +71,7 @@ def test_resumable_settings_are_what_the_resume_check_and_the_cache_loader_allow
     state = saved.state_dict()
     saved.close()
     for name, cfg in train_changes(base).items():
-        refused = changed_settings(base.to_dict(), cfg)
+        refused = changed_settings(RunSpec.resolve(base, 192, 196), RunSpec.resolve(cfg, 192, 196))
         assert (not refused) == (name in resumable), (name, refused)
         try:
             source = build_source(cfg, dist, cfg.batch_size)

@@ -13,7 +13,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, TypeVar
 
 from adaslot.errors import AdaslotError
@@ -28,8 +28,9 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | 
             max: float | None = None, above: float | None = None, choices: Sequence[Any] | None = None,
             flag: str | None = None, argument: bool = False, required: bool = False, cli: bool = True,
             shortcuts: dict[str, Any] | None = None, parser: Any = None, omit: Sequence[str] = (),
-            resumable: bool = False, input: bool = False, warmstart_free: bool = False,
-            axis: bool | str = True, default_factory: Any = dataclasses.MISSING) -> Any:
+            flags: Sequence[str] | None = None, resumable: bool = False, input: bool = False,
+            warmstart_free: bool = False, axis: bool | str = True,
+            default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with its CLI/validation metadata.
 
     min / max: inclusive bounds; above: exclusive lower bound; choices: allowed values; flag: the flag name
@@ -39,7 +40,9 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | 
     omit (a field whose type is a Settings): its fields of these names are not flags of the outer config,
     which declares its own of the same name and fills them in per use (e.g. the sweep's `--out` is the sweep
     folder; each run's `out` is set per variant); such a nested value is a template, checked by the outer
-    config's `check()` once filled in, not by `validate()`.
+    config's `check()` once filled in, not by `validate()`. flags (a field whose type is a Settings): only
+    its top-level fields of these names are flags of the outer config (e.g. the demo's --selector sets its
+    nested train config's selector); None: every field but `omit`.
 
     What a setting means to the rest of adaslot is said here too, never in a list elsewhere (`names_where`
     reads these back):
@@ -53,8 +56,8 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | 
     meta = {"help": help, "min": min, "max": max, "above": above,
             "choices": tuple(choices) if choices else None, "flag": flag, "argument": argument,
             "required": required, "cli": cli, "shortcuts": shortcuts or {}, "parser": parser,
-            "omit": tuple(omit), "resumable": resumable, "input": input, "warmstart_free": warmstart_free,
-            "axis": axis}
+            "omit": tuple(omit), "flags": None if flags is None else tuple(flags), "resumable": resumable,
+            "input": input, "warmstart_free": warmstart_free, "axis": axis}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -223,10 +226,19 @@ def cli_fields(cls: type) -> Iterator[tuple[dataclasses.Field[Any], Any, tuple[s
         if is_settings(hints[f.name]):
             inner = base_type(hints[f.name])[0]
             for g, t, path in cli_fields(inner):
-                if not (path == () and g.name in f.metadata.get("omit", ())):
+                if is_nested_flag(f, g.name, path):
                     yield g, t, (f.name, *path)
         else:
             yield f, hints[f.name], ()
+
+
+def is_nested_flag(f: dataclasses.Field[Any], name: str, path: tuple[str, ...]) -> bool:
+    """Whether the setting `name` at `path` inside the nested settings field `f` is a flag of the outer
+    config (`setting`'s omit / flags)."""
+    only = f.metadata.get("flags")
+    if only is not None:
+        return path == () and name in only
+    return bool(path) or name not in f.metadata.get("omit", ())
 
 
 def from_flags(cls: type[S], given: dict[str, Any], base: S | None = None) -> S:
@@ -239,8 +251,7 @@ def from_flags(cls: type[S], given: dict[str, Any], base: S | None = None) -> S:
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]  # a Settings subclass is a dataclass
         value = getattr(obj, f.name)
         if isinstance(value, Settings):
-            omit = f.metadata.get("omit", ())
-            names = {g.name for g, _t, path in cli_fields(type(value)) if path or g.name not in omit}
+            names = {g.name for g, _t, path in cli_fields(type(value)) if is_nested_flag(f, g.name, path)}
             inner_given = {n: given[n] for n in names if given.get(n) is not None}
             if inner_given:
                 changes[f.name] = from_flags(type(value), inner_given, value)
@@ -260,18 +271,24 @@ def value_text(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def to_flags(cfg: Settings) -> list[str]:
+def to_flags(cfg: Settings, only: Collection[str] | None = None) -> list[str]:
     """The command-line arguments that give `cfg` (the inverse of the CLI): positional arguments first, then
-    `--flag value` for every setting that differs from its default (required ones always), in field order."""
+    `--flag value` (or its shortcut: `--long`) for every setting that differs from its default (required ones
+    always), in field order; `only`: just the settings of these names."""
     default = type(cfg)()
     args: list[str] = []
     flags: list[str] = []
     for f, _t, path in cli_fields(type(cfg)):
+        if only is not None and f.name not in only:
+            continue
         value, dflt = value_at(cfg, path, f.name), value_at(default, path, f.name)
         if value == dflt and not f.metadata.get("required"):
             continue
         flag = flag_of(f)
-        if f.metadata.get("argument"):
+        short = [k for k, v in f.metadata.get("shortcuts", {}).items() if v == value]
+        if short:
+            flags.append(f"--{short[0]}")
+        elif f.metadata.get("argument"):
             args.append(value_text(value))
         elif isinstance(value, dict):  # a repeatable KEY=VALUE flag (e.g. --model)
             flags += [a for k, v in value.items() for a in (flag, f"{k}={value_text(v)}")]

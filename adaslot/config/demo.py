@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from adaslot.config.base import Settings, setting
 from adaslot.config.data import SyntheticConfig
-from adaslot.config.model import model_alias
+from adaslot.config.sweep import warmstart_free_keys
+from adaslot.config.train import TrainConfig
 from adaslot.errors import AdaslotError
 
 PROFILES = ("normal", "long", "quick")
 DEMO_DATASETS = ("synthetic", "movi")
+# The settings of the demo's base train config that it fills in per stage run (DemoConfig.stage_config)
+PER_STAGE = ("stage", "out", "from_cache", "num_iters", "warmstart", "seed", "progress")
+# The base train config's settings that are flags of `adaslot demo` (the stage-2 method)
+TRAIN_FLAGS = ("selector", "sparsity_weight", "merge_slots")
+
+
+def demo_train() -> TrainConfig:
+    """The base of both stage runs of the demo (docs/method.md#demo): the demo preset from its feature
+    store, in memory, on the CPU; stage 2 with the adaslot selector and its checkpoint recording slot merging
+    at SOLV's 0.12 (the inference method eval, segment and the API then run). The demo fills in PER_STAGE;
+    stage 1 takes TrainConfig's defaults of every setting a warm start may change (no selector)."""
+    return TrainConfig(preset="demo", batch_size=32, lr=2e-3, lr_schedule="adaslot", warmup_steps=200,
+                       lr_half_life=100_000, selector="adaslot", sparsity_weight=0.1, merge_slots=0.12,
+                       ckpt_every=10**9, keep_last=1, log_every=50, cache_in_memory=True, device="cpu",
+                       workers=0)
 
 
 def demo_data() -> SyntheticConfig:
@@ -50,19 +68,9 @@ class DemoConfig(Settings):
                            choices=DEMO_DATASETS)
     seed: int = setting(0, "seed of data, model init and noise (the run is a function of it)")
     data: SyntheticConfig = setting(default_factory=demo_data, cli=False)
+    train: TrainConfig = setting(default_factory=demo_train, omit=PER_STAGE, flags=TRAIN_FLAGS)
     stage1_steps: int = setting(2200, "stage-1 steps", min=1, cli=False)
     stage2_steps: int = setting(500, "stage-2 steps", min=1, cli=False)
-    batch_size: int = setting(32, "batch size", min=1, cli=False)
-    lr: float = setting(2e-3, "peak learning rate", above=0, cli=False)
-    warmup_steps: int = setting(200, "warm-up steps", min=0, cli=False)
-    lr_half_life: int = setting(100_000, "steps per halving of the learning rate", min=1, cli=False)
-    selector: str = model_alias("selector", "adaslot", "stage-2 selector: adaslot (Gumbel keep/drop + "
-                                "sparsity penalty) or quality (greedy selection by slot quality)")
-    sparsity_weight: float = setting(0.1, "stage-2 sparsity weight of the adaslot selector (higher drops "
-                                          "more slots)", min=0)
-    merge_slots: float = model_alias("merge_slots", 0.12, "the stage-2 model's slot merging (recorded in its "
-                                     "checkpoint, so eval, segment and the API run it): merge slots closer "
-                                     "than this cosine distance (SOLV's value); 0: no merging")
     ratio_steps: int = setting(10, "steps timed online vs from the cache", min=1, cli=False)
     shipped: str | None = setting(None, "checkpoint to evaluate as 'shipped' (default: adaslot/assets; '' "
                                         "skips it)")
@@ -76,13 +84,33 @@ class DemoConfig(Settings):
     def cli_base(cls, given: dict[str, Any]) -> DemoConfig:
         return demo_config(given.get("profile") or "normal", dataset=given.get("dataset"))
 
+    def check(self) -> None:
+        out = Path(self.out or ".")
+        for stage in (1, 2):  # the stage runs' settings, checked before anything runs
+            warmstart = "stage1.pt" if stage == 2 else None
+            self.stage_config(stage, out / f"stage{stage}", out / "features", warmstart).validate()
+
+    def stage_config(self, stage: int, out: Path, store: Path, warmstart: str | None) -> TrainConfig:
+        """The train config of the demo's stage `stage`: the base `train` with PER_STAGE filled in. Stage 1
+        has no selector: it keeps TrainConfig's defaults of every setting a warm start may change
+        (warmstart_free), so a change of the stage-2 method reuses stage 1."""
+        base = self.train
+        if stage == 1:
+            free, default = warmstart_free_keys(), TrainConfig()
+            names = {f.name for f in dataclasses.fields(TrainConfig)} & free
+            base = base.replace(**{n: getattr(default, n) for n in names}, model_overrides={
+                k: v for k, v in base.model_overrides.items() if f"model.{k}" not in free})
+        steps = self.stage1_steps if stage == 1 else self.stage2_steps
+        return base.replace(stage=stage, out=str(out), from_cache=str(store), warmstart=warmstart,
+                            num_iters=steps, seed=self.seed + stage, progress=self.progress)
+
 
 PROFILE_CHANGES: dict[str, dict[str, Any]] = {
     "normal": {},
     "long": {"data": {"num_train": 5000}, "stage1_steps": 15_000, "stage2_steps": 3000,
-             "lr_half_life": 7500},
-    "quick": {"data": {"num_train": 64, "num_val": 16}, "stage1_steps": 4, "stage2_steps": 3, "batch_size": 8,
-              "ratio_steps": 2},
+             "train": {"lr_half_life": 7500, "ckpt_every": 2000}},
+    "quick": {"data": {"num_train": 64, "num_val": 16}, "stage1_steps": 4, "stage2_steps": 3,
+              "train": {"batch_size": 8}, "ratio_steps": 2},
 }
 # the movi demo's data per profile (videos: 9 training frames each, all 24 frames of a val video scored)
 # (quick: 10-frame videos, so that eval scores 10 frames, not 24)
@@ -96,10 +124,11 @@ def demo_config(profile: str = "normal", **overrides: Any) -> DemoConfig:
         raise AdaslotError(f"unknown demo profile {profile!r}; choose one of {', '.join(PROFILES)}")
     changes = dict(PROFILE_CHANGES[profile])
     data = demo_data().replace(**changes.pop("data", {}))
+    train = demo_train().replace(**changes.pop("train", {}))
     dataset = overrides.pop("dataset", None) or "synthetic"
     if dataset == "movi":
         data = movi_demo_data().replace(**MOVI_PROFILE_DATA[profile])
     if dataset == "movi":  # its own default folder, so it never replaces the shape demo's
         changes["out"] = "cache/movi-demo"
-    cfg = DemoConfig(profile=profile, data=data, dataset=dataset, **changes)
+    cfg = DemoConfig(profile=profile, data=data, train=train, dataset=dataset, **changes)
     return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})

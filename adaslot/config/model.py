@@ -240,7 +240,7 @@ def model_config_for(preset: str, stage: int, encoder: str | None = None, image_
 
     D and T (feature_dim, num_tokens) follow the encoder (default: the preset's) at `image_size` (default:
     the encoder's side): 224 px gives 196 tokens with a /16 ViT, 256 with a /14, 784 with a /8; given
-    overrides (the input's actual D and T, see train.resume.resolve_model_config) win."""
+    overrides (the input's actual D and T, see config.run.RunSpec.resolve) win."""
     from adaslot.config.encoders import get_encoder_spec
 
     if stage not in (1, 2):

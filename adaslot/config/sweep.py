@@ -34,7 +34,8 @@ from adaslot.config.base import (
     value_text,
 )
 from adaslot.config.data import DataSpec
-from adaslot.config.model import MethodOverrides, ModelConfig, model_config_for
+from adaslot.config.model import MethodOverrides, ModelConfig
+from adaslot.config.run import RunSpec
 from adaslot.config.train import TrainConfig
 from adaslot.errors import AdaslotError
 
@@ -127,12 +128,14 @@ def _name_part(key: str, value: Any, keys: list[str]) -> str:
 
 @dataclass
 class Variant:
-    """One run of a sweep: its grid values, seed, readable name and full train config."""
+    """One run of a sweep: its grid values, seed, readable name, full train config and the run it plans
+    (`spec`: resolved before its input is open, so D and T follow the encoder at its side)."""
 
     name: str
     values: dict[str, Any]
     seed: int
     cfg: TrainConfig
+    spec: RunSpec
 
 
 @dataclass
@@ -217,11 +220,10 @@ class SweepConfig(Settings):
                 where = " ".join(f"{k}={value_text(v)}" for k, v in values.items())
                 try:
                     cfg = self.variant_config(values, seed, str(Path(self.out) / "runs" / name))
-                    cfg.validate()
-                    model_config_for(cfg.preset, cfg.stage, **cfg.model_settings()).validate()
+                    spec = RunSpec.resolve(cfg.validate())  # resolving checks the model settings
                 except AdaslotError as e:
                     raise AdaslotError(f"variant {where}: {e}" if where else str(e)) from None
-                out.append(Variant(name, values, seed, cfg))
+                out.append(Variant(name, values, seed, cfg, spec))
         seen: dict[str, Variant] = {}
         for v in out:
             if v.name in seen:

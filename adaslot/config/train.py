@@ -43,7 +43,7 @@ class TrainConfig(Settings):
                                        "quality, no gradient); default: the preset's")
     merge_slots: float | None = model_alias("merge_slots", help="record slot merging below this cosine "
                                             "distance (SOLV's 0.12) as the model's inference method (eval, "
-                                            "segment and the API run it); 0 or default: no merging")
+                                            "segment and the API run it); 0: no merging (the presets')")
     merge_on: str | None = model_alias("merge_on")
     model_overrides: dict[str, Any] = setting(
         default_factory=dict, flag="model", parser=ModelConfig.parse_overrides,
@@ -153,15 +153,3 @@ class TrainConfig(Settings):
                                 for k, v in d.get("model_overrides", {}).items()}
         return super().from_dict(d, strict=strict)
 
-
-def flat_settings(train: dict[str, Any], model: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A run's settings under one flat name each, as resume, sweep planning and sweep results compare them.
-
-    train: TrainConfig.to_dict(); its DataSpec's settings sit bare beside the others. model: a
-    ModelConfig.to_dict(); given, its settings come in as model.X in place of the --model overrides. Lists
-    (what JSON makes of tuples) read as tuples."""
-    flat = {k: v for k, v in train.items() if k != "data" and (model is None or k != "model_overrides")}
-    flat |= train["data"]
-    if model is not None:
-        flat |= {f"model.{k}": v for k, v in model.items()}
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}

@@ -273,11 +273,12 @@ def repair_hint(path: str, attrs: dict[str, Any]) -> str:
             encoder=c["encoder"], encoder_weights=src.get("encoder_weights") or None,
             image_size=int(c["input_size"][0]), views=len(s["views"]), precision=c.get("precision", "fp32"),
             antialias="antialias=True" in str(s["transform"].get("resize", "")),
-            chunk_samples=int(layout["chunk_samples"]), shard_samples=int(layout["shard_samples"]), **given)
+            chunk_samples=int(layout["chunk_samples"]), shard_samples=int(layout["shard_samples"]),
+            repair=True, **given)
     except (KeyError, TypeError, IndexError):  # settings unreadable (damaged root metadata) or foreign
         return (f"repair it by rerunning the `adaslot cache-features --out {path} ...` command that wrote "
                 f"it with --repair")
-    return "repair it with: " + shlex.join(["adaslot", "cache-features", *to_flags(cfg), "--repair"])
+    return "repair it with: " + shlex.join(["adaslot", "cache-features", *to_flags(cfg)])
 
 
 def metadata_damage(path: str) -> AdaslotError:

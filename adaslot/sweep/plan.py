@@ -15,10 +15,9 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from adaslot.config import TrainConfig, model_config_for
+from adaslot.config import RunSpec, TrainConfig
 from adaslot.config.base import names_where, to_flags, value_text
 from adaslot.config.sweep import Variant, warmstart_free_keys
-from adaslot.config.train import flat_settings
 from adaslot.errors import AdaslotError
 from adaslot.sweep.results import checkpoint_step, find_axes, read_runs, read_score
 
@@ -77,11 +76,8 @@ def step_cost(cfg: TrainConfig) -> float:
     """Multiply-adds of one step's decoder and input MLP (most of a step's work, docs/benchmarks.md): the
     proxy by which variants are shared out between workers. D and T are the input's: a store's contract,
     or the encoder at its side (a sweep over stores of several encoders: docs/encoders.md)."""
-    shape = _store_shape(cfg.from_cache) if cfg.from_cache else None
-    settings = cfg.model_settings()
-    if shape:
-        settings.update(feature_dim=shape[0], num_tokens=shape[1])
-    m = model_config_for(cfg.preset, cfg.stage, cfg.encoder, cfg.image_size, **settings)
+    shape = (_store_shape(cfg.from_cache) if cfg.from_cache else None) or (None, None)
+    m = RunSpec.resolve(cfg, *shape).model
     widths = [m.slot_dim, *m.decoder_hidden, m.feature_dim + 1]
     decoder = m.num_slots * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
     input_mlp = m.feature_dim * m.input_mlp_hidden + m.input_mlp_hidden * m.slot_dim
@@ -136,7 +132,7 @@ def resolve_warmstart(variants: list[Variant], stage1_sweep: str) -> list[Varian
         if v.cfg.warmstart != "auto":
             out.append(v)
             continue
-        mine = variant_settings(v.cfg)
+        mine = v.spec.flat()
         found = [r for r in runs if r.seed == v.seed and all(r.settings.get(k) == mine.get(k) for k in keys)]
         if len(found) > 1:  # stage 1 also varied a free key (e.g. K): the run with the variant's own value
             found = [r for r in found if all(r.settings.get(k) == mine.get(k) for k in free)] or found
@@ -146,12 +142,8 @@ def resolve_warmstart(variants: list[Variant], stage1_sweep: str) -> list[Varian
             raise AdaslotError(f"--warmstart auto: {what} in {stage1_sweep} matches variant {v.name} "
                                f"({want}); give the stage-1 grid keys the values of a stage-1 variant")
         ckpt = Path(found[0].dir) / "checkpoints" / "last.pt"
-        out.append(Variant(v.name, v.values, v.seed, v.cfg.replace(warmstart=str(ckpt))))
+        cfg = v.cfg.replace(warmstart=str(ckpt))
+        out.append(Variant(v.name, v.values, v.seed, cfg, v.spec.replace(train=v.spec.train.replace(
+            warmstart=str(ckpt)))))
     return out
 
-
-def variant_settings(cfg: TrainConfig) -> dict[str, Any]:
-    """A run's settings as the results name them: train settings bare (DataSpec's included), model settings
-    as model.X (the model config the run will build, before the input fixes feature_dim / num_tokens)."""
-    model = model_config_for(cfg.preset, cfg.stage, **cfg.model_settings())
-    return flat_settings(cfg.to_dict(), model.to_dict())

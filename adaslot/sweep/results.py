@@ -1,8 +1,9 @@
 """A sweep's results from its run folders alone (so `--collect` works on folders made anywhere):
 OUT/sweep.csv (one row per run), OUT/summary.md (grouped over seeds) and the rich table.
 
-Per run (OUT/runs/<name>/): config.json gives its settings, metrics.jsonl its losses, pace and periodic
-validation, score.json its final scores. The grid axes are the settings the runs differ in (seeds apart).
+Per run (OUT/runs/<name>/): config.json (its RunSpec) gives its settings, metrics.jsonl its losses, pace and
+periodic validation, score.json its final scores. The grid axes are the settings the runs differ in (seeds
+apart).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from adaslot.config.base import value_text
+from adaslot.config.run import RunSpec
 from adaslot.config.sweep import hidden_axes
-from adaslot.config.train import flat_settings
 from adaslot.errors import AdaslotError
 from adaslot.evaluate.report import format_value
 from adaslot.files import atomic_path
@@ -32,7 +33,7 @@ HIDDEN_EVAL = {"num_images", "num_skipped"}
 
 @dataclass
 class RunRecord:
-    """One run folder as the results see it."""
+    """One run folder as the results see it: `settings` is its RunSpec's `flat()`."""
 
     name: str
     dir: str
@@ -95,10 +96,8 @@ def read_runs(sweep_dir: str | Path) -> list[RunRecord]:
     runs = []
     for cfg_file in sorted(Path(sweep_dir, "runs").glob("*/config.json")):
         d = cfg_file.parent
-        config = json.loads(cfg_file.read_text())
-        train = config["train"]
-        settings = flat_settings(train, config["model"])
-        runs.append(RunRecord(d.name, str(d), settings, int(train["num_iters"]), checkpoint_step(d),
+        spec = RunSpec.load(d)
+        runs.append(RunRecord(d.name, str(d), spec.flat(), spec.train.total_steps(), checkpoint_step(d),
                               read_metrics(d), read_score(d)))
     return runs
 

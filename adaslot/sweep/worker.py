@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from adaslot.config import TrainConfig
+from adaslot.config import RunSpec, TrainConfig
 from adaslot.errors import AdaslotError
 
 Failure = tuple[str, str]  # (run folder, one-line reason)
@@ -22,7 +22,7 @@ Failure = tuple[str, str]  # (run folder, one-line reason)
 
 @dataclass
 class RunInput:
-    """What scoring needs of a finished run's input, read back from its config.json."""
+    """What scoring needs of a finished run's input, read back from its RunSpec."""
 
     contract: dict[str, Any] | None
     encoder_name: str
@@ -98,8 +98,6 @@ def score_run(run_dir: str | Path, scoring: dict[str, Any], device: str = "auto"
     protocol, deterministic keep, the checkpoint's inference method; `scoring`: score_images, score_method
     overriding that method) and write run_dir/score.json: {step, checkpoint, score_images, score_method,
     method (the one that ran), val, eval}."""
-    import json
-
     from adaslot.checkpoint import latest_checkpoint, load_model
     from adaslot.device import resolve_device
     from adaslot.evaluate.scoring import method_record
@@ -107,8 +105,8 @@ def score_run(run_dir: str | Path, scoring: dict[str, Any], device: str = "auto"
     from adaslot.train.validate import Validator
 
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    cfg = TrainConfig.from_dict(config["train"])
+    spec = RunSpec.load(run_dir)
+    cfg = spec.train
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise AdaslotError(f"{run_dir} has no checkpoint to score")
@@ -117,7 +115,7 @@ def score_run(run_dir: str | Path, scoring: dict[str, Any], device: str = "auto"
     dev = resolve_device(device)
     score_images, score_method = scoring.get("score_images"), dict(scoring.get("score_method") or {})
     model, payload = load_model(ckpt, dev, score_method)
-    run_input = RunInput(config.get("feature_contract"), config.get("encoder", "unknown"))
+    run_input = RunInput(spec.feature_contract, spec.encoder)
     validator = Validator(cfg, run_input, dev, max_images=score_images or 0)
     scores = validator(model)
     score = {"step": int(payload["step"]), "checkpoint": ckpt.name, "score_images": score_images,

@@ -3,11 +3,11 @@ the log (runlog.py), resume rules (resume.py) and periodic validation (validate.
 
 from adaslot.train.inputs import CacheSource, OnlineSource, SampleStream, build_source
 from adaslot.train.loop import run_train
-from adaslot.train.resume import changed_settings, resolve_model_config
+from adaslot.train.resume import changed_settings
 from adaslot.train.run import Run, checked_settings
 from adaslot.train.runlog import MetricsLog, read_metrics
 from adaslot.train.step import NoiseSampler, NonFiniteError, TrainForward, optimisation_step
 
 __all__ = ["CacheSource", "MetricsLog", "NoiseSampler", "NonFiniteError", "OnlineSource",
            "Run", "SampleStream", "TrainForward", "build_source", "changed_settings", "checked_settings",
-           "optimisation_step", "read_metrics", "resolve_model_config", "run_train"]
+           "optimisation_step", "read_metrics", "run_train"]

@@ -1,29 +1,26 @@
-"""What a run folder's config allows: the model config of a run, and which settings changed on resume."""
+"""What a rerun of a run folder may change, and which checkpoints a stage-2 run may warm-start from."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from adaslot.config import ModelConfig, TrainConfig, model_config_for
+from adaslot.config import RunSpec, TrainConfig
 from adaslot.config.base import cli_fields, flag_of, names_where
-from adaslot.config.train import flat_settings
 from adaslot.contract import check_contract
 
 
-def resolve_model_config(cfg: TrainConfig, feature_dim: int, num_tokens: int) -> ModelConfig:
-    """Preset + stage defaults, then --model, --num-slots, --selector; D and T come from the input."""
-    overrides = {**cfg.model_settings(), "feature_dim": feature_dim, "num_tokens": num_tokens}
-    return model_config_for(cfg.preset, cfg.stage, **overrides).validate()
-
-
-def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    """`--flag old -> new` for every setting that differs from a saved run's config, those declared
-    `resumable` apart. A setting missing from `saved` (a run from an older adaslot) counts as its default."""
-    old, new = flat_settings(TrainConfig.from_dict(saved).to_dict()), flat_settings(cfg.to_dict())
+def changed_settings(saved: RunSpec, new: RunSpec) -> list[str]:
+    """`--flag old -> new` for every setting (RunSpec.flat: train settings and model.X) in which `new`
+    differs from the `saved` spec of a run, those declared `resumable` apart."""
+    old, now = saved.flat(), new.flat()
     resumable = names_where(TrainConfig, "resumable")
     flags = {f.name: flag_of(f) for f, _t, _path in cli_fields(TrainConfig)}
-    return [f"{flags.get(k, k)} {old[k]!r} -> {v!r}" for k, v in new.items()
-            if k not in resumable and old[k] != v]
+
+    def flag(key: str) -> str:
+        return f"--model {key.removeprefix('model.')}" if key.startswith("model.") else flags.get(key, key)
+
+    return [f"{flag(k)} {old.get(k)!r} -> {v!r}" for k, v in now.items()
+            if k not in resumable and old.get(k) != v]
 
 
 def check_warmstart_features(payload: dict[str, Any], contract: dict[str, Any] | None, encoder_name: str,

@@ -32,12 +32,12 @@ from adaslot.checkpoint import (
     update_last,
     warm_start,
 )
-from adaslot.config import TrainConfig
+from adaslot.config import RunSpec, TrainConfig
 from adaslot.device import set_matmul_precision
 from adaslot.errors import AdaslotError
 from adaslot.files import write_json
 from adaslot.schedules import get_schedule, ramp_weight
-from adaslot.train.resume import changed_settings, check_warmstart_features, resolve_model_config
+from adaslot.train.resume import changed_settings, check_warmstart_features
 from adaslot.train.runlog import MetricsLog
 from adaslot.train.step import NoiseSampler, NonFiniteError, TrainForward, optimisation_step
 from adaslot.train.validate import Validator
@@ -81,14 +81,18 @@ class Run:
         resume_path, resume = resume_point(self.ckpt_dir, dist.is_main)
         ckpt_dir = self.ckpt_dir
         faults.note(kept=lambda: kept_note(ckpt_dir))  # what an I/O fault leaves, for its one-line error
+        # ---- the run, resolved once (config/run.py); a resumed run must be the one its checkpoint records
+        self.spec = spec = RunSpec.resolve(cfg, source.feature_dim, source.num_tokens,
+                                           encoder=source.encoder_name, feature_contract=source.contract,
+                                           world_size=dist.world_size)
         if resume is not None:
-            diffs = changed_settings(resume.get("train_config", {}), cfg)
+            diffs = changed_settings(RunSpec.from_payload(resume), spec)
             if diffs:
                 raise AdaslotError(f"{cfg.out} holds a run with other settings ({'; '.join(diffs[:3])}); "
                                    "rerun with its settings to resume, or use a new --out")
 
         # ---- model (same init on every rank), optimiser, noise
-        self.model_cfg = model_cfg = resolve_model_config(cfg, source.feature_dim, source.num_tokens)
+        self.model_cfg = model_cfg = spec.model
         if cfg.selection_warmup and not (model_cfg.adaptive and model_cfg.selector == "quality"):
             raise AdaslotError("--selection-warmup is for the quality selector: --stage 2 --selector "
                                "quality")
@@ -128,12 +132,10 @@ class Run:
         self.forward = forward
 
         # ---- run folder: config.json, metrics.jsonl, checkpoints/
-        resolved = {"train": cfg.to_dict(), "model": model_cfg.to_dict(), "encoder": source.encoder_name,
-                    "feature_contract": source.contract, "world_size": dist.world_size}
         if dist.is_main:
-            write_json(self.run_dir / "config.json", resolved)
+            write_json(RunSpec.file(self.run_dir), spec.to_dict())
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", self.step, cfg.wandb, cfg.wandb_project,
-                              resolved, dist.is_main)
+                              spec.to_dict(), dist.is_main)
         self.validator = Validator(cfg, source, device)
         self.resumed_at = int(resume["step"]) if resume is not None else None
         if dist.is_main and resume is not None and resume_path is not None:
@@ -198,10 +200,9 @@ class Run:
             rng = capture_rng()
             rng["noise"] = self.noise.state_dict()
             save_checkpoint(path, make_payload(
-                stage=cfg.stage, model_config=self.model_cfg, encoder=self.source.encoder_name,
-                feature_contract=self.source.contract, model_state=self.model.state_dict(),
-                optimizer=self.optimiser.state_dict(), step=self.step, train_config=cfg.to_dict(), rng=rng,
-                loader=self.source.state_dict(), world_size=self.dist.world_size,
+                stage=cfg.stage, **self.spec.payload(), model_state=self.model.state_dict(),
+                optimizer=self.optimiser.state_dict(), step=self.step, rng=rng,
+                loader=self.source.state_dict(),
             ))
             update_last(self.ckpt_dir, path)
             rotate_checkpoints(self.ckpt_dir, cfg.keep_last)
