@@ -28,7 +28,7 @@ from adaslot.config import (
 )
 from adaslot.config.data import SyntheticConfig
 from adaslot.config.demo import demo_data
-from adaslot.config.model import INFERENCE_FIELDS, MethodOverrides
+from adaslot.config.model import MethodOverrides, overridable_method_fields
 from adaslot.errors import AdaslotError
 from adaslot.evaluate import run_eval
 from adaslot.model import AdaSlot, GumbelSelector
@@ -72,7 +72,7 @@ def test_every_method_setting_is_declared_once_and_aliased_elsewhere():
     keys = ("min", "max", "above", "choices")
     for cls in (MethodOverrides, TrainConfig, DemoConfig):
         for f in dataclasses.fields(cls):
-            if f.name in INFERENCE_FIELDS:
+            if f.name in overridable_method_fields():
                 assert {k: f.metadata[k] for k in keys} == {k: model[f.name][k] for k in keys}, (cls, f.name)
     for cls in (EvalConfig, SegmentConfig, SweepConfig):
         names = {f.name for f in dataclasses.fields(cls)}
