@@ -54,9 +54,8 @@ class CocoWdsDataset(torch.utils.data.Dataset):
         for path in shards:
             found, err = wds.index_shard(path)
             for s in found:
-                try:
-                    image_id = int(Path(s.key).name)
-                except ValueError:
+                image_id = wds.numeric_key(s)
+                if image_id is None:
                     self.skips.add(Skip(-1, f"{path.name}#{s.key}", "bad-key", "key is not an image id"))
                     continue
                 if _image_member(s) is None:
@@ -114,12 +113,8 @@ class CocoWdsDataset(torch.utils.data.Dataset):
         image_id, file = self.image_ids[index], self._file(index)
         try:
             image, notes = self._load(index)
-        except ImageLoadError as e:
-            return {"ok": False, "image_id": image_id, "file": file, "reason": e.reason, "detail": e.detail,
-                    "index": index}
-        except wds.MemberError as e:
-            return {"ok": False, "image_id": image_id, "file": file, "reason": e.reason, "detail": e.detail,
-                    "index": index}
+        except (ImageLoadError, wds.MemberError) as e:
+            return Skip(image_id, file, e.reason, e.detail, index).item()
         x, geom = transform_image(image, self.size, antialias=self.antialias)
         if self.views == 2:
             x = torch.stack([x, hflip(x)])
