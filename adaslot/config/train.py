@@ -54,6 +54,9 @@ class TrainConfig(Settings):
                                           "500k / 500k, movi-e 100k / 500k)", min=1,
                                     resumable=True, warmstart_free=True)
     batch_size: int = setting(64, "global batch size (split over torchrun ranks)", min=1, input=True)
+    max_train_images: int | None = setting(None, "train on the first N images of the store or dataset only "
+                                                 "(in its own order; default: all): quick ablations", min=1,
+                                           input=True)
     lr: float = setting(4e-4, "peak learning rate (Adam)", above=0)
     lr_schedule: str = setting("adaslot", "adaslot (decay from step 0), dinosaur (decay after the warm-up), "
                                           "or constant", choices=SCHEDULES)

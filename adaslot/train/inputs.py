@@ -83,7 +83,8 @@ class OnlineSource:
         self.encoder_name, self.contract = self.encoder.name, self.encoder.contract(side)
         self.cfg, self.dist, self.collate = cfg, dist, collate
         rows = slice(dist.rank * local_batch, (dist.rank + 1) * local_batch)
-        self.stream = SampleStream(len(self.dataset), cfg.seed, cfg.batch_size, rows)
+        n = min(len(self.dataset), cfg.max_train_images or len(self.dataset))  # --max-train-images
+        self.stream = SampleStream(n, cfg.seed, cfg.batch_size, rows)
         self._iter: Any = None
 
     def _start(self) -> None:
@@ -141,6 +142,7 @@ class CacheSource:
         self.device = dist.device
         # device: the loader copies batches ahead onto the device and converts them there (fp16 -> fp32).
         self.loader = FeatureLoader(store, local_batch, seed=cfg.seed, in_memory=cfg.cache_in_memory,
+                                    max_samples=cfg.max_train_images,
                                     rank=dist.rank, world_size=dist.world_size, device=self.device)
         self.feature_dim, self.num_tokens = store.feature_dim, store.num_tokens
         self.contract = dict(store.contract)
