@@ -42,19 +42,18 @@ def test_every_field_is_a_flag_with_its_help_and_default(command, cls):
             assert f"(default: {value})" in out, f.name
 
 
-def test_validate_names_the_flag():
-    with pytest.raises(AdaslotError, match=r"^--batch-size must be >= 1, got 0$"):
-        TrainConfig(out="x", from_cache="s", batch_size=0).validate()
-    with pytest.raises(AdaslotError, match=r"^--precision must be one of fp32, tf32, bf16, got 'fp16'"):
-        TrainConfig(out="x", from_cache="s", precision="fp16").validate()
-    with pytest.raises(AdaslotError, match=r"^--model slot_dim must be >= 1, got 0$"):
-        ModelConfig(slot_dim=0).validate()
-    with pytest.raises(AdaslotError, match=r"^--lr must be > 0, got 0.0$"):
-        TrainConfig(out="x", from_cache="s", lr=0.0).validate()
-    with pytest.raises(AdaslotError, match="--images and --annotations go together"):
-        EvalConfig(checkpoint="c", data=DataSpec(images="i")).validate()
-    with pytest.raises(AdaslotError, match="unknown --protocol coco"):
-        EvalConfig(checkpoint="c", protocol="adaslot,coco").validate()
+@pytest.mark.parametrize("make,msg", [
+    (lambda: TrainConfig(out="x", from_cache="s", batch_size=0), r"^--batch-size must be >= 1, got 0$"),
+    (lambda: TrainConfig(out="x", from_cache="s", precision="fp16"),
+     r"^--precision must be one of fp32, tf32, bf16, got 'fp16'"),
+    (lambda: ModelConfig(slot_dim=0), r"^--model slot_dim must be >= 1, got 0$"),
+    (lambda: TrainConfig(out="x", from_cache="s", lr=0.0), r"^--lr must be > 0, got 0.0$"),
+    (lambda: EvalConfig(checkpoint="c", data=DataSpec(images="i")), "--images and --annotations go together"),
+    (lambda: EvalConfig(checkpoint="c", protocol="adaslot,coco"), "unknown --protocol coco"),
+], ids=["min", "choices", "model-prefix", "above", "nested-check", "protocol"])
+def test_validate_names_the_flag(make, msg):
+    with pytest.raises(AdaslotError, match=msg):
+        make().validate()
 
 
 def test_parse_value_uses_the_field_type():

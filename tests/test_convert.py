@@ -103,15 +103,18 @@ def test_presets_and_slot_counts_are_inferred_from_shapes():
     assert len(s1.mapped) == 34
     dropped = convert_state_dict(official_state_dict(), stage=1)  # a stage-2 checkpoint used as fixed K
     assert dropped.stage == 1 and sum("single_gumbel" in k for k in dropped.ignored) == 6
-    movi = official_state_dict(slot_dim=128, dec=(1024, 1024, 1024))
-    with pytest.raises(AdaslotError, match="--num-slots"):
-        convert_state_dict(movi)  # movi-c and movi-e have the same shapes
-    e = convert_state_dict(movi, preset="movi-e")
+    e = convert_state_dict(official_state_dict(slot_dim=128, dec=(1024, 1024, 1024)), preset="movi-e")
     assert (e.preset, e.model_config.num_slots, e.model_config.slot_mlp_hidden) == ("movi-e", 24, 512)
-    with pytest.raises(AdaslotError, match="do not fit preset"):
-        convert_state_dict(movi, preset="coco")
-    with pytest.raises(AdaslotError, match="stage 1"):
-        convert_state_dict(official_state_dict(score=False), stage=2)
+
+
+@pytest.mark.parametrize("shapes,kw,msg", [
+    (dict(slot_dim=128, dec=(1024, 1024, 1024)), {}, "--num-slots"),  # movi-c and movi-e: the same shapes
+    (dict(slot_dim=128, dec=(1024, 1024, 1024)), dict(preset="coco"), "do not fit preset"),
+    (dict(score=False), dict(stage=2), "stage 1"),
+], ids=["ambiguous-preset", "wrong-preset", "stage1-as-stage2"])
+def test_conversions_that_cannot_be_told_apart_or_do_not_fit_are_refused(shapes, kw, msg):
+    with pytest.raises(AdaslotError, match=msg):
+        convert_state_dict(official_state_dict(**shapes), **kw)
 
 
 @pytest.mark.parametrize("edit,match", [

@@ -263,16 +263,17 @@ def test_stage1_weights_warm_start_stage2():
     assert len(missing) == 6
     for k, v in s1.state_dict().items():
         assert torch.equal(s2.state_dict()[k], v)
-    bad = dict(s1.state_dict())
-    bad["decoder.pos_embed"] = torch.zeros(1, 5, 16)
-    with pytest.raises(AdaslotError, match="decoder.pos_embed"):
-        load_stage1_into_stage2(s2, bad)
-    extra = dict(s1.state_dict(), **{"decoder.extra": torch.zeros(1)})
-    with pytest.raises(AdaslotError, match="decoder.extra"):
-        load_stage1_into_stage2(s2, extra)
-    partial = {k: v for k, v in s1.state_dict().items() if k != "slot_attention.gru.weight_ih"}
-    with pytest.raises(AdaslotError, match="gru.weight_ih"):
-        load_stage1_into_stage2(s2, partial)
+
+
+@pytest.mark.parametrize("damage,msg", [
+    (lambda sd: {**sd, "decoder.pos_embed": torch.zeros(1, 5, 16)}, "decoder.pos_embed"),  # another shape
+    (lambda sd: {**sd, "decoder.extra": torch.zeros(1)}, "decoder.extra"),  # a tensor stage 2 lacks
+    (lambda sd: {k: v for k, v in sd.items() if k != "slot_attention.gru.weight_ih"}, "gru.weight_ih"),
+], ids=["shape", "unexpected", "missing"])
+def test_stage1_weights_that_do_not_fit_stage2_are_refused_naming_the_tensor(damage, msg):
+    s1 = small(False, num_slots=3)
+    with pytest.raises(AdaslotError, match=msg):
+        load_stage1_into_stage2(small(True), damage(dict(s1.state_dict())))
 
 
 def test_wrong_feature_shape_is_a_user_error():
