@@ -9,6 +9,7 @@ import pytest
 
 from adaslot.data.synthetic import SyntheticConfig, run_make_synthetic
 
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Benchmark-marked tests run only when a -m expression names them (`pytest -m benchmark`): any other
     selection (`make test`, the inner loop `pytest -m "not e2e"`) leaves them out."""

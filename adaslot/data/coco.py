@@ -105,9 +105,6 @@ class SkipLog:
     def counts(self) -> dict[str, int]:
         return dict(Counter(s.reason for s in self.items))
 
-    def skipped_indices(self) -> list[int]:
-        return sorted({s.index for s in self.items if s.index is not None})
-
     def summary(self) -> str:
         if not self.items:
             return "skipped 0 images"
