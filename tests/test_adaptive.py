@@ -99,6 +99,7 @@ def test_shipped_checkpoint_records_the_demo_method():
     assert adaslot.load(CKPT, device="cpu").method["merge_slots"] == 0.12
 
 
+@pytest.mark.e2e  # the eval command and the Python API over 24 images
 def test_readme_example_counts_equal_eval_on_demo_val_images(demo_val, tmp_path):
     """The README's three lines on the demo's val images: the same segments, per image and pixel for pixel,
     as `adaslot eval` of the same checkpoint (both run the method it recorded)."""
@@ -120,6 +121,7 @@ def test_readme_example_counts_equal_eval_on_demo_val_images(demo_val, tmp_path)
     assert res["method"]["merge_slots"] == 0.12 and res["method"]["overridden"] == []
 
 
+@pytest.mark.e2e  # the eval and segment commands
 @pytest.mark.parametrize("flags", [["--merge-slots", "0"], ["--merge-slots", "0.3", "--merge-on", "features"],
                                    ["--selector", "quality", "--quality-tau", "0.3"]])
 def test_eval_and_segment_masks_are_pixel_equal_for_every_method(demo_val, tmp_path, monkeypatch, capsys,

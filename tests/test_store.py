@@ -119,6 +119,9 @@ def test_settings_mismatch_refused_unless_overwrite(synthetic_coco, reference, t
     assert st.complete and st.features.shape == (6, 1, 16, 192) and st.attrs["dataset"]["split"] == "val"
     with pytest.raises(AdaslotError, match="split 'val'"):
         st.check_compatible(split="train")
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_store(synthetic_coco, tmp_path):
     other = tmp_path / "not_a_store"
     other.mkdir()
     (other / "precious.txt").write_text("keep me")
