@@ -260,6 +260,7 @@ def test_online_strict_stops_at_an_unreadable_image(tmp_path, synthetic_coco):
         run_train(tiny(tmp_path / "none", data=DataSpec(root=str(data)), **common))
 
 
+@pytest.mark.e2e  # the adaslot command in a subprocess
 def test_cli_error_is_one_line(tmp_path):
     r = subprocess.run(cli_command("train", "--out", str(tmp_path / "x"), "--model", "colour=3"),
                        capture_output=True, text=True, timeout=60)
