@@ -188,7 +188,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     """Build a checkpoint's AdaSlot, load its weights, move to `device`, eval mode -> (model, payload).
 
     The model runs the inference method the checkpoint recorded (docs/adaptive.md), with `method`
-    (INFERENCE_FIELDS -> value, None: as recorded) overriding it; `model.cfg` holds the method that runs."""
+    (`overridable_method_fields()` name -> value, None: as recorded) overriding it; `model.cfg` holds the
+    method that runs."""
     from adaslot.model import AdaSlot
 
     payload = load_checkpoint(path)

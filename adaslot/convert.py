@@ -38,9 +38,6 @@ SCORE_NET = "models.perceptual_grouping.slot_attention.single_gumbel_score_netwo
 _IN = "models.perceptual_grouping.positional_embedding.layers.1."
 _FF = "models.perceptual_grouping.slot_attention.ff_mlp.module."
 _DEC = "models.object_decoder.decoder."
-# Shape-inferred fields compared with the presets (num_slots and adaptive are not in the weights).
-_SHAPE_FIELDS = ("feature_dim", "num_tokens", "slot_dim", "input_mlp_hidden", "slot_mlp_hidden",
-                 "decoder_hidden")
 
 
 @dataclass
@@ -118,21 +115,22 @@ def infer_config(sd: dict[str, torch.Tensor], stage: int, num_slots: int | None 
     if n_dec < 1:
         raise AdaslotError(f"official checkpoint lacks {_DEC + '0.weight'!r} (MLP decoder layers)")
     dec = [_get(sd, f"{_DEC}{2 * i}.weight").shape[0] for i in range(n_dec)]
-    cfg = ModelConfig(
+    # The settings the weights' shapes give, compared with the presets (num_slots and adaptive are not in the
+    # weights).
+    shape: dict[str, Any] = dict(
         feature_dim=_get(sd, _IN + "0.weight").shape[0],
         num_tokens=_get(sd, "models.object_decoder.pos_embed").shape[1],
         slot_dim=slot_dim,
         input_mlp_hidden=_get(sd, _IN + "1.weight").shape[0],
         slot_mlp_hidden=_get(sd, _FF + "1.weight").shape[0],
         decoder_hidden=tuple(dec[:-1]),
-        adaptive=stage == 2,
     )
+    cfg = ModelConfig(**shape, adaptive=stage == 2)
     if stage == 2:
         cfg = dataclasses.replace(cfg, selector_hidden=_get(sd, SCORE_NET + "1.weight").shape[0])
     if dec[-1] != cfg.feature_dim + 1:
         raise AdaslotError(f"{_DEC}{2 * (n_dec - 1)}.weight has {dec[-1]} outputs, expected feature dim + 1"
                            f" = {cfg.feature_dim + 1}")
-    shape = {f: getattr(cfg, f) for f in _SHAPE_FIELDS}
     if preset is not None:
         if preset not in PRESETS:
             raise AdaslotError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")

@@ -214,20 +214,21 @@ def _build_timm(spec: EncoderSpec, weights: str | os.PathLike | None) -> tuple[n
     assert spec.timm_name is not None
     # dynamic_img_size: the patch embedding takes any side (the tap interpolates the position embedding).
     kwargs = {"num_classes": 0, "dynamic_img_size": True, **spec.timm_kwargs}
+    path = None  # the weights file, found before the ViT is built: a missing one fails at once
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise AdaslotError(f"encoder {spec.name!r}: weights file {path} not found")
+    elif spec.random_init_seed is None:
+        path = find_cached_weights(spec.name, spec.hf_hub_id, spec.download_url)
     # weight_init="skip": the init is overwritten by the weights anyway (and costs seconds for ViT-B);
     # fork_rng: layer constructors still draw random numbers, keep the caller's RNG stream untouched.
     with torch.random.fork_rng(devices=[]):
         vit = timm.create_model(spec.timm_name, pretrained=False, weight_init="skip", **kwargs)
     tap = _TimmTap(vit, spec.pos_offset, spec.pos_antialias)
-    if spec.random_init_seed is not None and weights is None:
+    if path is None:
         vit.load_state_dict(_random_init_state(spec, kwargs))
         return tap, f"random init (seed {spec.random_init_seed})"
-    if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise AdaslotError(f"encoder {spec.name!r}: weights file {path} not found")
-    else:
-        path = find_cached_weights(spec.name, spec.hf_hub_id, spec.download_url)
     load_into_vit(vit, load_weights_file(path, spec.name), source=str(path), encoder=spec.name)
     return tap, str(path)
 

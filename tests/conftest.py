@@ -10,6 +10,18 @@ import pytest
 from adaslot.data.make_synthetic import run_make_synthetic
 from adaslot.data.synthetic import SyntheticConfig
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Benchmark-marked tests run only when a -m expression names them (`pytest -m benchmark`): any other
+    selection (`make test`, the inner loop `pytest -m "not e2e"`) leaves them out."""
+    if "benchmark" in (config.option.markexpr or ""):
+        return
+    dropped = [item for item in items if item.get_closest_marker("benchmark")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not item.get_closest_marker("benchmark")]
+
+
 # Small enough to write in well under a second; 224 px so the ViT sees its native 14 x 14 token grid.
 TINY_TRAIN, TINY_VAL, TINY_SIZE = 12, 6, 224
 

@@ -28,7 +28,7 @@ from adaslot.config import (
 )
 from adaslot.config.data import SyntheticConfig
 from adaslot.config.demo import demo_data
-from adaslot.config.model import INFERENCE_FIELDS, MethodOverrides
+from adaslot.config.model import MethodOverrides, overridable_method_fields
 from adaslot.errors import AdaslotError
 from adaslot.evaluate import run_eval
 from adaslot.model import AdaSlot, GumbelSelector
@@ -72,7 +72,7 @@ def test_every_method_setting_is_declared_once_and_aliased_elsewhere():
     keys = ("min", "max", "above", "choices")
     for cls in (MethodOverrides, TrainConfig, DemoConfig):
         for f in dataclasses.fields(cls):
-            if f.name in INFERENCE_FIELDS:
+            if f.name in overridable_method_fields():
                 assert {k: f.metadata[k] for k in keys} == {k: model[f.name][k] for k in keys}, (cls, f.name)
     for cls in (EvalConfig, SegmentConfig, SweepConfig):
         names = {f.name for f in dataclasses.fields(cls)}
@@ -100,6 +100,7 @@ def test_shipped_checkpoint_records_the_demo_method():
     assert adaslot.load(CKPT, device="cpu").method["merge_slots"] == 0.12
 
 
+@pytest.mark.e2e  # the eval command and the Python API over 24 images
 def test_readme_example_counts_equal_eval_on_demo_val_images(demo_val, tmp_path):
     """The README's three lines on the demo's val images: the same segments, per image and pixel for pixel,
     as `adaslot eval` of the same checkpoint (both run the method it recorded)."""
@@ -121,6 +122,7 @@ def test_readme_example_counts_equal_eval_on_demo_val_images(demo_val, tmp_path)
     assert res["method"]["merge_slots"] == 0.12 and res["method"]["overridden"] == []
 
 
+@pytest.mark.e2e  # the eval and segment commands
 @pytest.mark.parametrize("flags", [["--merge-slots", "0"], ["--merge-slots", "0.3", "--merge-on", "features"],
                                    ["--selector", "quality", "--quality-tau", "0.3"]])
 def test_eval_and_segment_masks_are_pixel_equal_for_every_method(demo_val, tmp_path, monkeypatch, capsys,

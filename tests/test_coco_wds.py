@@ -4,20 +4,53 @@ path on the same images (crowd included, members gzipped or not)."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from helpers import TINY_MODEL
+from pycocotools.coco import COCO
 
 from adaslot.config import DataSpec, EvalConfig, model_config_for
+from adaslot.data import wds
 from adaslot.data.coco import CocoDataset
-from adaslot.data.coco_wds import CocoWdsDataset, write_coco_shards
+from adaslot.data.coco_wds import CocoWdsDataset
 from adaslot.data.datasets import open_dataset
 from adaslot.data.make_synthetic import run_make_synthetic
 from adaslot.data.synthetic import SyntheticConfig
 from adaslot.errors import AdaslotError
+
+
+def write_coco_shards(coco: COCO, images_dir: Path, out: Path, per_shard: int = 1000, seed: int = 23894734
+                      ) -> int:
+    """Write a pycocotools COCO object's images as ocl's conversion does (shuffled order, 1 000 per shard,
+    members over 512 bytes gzipped) into out/shard-NNNNNN.tar; returns the number of samples."""
+    out.mkdir(parents=True, exist_ok=True)
+    ids = sorted(coco.imgs)
+    random.Random(seed).shuffle(ids)
+
+    def member(name: str, array: np.ndarray) -> tuple[str, bytes]:
+        data = wds.npy_bytes(array)
+        return (f"{name}.npy.gz", wds.gzip_bytes(data)) if len(data) > 512 else (f"{name}.npy", data)
+
+    samples = []
+    for image_id in ids:
+        anns = coco.loadAnns(coco.getAnnIds(image_id))
+        members: dict[str, bytes] = {}
+        if anns:
+            members.update([
+                member("instance_mask", np.stack([coco.annToMask(a) for a in anns])[..., None]),
+                member("instance_bbox", np.array([a["bbox"] for a in anns], np.float32)),
+                member("instance_category", np.array([a["category_id"] for a in anns], np.uint8)),
+                member("instance_area", np.array([a["area"] for a in anns], np.float32)),
+            ])
+        members["image.jpg"] = (images_dir / coco.imgs[image_id]["file_name"]).read_bytes()
+        samples.append((str(image_id), members))
+    for n in range(0, len(samples), per_shard):
+        wds.write_shard(out / f"shard-{n // per_shard:06d}.tar", samples[n:n + per_shard])
+    return len(samples)
 
 
 @pytest.fixture(scope="module")

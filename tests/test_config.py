@@ -3,7 +3,6 @@ old run folders still read, and every command opens data and devices the same wa
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 
@@ -42,19 +41,18 @@ def test_every_field_is_a_flag_with_its_help_and_default(command, cls):
             assert f"(default: {value})" in out, f.name
 
 
-def test_validate_names_the_flag():
-    with pytest.raises(AdaslotError, match=r"^--batch-size must be >= 1, got 0$"):
-        TrainConfig(out="x", from_cache="s", batch_size=0).validate()
-    with pytest.raises(AdaslotError, match=r"^--precision must be one of fp32, tf32, bf16, got 'fp16'"):
-        TrainConfig(out="x", from_cache="s", precision="fp16").validate()
-    with pytest.raises(AdaslotError, match=r"^--model slot_dim must be >= 1, got 0$"):
-        ModelConfig(slot_dim=0).validate()
-    with pytest.raises(AdaslotError, match=r"^--lr must be > 0, got 0.0$"):
-        TrainConfig(out="x", from_cache="s", lr=0.0).validate()
-    with pytest.raises(AdaslotError, match="--images and --annotations go together"):
-        EvalConfig(checkpoint="c", data=DataSpec(images="i")).validate()
-    with pytest.raises(AdaslotError, match="unknown --protocol coco"):
-        EvalConfig(checkpoint="c", protocol="adaslot,coco").validate()
+@pytest.mark.parametrize("make,msg", [
+    (lambda: TrainConfig(out="x", from_cache="s", batch_size=0), r"^--batch-size must be >= 1, got 0$"),
+    (lambda: TrainConfig(out="x", from_cache="s", precision="fp16"),
+     r"^--precision must be one of fp32, tf32, bf16, got 'fp16'"),
+    (lambda: ModelConfig(slot_dim=0), r"^--model slot_dim must be >= 1, got 0$"),
+    (lambda: TrainConfig(out="x", from_cache="s", lr=0.0), r"^--lr must be > 0, got 0.0$"),
+    (lambda: EvalConfig(checkpoint="c", data=DataSpec(images="i")), "--images and --annotations go together"),
+    (lambda: EvalConfig(checkpoint="c", protocol="adaslot,coco"), "unknown --protocol coco"),
+], ids=["min", "choices", "model-prefix", "above", "nested-check", "protocol"])
+def test_validate_names_the_flag(make, msg):
+    with pytest.raises(AdaslotError, match=msg):
+        make().validate()
 
 
 def test_parse_value_uses_the_field_type():
@@ -127,35 +125,55 @@ def test_dataset_synthetic_works_in_every_command(synthetic_coco, tmp_path, monk
     assert code == 2 and "give one input" in err and "--root R" in err
 
 
-@pytest.mark.e2e
-def test_strict_stops_at_a_malformed_annotation_in_every_command(synthetic_coco, tmp_path, train_store):
-    """cache-features, online train and eval with --strict stop at the first malformed annotation, with one
-    line naming it; without --strict the annotation is left out and counted."""
-    from adaslot.evaluate import run_eval
-    from adaslot.store.writer import run_cache_features
-    from adaslot.train import run_train
+MALFORMED = r"annotation {} of image \d+ is malformed .*drop --strict"
 
+
+@pytest.fixture()
+def broken_coco(synthetic_coco, tmp_path):
+    """A copy of `synthetic_coco` with one malformed annotation per split -> (root, train id, val id)."""
     root = tmp_path / "coco"
     shutil.copytree(synthetic_coco, root)
     bad_train = break_annotation(root / "annotations" / "instances_train2017.json")
-    bad_val = break_annotation(root / "annotations" / "instances_val2017.json", 2)
-    msg = r"annotation {} of image \d+ is malformed .*drop --strict"
-    strict_train = DataSpec(root=str(root), strict=True)
-    strict_val = DataSpec(root=str(root), split="val", strict=True)
-    with pytest.raises(AdaslotError, match=msg.format(bad_train)):
-        run_cache_features(CacheConfig(out=str(tmp_path / "s.zarr"), data=strict_train,
-                                       encoder="random-vit-tiny", workers=0, device="cpu", progress=False))
+    return root, bad_train, break_annotation(root / "annotations" / "instances_val2017.json", 2)
+
+
+@pytest.mark.e2e
+def test_strict_cache_features_stops_at_a_malformed_annotation(broken_coco, tmp_path):
+    from adaslot.store.writer import run_cache_features
+
+    root, bad_train, _ = broken_coco
+    with pytest.raises(AdaslotError, match=MALFORMED.format(bad_train)):
+        run_cache_features(CacheConfig(out=str(tmp_path / "s.zarr"), data=DataSpec(root=str(root),
+                                       strict=True), encoder="random-vit-tiny", workers=0, device="cpu",
+                                       progress=False))
     assert not (tmp_path / "s.zarr").exists()
-    with pytest.raises(AdaslotError, match=msg.format(bad_train)):
-        run_train(TrainConfig(out=str(tmp_path / "r"), data=strict_train, encoder="random-vit-tiny",
-                              num_iters=1, workers=0, device="cpu", progress=False))
+
+
+@pytest.mark.e2e
+def test_strict_online_train_stops_at_a_malformed_annotation(broken_coco, tmp_path):
+    from adaslot.train import run_train
+
+    root, bad_train, _ = broken_coco
+    with pytest.raises(AdaslotError, match=MALFORMED.format(bad_train)):
+        run_train(TrainConfig(out=str(tmp_path / "r"), data=DataSpec(root=str(root), strict=True),
+                              encoder="random-vit-tiny", num_iters=1, workers=0, device="cpu",
+                              progress=False))
+
+
+@pytest.mark.e2e
+def test_eval_counts_a_malformed_annotation_and_strict_eval_stops_at_it(broken_coco, tmp_path, train_store):
+    """Without --strict the annotation is left out and counted; with it, one line names it."""
+    from adaslot.evaluate import run_eval
+    from adaslot.train import run_train
+
+    root, _, bad_val = broken_coco
     ckpt = run_train(TrainConfig(out=str(tmp_path / "ok"), from_cache=str(train_store), num_iters=1,
                              batch_size=2, model_overrides={"slot_dim": 8, "decoder_hidden": (8,)}, workers=0,
                              device="cpu", progress=False))["checkpoint"]
-    lenient = EvalConfig(checkpoint=ckpt, data=dataclasses.replace(strict_val, strict=False), workers=0,
+    lenient = EvalConfig(checkpoint=ckpt, data=DataSpec(root=str(root), split="val"), workers=0,
                          num_vis=0, device="cpu", progress=False, out=str(tmp_path / "ev"),
                          protocol="adaslot")
     r = run_eval(lenient)
     assert r["num_images"] == 6 and r["dataset"]["notes"]["bad-annotation"] == 1
-    with pytest.raises(AdaslotError, match=msg.format(bad_val)):
-        run_eval(dataclasses.replace(lenient, data=strict_val))
+    with pytest.raises(AdaslotError, match=MALFORMED.format(bad_val)):
+        run_eval(lenient.replace(data=lenient.data.replace(strict=True)))

@@ -70,20 +70,26 @@ def lightning(sd: dict, path: Path) -> Path:
     return path
 
 
-def test_converted_model_reproduces_independent_forward_float64(tmp_path):
-    sd = official_state_dict()
+@pytest.mark.parametrize("shapes,encoder", [
+    pytest.param({}, None, marks=pytest.mark.e2e, id="reference"),  # the coco preset, found from the shapes
+    pytest.param(dict(feature_dim=192, slot_dim=32, dec=(64, 64)), "random-vit-tiny", id="small"),
+])
+def test_converted_model_reproduces_independent_forward_float64(tmp_path, shapes, encoder):
+    sd = official_state_dict(**shapes)
     ckpt = lightning(sd, tmp_path / "official.ckpt")
     out = tmp_path / "converted.pt"
-    conv = convert_official(ckpt, out, num_slots=4)  # K is not in the weights; 4 keeps the test fast
-    assert conv.stage == 2 and conv.preset == "coco" and conv.step == 1234
-    assert len(conv.mapped) == 40
+    # K is not in the weights; 4 keeps the test fast
+    conv = convert_official(ckpt, out, num_slots=4, encoder=encoder)
+    assert conv.stage == 2 and conv.preset == (None if encoder else "coco") and conv.step == 1234
+    assert len(conv.mapped) == 40 - 2 * (3 - len(shapes.get("dec", (0, 0, 0))))  # 2 per decoder layer
     assert sorted(conv.ignored) == sorted(k for k in sd if ".feature_extractor." in k)
     model, payload = load_model(out)
-    assert payload["stage"] == 2 and payload["encoder"] == "dino-vitb-16"
+    assert payload["stage"] == 2 and payload["encoder"] == (encoder or "dino-vitb-16")
+    d, width = shapes.get("feature_dim", 768), shapes.get("slot_dim", 256)
     model = model.double()
     g = torch.Generator().manual_seed(1)
-    f = torch.randn(2, 196, 768, generator=g, dtype=torch.float64)
-    s0 = torch.randn(2, 4, 256, generator=g, dtype=torch.float64)
+    f = torch.randn(2, 196, d, generator=g, dtype=torch.float64)
+    s0 = torch.randn(2, 4, width, generator=g, dtype=torch.float64)
     noise = torch.randn(2, 4, 2, generator=g, dtype=torch.float64)
     with torch.no_grad():
         got = model(f, slots_init=s0, gumbel_noise=noise, keep_mode="gumbel")
@@ -103,15 +109,18 @@ def test_presets_and_slot_counts_are_inferred_from_shapes():
     assert len(s1.mapped) == 34
     dropped = convert_state_dict(official_state_dict(), stage=1)  # a stage-2 checkpoint used as fixed K
     assert dropped.stage == 1 and sum("single_gumbel" in k for k in dropped.ignored) == 6
-    movi = official_state_dict(slot_dim=128, dec=(1024, 1024, 1024))
-    with pytest.raises(AdaslotError, match="--num-slots"):
-        convert_state_dict(movi)  # movi-c and movi-e have the same shapes
-    e = convert_state_dict(movi, preset="movi-e")
+    e = convert_state_dict(official_state_dict(slot_dim=128, dec=(1024, 1024, 1024)), preset="movi-e")
     assert (e.preset, e.model_config.num_slots, e.model_config.slot_mlp_hidden) == ("movi-e", 24, 512)
-    with pytest.raises(AdaslotError, match="do not fit preset"):
-        convert_state_dict(movi, preset="coco")
-    with pytest.raises(AdaslotError, match="stage 1"):
-        convert_state_dict(official_state_dict(score=False), stage=2)
+
+
+@pytest.mark.parametrize("shapes,kw,msg", [
+    (dict(slot_dim=128, dec=(1024, 1024, 1024)), {}, "--num-slots"),  # movi-c and movi-e: the same shapes
+    (dict(slot_dim=128, dec=(1024, 1024, 1024)), dict(preset="coco"), "do not fit preset"),
+    (dict(score=False), dict(stage=2), "stage 1"),
+], ids=["ambiguous-preset", "wrong-preset", "stage1-as-stage2"])
+def test_conversions_that_cannot_be_told_apart_or_do_not_fit_are_refused(shapes, kw, msg):
+    with pytest.raises(AdaslotError, match=msg):
+        convert_state_dict(official_state_dict(**shapes), **kw)
 
 
 @pytest.mark.parametrize("edit,match", [

@@ -237,7 +237,7 @@ def test_skips_survive_a_multiworker_loader(messy: tuple[Path, dict[str, int]]) 
         assert torch.equal(batch["image"][:, 1], hflip(batch["image"][:, 0]))
         assert len(batch["geometry"]) == len(batch["index"]) == len(batch["image_id"])
         seen += batch["index"].tolist()
-    skipped = ds.skips.skipped_indices()
+    skipped = sorted({s.index for s in ds.skips.items if s.index is not None})
     assert sorted(seen + skipped) == list(range(len(ds)))
     bad = sorted([ids["truncated"], ids["unreadable"], ids["size"]])
     assert sorted(ds.image_ids[i] for i in skipped) == bad
@@ -247,17 +247,26 @@ def test_skips_survive_a_multiworker_loader(messy: tuple[Path, dict[str, int]]) 
     assert ds.summary()["skipped"] == 4
 
 
-def test_wrong_paths_are_one_line_errors(tmp_path: Path, synthetic_coco: Path) -> None:
-    with pytest.raises(AdaslotError, match="not found"):
-        CocoDataset.from_root(tmp_path / "nope", "val")
-    with pytest.raises(AdaslotError, match="instances_test2017.json not found"):
-        CocoDataset.from_root(synthetic_coco, "test")
+def _bad_json(tmp_path: Path) -> Path:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(AdaslotError, match="not valid JSON"):
-        CocoDataset(synthetic_coco / "val2017", bad)
-    with pytest.raises(AdaslotError, match="image directory"):
-        CocoDataset(tmp_path / "none", synthetic_coco / "annotations" / "instances_val2017.json")
+    return bad
+
+
+@pytest.mark.parametrize("open_it,msg", [
+    (lambda tmp, root: CocoDataset.from_root(tmp / "nope", "val"), "not found"),
+    (lambda tmp, root: CocoDataset.from_root(root, "test"), "instances_test2017.json not found"),
+    (lambda tmp, root: CocoDataset(root / "val2017", _bad_json(tmp)), "not valid JSON"),
+    (lambda tmp, root: CocoDataset(tmp / "none", root / "annotations" / "instances_val2017.json"),
+     "image directory"),
+], ids=["no-root", "no-split", "bad-json", "no-image-dir"])
+def test_wrong_paths_are_one_line_errors(tmp_path: Path, synthetic_coco: Path, open_it, msg) -> None:
+    with pytest.raises(AdaslotError, match=msg) as e:
+        open_it(tmp_path, synthetic_coco)
+    assert "\n" not in str(e.value)
+
+
+def test_a_missing_image_is_a_one_line_load_error(tmp_path: Path) -> None:
     with pytest.raises(ImageLoadError) as e:
         load_image(tmp_path / "gone.jpg")
     assert e.value.reason == "missing" and "\n" not in str(e.value)

@@ -106,25 +106,31 @@ def test_dino_release_format_equals_timm_format(tmp_path, images):
         assert enc.weights_sha256 == ref.weights_sha256, path.name
 
 
-def test_missing_and_wrong_weights_are_one_line_errors(tmp_path, monkeypatch):
+def _weights_file(tmp_path, kind: str):
+    """A weights file of `kind`: missing, not a checkpoint, or ViT-Ti weights."""
+    path = tmp_path / f"{kind}.pth"
+    if kind == "garbage":
+        path.write_bytes(b"not a checkpoint")
+    elif kind == "tiny":
+        torch.save(_random_tiny_state(), path)
+    return path
+
+
+@pytest.mark.parametrize("name,weights,msg", [
+    ("dino-vitb-16", None, "dino_vitbase16_pretrain.pth and pass --encoder-weights FILE"),
+    ("random-vit-tiny", "missing", "not found"),
+    ("random-vit-tiny", "garbage", "cannot read encoder weights"),
+    ("dino-vits-16", "tiny", "does not match"),  # ViT-S/16 architecture, ViT-Ti weights
+    ("no-such-encoder", None, "unknown encoder"),
+], ids=["not-in-any-cache", "missing-file", "unreadable", "wrong-architecture", "unknown-name"])
+def test_missing_and_wrong_weights_are_one_line_errors(tmp_path, monkeypatch, name, weights, msg):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torchhub"))
-    with pytest.raises(AdaslotError, match="dino_vitbase16_pretrain.pth and pass --encoder-weights FILE"):
-        build_encoder("dino-vitb-16")
-    with pytest.raises(AdaslotError, match="not found"):
-        build_encoder("random-vit-tiny", weights=tmp_path / "nope.pth")
-    bad = tmp_path / "bad.pth"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(AdaslotError, match="cannot read encoder weights"):
-        build_encoder("random-vit-tiny", weights=bad)
-    tiny_file = tmp_path / "tiny.pth"
-    torch.save(_random_tiny_state(), tiny_file)
-    with pytest.raises(AdaslotError, match="does not match"):
-        build_encoder("dino-vits-16", weights=tiny_file)  # ViT-S/16 architecture, ViT-Ti weights
-    with pytest.raises(AdaslotError, match="unknown encoder"):
-        build_encoder("no-such-encoder")
+    with pytest.raises(AdaslotError, match=msg) as e:
+        build_encoder(name, weights=_weights_file(tmp_path, weights) if weights else None)
+    assert "\n" not in str(e.value)
 
 
 def test_weights_from_local_hf_hub_cache(tmp_path, monkeypatch, images):

@@ -64,6 +64,7 @@ def _segment(ckpt: Path, image: Path, out: Path, monkeypatch, capsys) -> np.ndar
     return np.asarray(Image.open(out / "masks" / (image.stem + ".png")))
 
 
+@pytest.mark.e2e  # whole commands
 def test_sweep_over_stores_of_different_encoders(stores, synthetic_coco, tmp_path, monkeypatch, capsys):
     a, b = stores["dino-vits-8"], stores["dinov2-vitb-14-reg"]
     out = tmp_path / "sweep"
@@ -88,6 +89,7 @@ def test_sweep_over_stores_of_different_encoders(stores, synthetic_coco, tmp_pat
         assert labels.shape == Image.open(image).size[::-1]  # masks at the image's full resolution
 
 
+@pytest.mark.e2e  # whole commands
 @pytest.mark.parametrize("name", ["dinov2-vits-14", "dinov2-vits-14-reg"])
 def test_stage1_run_and_segment(name, stores, synthetic_coco, tmp_path, monkeypatch, capsys):
     from adaslot.train import run_train

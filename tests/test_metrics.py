@@ -326,12 +326,11 @@ def test_accumulator_from_image_scores():
 
 def test_old_corloc_key_still_reads():
     """Files written before the rename (metrics.json, a sweep's score.json) carry `corloc`: it reads as
-    mask_corloc, and the old function name is the same function."""
+    mask_corloc."""
     from adaslot.sweep.results import RunRecord
 
     assert M.upgrade_metric_keys({"fg_ari": 0.5, "corloc": 1.0}) == {"fg_ari": 0.5, "mask_corloc": 1.0}
     assert M.upgrade_metric_keys({"corloc": 0.0, "mask_corloc": 1.0}) == {"mask_corloc": 1.0}
-    assert M.corloc is M.mask_corloc
     old = RunRecord("a", "a", {}, 10, 10, [{"step": 10, "loss": 0.2, "steps_per_s": 5.0}],
                     {"step": 10, "eval": {"fg_ari": 0.4, "corloc": 0.75}})
     values = old.values()

@@ -116,14 +116,20 @@ def as_official(state: dict) -> dict:
 # ---- reference numbers (docs/method.md#parameter-counts) ----
 
 @pytest.mark.parametrize("stage,k,count,tensors", [(1, 7, 12_452_865, 34), (2, 33, 12_718_595, 40)])
-def test_reference_size_parameter_counts_and_shapes(stage, k, count, tensors):
+def test_reference_size_parameter_counts(stage, k, count, tensors):
     cfg = model_config_for("coco", stage)
-    torch.manual_seed(0)
-    model = AdaSlot(cfg).eval()
+    model = AdaSlot(cfg)
     params = list(model.parameters())
     assert cfg.num_slots == k
     assert sum(p.numel() for p in params) == count
     assert len(params) == tensors == len(model.state_dict())
+
+
+@pytest.mark.e2e  # a forward pass at the full reference size (seconds; smaller models cover the same code)
+@pytest.mark.parametrize("stage,k", [(1, 7), (2, 33)])
+def test_reference_size_shapes(stage, k):
+    torch.manual_seed(0)
+    model = AdaSlot(model_config_for("coco", stage)).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 196, 768))
     assert out.slots.shape == (1, k, 256)
@@ -263,16 +269,17 @@ def test_stage1_weights_warm_start_stage2():
     assert len(missing) == 6
     for k, v in s1.state_dict().items():
         assert torch.equal(s2.state_dict()[k], v)
-    bad = dict(s1.state_dict())
-    bad["decoder.pos_embed"] = torch.zeros(1, 5, 16)
-    with pytest.raises(AdaslotError, match="decoder.pos_embed"):
-        load_stage1_into_stage2(s2, bad)
-    extra = dict(s1.state_dict(), **{"decoder.extra": torch.zeros(1)})
-    with pytest.raises(AdaslotError, match="decoder.extra"):
-        load_stage1_into_stage2(s2, extra)
-    partial = {k: v for k, v in s1.state_dict().items() if k != "slot_attention.gru.weight_ih"}
-    with pytest.raises(AdaslotError, match="gru.weight_ih"):
-        load_stage1_into_stage2(s2, partial)
+
+
+@pytest.mark.parametrize("damage,msg", [
+    (lambda sd: {**sd, "decoder.pos_embed": torch.zeros(1, 5, 16)}, "decoder.pos_embed"),  # another shape
+    (lambda sd: {**sd, "decoder.extra": torch.zeros(1)}, "decoder.extra"),  # a tensor stage 2 lacks
+    (lambda sd: {k: v for k, v in sd.items() if k != "slot_attention.gru.weight_ih"}, "gru.weight_ih"),
+], ids=["shape", "unexpected", "missing"])
+def test_stage1_weights_that_do_not_fit_stage2_are_refused_naming_the_tensor(damage, msg):
+    s1 = small(False, num_slots=3)
+    with pytest.raises(AdaslotError, match=msg):
+        load_stage1_into_stage2(small(True), damage(dict(s1.state_dict())))
 
 
 def test_wrong_feature_shape_is_a_user_error():

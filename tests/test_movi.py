@@ -48,7 +48,9 @@ def test_tfrecord_crc_and_example_roundtrip(tmp_path):
     np.testing.assert_array_equal(back["i"], feats["i"])
     path = tmp_path / "x.tfrecord"
     tfrecord.write_records(path, [b"a", b"bc" * 1000, b""])
-    assert list(tfrecord.iter_records(path)) == [b"a", b"bc" * 1000, b""]
+    spans, err = tfrecord.scan_records(path)
+    with open(path, "rb") as f:
+        assert [tfrecord.read_record(f, span) for span in spans] == [b"a", b"bc" * 1000, b""] and err is None
     # unpacked Int64List / FloatList (older writers) decode to the same values
     unpacked = tfrecord._len_field(3, b"\x08\x05\x08\x07")  # Int64List, two unpacked values
     entry = tfrecord._len_field(1, b"n") + tfrecord._len_field(2, unpacked)

@@ -30,6 +30,7 @@ def movi_store(movi_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return out
 
 
+@pytest.mark.e2e  # cache-features over MOVi videos first
 def test_store_holds_one_view_per_official_frame(movi_store):
     store = open_store(str(movi_store))
     assert store.num_views == 1 and store.attrs["dataset"]["name"] == "movi"
@@ -40,6 +41,7 @@ def test_store_holds_one_view_per_official_frame(movi_store):
     assert len(pairs) == 27
 
 
+@pytest.mark.e2e  # cache-features over MOVi videos first
 def test_one_step_from_the_store_equals_online(movi_store, movi_root):
     """Same frames, same noise: the cached fp16 features and the online encoder give the same update."""
     from adaslot.encoders import build_encoder

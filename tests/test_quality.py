@@ -140,15 +140,6 @@ def test_train_quality_selector_with_warmup_then_eval(tmp_path, train_store, syn
     payload = load_checkpoint(r["checkpoint"])
     assert payload["model_config"]["selector"] == "quality"
     assert not any(k.startswith("selector.") for k in payload["model"])
-    with pytest.raises(AdaslotError, match="quality selector"):  # the warm-up is for the quality selector
-        run_train(TrainConfig(out=str(tmp_path / "a"), num_iters=1, selection_warmup=1,
-                          model_overrides=dict(TINY_MODEL), **common))
-    with pytest.raises(AdaslotError, match="--selector is for stage 2"):
-        TrainConfig(out=str(tmp_path / "b"), from_cache=str(train_store), selector="quality").validate()
-    # the flag beats --model selector=..., as --num-slots beats --model num_slots=...
-    both = TrainConfig(out="x", from_cache="s", stage=2, selector="adaslot", model_overrides=model | {
-        "selector": "quality", "num_slots": 3}, num_slots=5)
-    assert both.model_settings()["selector"] == "adaslot" and both.model_settings()["num_slots"] == 5
 
     # eval selects as training did: exactly K_min slots kept on every image
     ecfg = EvalConfig(checkpoint=r["checkpoint"], data=DataSpec(root=str(synthetic_coco), split="val"),
@@ -160,6 +151,34 @@ def test_train_quality_selector_with_warmup_then_eval(tmp_path, train_store, syn
     assert all(len(row) == 3 and row[:2] == [0, 0] for row in s["count_confusion"]["counts"])
     with pytest.raises(AdaslotError, match="quality"):
         run_eval(ecfg.replace(gumbel_eval=1))
+
+
+def test_selection_warmup_is_for_the_quality_selector(tmp_path, train_store):
+    from helpers import tiny_train
+
+    from adaslot.errors import AdaslotError
+    from adaslot.train import run_train
+
+    with pytest.raises(AdaslotError, match="quality selector"):
+        run_train(tiny_train(tmp_path / "a", from_cache=str(train_store), stage=2, num_slots=6, num_iters=1,
+                             selection_warmup=1))
+
+
+def test_the_selector_flag_is_for_stage_2():
+    from adaslot.config import TrainConfig
+    from adaslot.errors import AdaslotError
+
+    with pytest.raises(AdaslotError, match="--selector is for stage 2"):
+        TrainConfig(out="b", from_cache="s", selector="quality").validate()
+
+
+def test_the_selector_flag_beats_the_model_override():
+    """As --num-slots beats --model num_slots=..., --selector beats --model selector=...."""
+    from adaslot.config import TrainConfig
+
+    both = TrainConfig(out="x", from_cache="s", stage=2, selector="adaslot",
+                       model_overrides={"selector": "quality", "num_slots": 3}, num_slots=5)
+    assert both.model_settings()["selector"] == "adaslot" and both.model_settings()["num_slots"] == 5
 
 
 def test_quality_stage2_warm_starts_from_a_stage1_checkpoint(tmp_path, train_store):

@@ -127,6 +127,7 @@ def test_sbatch_script_is_valid_bash():
     assert "#SBATCH --gpus-per-node=8" in SBATCH.read_text()
 
 
+@pytest.mark.e2e  # every command of the recipe, in order
 def test_the_recipe_runs_at_demo_scale(tmp_path, monkeypatch, capsys):
     """The README's five commands at demo scale, run twice (a resubmitted Slurm job finds every step done):
     a tiny synthetic COCO root (4 train, 2 val images) for /data/coco, a random tiny ViT for the weights, a

@@ -85,6 +85,7 @@ def _png(path: Path) -> np.ndarray:
 # ---------------------------------------------------------------- the package and the Python API
 
 
+@pytest.mark.e2e  # a fresh interpreter
 def test_import_adaslot_stays_light_and_exports_the_api():
     code = "import adaslot, sys; print('torch' in sys.modules, sorted(adaslot.__all__))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -1,6 +1,6 @@
-"""A setting's declared properties (`setting(resumable=, input=, warmstart_free=, axis=)`) agree with the code
-that enforces them: every field is changed in turn and the real resume check, cache loader, warm start and
-sweep batch sharing are asked what they make of the change."""
+"""A setting's declared properties (`setting(resumable=, input=, warmstart_free=, axis=, method=)`) agree with
+the code that enforces them: every field is changed in turn and the real resume check, cache loader, warm
+start, sweep batch sharing and inference-method override are asked what they make of the change."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from helpers import tiny_train
 from adaslot.checkpoint import warm_start
 from adaslot.config import DataSpec, ModelConfig, RunSpec, TrainConfig
 from adaslot.config.base import base_type, field_types, names_where
+from adaslot.config.model import MethodOverrides, method_fields, overridable_method_fields
 from adaslot.config.sweep import axis_value, hidden_axes, warmstart_free_keys
 from adaslot.distributed import DistInfo
 from adaslot.errors import AdaslotError
@@ -145,3 +146,48 @@ def test_warmstart_free_keys_cover_the_train_flags_of_free_model_settings():
     free = warmstart_free_keys()
     assert {"num_slots", "selector", "model.num_slots", "model.selector", "stage", "sparsity_weight"} <= free
     assert {"lr", "model.slot_dim", "seed", "batch_size"}.isdisjoint(free)
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["stage1", "stage2"])
+def test_method_property_is_what_with_method_overrides_and_the_recorded_method_holds(adaptive):
+    """A model setting is a command-overridable part of the inference method iff it is declared
+    method="keep" / "merge" (keep only for a stage-2 model); the recorded method is every declared one."""
+    cfg = ModelConfig(adaptive=adaptive, merge_slots=0.2)
+    keep, merge = method_fields("keep"), method_fields("merge")
+    assert set(keep) == names_where(ModelConfig, "method", "keep")
+    assert overridable_method_fields() == keep + merge
+    for f in dataclasses.fields(ModelConfig):
+        changed = {f.name: other_value(ModelConfig, f, getattr(cfg, f.name))}
+        try:
+            got = cfg.with_method(changed)
+            accepted = True
+        except AdaslotError:
+            accepted = False
+        assert accepted == (f.name in merge or (adaptive and f.name in keep)), f.name
+        if accepted:
+            assert got.method[f.name] == changed[f.name]
+    recorded = method_fields("keep", "merge", "trained") if adaptive else method_fields("merge", "trained")
+    assert tuple(cfg.method) == recorded and "merge_in_training" in recorded
+
+
+def test_method_overrides_alias_exactly_the_overridable_method_settings():
+    assert tuple(f.name for f in dataclasses.fields(MethodOverrides)) == overridable_method_fields()
+
+
+def test_model_aliases_of_train_are_what_its_model_settings_pass_on(base):
+    """A train field declared as a model alias sets that ModelConfig field (same range and choices); the
+    other train fields change nothing the model is given."""
+    model = {f.name: f.metadata for f in dataclasses.fields(ModelConfig)}
+    aliases = {f.name: f.metadata["alias"] for f in dataclasses.fields(TrainConfig) if f.metadata["alias"]}
+    assert {"num_slots", "selector", "merge_slots", "merge_on"} <= set(aliases)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("data", "model_overrides"):
+            continue
+        value = other_value(TrainConfig, f, getattr(base, f.name))
+        settings = base.replace(**{f.name: value}).model_settings()
+        if f.name in aliases:
+            target = aliases[f.name]
+            assert settings == {**base.model_settings(), target: value}, f.name
+            assert all(f.metadata[k] == model[target][k] for k in ("min", "max", "above", "choices")), f.name
+        else:
+            assert settings == base.model_settings(), f.name

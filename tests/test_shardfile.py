@@ -84,6 +84,7 @@ def test_writer_thread_writes_features_then_status(tmp_path):
     assert direct_features(root, "s3://bucket/s.zarr") is None  # remote stores: written through zarr
 
 
+@pytest.mark.e2e  # a subprocess under a file-size limit
 def test_a_failed_write_leaves_no_partial_file(tmp_path):
     """A real size limit (RLIMIT_FSIZE, in a child process) stops the write halfway: the error comes out and
     neither the shard nor its `*.partial` file is left."""

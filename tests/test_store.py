@@ -119,6 +119,9 @@ def test_settings_mismatch_refused_unless_overwrite(synthetic_coco, reference, t
     assert st.complete and st.features.shape == (6, 1, 16, 192) and st.attrs["dataset"]["split"] == "val"
     with pytest.raises(AdaslotError, match="split 'val'"):
         st.check_compatible(split="train")
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_store(synthetic_coco, tmp_path):
     other = tmp_path / "not_a_store"
     other.mkdir()
     (other / "precious.txt").write_text("keep me")
@@ -200,7 +203,7 @@ def test_not_a_store_is_a_one_line_error(tmp_path):
 def test_export_creates_the_folder_and_refuses_a_folder_as_file(reference, tmp_path):
     out = tmp_path / "new" / "sub" / "x.h5"
     export_hdf5(str(reference), str(out))
-    assert out.is_file() and not list(out.parent.glob("*.partial"))
+    assert out.is_file() and [p.name for p in out.parent.iterdir()] == ["x.h5"]
     with pytest.raises(AdaslotError, match="is a folder"):
         export_hdf5(str(reference), str(tmp_path / "new"), overwrite=True)
 

@@ -181,7 +181,7 @@ def test_warm_start_refuses_a_stage2_checkpoint_and_another_shape(tmp_path, trai
                    model_overrides={**TINY_MODEL, "slot_dim": 16}, warmstart=r1["checkpoint"]))
 
 
-def test_dense_decoding_flag_matches_sparse_default(tmp_path, train_store):
+def test_dense_decoding_matches_sparse_default(tmp_path, train_store):
     s1 = run_train(tiny(tmp_path / "s1", from_cache=str(train_store), num_iters=1))
     runs = {}
     for dense in (False, True):
@@ -260,6 +260,7 @@ def test_online_strict_stops_at_an_unreadable_image(tmp_path, synthetic_coco):
         run_train(tiny(tmp_path / "none", data=DataSpec(root=str(data)), **common))
 
 
+@pytest.mark.e2e  # the adaslot command in a subprocess
 def test_cli_error_is_one_line(tmp_path):
     r = subprocess.run(cli_command("train", "--out", str(tmp_path / "x"), "--model", "colour=3"),
                        capture_output=True, text=True, timeout=60)

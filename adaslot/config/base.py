@@ -21,7 +21,7 @@ from adaslot.errors import AdaslotError
 S = TypeVar("S", bound="Settings")
 # What a setting means when its declaration does not say (see `setting`)
 PROPERTY_DEFAULTS: dict[str, Any] = {"resumable": False, "input": False, "warmstart_free": False,
-                                     "axis": True}
+                                     "axis": True, "method": None, "alias": None}
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | None = None,
@@ -29,7 +29,8 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | 
             flag: str | None = None, argument: bool = False, required: bool = False, cli: bool = True,
             shortcuts: dict[str, Any] | None = None, parser: Any = None, omit: Sequence[str] = (),
             flags: Sequence[str] | None = None, resumable: bool = False, input: bool = False,
-            warmstart_free: bool = False, axis: bool | str = True,
+            warmstart_free: bool = False, axis: bool | str = True, method: str | None = None,
+            alias: str | None = None,
             default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with its CLI/validation metadata.
 
@@ -51,13 +52,16 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | 
     loader); warmstart_free: a stage-2 run may differ in it from the stage-1 checkpoint it warm-starts from;
     axis: True (a sweep grid may vary it and the results show it as an axis), False (a grid may vary it,
     but it is bookkeeping or follows from another setting, so the results do not show it) or a string (not
-    a grid key: what to use instead).
+    a grid key: what to use instead); method (a model setting): which part of the inference method it is
+    (docs/adaptive.md): "keep" (the keep rule of stage 2), "merge" (slot merging) — both a command may
+    override — or "trained" (recorded with the method, fixed by training); alias: the ModelConfig field
+    this field of another config sets (`config.model.model_alias` declares it).
     """
     meta = {"help": help, "min": min, "max": max, "above": above,
             "choices": tuple(choices) if choices else None, "flag": flag, "argument": argument,
             "required": required, "cli": cli, "shortcuts": shortcuts or {}, "parser": parser,
             "omit": tuple(omit), "flags": None if flags is None else tuple(flags), "resumable": resumable,
-            "input": input, "warmstart_free": warmstart_free, "axis": axis}
+            "input": input, "warmstart_free": warmstart_free, "axis": axis, "method": method, "alias": alias}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -99,40 +99,44 @@ def get_encoder_spec(name: str) -> EncoderSpec:
 _RELEASE = dict(pos_offset=0.1, pos_antialias=False)
 _DINO = "https://dl.fbaipublicfiles.com/dino"
 _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2"
-register_encoder(name="dino-vitb-16", timm_name="vit_base_patch16_224.dino", embed_dim=768, patch_size=16,
-                 download_url=f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
-                 hf_hub_id="timm/vit_base_patch16_224.dino", **_RELEASE,
-                 description="DINO ViT-B/16 (the reference)")
-register_encoder(name="dino-vits-16", timm_name="vit_small_patch16_224.dino", embed_dim=384, patch_size=16,
-                 download_url=f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
-                 hf_hub_id="timm/vit_small_patch16_224.dino", **_RELEASE, description="DINO ViT-S/16")
-register_encoder(name="dino-vits-8", timm_name="vit_small_patch8_224.dino", embed_dim=384, patch_size=8,
-                 download_url=f"{_DINO}/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
-                 hf_hub_id="timm/vit_small_patch8_224.dino", **_RELEASE,
-                 description="DINO ViT-S/8 (DINOSAUR's MOVi configs)")
-register_encoder(name="dino-vitb-8", timm_name="vit_base_patch8_224.dino", embed_dim=768, patch_size=8,
-                 download_url=f"{_DINO}/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
-                 hf_hub_id="timm/vit_base_patch8_224.dino", **_RELEASE, description="DINO ViT-B/8")
+
+
+def _register_dino(size: str, patch: int, note: str = "") -> None:
+    """DINO ViT-S or ViT-B (`size` "s" or "b") with `patch`-px patches, as released."""
+    timm_name = f"vit_{'small' if size == 's' else 'base'}_patch{patch}_224.dino"
+    release = f"dino_{'deitsmall' if size == 's' else 'vitbase'}{patch}_pretrain"
+    register_encoder(name=f"dino-vit{size}-{patch}", timm_name=timm_name,
+                     embed_dim=384 if size == "s" else 768, patch_size=patch,
+                     download_url=f"{_DINO}/{release}/{release}.pth",
+                     hf_hub_id=f"timm/{timm_name}", **_RELEASE,
+                     description=f"DINO ViT-{size.upper()}/{patch}{note}")
+
+
+_register_dino("b", 16, " (the reference)")
+_register_dino("s", 16)
+_register_dino("s", 8, " (DINOSAUR's MOVi configs)")
+_register_dino("b", 8)
 # DINOv2 was trained at 518 px (37 x 37 grid): the weights keep that grid, and any other side (224 by
 # default: 16 x 16) interpolates it at run time as the release does. Its register models interpolate with
 # antialias and by output size (the release's `interpolate_antialias=True, interpolate_offset=0.0`).
 _REG = dict(pos_offset=0.0, pos_antialias=True)
-register_encoder(name="dinov2-vits-14", timm_name="vit_small_patch14_dinov2.lvd142m", embed_dim=384,
-                 patch_size=14, download_url=f"{_DINOV2}/dinov2_vits14/dinov2_vits14_pretrain.pth",
-                 hf_hub_id="timm/vit_small_patch14_dinov2.lvd142m", **_RELEASE,
-                 description="DINOv2 ViT-S/14")
-register_encoder(name="dinov2-vitb-14", timm_name="vit_base_patch14_dinov2.lvd142m", embed_dim=768,
-                 patch_size=14, download_url=f"{_DINOV2}/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
-                 hf_hub_id="timm/vit_base_patch14_dinov2.lvd142m", **_RELEASE,
-                 description="DINOv2 ViT-B/14")
-register_encoder(name="dinov2-vits-14-reg", timm_name="vit_small_patch14_reg4_dinov2.lvd142m", embed_dim=384,
-                 patch_size=14, download_url=f"{_DINOV2}/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth",
-                 hf_hub_id="timm/vit_small_patch14_reg4_dinov2.lvd142m", **_REG,
-                 description="DINOv2 ViT-S/14 with 4 registers")
-register_encoder(name="dinov2-vitb-14-reg", timm_name="vit_base_patch14_reg4_dinov2.lvd142m", embed_dim=768,
-                 patch_size=14, download_url=f"{_DINOV2}/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth",
-                 hf_hub_id="timm/vit_base_patch14_reg4_dinov2.lvd142m", **_REG,
-                 description="DINOv2 ViT-B/14 with 4 registers")
+
+
+def _register_dinov2(size: str, embed_dim: int, registers: bool) -> None:
+    """DINOv2 ViT-S/14 or ViT-B/14 (`size` "s" or "b"), with 4 registers or without, as released."""
+    reg = "_reg4" if registers else ""
+    timm_name = f"vit_{'small' if size == 's' else 'base'}_patch14{reg}_dinov2.lvd142m"
+    register_encoder(name=f"dinov2-vit{size}-14" + ("-reg" if registers else ""), timm_name=timm_name,
+                     embed_dim=embed_dim, patch_size=14,
+                     download_url=f"{_DINOV2}/dinov2_vit{size}14/dinov2_vit{size}14{reg}_pretrain.pth",
+                     hf_hub_id=f"timm/{timm_name}", **(_REG if registers else _RELEASE),
+                     description=f"DINOv2 ViT-{size.upper()}/14" + (" with 4 registers" if registers else ""))
+
+
+for _registers in (False, True):
+    _register_dinov2("s", 384, _registers)
+    _register_dinov2("b", 768, _registers)
+
 register_encoder(name="random-vit-tiny", timm_name="vit_tiny_patch16_224", embed_dim=192, patch_size=16,
                  random_init_seed=0, description="timm ViT-Tiny/16, random init (seed 0): tests, benchmarks")
 

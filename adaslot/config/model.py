@@ -14,11 +14,6 @@ from adaslot.errors import AdaslotError
 
 SELECTORS = ("adaslot", "quality")
 MERGE_ON = ("slots", "features")
-# The inference method (docs/adaptive.md): the keep rule (stage 2) and slot merging. A checkpoint records it
-# in its model config; eval, segment, the Python API and the sweep's scoring run it unless told otherwise.
-KEEP_FIELDS = ("selector", "quality_tau", "quality_rho", "quality_alpha", "quality_k_min")
-MERGE_FIELDS = ("merge_slots", "merge_on")
-INFERENCE_FIELDS = KEEP_FIELDS + MERGE_FIELDS
 
 
 @dataclass
@@ -44,29 +39,32 @@ class ModelConfig(Settings):
     # Stage 2's keep/drop decision (docs/method.md#selector, docs/method.md#quality-selection).
     selector: str = setting("adaslot", "stage 2: adaslot (learned Gumbel selector + sparsity penalty) or "
                                        "quality (greedy selection by slot quality; no parameters, no "
-                                       "penalty)", choices=SELECTORS, warmstart_free=True)
+                                       "penalty)", choices=SELECTORS, warmstart_free=True,
+                            method="keep")
     selector_hidden: int = setting(1024, "hidden size of the Gumbel score network", min=1,
                                    warmstart_free=True)
     quality_tau: float = setting(0.5, "quality selector: a token is covered when the selected slots' "
-                                      "attention on it sums to >= tau", above=0, warmstart_free=True)
+                                      "attention on it sums to >= tau", above=0, warmstart_free=True,
+                                 method="keep")
     quality_rho: float = setting(0.8, "quality selector: add slots until this fraction of tokens is "
-                                      "covered", min=0, max=1, warmstart_free=True)
+                                      "covered", min=0, max=1, warmstart_free=True,
+                                 method="keep")
     quality_alpha: float = setting(0.3, "quality selector: skip a slot whose novelty (share of its attention "
                                         "on uncovered tokens) is below alpha", min=0, max=1,
-                                  warmstart_free=True)
+                                  warmstart_free=True, method="keep")
     quality_k_min: int = setting(2, "quality selector: slots always kept (the best by quality)", min=1,
-                                 warmstart_free=True)
+                                 warmstart_free=True, method="keep")
     # Slot merging (docs/method.md#slot-merging): part of the inference method, recorded in the checkpoint.
     merge_slots: float = setting(0.0, "merge slots closer than this cosine distance (complete linkage; "
                                       "SOLV's 0.12) into one segment; 0: no merging", min=0, max=2,
-                                 warmstart_free=True)
+                                 warmstart_free=True, method="merge")
     merge_on: str = setting("slots", "what merging compares: slots (the slot vectors, after SOLV) or "
                                      "features (each slot's alpha-weighted mean input feature, ours)",
-                            choices=MERGE_ON, warmstart_free=True)
+                            choices=MERGE_ON, warmstart_free=True, method="merge")
     # Options that make the count in training (docs/method.md#count-options); off = the reference.
     merge_in_training: bool = setting(False, "merge slots inside the model in training too: the decoder "
                                              "rebuilds from each group's mean slot (SOLV); needs merge_slots",
-                                      warmstart_free=True)
+                                      warmstart_free=True, method="trained")
     reassign_kept: bool = setting(False, "stage 2: after the keep decision, run the last slot-attention "
                                          "iteration again over the kept slots only (after MetaSlot)",
                                   warmstart_free=True)
@@ -94,22 +92,23 @@ class ModelConfig(Settings):
 
     @property
     def method(self) -> dict[str, Any]:
-        """The inference method (INFERENCE_FIELDS, and whether merged groups are decoded from their mean slot)
-        with the values this config holds; a stage-1 model keeps every slot, so its keep fields are left
-        out."""
-        names = (INFERENCE_FIELDS if self.adaptive else MERGE_FIELDS) + ("merge_in_training",)
-        return {name: getattr(self, name) for name in names}
+        """The inference method (the fields declared `method=`, docs/adaptive.md) with the values this config
+        holds; a stage-1 model keeps every slot, so its keep fields are left out."""
+        kinds = ("keep", "merge", "trained") if self.adaptive else ("merge", "trained")
+        return {name: getattr(self, name) for name in method_fields(*kinds)}
 
     def with_method(self, overrides: dict[str, Any], what: str = "the checkpoint") -> ModelConfig:
-        """This config with inference-method `overrides` (INFERENCE_FIELDS -> value; None: keep the
-        recorded value) applied and checked: keep settings need a stage-2 model, and the adaslot keep rule
-        needs the score network that only a model trained with it has (one-line AdaslotError)."""
+        """This config with inference-method `overrides` (an `overridable_method_fields()` name -> value;
+        None: keep the recorded value) applied and checked: keep settings need a stage-2 model, and the
+        adaslot keep rule needs the score network that only a model trained with it has (one-line
+        AdaslotError)."""
         given = {k: v for k, v in overrides.items() if v is not None}
-        unknown = sorted(set(given) - set(INFERENCE_FIELDS))
+        overridable = overridable_method_fields()
+        unknown = sorted(set(given) - set(overridable))
         if unknown:
             raise AdaslotError(f"{unknown[0]!r} is not an inference-method setting (those are "
-                               f"{', '.join(INFERENCE_FIELDS)})")
-        keep = [k for k in KEEP_FIELDS if k in given]
+                               f"{', '.join(overridable)})")
+        keep = [k for k in method_fields("keep") if k in given]
         if keep and not self.adaptive:
             raise AdaslotError(f"--{keep[0].replace('_', '-')} is a keep setting, but {what} is a stage-1 "
                                "model (every slot is kept); drop it")
@@ -144,13 +143,25 @@ class ModelConfig(Settings):
         return out
 
 
+def method_fields(*kinds: str) -> tuple[str, ...]:
+    """ModelConfig's fields declared `method=` one of `kinds` ("keep", "merge", "trained"), in declaration
+    order."""
+    return tuple(f.name for f in dataclasses.fields(ModelConfig) if f.metadata["method"] in kinds)
+
+
+def overridable_method_fields() -> tuple[str, ...]:
+    """The inference-method settings a command may override (eval, segment, the API, sweep scoring): the keep
+    rule and slot merging; a checkpoint records them in its model config (docs/adaptive.md)."""
+    return method_fields("keep", "merge")
+
+
 def model_alias(name: str, default: Any = None, help: str | None = None, **meta: Any) -> Any:
     """A field of another config that sets ModelConfig's `name`: same help, range and choices, its own
     default (None: the model's / the checkpoint's value). The one declaration stays ModelConfig's."""
     f = next(f for f in dataclasses.fields(ModelConfig) if f.name == name)
     m = f.metadata
     return setting(default, help or m["help"], min=m["min"], max=m["max"], above=m["above"],
-                   choices=m["choices"], **meta)
+                   choices=m["choices"], alias=name, **meta)
 
 
 @dataclass
@@ -177,7 +188,7 @@ class MethodOverrides(Settings):
     def parse(cls, items: list[str], flag: str = "--score-method") -> dict[str, Any]:
         """["merge_slots=0.25", "merge_on=features"] -> {"merge_slots": 0.25, "merge_on": "features"}, checked
         (one line naming `flag` and the key)."""
-        out = ModelConfig.parse_overrides(items, flag, INFERENCE_FIELDS)
+        out = ModelConfig.parse_overrides(items, flag, overridable_method_fields())
         try:
             cls(**out).validate()
         except AdaslotError as e:

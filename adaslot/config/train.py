@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +37,8 @@ class TrainConfig(Settings):
                                      input=True)
     preset: str = setting("coco", "model preset: coco (reference), movi-c, movi-e, demo",
                           choices=tuple(PRESETS), input=True)
-    num_slots: int | None = setting(None, "K (default: the preset's stage-1 K, or its K_max in stage 2)",
-                                    min=1)
+    num_slots: int | None = model_alias("num_slots", help="K (default: the preset's stage-1 K, or its K_max "
+                                                          "in stage 2)")
     selector: str | None = model_alias("selector", help="stage 2: adaslot (Gumbel keep/drop + sparsity "
                                        "penalty, the reference) or quality (greedy selection by slot "
                                        "quality, no gradient); default: the preset's")
@@ -53,6 +54,9 @@ class TrainConfig(Settings):
                                           "500k / 500k, movi-e 100k / 500k)", min=1,
                                     resumable=True, warmstart_free=True)
     batch_size: int = setting(64, "global batch size (split over torchrun ranks)", min=1, input=True)
+    max_train_images: int | None = setting(None, "train on the first N images of the store or dataset only "
+                                                 "(in its own order; default: all): quick ablations", min=1,
+                                           input=True)
     lr: float = setting(4e-4, "peak learning rate (Adam)", above=0)
     lr_schedule: str = setting("adaslot", "adaslot (decay from step 0), dinosaur (decay after the warm-up), "
                                           "or constant", choices=SCHEDULES)
@@ -119,8 +123,8 @@ class TrainConfig(Settings):
     def model_settings(self) -> dict[str, Any]:
         """The model overrides of this run: --model KEY=VALUE, then the model settings that have their own
         flag (--num-slots, --selector, --merge-slots, --merge-on) on top."""
-        own = {k: getattr(self, k) for k in ("num_slots", "selector", "merge_slots", "merge_on")
-               if getattr(self, k) is not None}
+        own = {f.metadata["alias"]: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.metadata.get("alias") and getattr(self, f.name) is not None}
         return {**self.model_overrides, **own}
 
     def val_source(self) -> str | None:

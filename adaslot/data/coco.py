@@ -57,6 +57,11 @@ class Skip:
     detail: str = ""
     index: int | None = None  # dataset index when found at read time (None: left out at construction)
 
+    def item(self) -> dict[str, Any]:
+        """The dataset item of this image (see the module doc): {"ok": False, image_id, file, reason, detail,
+        index}."""
+        return {"ok": False, **asdict(self)}
+
     def strict_error(self) -> AdaslotError:
         """The one-line error of a --strict run that meets this image."""
         return strict_error(f"image {self.image_id} ({self.file})", self.reason, self.detail)
@@ -99,9 +104,6 @@ class SkipLog:
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(s.reason for s in self.items))
-
-    def skipped_indices(self) -> list[int]:
-        return sorted({s.index for s in self.items if s.index is not None})
 
     def summary(self) -> str:
         if not self.items:
@@ -224,7 +226,7 @@ class CocoDataset(Dataset):
         try:
             image, notes = self.load(index)
         except ImageLoadError as e:
-            return {"ok": False, **asdict(Skip(image_id, file, e.reason, e.detail, index))}
+            return Skip(image_id, file, e.reason, e.detail, index).item()
         x, geom = transform_image(image, self.size, antialias=self.antialias, crop=self.crop)
         if self.views == 2:
             x = torch.stack([x, hflip(x)])

@@ -15,7 +15,6 @@ dropped), so eval refuses `--protocol dinosaur` on these shards.
 from __future__ import annotations
 
 import hashlib
-import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -54,9 +53,8 @@ class CocoWdsDataset(torch.utils.data.Dataset):
         for path in shards:
             found, err = wds.index_shard(path)
             for s in found:
-                try:
-                    image_id = int(Path(s.key).name)
-                except ValueError:
+                image_id = wds.numeric_key(s)
+                if image_id is None:
                     self.skips.add(Skip(-1, f"{path.name}#{s.key}", "bad-key", "key is not an image id"))
                     continue
                 if _image_member(s) is None:
@@ -114,12 +112,8 @@ class CocoWdsDataset(torch.utils.data.Dataset):
         image_id, file = self.image_ids[index], self._file(index)
         try:
             image, notes = self._load(index)
-        except ImageLoadError as e:
-            return {"ok": False, "image_id": image_id, "file": file, "reason": e.reason, "detail": e.detail,
-                    "index": index}
-        except wds.MemberError as e:
-            return {"ok": False, "image_id": image_id, "file": file, "reason": e.reason, "detail": e.detail,
-                    "index": index}
+        except (ImageLoadError, wds.MemberError) as e:
+            return Skip(image_id, file, e.reason, e.detail, index).item()
         x, geom = transform_image(image, self.size, antialias=self.antialias)
         if self.views == 2:
             x = torch.stack([x, hflip(x)])
@@ -177,33 +171,3 @@ def open_coco_wds(spec: Any, size: int, views: int = 1, antialias: bool = False)
     if len(ds) == 0:
         raise AdaslotError(f"no usable images in {ds.folder} ({ds.skips.summary()})")
     return ds
-
-
-def write_coco_shards(coco: Any, images_dir: Path, out: Path, per_shard: int = 1000, seed: int = 23894734
-                      ) -> int:
-    """Write a pycocotools COCO object's images as ocl's conversion does (shuffled order, 1 000 per shard,
-    members over 512 bytes gzipped) into out/shard-NNNNNN.tar; returns the number of samples."""
-    out.mkdir(parents=True, exist_ok=True)
-    ids = sorted(coco.imgs)
-    random.Random(seed).shuffle(ids)
-
-    def member(name: str, array: np.ndarray) -> tuple[str, bytes]:
-        data = wds.npy_bytes(array)
-        return (f"{name}.npy.gz", wds.gzip_bytes(data)) if len(data) > 512 else (f"{name}.npy", data)
-
-    samples = []
-    for image_id in ids:
-        anns = coco.loadAnns(coco.getAnnIds(image_id))
-        members: dict[str, bytes] = {}
-        if anns:
-            members.update([
-                member("instance_mask", np.stack([coco.annToMask(a) for a in anns])[..., None]),
-                member("instance_bbox", np.array([a["bbox"] for a in anns], np.float32)),
-                member("instance_category", np.array([a["category_id"] for a in anns], np.uint8)),
-                member("instance_area", np.array([a["area"] for a in anns], np.float32)),
-            ])
-        members["image.jpg"] = (images_dir / coco.imgs[image_id]["file_name"]).read_bytes()
-        samples.append((str(image_id), members))
-    for n in range(0, len(samples), per_shard):
-        wds.write_shard(out / f"shard-{n // per_shard:06d}.tar", samples[n:n + per_shard])
-    return len(samples)

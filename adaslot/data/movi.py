@@ -149,8 +149,7 @@ class MoviDataset(torch.utils.data.Dataset):
         try:
             rgb, _ids = self.frame(index)
         except VideoError as e:
-            return {"ok": False, "image_id": image_id, "file": file, "reason": e.reason, "detail": e.detail,
-                    "index": index}
+            return Skip(image_id, file, e.reason, e.detail, index).item()
         geom = compute_geometry(rgb.shape[0], rgb.shape[1], self.size, crop=False)
         x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float().div_(255.0)  # copy: read-only
         return {"ok": True, "index": index, "image_id": image_id, "file": file, "image": resize_crop(x, geom),

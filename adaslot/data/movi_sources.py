@@ -206,9 +206,8 @@ def _list_wds(folder: Path, split: str) -> Listing:
     for path in shards:
         samples, err = wds.index_shard(path)
         for s in samples:
-            try:
-                key = int(Path(s.key).name)
-            except ValueError:
+            key = wds.numeric_key(s)
+            if key is None:
                 out.lost.append((-1, path.name, "bad-key", f"sample key {s.key!r} is not an integer"))
                 continue
             missing = [f for f in FIELDS if s.find(f) is None]

@@ -98,16 +98,6 @@ def read_record(f: BinaryIO, span: RecordSpan) -> bytes:
     return payload
 
 
-def iter_records(path: str | Path) -> Iterator[bytes]:
-    """Every payload of a file in order (checked); raises RecordError at the first bad one."""
-    spans, err = scan_records(path)
-    with open(path, "rb") as f:
-        for s in spans:
-            yield read_record(f, s)
-    if err is not None:
-        raise err
-
-
 # ---------------------------------------------------------------- protobuf wire format
 
 def _varint(value: int) -> bytes:

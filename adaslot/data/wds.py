@@ -50,6 +50,14 @@ def split_name(name: str) -> tuple[str, str]:
     return (f"{head}/{key}" if head else key), suffix
 
 
+def numeric_key(sample: TarSample) -> int | None:
+    """The number a sample's key names (`000123` or `dir/000123` -> 123); None when it is not a number."""
+    try:
+        return int(Path(sample.key).name)
+    except ValueError:
+        return None
+
+
 def index_shard(path: str | Path) -> tuple[list[TarSample], MemberError | None]:
     """The samples of one tar shard in file order (headers only) and the error that cut the listing short
     (a truncated tar: the samples before it are kept, a sample whose data runs past the end is dropped)."""

@@ -10,11 +10,11 @@ so a training sample reads one view; uncompressed, no checksums),
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from adaslot.errors import AdaslotError
+from adaslot.files import atomic_path
 from adaslot.store import open_store
 
 
@@ -32,25 +32,18 @@ def export_hdf5(store_path: str, out: str, overwrite: bool = False, progress: bo
         raise AdaslotError(f"{out} is a folder; give the output file name, e.g. {out_p / 'features.h5'}")
     if out_p.exists() and not overwrite:
         raise AdaslotError(f"{out} exists; use --overwrite to replace it")
-    out_p.parent.mkdir(parents=True, exist_ok=True)  # like the other commands' outputs
-    tmp = out_p.with_name(out_p.name + ".partial")
     n, v, t, d = store.features.shape
-    try:
-        with h5py.File(tmp, "w") as f:
-            feats = f.create_dataset("features", shape=(n, v, t, d), dtype="float16",
-                                     chunks=(1, 1, t, d))
-            for a, b in store.chunk_bounds():
-                feats[a:b] = store.read(a, b)
-            f.create_dataset("image_ids", data=store.raw_image_ids)
-            f.create_dataset("status", data=store.status)
-            # the layout as read (HDF5 chunks differ from the zarr ones, so it must not be inferred from them)
-            layout = {"chunk_samples": store.chunk_samples, "shard_samples": store.shard_samples}
-            f.attrs["adaslot_attrs_json"] = json.dumps({**store.attrs, "layout": layout})
-            f.attrs["format"] = str(store.attrs.get("format"))
-            f.attrs["encoder"] = str(store.contract.get("encoder"))
-            f.attrs["complete"] = True
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a half-written export behind
-        raise
-    os.replace(tmp, out_p)
+    with atomic_path(out_p) as tmp, h5py.File(tmp, "w") as f:  # never a half-written export
+        feats = f.create_dataset("features", shape=(n, v, t, d), dtype="float16",
+                                 chunks=(1, 1, t, d))
+        for a, b in store.chunk_bounds():
+            feats[a:b] = store.read(a, b)
+        f.create_dataset("image_ids", data=store.raw_image_ids)
+        f.create_dataset("status", data=store.status)
+        # the layout as read (HDF5 chunks differ from the zarr ones, so it must not be inferred from them)
+        layout = {"chunk_samples": store.chunk_samples, "shard_samples": store.shard_samples}
+        f.attrs["adaslot_attrs_json"] = json.dumps({**store.attrs, "layout": layout})
+        f.attrs["format"] = str(store.attrs.get("format"))
+        f.attrs["encoder"] = str(store.contract.get("encoder"))
+        f.attrs["complete"] = True
     return {"out": str(out_p), "bytes": out_p.stat().st_size, "rows": int(n)}

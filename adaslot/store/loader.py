@@ -46,14 +46,16 @@ class FeatureLoader:
     across blocks (streaming mode); view: "random" or a fixed view index; prefetch: batches read ahead;
     readers: threads reading them. device None: float16 CPU batches (page-locked if pin_memory); a device:
     float32 batches on it, copied ahead (see module doc). reuse_buffers (device None only): recycle the
-    batch buffers; a batch is then overwritten after the next `next()`.
+    batch buffers; a batch is then overwritten after the next `next()`. max_samples: read only the store's
+    first N valid rows (in row order; None: all).
     """
 
     def __init__(self, store: FeatureStore | str, batch_size: int, *, seed: int = 0,
                  shuffle_buffer: int = 1024, in_memory: bool = False, rank: int = 0, world_size: int = 1,
                  view: str | int = "random", prefetch: int = 4, readers: int = 2,
                  device: torch.device | str | None = None, pin_memory: bool | None = None,
-                 reuse_buffers: bool = False, require_complete: bool = True) -> None:
+                 reuse_buffers: bool = False, require_complete: bool = True,
+                 max_samples: int | None = None) -> None:
         self.store = open_store(store) if isinstance(store, str) else store
         if require_complete and not self.store.complete:
             self.store.check_compatible(require_complete=True)  # raises the one-line "incomplete" error
@@ -72,6 +74,10 @@ class FeatureLoader:
         self.reuse_buffers = reuse_buffers or self.device is not None
         self.chunks = self.store.chunk_bounds()
         valid = self.store.valid
+        if max_samples is not None:
+            valid = valid.copy()
+            valid[np.flatnonzero(valid)[max_samples:]] = False
+        self.max_samples = max_samples
         self._chunk_rows = [np.flatnonzero(valid[a:b]) + a for a, b in self.chunks]
         if in_memory:
             self._mem_rows = np.concatenate(  # ascending: blocks in order, rows ascending inside each
@@ -147,12 +153,13 @@ class FeatureLoader:
     def state_dict(self) -> dict[str, Any]:
         return {"consumed": self.consumed, "seed": self.seed, "shuffle_buffer": self.buffer,
                 "in_memory": self.in_memory, "world_size": self.world_size, "view": self.view,
-                "num_samples": self.store.num_samples, "chunk_samples": self.store.chunk_samples}
+                "num_samples": self.store.num_samples, "chunk_samples": self.store.chunk_samples,
+                "max_samples": self.max_samples}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue after `state["consumed"]` samples; the order-defining settings must be the same."""
         for key in ("seed", "shuffle_buffer", "in_memory", "world_size", "view", "num_samples",
-                    "chunk_samples"):
+                    "chunk_samples", "max_samples"):
             mine = self.state_dict()[key]
             if key in state and state[key] != mine:
                 raise AdaslotError(f"cannot resume the cache loader exactly: {key} was {state[key]!r}, now "

@@ -92,7 +92,8 @@ class OnlineSource(_Features):
         self.dataset = open_dataset(cfg.data, features.image_size)
         self.cfg, self.dist, self.collate = cfg, dist, collate
         rows = slice(dist.rank * local_batch, (dist.rank + 1) * local_batch)
-        self.stream = SampleStream(len(self.dataset), cfg.seed, cfg.batch_size, rows)
+        n = min(len(self.dataset), cfg.max_train_images or len(self.dataset))  # --max-train-images
+        self.stream = SampleStream(n, cfg.seed, cfg.batch_size, rows)
         self._iter: Any = None
 
     def _start(self) -> None:
@@ -148,6 +149,7 @@ class CacheSource(_Features):
                   "(cache the train split with 2 views to match the reference augmentation)")
         # device: the loader copies batches ahead onto the device and converts them there (fp16 -> fp32).
         self.loader = FeatureLoader(store, local_batch, seed=cfg.seed, in_memory=cfg.cache_in_memory,
+                                    max_samples=cfg.max_train_images,
                                     rank=dist.rank, world_size=dist.world_size, device=self.device)
 
     def next_batch(self) -> torch.Tensor:
