@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from adaslot.config.data import DataSpec
+from adaslot.data.decode import DECODERS, decode_file, load_notes, transform_batch
 from adaslot.data.transforms import (
     ImageLoadError,
     hflip,
@@ -149,10 +150,13 @@ class CocoDataset(Dataset):
     """COCO-format images -> transformed tensors (docs/method.md#transforms), ground truth and a skip list.
 
     size: network input side S; views: 1 (image) or 2 (image, hflip) stacked; antialias: see transforms;
-    exif: "auto" | "transpose" | "raw" (see load_image). Open one from flags with `open_dataset`."""
+    exif: "auto" | "transpose" | "raw" (see load_image); decoder: "pil" (the reference) or "torchvision"
+    (data/decode.py; used by the batch path `__getitems__`, which the DataLoader calls). Open one from flags
+    with `open_dataset`."""
 
     def __init__(self, images_dir: str | Path, annotation_file: str | Path, size: int = 224,
-                 views: int = 1, antialias: bool = False, exif: str = "auto", crop: bool = True) -> None:
+                 views: int = 1, antialias: bool = False, exif: str = "auto", crop: bool = True,
+                 decoder: str = "pil") -> None:
         self.images_dir = Path(images_dir)
         self.annotation_file = Path(annotation_file)
         if not self.images_dir.is_dir():
@@ -161,6 +165,9 @@ class CocoDataset(Dataset):
             raise AdaslotError(f"views must be 1 or 2, got {views}")
         if exif not in ("auto", "transpose", "raw"):
             raise AdaslotError(f"exif must be auto, transpose or raw, got {exif!r}")
+        if decoder not in DECODERS:
+            raise AdaslotError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+        self.decoder = decoder
         self.size, self.views, self.antialias, self.exif, self.crop = size, views, antialias, exif, crop
         self.coco = _load_coco(self.annotation_file)
         self.skips = SkipLog()
@@ -210,12 +217,7 @@ class CocoDataset(Dataset):
         w, h = (int(v) for v in self._wh[index])
         wh = (w, h) if w > 0 and h > 0 else None
         loaded = load_image(path, expected_wh=wh, exif=self.exif)
-        notes = ["exif-transposed"] if loaded.exif_transposed else []
-        if loaded.source_mode != "RGB":
-            notes.append(f"converted-from-{loaded.source_mode}")
-        if loaded.format and Path(path).suffix.lower() in (".jpg", ".jpeg") and loaded.format != "JPEG":
-            notes.append(f"{loaded.format}-in-jpg")
-        return loaded.image, notes
+        return loaded.image, load_notes(path, loaded.source_mode, loaded.format, loaded.exif_transposed)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One item (see module doc). Pure: records nothing; pass items or batches to `record`."""
@@ -230,6 +232,30 @@ class CocoDataset(Dataset):
             x = torch.stack([x, hflip(x)])
         return {"ok": True, "index": index, "image_id": image_id, "file": file, "image": x, "geometry": geom,
                 "notes": notes}
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """The items of a batch (the DataLoader calls this with a batch's indices): the items `__getitem__`
+        gives, each image decoded by `self.decoder`, the transform run once per group of same-size images
+        (data/decode.py; same values). The per-image Python work of a batch is the decode alone."""
+        items: list[dict[str, Any]] = []
+        good, pixels = [], []
+        for index in indices:
+            image_id = self.image_ids[index]
+            path = self.images_dir / str(self._files[index])
+            w, h = (int(v) for v in self._wh[index])
+            try:
+                d = decode_file(path, (w, h) if w > 0 and h > 0 else None, self.exif, self.decoder)
+            except ImageLoadError as e:
+                items.append({"ok": False, **asdict(Skip(image_id, str(path), e.reason, e.detail, index))})
+                continue
+            item = {"ok": True, "index": index, "image_id": image_id, "file": str(path), "notes": d.notes}
+            items.append(item)
+            good.append(item)
+            pixels.append(d.pixels)
+        xs, geoms = transform_batch(pixels, self.size, self.antialias, self.crop, self.views)
+        for item, x, geom in zip(good, xs, geoms, strict=True):
+            item["image"], item["geometry"] = x, geom
+        return items
 
     def record(self, batch_or_item: dict[str, Any]) -> list[Skip]:
         """Keep the skip list and notes of a collated batch (or of one item); returns the new skips.
@@ -328,7 +354,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     good = [it for it in items if it["ok"]]
     skipped = [{k: v for k, v in it.items() if k != "ok"} for it in items if not it["ok"]]
     return {
-        "image": torch.stack([it["image"] for it in good]) if good else torch.zeros(0),
+        "image": _stacked([it["image"] for it in good]) if good else torch.zeros(0),
         "index": torch.tensor([it["index"] for it in good], dtype=torch.int64),
         "image_id": torch.tensor([it["image_id"] for it in good], dtype=torch.int64),
         "file": [it["file"] for it in good],
@@ -336,6 +362,16 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "skipped": skipped,
         "notes": [n for it in good for n in it.get("notes", [])],
     }
+
+
+def _stacked(images: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack(images), without the copy when they are already the rows, in order, of one contiguous
+    tensor (what `CocoDataset.__getitems__` returns for a batch of same-size images)."""
+    base = images[0]._base
+    if (base is not None and base.is_contiguous() and base.shape == (len(images), *images[0].shape)
+            and all(x._base is base and x.data_ptr() == base[r].data_ptr() for r, x in enumerate(images))):
+        return base
+    return torch.stack(images)
 
 
 def open_dataset(spec: DataSpec, size: int, views: int = 1, antialias: bool = False) -> CocoDataset:

@@ -55,6 +55,9 @@ def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, view
     from adaslot.data.transforms import describe_transform
 
     ids = np.asarray(dataset.image_ids, dtype=np.int64)
+    transform = describe_transform(side, antialias=cfg.antialias, crop=True)
+    if cfg.decoder != "pil":  # the reference decoder is not recorded: stores made before the option resume
+        transform["decoder"] = cfg.decoder
     contract = {**encoder.contract(side), "stored_dtype": "float16", "precision": cfg.precision}
     if hasattr(dataset, "store_identity"):  # MOVi (data.movi): frames of videos, no annotation file
         return {
@@ -78,7 +81,7 @@ def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, view
             "image_ids_sha256": hashlib.sha256(ids.tobytes()).hexdigest(),
             "missing": [int(s.image_id) for s in dataset.skips.items if s.reason == "missing"],
         },
-        "transform": describe_transform(side, antialias=cfg.antialias, crop=True),
+        "transform": transform,
         "views": list(VIEW_NAMES[:views]),
         "layout": store_layout(cfg),
     }
@@ -140,6 +143,11 @@ def run_cache_features(cfg: CacheConfig) -> dict[str, Any]:
     # loader worker, which skips it, and the encoding loop stops at the first skip (a raise inside a worker
     # would come back as a multi-line wrapped traceback).
     dataset = open_dataset(cfg.data, side, views=views, antialias=cfg.antialias)
+    if cfg.decoder != "pil":
+        if not hasattr(dataset, "decoder"):
+            raise AdaslotError(f"--decoder {cfg.decoder} reads COCO-format image folders; --dataset "
+                               f"{cfg.data.dataset} is decoded by its own reader (use --decoder pil)")
+        dataset.decoder = cfg.decoder
     n = len(dataset)
     tokens, dim = encoder.num_tokens(side), encoder.embed_dim
 
