@@ -168,6 +168,7 @@ class CocoDataset(Dataset):
         if decoder not in DECODERS:
             raise AdaslotError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
         self.decoder = decoder
+        self.decode_on_device = False  # torchvision on a GPU: the workers read bytes (cache-features sets it)
         self.size, self.views, self.antialias, self.exif, self.crop = size, views, antialias, exif, crop
         self.coco = _load_coco(self.annotation_file)
         self.skips = SkipLog()
@@ -243,16 +244,22 @@ class CocoDataset(Dataset):
             image_id = self.image_ids[index]
             path = self.images_dir / str(self._files[index])
             w, h = (int(v) for v in self._wh[index])
+            wh = (w, h) if w > 0 and h > 0 else None
             try:
-                d = decode_file(path, (w, h) if w > 0 and h > 0 else None, self.exif, self.decoder)
+                d = decode_file(path, wh, self.exif, self.decoder, on_device=self.decode_on_device)
             except ImageLoadError as e:
                 items.append({"ok": False, **asdict(Skip(image_id, str(path), e.reason, e.detail, index))})
                 continue
             item = {"ok": True, "index": index, "image_id": image_id, "file": str(path), "notes": d.notes}
+            if self.decode_on_device:  # the main process decodes and transforms (decode.finish_on_device)
+                item.update(decoded=d, expected=wh)
             items.append(item)
             good.append(item)
             pixels.append(d.pixels)
-        xs, geoms = transform_batch(pixels, self.size, self.antialias, self.crop, self.views)
+        if self.decode_on_device:
+            return items
+        xs, geoms = transform_batch([p for p in pixels if p is not None], self.size, self.antialias,
+                                    self.crop, self.views)
         for item, x, geom in zip(good, xs, geoms, strict=True):
             item["image"], item["geometry"] = x, geom
         return items
@@ -354,13 +361,15 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     good = [it for it in items if it["ok"]]
     skipped = [{k: v for k, v in it.items() if k != "ok"} for it in items if not it["ok"]]
     return {
-        "image": _stacked([it["image"] for it in good]) if good else torch.zeros(0),
+        "image": _stacked([it["image"] for it in good]) if good and "image" in good[0] else torch.zeros(0),
         "index": torch.tensor([it["index"] for it in good], dtype=torch.int64),
         "image_id": torch.tensor([it["image_id"] for it in good], dtype=torch.int64),
         "file": [it["file"] for it in good],
-        "geometry": [it["geometry"] for it in good],
+        "geometry": [it.get("geometry") for it in good],
         "skipped": skipped,
         "notes": [n for it in good for n in it.get("notes", [])],
+        **({"decoded": [it["decoded"] for it in good], "expected": [it["expected"] for it in good]}
+           if good and "decoded" in good[0] else {}),
     }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -114,13 +115,29 @@ def decode_file(path: Path, expected_wh: tuple[int, int] | None, exif: str = "au
     raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     if on_device:
         return Decoded(None, [], raw)
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     try:
-        chw = decode_jpeg(raw, mode=ImageReadMode.RGB)
+        chw = _decode_jpeg(raw)
     except RuntimeError:  # bad data: the reference gives the reason (or decodes what libjpeg-turbo refused)
         return decode_reference(path, expected_wh, exif, data)
     return _checked(path, chw.permute(1, 2, 0), expected_wh, exif, data)
+
+
+def _decode_jpeg(data: Any, device: torch.device | str = "cpu") -> Any:
+    """torchvision.io.decode_jpeg to RGB of one uint8 tensor of bytes -> [3, H, W] uint8, or of a list of
+    them -> a list. torchvision 0.29 deprecates its image codecs in favour of TorchCodec, with a warning on
+    every call: silenced here, once (docs/method.md#decoders)."""
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not _WARNING_OFF:
+        warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                message="The image decoding and encoding capabilities of TorchVision")
+        _WARNING_OFF.append(True)
+    return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+_WARNING_OFF: list[bool] = []
 
 
 def _checked(path: Path, hwc: torch.Tensor, expected_wh: tuple[int, int] | None, exif: str,
@@ -145,32 +162,59 @@ def _gray(data: bytes) -> bool:
 
 
 def decode_on_device(items: list[Decoded], files: list[Path], expected: list[tuple[int, int] | None],
-                     exif: str, device: torch.device) -> list[Decoded]:
+                     exif: str, device: torch.device) -> list[Decoded | ImageLoadError]:
     """Decode the items the workers left as bytes (`decode_file(on_device=True)`) with nvJPEG on `device`
-    (on the CPU: the same torchvision decode); a file it refuses goes through the reference, on the CPU,
-    for its skip reason. Raises ImageLoadError for the first such bad file (the caller skips it)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
+    (on the CPU: the same torchvision decode), all in one call; a file it refuses goes through the
+    reference on the CPU, whose ImageLoadError (the skip reason) takes the item's place in the list."""
+    out: list[Decoded | ImageLoadError] = list(items)
     todo = [j for j, it in enumerate(items) if it.data is not None]
     if not todo:
-        return items
-    out = list(items)
+        return out
+    datas = [items[j].data for j in todo]
+    decoded: list[torch.Tensor | None]
     try:
-        decoded = decode_jpeg([items[j].data for j in todo], mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:  # one bad file fails the batch: decode one by one to find it
+        decoded = list(_decode_jpeg(datas, device))
+    except RuntimeError:  # one bad file fails the whole call: decode one by one to find it
         decoded = []
-        for j in todo:
+        for d in datas:
             try:
-                decoded.append(decode_jpeg(items[j].data, mode=ImageReadMode.RGB, device=device))
+                decoded.append(_decode_jpeg(d, device))
             except RuntimeError:
                 decoded.append(None)
     for j, chw in zip(todo, decoded, strict=True):
-        data = bytes(items[j].data.cpu().numpy())  # type: ignore[union-attr]  # todo: data is set
-        if chw is None:
-            out[j] = decode_reference(files[j], expected[j], exif, data)
-        else:
-            out[j] = _checked(files[j], chw.permute(1, 2, 0), expected[j], exif, data)
+        data = bytes(items[j].data.numpy())  # type: ignore[union-attr]  # todo: data is set
+        try:
+            if chw is None:
+                out[j] = decode_reference(files[j], expected[j], exif, data)
+            else:
+                out[j] = _checked(files[j], chw.permute(1, 2, 0), expected[j], exif, data)
+        except ImageLoadError as e:
+            out[j] = e
     return out
+
+
+def finish_on_device(batch: dict[str, Any], size: int, antialias: bool, crop: bool, views: int, exif: str,
+                     device: torch.device) -> dict[str, Any]:
+    """A collated batch whose images the workers left undecoded (`batch["decoded"]`, CocoDataset with
+    `decode_on_device`) -> the same batch with image [B, (V,) 3, S, S] on `device` and geometry; an image
+    that cannot be decoded moves to batch["skipped"] with the reference's reason."""
+    decoded = batch.pop("decoded")
+    files = [Path(f) for f in batch["file"]]
+    done = decode_on_device(decoded, files, batch.pop("expected"), exif, device)
+    keep = [j for j, d in enumerate(done) if isinstance(d, Decoded)]
+    for j, d in enumerate(done):
+        if isinstance(d, ImageLoadError):
+            batch["skipped"].append({"image_id": int(batch["image_id"][j]), "file": batch["file"][j],
+                                     "reason": d.reason, "detail": d.detail, "index": int(batch["index"][j])})
+    pixels = [cast(Decoded, done[j]).pixels for j in keep]
+    xs, geoms = transform_batch(cast(list[np.ndarray | torch.Tensor], pixels), size, antialias, crop, views,
+                                device)
+    rows = torch.as_tensor(keep, dtype=torch.int64)
+    batch.update(index=batch["index"][rows], image_id=batch["image_id"][rows],
+                 file=[batch["file"][j] for j in keep], geometry=geoms,
+                 notes=[n for j in keep for n in cast(Decoded, done[j]).notes],
+                 image=torch.stack(xs) if xs else torch.zeros(0))
+    return batch
 
 
 def transform_batch(pixels: list[np.ndarray | torch.Tensor], size: int, antialias: bool = False,
@@ -187,12 +231,10 @@ def transform_batch(pixels: list[np.ndarray | torch.Tensor], size: int, antialia
         groups.setdefault((int(p.shape[0]), int(p.shape[1])), []).append(j)
     for (h, w), members in groups.items():
         geom = compute_geometry(h, w, size, crop=crop)
-        if isinstance(pixels[members[0]], np.ndarray):
-            u8 = torch.from_numpy(np.stack([pixels[j] for j in members]))
-        else:
-            u8 = torch.stack([torch.as_tensor(pixels[j]) for j in members])
-        if device is not None:
-            u8 = u8.to(device, non_blocking=True)
+        if all(isinstance(pixels[j], np.ndarray) for j in members):
+            u8 = torch.from_numpy(np.stack([pixels[j] for j in members])).to(device or "cpu")
+        else:  # some decoded on the device, some by the reference on the CPU
+            u8 = torch.stack([torch.as_tensor(pixels[j], device=device) for j in members])
         # [B, H, W, 3] -> [B, 3, H, W] as a strided view: the memory layout the per-image reference resizes
         x = resize_crop(u8.permute(0, 3, 1, 2).float().div_(255.0), geom, antialias=antialias)
         # one contiguous [B, V, 3, S, S] block: collate passes it on without a copy (coco._stacked) and the

@@ -26,6 +26,7 @@ import torch
 
 from adaslot import distributed
 from adaslot.config import CacheConfig
+from adaslot.data.decode import finish_on_device
 from adaslot.device import autocast, resolve_workers
 from adaslot.errors import AdaslotError
 from adaslot.files import file_sha256
@@ -148,6 +149,8 @@ def run_cache_features(cfg: CacheConfig) -> dict[str, Any]:
             raise AdaslotError(f"--decoder {cfg.decoder} reads COCO-format image folders; --dataset "
                                f"{cfg.data.dataset} is decoded by its own reader (use --decoder pil)")
         dataset.decoder = cfg.decoder
+        # on a GPU, nvJPEG decodes in this process from the bytes the workers read (data/decode.py)
+        dataset.decode_on_device = cfg.decoder == "torchvision" and device.type == "cuda"
     n = len(dataset)
     tokens, dim = encoder.num_tokens(side), encoder.embed_dim
 
@@ -263,6 +266,8 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
         with progress:
             task = progress.add_task("cache", total=total)
             for batch in loader:
+                if "decoded" in batch:  # --decoder torchvision on a GPU: decode and transform here
+                    batch = finish_on_device(batch, side, cfg.antialias, True, views, dataset.exif, device)
                 new_skips = dataset.record(batch)
                 if cfg.data.strict and new_skips:  # the shard is not written: the store stays incomplete
                     raise new_skips[0].strict_error()
