@@ -125,19 +125,15 @@ def decode_file(path: Path, expected_wh: tuple[int, int] | None, exif: str = "au
 def _decode_jpeg(data: Any, device: torch.device | str = "cpu") -> Any:
     """torchvision.io.decode_jpeg to RGB of one uint8 tensor of bytes -> [3, H, W] uint8, or of a list of
     them -> a list. torchvision 0.29 deprecates its image codecs in favour of TorchCodec, with a warning on
-    every call: silenced here, once (docs/method.md#decoders)."""
+    every call: silenced here (docs/method.md#decoders)."""
     import warnings
 
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    if not _WARNING_OFF:
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning,
                                 message="The image decoding and encoding capabilities of TorchVision")
-        _WARNING_OFF.append(True)
-    return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-
-
-_WARNING_OFF: list[bool] = []
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
 def _checked(path: Path, hwc: torch.Tensor, expected_wh: tuple[int, int] | None, exif: str,
@@ -234,7 +230,8 @@ def transform_batch(pixels: list[np.ndarray | torch.Tensor], size: int, antialia
         if all(isinstance(pixels[j], np.ndarray) for j in members):
             u8 = torch.from_numpy(np.stack([pixels[j] for j in members])).to(device or "cpu")
         else:  # some decoded on the device, some by the reference on the CPU
-            u8 = torch.stack([torch.as_tensor(pixels[j], device=device) for j in members])
+            u8 = torch.stack([torch.from_numpy(np.array(p)) if isinstance(p := pixels[j], np.ndarray) else p
+                              for j in members]).to(device or "cpu")
         # [B, H, W, 3] -> [B, 3, H, W] as a strided view: the memory layout the per-image reference resizes
         x = resize_crop(u8.permute(0, 3, 1, 2).float().div_(255.0), geom, antialias=antialias)
         # one contiguous [B, V, 3, S, S] block: collate passes it on without a copy (coco._stacked) and the
