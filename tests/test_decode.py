@@ -136,3 +136,30 @@ def test_loader_and_device_path_give_the_reference_batch(mixed: Path) -> None:
         assert ds.summary()["skipped_by_reason"] == {"truncated": 1, "unreadable": 1, "size-mismatch": 1}
         assert ds.summary()["notes"] == {"converted-from-L": 1, "converted-from-CMYK": 1, "PNG-in-jpg": 1,
                                          "exif-transposed": 1}
+
+
+def test_cache_features_decoder_flag(synthetic_coco: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture) -> None:
+    """`cache-features --decoder torchvision`: the store records the decoder and holds the same features as
+    the reference's (libjpeg-turbo agrees on these files); a store made with one decoder is not resumed
+    with the other (one line, exit 2)."""
+    import zarr
+
+    from tests.helpers import run_cli
+
+    common = ["cache-features", "--root", str(synthetic_coco), "--split", "val",
+              "--encoder", "demo-colour-pos", "--image-size", "64", "--workers", "0",
+              "--device", "cpu", "--no-progress"]
+    stores = {}
+    for decoder in ("pil", "torchvision"):
+        out = tmp_path / f"{decoder}.zarr"
+        code, err = run_cli([*common, "--out", str(out), "--decoder", decoder], monkeypatch, capsys)
+        assert code == 0, err
+        stores[decoder] = zarr.open_group(out, mode="r")
+    assert "decoder" not in stores["pil"].attrs["transform"]  # stores made before the option still resume
+    assert stores["torchvision"].attrs["transform"]["decoder"] == "torchvision"
+    a, b = (np.asarray(s["features"][:]) for s in stores.values())
+    assert a.shape[0] == 6 and np.array_equal(a, b)
+    again = [*common, "--out", str(tmp_path / "pil.zarr"), "--decoder", "torchvision"]
+    code, err = run_cli(again, monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 0 and "decoder" in err and "--overwrite" in err, err
