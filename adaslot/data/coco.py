@@ -24,9 +24,6 @@ resizes them for the two published protocols (shorter side 224 or 320, nearest-e
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -38,6 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from adaslot.config.data import DataSpec
+from adaslot.data.coco_index import load_coco, read_image_list
 from adaslot.data.decode import DECODERS, decode_file, load_notes, transform_batch
 from adaslot.data.transforms import (
     ImageLoadError,
@@ -131,32 +129,18 @@ class GroundTruth:
     problems: list[str] = field(default_factory=list)
 
 
-def _load_coco(annotation_file: Path) -> Any:
-    from pycocotools.coco import COCO
-
-    if not annotation_file.is_file():
-        raise AdaslotError(f"annotation file {annotation_file} not found; pass --annotations or a --root "
-                           f"with annotations/instances_<split>2017.json")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            return COCO(str(annotation_file))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdaslotError(f"annotation file {annotation_file} is not valid JSON: {e}") from e
-    except (KeyError, TypeError, AssertionError) as e:
-        raise AdaslotError(f"annotation file {annotation_file} is not in COCO format ({e!r})") from e
-
-
 class CocoDataset(Dataset):
     """COCO-format images -> transformed tensors (docs/method.md#transforms), ground truth and a skip list.
 
     size: network input side S; views: 1 (image) or 2 (image, hflip) stacked; antialias: see transforms;
     exif: "auto" | "transpose" | "raw" (see load_image); decoder: "pil" (the reference) or "torchvision"
-    (data/decode.py; used by the batch path `__getitems__`, which the DataLoader calls). Open one from flags
-    with `open_dataset`."""
+    (data/decode.py; used by the batch path `__getitems__`, which the DataLoader calls). annotations=False
+    reads the image list alone (data/coco_index.py: enough for `cache-features`; no ground truth).
+    Open one from flags with `open_dataset`."""
 
     def __init__(self, images_dir: str | Path, annotation_file: str | Path, size: int = 224,
                  views: int = 1, antialias: bool = False, exif: str = "auto", crop: bool = True,
-                 decoder: str = "pil") -> None:
+                 decoder: str = "pil", annotations: bool = True) -> None:
         self.images_dir = Path(images_dir)
         self.annotation_file = Path(annotation_file)
         if not self.images_dir.is_dir():
@@ -170,14 +154,15 @@ class CocoDataset(Dataset):
         self.decoder = decoder
         self.decode_on_device = False  # torchvision on a GPU: the workers read bytes (cache-features sets it)
         self.size, self.views, self.antialias, self.exif, self.crop = size, views, antialias, exif, crop
-        self.coco = _load_coco(self.annotation_file)
+        self.coco = load_coco(self.annotation_file) if annotations else None
+        self._imgs = self.coco.imgs if self.coco is not None else read_image_list(self.annotation_file)
         self.skips = SkipLog()
         self.notes: Counter[str] = Counter()  # handled oddities (EXIF rotated, CMYK, ...), see `record`
-        ids = sorted(self.coco.getImgIds())
+        ids = sorted(self._imgs)
         on_disk = {e.name for e in os.scandir(self.images_dir) if e.is_file()}  # one listing, not N stats
         present = []
         for image_id in ids:
-            name = self.coco.imgs[image_id]["file_name"]
+            name = self._imgs[image_id]["file_name"]
             if name in on_disk or ("/" in name and (self.images_dir / name).is_file()):
                 present.append(image_id)
             else:
@@ -186,12 +171,13 @@ class CocoDataset(Dataset):
         self.image_ids: list[int] = present
         # What __getitem__ needs, as flat arrays: DataLoader workers then do not touch (and copy-on-write
         # duplicate, through refcounts) the annotation dicts just to find a file name.
-        infos = [self.coco.imgs[i] for i in present]
+        infos = [self._imgs[i] for i in present]
         self._files = np.array([str(info["file_name"]) for info in infos])
         self._wh = np.array([[int(info.get("width", -1)), int(info.get("height", -1))] for info in infos],
                             np.int64).reshape(-1, 2)
         self.num_listed = len(ids)
-        self.num_without_annotations = sum(1 for i in present if not self.coco.imgToAnns.get(i))
+        self.num_without_annotations = (sum(1 for i in present if not self.coco.imgToAnns.get(i))
+                                        if self.coco is not None else None)
 
     @classmethod
     def from_root(cls, root: str | Path, split: str = "val", **kwargs: Any) -> CocoDataset:
@@ -204,7 +190,7 @@ class CocoDataset(Dataset):
         return len(self.image_ids)
 
     def image_info(self, index: int) -> dict[str, Any]:
-        return self.coco.imgs[self.image_ids[index]]
+        return self._imgs[self.image_ids[index]]
 
     def index_of(self, image_id: int) -> int:
         if not hasattr(self, "_index"):
@@ -273,6 +259,8 @@ class CocoDataset(Dataset):
 
     def ground_truth(self, image_id: int, include_crowd: bool = True) -> GroundTruth:
         """Instance and class masks of `image_id` at original resolution (see GroundTruth)."""
+        if self.coco is None:
+            raise AdaslotError(f"{self.annotation_file} was opened without its annotations")
         info = self.coco.imgs[image_id]
         h, w = int(info["height"]), int(info["width"])
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if include_crowd or not a.get("iscrowd", 0)]
@@ -302,6 +290,8 @@ class CocoDataset(Dataset):
     def first_malformed_annotation(self) -> str | None:
         """A structural check of every annotation, without decoding masks (fast enough for COCO train):
         the first one pycocotools could not turn into a mask, as one readable line, or None."""
+        if self.coco is None:
+            raise AdaslotError(f"{self.annotation_file} was opened without its annotations")
         for a in self.coco.dataset.get("annotations", []):
             info = self.coco.imgs.get(a.get("image_id"))
             what = f"annotation {a.get('id')} of image {a.get('image_id')}"
@@ -383,14 +373,17 @@ def _stacked(images: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(images)
 
 
-def open_dataset(spec: DataSpec, size: int, views: int = 1, antialias: bool = False) -> CocoDataset:
+def open_dataset(spec: DataSpec, size: int, views: int = 1, antialias: bool = False,
+                 annotations: bool = True) -> CocoDataset:
     """The dataset `spec` names, at network input side `size` (never strict itself: loops apply the policy,
-    see `CocoDataset`). With `spec.strict`, a malformed annotation is refused here, before any work.
+    see `CocoDataset`). With `spec.strict`, a malformed annotation is refused here, before any work (so the
+    annotations are read even when annotations=False, which otherwise reads the image list alone).
     COCO-format data only; `data.datasets.open_dataset` opens every `--dataset`."""
     if spec.dataset not in ("coco", "synthetic"):
         raise AdaslotError(f"--dataset {spec.dataset} is opened by adaslot.data.datasets.open_dataset")
-    images, annotations = spec.paths()
-    ds = CocoDataset(images, annotations, size=size, views=views, antialias=antialias)
+    images, ann_file = spec.paths()
+    ds = CocoDataset(images, ann_file, size=size, views=views, antialias=antialias,
+                     annotations=annotations or spec.strict)
     if spec.strict:
         missing = next((s for s in ds.skips.items if s.reason == "missing"), None)
         if missing is not None:

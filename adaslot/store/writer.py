@@ -143,7 +143,8 @@ def run_cache_features(cfg: CacheConfig) -> dict[str, Any]:
     # --strict: a missing image or malformed annotation is refused here; an unreadable image is found by a
     # loader worker, which skips it, and the encoding loop stops at the first skip (a raise inside a worker
     # would come back as a multi-line wrapped traceback).
-    dataset = open_dataset(cfg.data, side, views=views, antialias=cfg.antialias)
+    # the image list alone: the annotations (most of COCO train's 448 MB json) are not needed here
+    dataset = open_dataset(cfg.data, side, views=views, antialias=cfg.antialias, annotations=False)
     if cfg.decoder != "pil":
         if not hasattr(dataset, "decoder"):
             raise AdaslotError(f"--decoder {cfg.decoder} reads COCO-format image folders; --dataset "
