@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import shutil
 import statistics
@@ -244,6 +245,57 @@ def pipeline_part(tmp: Path, root: Path, workers: int, repeats: int) -> dict[str
     }
 
 
+def table_rows(dec: dict[str, float], wr: dict[str, float], load: dict[str, float], pipe: dict[str, Any]
+               ) -> list[dict[str, Any]]:
+    """The docs table (docs/scale.md): each part per CPU second (load-independent) and wall-clock."""
+    two_cores = 2e3 / pipe["cpu_ms_per_image"]  # what two dedicated cores would do at this CPU cost
+    return [
+        {"part": "decode + transform 640x480 JPEG -> 224, PIL (reference)", "unit": "images",
+         "per_cpu_s": dec["pil_images_per_cpu_s"], "wall_per_s": dec["pil_images_per_s"]},
+        {"part": "the same, --decoder torchvision (CPU)", "unit": "images",
+         "per_cpu_s": dec["torchvision_images_per_cpu_s"], "wall_per_s": dec["torchvision_images_per_s"]},
+        {"part": "shard writer, ViT-B views with crc32c (direct)", "unit": "views",
+         "per_cpu_s": wr["direct_views_per_cpu_s"], "wall_per_s": wr["direct_views_per_s"]},
+        {"part": "the same through zarr-python (before)", "unit": "views",
+         "per_cpu_s": wr["zarr_views_per_cpu_s"], "wall_per_s": wr["zarr_views_per_s"]},
+        {"part": "loader work at 64 px, per-image path (before)", "unit": "images",
+         "per_cpu_s": load["per_image_path_pil_images_per_cpu_s"], "wall_per_s": None},
+        {"part": "loader work at 64 px, batch path, PIL", "unit": "images",
+         "per_cpu_s": load["batch_path_pil_images_per_cpu_s"], "wall_per_s": None},
+        {"part": "loader work at 64 px, batch path, torchvision", "unit": "images",
+         "per_cpu_s": load["batch_path_torchvision_images_per_cpu_s"], "wall_per_s": None},
+        {"part": f"whole cache-features, 64 px, instant encoder, {pipe['workers']} workers, PIL",
+         "unit": "images",
+         "per_cpu_s": 1e3 / pipe["cpu_ms_per_image"], "wall_per_s": pipe["images_per_s"],
+         "two_dedicated_cores": two_cores},
+        {"part": "the same, --decoder torchvision", "unit": "images",
+         "per_cpu_s": 1e3 / pipe["torchvision_cpu_ms_per_image"],
+         "wall_per_s": pipe["torchvision_images_per_s"],
+         "two_dedicated_cores": 2e3 / pipe["torchvision_cpu_ms_per_image"]},
+    ]
+
+
+def projection_rows(dec: dict[str, float], wr: dict[str, float], cores: int = 16, need: float = 6000.0
+                    ) -> list[dict[str, Any]]:
+    """Per-core rates x 16 cores against the H100 estimate of docs/benchmarks.md (6 000 COCO train images/s
+    = 12 000 ViT-B views/s). The writer's and the main process's cores are taken from the decoders'."""
+    writer_cores = 2 * need / wr["direct_views_per_cpu_s"]
+    free = cores - writer_cores - 1  # one core: the main process (batches to the GPU, fp16 copies)
+    rows = []
+    for name, rate in (("JPEG decode + transform, PIL", dec["pil_images_per_cpu_s"]),
+                       ("JPEG decode + transform, torchvision on the CPU",
+                        dec["torchvision_images_per_cpu_s"])):
+        rows.append({"stage": name, "per_core": rate, "cores": round(free, 1), "projected": rate * free,
+                     "needed": need, "fraction_of_needed": rate * free / need})
+    rows.append({"stage": "shard writer with crc32c (views/s)", "per_core": wr["direct_views_per_cpu_s"],
+                 "cores": round(writer_cores, 2), "projected": 2 * need, "needed": 2 * need,
+                 "fraction_of_needed": 1.0})
+    rows.append({"stage": "JPEG decode on the GPU (nvJPEG, --decoder torchvision --device cuda)",
+                 "per_core": None, "cores": None, "projected": None, "needed": need,
+                 "fraction_of_needed": None})
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jpegs", type=int, default=48)
@@ -262,12 +314,19 @@ def main() -> None:
         load = loader_part(root, 1024, args.repeats)
         pipe = pipeline_part(tmp, root, args.workers, args.repeats)
     result = {
+        "title": "cache-features host side",
+        "benchmark": "benchmarks/cache_host.py",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                   f"load average {os.getloadavg()[0]:.1f} at the end",
+        "date": time.strftime("%Y-%m-%d"),
         "decode_640x480_jpeg_to_224": dec,
         "writer_vitb": wr,
         "loader_64px_one_process": load,
         "pipeline_64px_instant_encoder": pipe,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "rows": table_rows(dec, wr, load, pipe),
+        "projection": {"rows": projection_rows(dec, wr)},
     }
     print(
         f"decode+transform 640x480 JPEG -> 224, one core: PIL {dec['pil_images_per_s']:.0f} images/s, "
