@@ -3,7 +3,7 @@
 The image list is what `cache-features` needs (file names, ids, sizes); COCO train's file is 448 MB, almost
 all annotations. `read_image_list` parses the top-level members in order and stops after "images" (in COCO's
 files it comes before "annotations"), reading the file in growing blocks, so the annotations are neither
-parsed nor held (docs/scale.md#the-host-side-of-cache-features-benchmarkscache_hostpy has the numbers).
+parsed nor held (numbers: docs/scale.md#the-annotation-file-benchmarkscoco_annotationspy).
 """
 
 from __future__ import annotations
