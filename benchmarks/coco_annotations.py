@@ -108,7 +108,8 @@ def main() -> None:
     result = {
         "title": "COCO-train-sized annotation file",
         "benchmark": "benchmarks/coco_annotations.py",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                   f"load average {os.getloadavg()[0]:.1f} at the end",
         "date": time.strftime("%Y-%m-%d"),
         "images": args.images, "annotations": args.annotations, "json_mb": round(size / 1e6, 1),
         "rows": [
