@@ -141,7 +141,7 @@ def _checked(path: Path, hwc: torch.Tensor, expected_wh: tuple[int, int] | None,
     """Pixels decoded by torchvision, or the reference's verdict when their size is not the annotated one."""
     if expected_wh is not None and (hwc.shape[1], hwc.shape[0]) != tuple(expected_wh):
         return decode_reference(path, expected_wh, exif, data)  # raises the size-mismatch error
-    return Decoded(hwc, [] if _gray(data) is False else ["converted-from-L"])
+    return Decoded(hwc, ["converted-from-L"] if _gray(data) else [])
 
 
 def _gray(data: bytes) -> bool:
