@@ -141,8 +141,8 @@ def test_loader_and_device_path_give_the_reference_batch(mixed: Path) -> None:
 def test_cache_features_decoder_flag(synthetic_coco: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture) -> None:
     """`cache-features --decoder torchvision`: the store records the decoder and holds the same features as
-    the reference's (libjpeg-turbo agrees on these files); a store made with one decoder is not resumed
-    with the other (one line, exit 2)."""
+    the reference's (libjpeg-turbo agrees on these files); cache-verify checks it with that decoder; a store
+    made with one decoder is not resumed with the other (one line, exit 2)."""
     import zarr
 
     from tests.helpers import run_cli
@@ -160,6 +160,9 @@ def test_cache_features_decoder_flag(synthetic_coco: Path, tmp_path: Path, monke
     assert stores["torchvision"].attrs["transform"]["decoder"] == "torchvision"
     a, b = (np.asarray(s["features"][:]) for s in stores.values())
     assert a.shape[0] == 6 and np.array_equal(a, b)
+    verify = ["cache-verify", str(tmp_path / "torchvision.zarr"), "--sample", "3", "--device", "cpu"]
+    code, err = run_cli(verify, monkeypatch, capsys)  # recomputes with the recorded decoder
+    assert code == 0, err
     again = [*common, "--out", str(tmp_path / "pil.zarr"), "--decoder", "torchvision"]
     code, err = run_cli(again, monkeypatch, capsys)
     assert code == 2 and err.count("\n") == 0 and "decoder" in err and "--overwrite" in err, err
