@@ -230,8 +230,8 @@ def transform_batch(pixels: list[np.ndarray | torch.Tensor], size: int, antialia
         if all(isinstance(pixels[j], np.ndarray) for j in members):
             u8 = torch.from_numpy(np.stack([pixels[j] for j in members])).to(device or "cpu")
         else:  # some decoded on the device, some by the reference on the CPU
-            u8 = torch.stack([torch.from_numpy(np.array(p)) if isinstance(p := pixels[j], np.ndarray) else p
-                              for j in members]).to(device or "cpu")
+            u8 = torch.stack([(torch.from_numpy(np.array(p)) if isinstance(p := pixels[j], np.ndarray) else p)
+                              .to(device or "cpu") for j in members])
         # [B, H, W, 3] -> [B, 3, H, W] as a strided view: the memory layout the per-image reference resizes
         x = resize_crop(u8.permute(0, 3, 1, 2).float().div_(255.0), geom, antialias=antialias)
         # one contiguous [B, V, 3, S, S] block: collate passes it on without a copy (coco._stacked) and the
