@@ -27,6 +27,11 @@ class CacheConfig(Settings):
     views: int | None = setting(None, "stored views: 2 = image + hflip (train default), 1 (other splits)",
                                 choices=(1, 2))
     antialias: bool = setting(False, "antialiased resize (the official pipeline: off)")
+    decoder: str = setting("pil", "JPEG decoder: pil (the reference) or torchvision "
+                                  "(torchvision.io.decode_jpeg; on the GPU with a CUDA --device; other files "
+                                  "still through PIL; "
+                                  "docs/method.md#decoders); a non-default decoder is recorded in the store",
+                           choices=("pil", "torchvision"))
     precision: str = setting("fp32", "fp32 (reference) or bf16 (autocast); recorded in the store",
                              choices=("fp32", "bf16"))
     batch_size: int = setting(64, "images per encoder batch", min=1)

@@ -24,9 +24,6 @@ resizes them for the two published protocols (shorter side 224 or 320, nearest-e
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -38,6 +35,8 @@ import torch
 from torch.utils.data import Dataset
 
 from adaslot.config.data import DataSpec
+from adaslot.data.coco_index import load_coco, read_image_list
+from adaslot.data.decode import DECODERS, decode_file, load_notes, transform_batch
 from adaslot.data.transforms import (
     ImageLoadError,
     hflip,
@@ -132,29 +131,18 @@ class GroundTruth:
     problems: list[str] = field(default_factory=list)
 
 
-def _load_coco(annotation_file: Path) -> Any:
-    from pycocotools.coco import COCO
-
-    if not annotation_file.is_file():
-        raise AdaslotError(f"annotation file {annotation_file} not found; pass --annotations or a --root "
-                           f"with annotations/instances_<split>2017.json")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            return COCO(str(annotation_file))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdaslotError(f"annotation file {annotation_file} is not valid JSON: {e}") from e
-    except (KeyError, TypeError, AssertionError) as e:
-        raise AdaslotError(f"annotation file {annotation_file} is not in COCO format ({e!r})") from e
-
-
 class CocoDataset(Dataset):
     """COCO-format images -> transformed tensors (docs/method.md#transforms), ground truth and a skip list.
 
     size: network input side S; views: 1 (image) or 2 (image, hflip) stacked; antialias: see transforms;
-    exif: "auto" | "transpose" | "raw" (see load_image). Open one from flags with `open_dataset`."""
+    exif: "auto" | "transpose" | "raw" (see load_image); decoder: "pil" (the reference) or "torchvision"
+    (data/decode.py; used by the batch path `__getitems__`, which the DataLoader calls). annotations=False
+    reads the image list alone (data/coco_index.py: enough for `cache-features`; no ground truth).
+    Open one from flags with `open_dataset`."""
 
     def __init__(self, images_dir: str | Path, annotation_file: str | Path, size: int = 224,
-                 views: int = 1, antialias: bool = False, exif: str = "auto", crop: bool = True) -> None:
+                 views: int = 1, antialias: bool = False, exif: str = "auto", crop: bool = True,
+                 decoder: str = "pil", annotations: bool = True) -> None:
         self.images_dir = Path(images_dir)
         self.annotation_file = Path(annotation_file)
         if not self.images_dir.is_dir():
@@ -163,15 +151,20 @@ class CocoDataset(Dataset):
             raise AdaslotError(f"views must be 1 or 2, got {views}")
         if exif not in ("auto", "transpose", "raw"):
             raise AdaslotError(f"exif must be auto, transpose or raw, got {exif!r}")
+        if decoder not in DECODERS:
+            raise AdaslotError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+        self.decoder = decoder
+        self.decode_on_device = False  # torchvision on a GPU: the workers read bytes (cache-features sets it)
         self.size, self.views, self.antialias, self.exif, self.crop = size, views, antialias, exif, crop
-        self.coco = _load_coco(self.annotation_file)
+        self.coco = load_coco(self.annotation_file) if annotations else None
+        self._imgs = self.coco.imgs if self.coco is not None else read_image_list(self.annotation_file)
         self.skips = SkipLog()
         self.notes: Counter[str] = Counter()  # handled oddities (EXIF rotated, CMYK, ...), see `record`
-        ids = sorted(self.coco.getImgIds())
+        ids = sorted(self._imgs)
         on_disk = {e.name for e in os.scandir(self.images_dir) if e.is_file()}  # one listing, not N stats
         present = []
         for image_id in ids:
-            name = self.coco.imgs[image_id]["file_name"]
+            name = self._imgs[image_id]["file_name"]
             if name in on_disk or ("/" in name and (self.images_dir / name).is_file()):
                 present.append(image_id)
             else:
@@ -180,12 +173,13 @@ class CocoDataset(Dataset):
         self.image_ids: list[int] = present
         # What __getitem__ needs, as flat arrays: DataLoader workers then do not touch (and copy-on-write
         # duplicate, through refcounts) the annotation dicts just to find a file name.
-        infos = [self.coco.imgs[i] for i in present]
+        infos = [self._imgs[i] for i in present]
         self._files = np.array([str(info["file_name"]) for info in infos])
         self._wh = np.array([[int(info.get("width", -1)), int(info.get("height", -1))] for info in infos],
                             np.int64).reshape(-1, 2)
         self.num_listed = len(ids)
-        self.num_without_annotations = sum(1 for i in present if not self.coco.imgToAnns.get(i))
+        self.num_without_annotations = (sum(1 for i in present if not self.coco.imgToAnns.get(i))
+                                        if self.coco is not None else None)
 
     @classmethod
     def from_root(cls, root: str | Path, split: str = "val", **kwargs: Any) -> CocoDataset:
@@ -198,7 +192,7 @@ class CocoDataset(Dataset):
         return len(self.image_ids)
 
     def image_info(self, index: int) -> dict[str, Any]:
-        return self.coco.imgs[self.image_ids[index]]
+        return self._imgs[self.image_ids[index]]
 
     def index_of(self, image_id: int) -> int:
         if not hasattr(self, "_index"):
@@ -212,12 +206,7 @@ class CocoDataset(Dataset):
         w, h = (int(v) for v in self._wh[index])
         wh = (w, h) if w > 0 and h > 0 else None
         loaded = load_image(path, expected_wh=wh, exif=self.exif)
-        notes = ["exif-transposed"] if loaded.exif_transposed else []
-        if loaded.source_mode != "RGB":
-            notes.append(f"converted-from-{loaded.source_mode}")
-        if loaded.format and Path(path).suffix.lower() in (".jpg", ".jpeg") and loaded.format != "JPEG":
-            notes.append(f"{loaded.format}-in-jpg")
-        return loaded.image, notes
+        return loaded.image, load_notes(path, loaded.source_mode, loaded.format, loaded.exif_transposed)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One item (see module doc). Pure: records nothing; pass items or batches to `record`."""
@@ -233,6 +222,36 @@ class CocoDataset(Dataset):
         return {"ok": True, "index": index, "image_id": image_id, "file": file, "image": x, "geometry": geom,
                 "notes": notes}
 
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """The items of a batch (the DataLoader calls this with a batch's indices): the items `__getitem__`
+        gives, each image decoded by `self.decoder`, the transform run once per group of same-size images
+        (data/decode.py; same values). The per-image Python work of a batch is the decode alone."""
+        items: list[dict[str, Any]] = []
+        good, pixels = [], []
+        for index in indices:
+            image_id = self.image_ids[index]
+            path = self.images_dir / str(self._files[index])
+            w, h = (int(v) for v in self._wh[index])
+            wh = (w, h) if w > 0 and h > 0 else None
+            try:
+                d = decode_file(path, wh, self.exif, self.decoder, on_device=self.decode_on_device)
+            except ImageLoadError as e:
+                items.append({"ok": False, **asdict(Skip(image_id, str(path), e.reason, e.detail, index))})
+                continue
+            item = {"ok": True, "index": index, "image_id": image_id, "file": str(path), "notes": d.notes}
+            if self.decode_on_device:  # the main process decodes and transforms (decode.finish_on_device)
+                item.update(decoded=d, expected=wh)
+            items.append(item)
+            good.append(item)
+            pixels.append(d.pixels)
+        if self.decode_on_device:
+            return items
+        xs, geoms = transform_batch([p for p in pixels if p is not None], self.size, self.antialias,
+                                    self.crop, self.views)
+        for item, x, geom in zip(good, xs, geoms, strict=True):
+            item["image"], item["geometry"] = x, geom
+        return items
+
     def record(self, batch_or_item: dict[str, Any]) -> list[Skip]:
         """Keep the skip list and notes of a collated batch (or of one item); returns the new skips.
         Call it in the main process for every batch: `for b in loader: ds.record(b); ...`."""
@@ -242,6 +261,8 @@ class CocoDataset(Dataset):
 
     def ground_truth(self, image_id: int, include_crowd: bool = True) -> GroundTruth:
         """Instance and class masks of `image_id` at original resolution (see GroundTruth)."""
+        if self.coco is None:
+            raise AdaslotError(f"{self.annotation_file} was opened without its annotations")
         info = self.coco.imgs[image_id]
         h, w = int(info["height"]), int(info["width"])
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if include_crowd or not a.get("iscrowd", 0)]
@@ -271,6 +292,8 @@ class CocoDataset(Dataset):
     def first_malformed_annotation(self) -> str | None:
         """A structural check of every annotation, without decoding masks (fast enough for COCO train):
         the first one pycocotools could not turn into a mask, as one readable line, or None."""
+        if self.coco is None:
+            raise AdaslotError(f"{self.annotation_file} was opened without its annotations")
         for a in self.coco.dataset.get("annotations", []):
             info = self.coco.imgs.get(a.get("image_id"))
             what = f"annotation {a.get('id')} of image {a.get('image_id')}"
@@ -330,24 +353,39 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     good = [it for it in items if it["ok"]]
     skipped = [{k: v for k, v in it.items() if k != "ok"} for it in items if not it["ok"]]
     return {
-        "image": torch.stack([it["image"] for it in good]) if good else torch.zeros(0),
+        "image": _stacked([it["image"] for it in good]) if good and "image" in good[0] else torch.zeros(0),
         "index": torch.tensor([it["index"] for it in good], dtype=torch.int64),
         "image_id": torch.tensor([it["image_id"] for it in good], dtype=torch.int64),
         "file": [it["file"] for it in good],
-        "geometry": [it["geometry"] for it in good],
+        "geometry": [it.get("geometry") for it in good],
         "skipped": skipped,
         "notes": [n for it in good for n in it.get("notes", [])],
+        **({"decoded": [it["decoded"] for it in good], "expected": [it["expected"] for it in good]}
+           if good and "decoded" in good[0] else {}),
     }
 
 
-def open_dataset(spec: DataSpec, size: int, views: int = 1, antialias: bool = False) -> CocoDataset:
+def _stacked(images: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack(images), without the copy when they are already the rows, in order, of one contiguous
+    tensor (what `CocoDataset.__getitems__` returns for a batch of same-size images)."""
+    base = images[0]._base
+    if (base is not None and base.is_contiguous() and base.shape == (len(images), *images[0].shape)
+            and all(x._base is base and x.data_ptr() == base[r].data_ptr() for r, x in enumerate(images))):
+        return base
+    return torch.stack(images)
+
+
+def open_dataset(spec: DataSpec, size: int, views: int = 1, antialias: bool = False,
+                 annotations: bool = True) -> CocoDataset:
     """The dataset `spec` names, at network input side `size` (never strict itself: loops apply the policy,
-    see `CocoDataset`). With `spec.strict`, a malformed annotation is refused here, before any work.
+    see `CocoDataset`). With `spec.strict`, a malformed annotation is refused here, before any work (so the
+    annotations are read even when annotations=False, which otherwise reads the image list alone).
     COCO-format data only; `data.datasets.open_dataset` opens every `--dataset`."""
     if spec.dataset not in ("coco", "synthetic"):
         raise AdaslotError(f"--dataset {spec.dataset} is opened by adaslot.data.datasets.open_dataset")
-    images, annotations = spec.paths()
-    ds = CocoDataset(images, annotations, size=size, views=views, antialias=antialias)
+    images, ann_file = spec.paths()
+    ds = CocoDataset(images, ann_file, size=size, views=views, antialias=antialias,
+                     annotations=annotations or spec.strict)
     if spec.strict:
         missing = next((s for s in ds.skips.items if s.reason == "missing"), None)
         if missing is not None:

@@ -10,9 +10,11 @@ if TYPE_CHECKING:
     from adaslot.config.data import DataSpec
 
 
-def open_dataset(spec: DataSpec, size: int, views: int = 1, antialias: bool = False) -> Any:
+def open_dataset(spec: DataSpec, size: int, views: int = 1, antialias: bool = False,
+                 annotations: bool = True) -> Any:
     """The dataset of `spec` at network input side `size` (never strict itself: loops apply the policy;
-    with `spec.strict`, what is known bad before reading is refused here)."""
+    with `spec.strict`, what is known bad before reading is refused here). annotations=False: a COCO-format
+    dataset reads its image list alone (no ground truth; what cache-features needs)."""
     if spec.dataset == "movi":
         from adaslot.data.movi import open_movi
 
@@ -23,4 +25,4 @@ def open_dataset(spec: DataSpec, size: int, views: int = 1, antialias: bool = Fa
         return open_coco_wds(spec, size, views, antialias)
     from adaslot.data.coco import open_dataset as open_coco
 
-    return open_coco(spec, size, views, antialias)
+    return open_coco(spec, size, views, antialias, annotations=annotations)

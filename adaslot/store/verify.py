@@ -48,6 +48,9 @@ def run_cache_verify(cfg: VerifyConfig) -> dict[str, Any]:
     side = int(c["input_size"][0])
     antialias = "antialias=True" in str(a.get("transform", {}).get("resize", ""))
     ds = open_dataset(data, side, views=store.num_views, antialias=antialias)
+    decoder = a.get("transform", {}).get("decoder", "pil")  # recorded when not the reference (pil)
+    if decoder != "pil":
+        ds.decoder = decoder  # the batch path decodes with it (on the CPU: docs/method.md#decoders)
     want_sha = a.get("dataset", {}).get("annotation_sha256")
     if want_sha and file_sha256(ds.annotation_file) != want_sha:
         # Another dataset: comparing its images would report a feature MISMATCH that is not one.
@@ -61,7 +64,7 @@ def run_cache_verify(cfg: VerifyConfig) -> dict[str, Any]:
     rows = np.sort(rng.choice(rows, size=min(cfg.sample, rows.size), replace=False))
     max_err, bound = 0.0, 0.0
     for r in rows:
-        item = ds[int(r)]
+        item = ds[int(r)] if decoder == "pil" else ds.__getitems__([int(r)])[0]
         if not item["ok"]:
             raise AdaslotError(f"image {item['image_id']} cannot be read now ({item['reason']}), but it was "
                                f"cached")

@@ -26,6 +26,7 @@ import torch
 
 from adaslot import distributed
 from adaslot.config import CacheConfig
+from adaslot.data.decode import finish_on_device
 from adaslot.device import autocast, resolve_workers
 from adaslot.errors import AdaslotError
 from adaslot.files import file_sha256
@@ -55,6 +56,9 @@ def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, view
     from adaslot.data.transforms import describe_transform
 
     ids = np.asarray(dataset.image_ids, dtype=np.int64)
+    transform = describe_transform(side, antialias=cfg.antialias, crop=True)
+    if cfg.decoder != "pil":  # the reference decoder is not recorded: stores made before the option resume
+        transform["decoder"] = cfg.decoder
     contract = {**encoder.contract(side), "stored_dtype": "float16", "precision": cfg.precision}
     if hasattr(dataset, "store_identity"):  # MOVi (data.movi): frames of videos, no annotation file
         return {
@@ -78,7 +82,7 @@ def store_settings(cfg: CacheConfig, encoder: Any, dataset: Any, side: int, view
             "image_ids_sha256": hashlib.sha256(ids.tobytes()).hexdigest(),
             "missing": [int(s.image_id) for s in dataset.skips.items if s.reason == "missing"],
         },
-        "transform": describe_transform(side, antialias=cfg.antialias, crop=True),
+        "transform": transform,
         "views": list(VIEW_NAMES[:views]),
         "layout": store_layout(cfg),
     }
@@ -139,7 +143,15 @@ def run_cache_features(cfg: CacheConfig) -> dict[str, Any]:
     # --strict: a missing image or malformed annotation is refused here; an unreadable image is found by a
     # loader worker, which skips it, and the encoding loop stops at the first skip (a raise inside a worker
     # would come back as a multi-line wrapped traceback).
-    dataset = open_dataset(cfg.data, side, views=views, antialias=cfg.antialias)
+    # the image list alone: the annotations (most of COCO train's 448 MB json) are not needed here
+    dataset = open_dataset(cfg.data, side, views=views, antialias=cfg.antialias, annotations=False)
+    if cfg.decoder != "pil":
+        if not hasattr(dataset, "decoder"):
+            raise AdaslotError(f"--decoder {cfg.decoder} reads COCO-format image folders; --dataset "
+                               f"{cfg.data.dataset} is decoded by its own reader (use --decoder pil)")
+        dataset.decoder = cfg.decoder
+        # on a GPU, nvJPEG decodes in this process from the bytes the workers read (data/decode.py)
+        dataset.decode_on_device = cfg.decoder == "torchvision" and device.type == "cuda"
     n = len(dataset)
     tokens, dim = encoder.num_tokens(side), encoder.embed_dim
 
@@ -255,6 +267,8 @@ def _encode_shards(cfg: CacheConfig, root: Any, encoder: Any, dataset: Any, shar
         with progress:
             task = progress.add_task("cache", total=total)
             for batch in loader:
+                if "decoded" in batch:  # --decoder torchvision on a GPU: decode and transform here
+                    batch = finish_on_device(batch, side, cfg.antialias, True, views, dataset.exif, device)
                 new_skips = dataset.record(batch)
                 if cfg.data.strict and new_skips:  # the shard is not written: the store stays incomplete
                     raise new_skips[0].strict_error()
