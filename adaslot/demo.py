@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from adaslot import DEMO_CHECKPOINT
-from adaslot.config import CacheConfig, DataSpec, DemoConfig, EvalConfig, RunSpec, get_preset
+from adaslot.config import DataSpec, DemoConfig, RunSpec, get_preset
 from adaslot.config.base import to_flags
 from adaslot.errors import AdaslotError
 from adaslot.files import atomic_path, write_json
@@ -38,7 +38,6 @@ from adaslot.files import atomic_path, write_json
 ASSETS = DEMO_CHECKPOINT.parent  # the package's assets folder (what `--long` installs)
 PRESET = "demo"
 PROTOCOL = "adaslot"  # headline protocol (GT at 224, as the patch ceiling); fullres is reported beside it
-MOVI_PROTOCOL = "movi"  # the movi demo's only protocol (GT at 128, as its patch ceiling)
 RESULT_KEYS = ("method", "fg_ari", "baseline_fg_ari", "mean_kept_slots", "mean_objects", "kept_vs_objects_r",
                "split_rate", "merge_rate", "count_confusion", "cache_vs_online_step_ratio")
 # object-level diagnostics copied from the eval summary (docs/method.md#object-diagnostics)
@@ -53,7 +52,7 @@ def _say(cfg: DemoConfig, msg: str) -> None:
 
 
 def headline_protocol(cfg: DemoConfig) -> str:
-    return MOVI_PROTOCOL if cfg.dataset == "movi" else PROTOCOL
+    return cfg.eval.protocols[0]
 
 
 def data_spec(cfg: DemoConfig, data: Path, split: str) -> DataSpec:
@@ -113,14 +112,11 @@ def method_name(stage2: RunSpec) -> str:
     return name + merge
 
 
-def _eval(checkpoint: Path, data: Path, out: Path, cfg: DemoConfig, num_vis: int) -> dict[str, Any]:
+def _eval(checkpoint: Path, data: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
     from adaslot.evaluate import run_eval
 
-    protocol = MOVI_PROTOCOL if cfg.dataset == "movi" else f"{PROTOCOL},fullres"
-    ecfg = EvalConfig(checkpoint=str(checkpoint), data=data_spec(cfg, data, "val"), out=str(out),
-                      protocol=protocol, num_vis=num_vis, device="cpu", workers=0, seed=cfg.seed,
-                      progress=cfg.progress)  # the checkpoint's own inference method
-    return run_eval(ecfg)
+    return run_eval(cfg.eval.replace(checkpoint=str(checkpoint), data=data_spec(cfg, data, "val"),
+                                     out=str(out), seed=cfg.seed, progress=cfg.progress))
 
 
 def _summary(result: dict[str, Any], baseline: float, mean_objects: float, ratio: float | None,
@@ -170,10 +166,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     t = time.perf_counter()
     _say(cfg, f"[bold]2/6 cache-features[/] ({get_preset(PRESET).encoder}) -> {store}")
-    run_cache_features(CacheConfig(
-        out=str(store), data=data_spec(cfg, data, "train"), encoder=get_preset(PRESET).encoder,
-        image_size=side, views=1 if movi else 2, batch_size=256, workers=0, device="cpu", chunk_samples=64,
-        shard_samples=512, overwrite=True, progress=cfg.progress))
+    run_cache_features(cfg.cache.replace(out=str(store), data=data_spec(cfg, data, "train"),
+                                         encoder=get_preset(PRESET).encoder, image_size=side,
+                                         progress=cfg.progress))
     times["cache_features"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -189,8 +184,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     t = time.perf_counter()
     _say(cfg, "[bold]5/6 eval[/] on the val split")
-    num_vis = 8
-    res = _eval(Path(s2["checkpoint"]), data, out / "eval", cfg, num_vis)
+    res = _eval(Path(s2["checkpoint"]), data, out / "eval", cfg)
     protocol = headline_protocol(cfg)
     val = open_dataset(data_spec(cfg, data, "val"), side)
     k_max = get_preset(PRESET).num_slots_stage2
@@ -226,7 +220,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         t = time.perf_counter()
         _say(cfg, f"shipped checkpoint {shipped_path} on the same val split")
         try:
-            sres = _eval(shipped_path, data, out / "eval-shipped", cfg, num_vis)
+            sres = _eval(shipped_path, data, out / "eval-shipped", cfg)
             results["shipped"] = _summary(sres, base["best"], mean_objects, ratio["ratio"], protocol)
         except AdaslotError as e:
             # e.g. a checkpoint made before a change of the demo encoder: this run's results still stand

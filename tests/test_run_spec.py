@@ -119,3 +119,11 @@ def test_the_demo_nests_its_train_config_and_its_flags_set_it():
     with pytest.raises(AdaslotError, match="--selector must be one of"):  # checked before anything runs
         from_flags(DemoConfig, {"selector": "greedy"}).validate()
     assert RunSpec.resolve(s2.validate(), 128, 64).model.merge_slots == 0.12
+
+
+def test_the_demo_nests_the_cache_and_eval_configs_it_runs():
+    shapes, movi = demo_config("quick"), demo_config("quick", dataset="movi")
+    assert (shapes.cache.views, movi.cache.views) == (2, 1)  # MOVi frames are never flipped
+    assert (shapes.eval.protocols, movi.eval.protocols) == (("adaslot", "fullres"), ("movi",))
+    assert "cache" not in to_flags(shapes) and "--num-vis" not in to_flags(shapes)  # not flags of the demo
+    shapes.validate()  # the settings the demo fills in per run (PER_RUN) are checked when it runs them

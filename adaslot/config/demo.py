@@ -9,6 +9,8 @@ from typing import Any
 
 from adaslot.config.base import Settings, setting
 from adaslot.config.data import SyntheticConfig
+from adaslot.config.eval import EvalConfig
+from adaslot.config.store import CacheConfig
 from adaslot.config.sweep import warmstart_free_keys
 from adaslot.config.train import TrainConfig
 from adaslot.errors import AdaslotError
@@ -17,6 +19,8 @@ PROFILES = ("normal", "long", "quick")
 DEMO_DATASETS = ("synthetic", "movi")
 # The settings of the demo's base train config that it fills in per stage run (DemoConfig.stage_config)
 PER_STAGE = ("stage", "out", "from_cache", "num_iters", "warmstart", "seed", "progress")
+# The settings of the nested cache and eval configs that the demo fills in (checked when it runs them)
+PER_RUN = ("out", "data", "encoder", "image_size", "checkpoint", "seed", "progress")
 # The base train config's settings that are flags of `adaslot demo` (the stage-2 method)
 TRAIN_FLAGS = ("selector", "sparsity_weight", "merge_slots")
 
@@ -30,6 +34,19 @@ def demo_train() -> TrainConfig:
                        lr_half_life=100_000, selector="adaslot", sparsity_weight=0.1, merge_slots=0.12,
                        ckpt_every=10**9, keep_last=1, log_every=50, cache_in_memory=True, device="cpu",
                        workers=0)
+
+
+def demo_cache() -> CacheConfig:
+    """The demo's one cache-features pass over its train split (the demo fills in out, data, encoder, side;
+    the movi demo stores one view: its frames are never flipped, docs/movi.md)."""
+    return CacheConfig(views=2, batch_size=256, workers=0, device="cpu", chunk_samples=64, shard_samples=512,
+                       overwrite=True)
+
+
+def demo_eval() -> EvalConfig:
+    """The demo's eval of its stage-2 checkpoint (and of the shipped one) on the val split, with the
+    checkpoint's own inference method; the demo fills in checkpoint, data, out, seed and progress."""
+    return EvalConfig(protocol="adaslot,fullres", num_vis=8, device="cpu", workers=0)
 
 
 def demo_data() -> SyntheticConfig:
@@ -69,6 +86,8 @@ class DemoConfig(Settings):
     seed: int = setting(0, "seed of data, model init and noise (the run is a function of it)")
     data: SyntheticConfig = setting(default_factory=demo_data, cli=False)
     train: TrainConfig = setting(default_factory=demo_train, omit=PER_STAGE, flags=TRAIN_FLAGS)
+    cache: CacheConfig = setting(default_factory=demo_cache, cli=False, omit=PER_RUN)
+    eval: EvalConfig = setting(default_factory=demo_eval, cli=False, omit=PER_RUN)
     stage1_steps: int = setting(2200, "stage-1 steps", min=1, cli=False)
     stage2_steps: int = setting(500, "stage-2 steps", min=1, cli=False)
     ratio_steps: int = setting(10, "steps timed online vs from the cache", min=1, cli=False)
@@ -126,9 +145,10 @@ def demo_config(profile: str = "normal", **overrides: Any) -> DemoConfig:
     data = demo_data().replace(**changes.pop("data", {}))
     train = demo_train().replace(**changes.pop("train", {}))
     dataset = overrides.pop("dataset", None) or "synthetic"
-    if dataset == "movi":
+    if dataset == "movi":  # its own data, protocol (GT at 128) and default folder (never the shape demo's)
         data = movi_demo_data().replace(**MOVI_PROFILE_DATA[profile])
-    if dataset == "movi":  # its own default folder, so it never replaces the shape demo's
         changes["out"] = "cache/movi-demo"
+        changes["cache"] = demo_cache().replace(views=1)
+        changes["eval"] = demo_eval().replace(protocol="movi")
     cfg = DemoConfig(profile=profile, data=data, train=train, dataset=dataset, **changes)
     return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from adaslot.config.base import Settings, setting
 from adaslot.config.data import DataSpec
-from adaslot.config.model import MethodOverrides
+from adaslot.config.model import MethodOverrides, model_alias
 from adaslot.config.store import DEVICE_HELP, WORKERS_HELP
 from adaslot.errors import AdaslotError
 
@@ -88,7 +88,8 @@ class ConvertConfig(Settings):
                        required=True)
     stage: int | None = setting(None, "1 or 2 (default: 2 if the checkpoint has the Gumbel score network; 1 "
                                       "on a stage-2 checkpoint drops the selector)", choices=(1, 2))
-    num_slots: int | None = setting(None, "K; not in the weights (default: the matching preset's)", min=1)
+    num_slots: int | None = model_alias("num_slots", None, "K; not in the weights (default: the matching "
+                                                           "preset's)")
     preset: str | None = setting(None, "preset the shapes must match (tells movi-c from movi-e)")
     encoder: str | None = setting(None, "encoder name to record (default: the matching preset's)")
     allow_pickle: bool = setting(False, "load with full pickle (runs code from the file): trusted files only")
