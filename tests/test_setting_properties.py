@@ -191,3 +191,17 @@ def test_model_aliases_of_train_are_what_its_model_settings_pass_on(base):
             assert all(f.metadata[k] == model[target][k] for k in ("min", "max", "above", "choices")), f.name
         else:
             assert settings == base.model_settings(), f.name
+
+
+def test_per_variant_settings_are_what_each_variant_sets_and_the_base_run_has_no_flag_for():
+    from adaslot.config import SweepConfig
+    from adaslot.config.base import cli_fields
+
+    per_variant = names_where(TrainConfig, "per_variant")
+    base_flags = {f.name for f, _t, path in cli_fields(SweepConfig) if path[:1] == ("base",)}
+    assert per_variant and per_variant.isdisjoint(base_flags)
+    assert {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)} - per_variant \
+        <= base_flags | {"model_overrides", "data"}
+    sweep = SweepConfig(out="sw", seeds=(3,), threads=2, devices="cpu")
+    cfg = sweep.variant_config({}, 3, "sw/runs/v")
+    assert (cfg.out, cfg.seed, cfg.threads, cfg.progress) == ("sw/runs/v", 3, 2, False)

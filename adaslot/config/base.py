@@ -21,7 +21,7 @@ from adaslot.errors import AdaslotError
 S = TypeVar("S", bound="Settings")
 # What a setting means when its declaration does not say (see `setting`)
 PROPERTY_DEFAULTS: dict[str, Any] = {"resumable": False, "input": False, "warmstart_free": False,
-                                     "axis": True, "method": None, "alias": None}
+                                     "axis": True, "method": None, "alias": None, "per_variant": False}
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | None = None,
@@ -30,7 +30,7 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | 
             shortcuts: dict[str, Any] | None = None, parser: Any = None, omit: Sequence[str] = (),
             flags: Sequence[str] | None = None, resumable: bool = False, input: bool = False,
             warmstart_free: bool = False, axis: bool | str = True, method: str | None = None,
-            alias: str | None = None,
+            alias: str | None = None, per_variant: bool = False,
             default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with its CLI/validation metadata.
 
@@ -55,13 +55,15 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | 
     a grid key: what to use instead); method (a model setting): which part of the inference method it is
     (docs/adaptive.md): "keep" (the keep rule of stage 2), "merge" (slot merging) — both a command may
     override — or "trained" (recorded with the method, fixed by training); alias: the ModelConfig field
-    this field of another config sets (`config.model.model_alias` declares it).
+    this field of another config sets (`config.model.model_alias` declares it); per_variant (a train
+    setting): `adaslot sweep` sets it for each variant, so it is not a flag of the sweep's base run.
     """
     meta = {"help": help, "min": min, "max": max, "above": above,
             "choices": tuple(choices) if choices else None, "flag": flag, "argument": argument,
             "required": required, "cli": cli, "shortcuts": shortcuts or {}, "parser": parser,
             "omit": tuple(omit), "flags": None if flags is None else tuple(flags), "resumable": resumable,
-            "input": input, "warmstart_free": warmstart_free, "axis": axis, "method": method, "alias": alias}
+            "input": input, "warmstart_free": warmstart_free, "axis": axis, "method": method, "alias": alias,
+            "per_variant": per_variant}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -8,9 +8,9 @@ settings under the same names, the grid as a table of lists (`[grid]`, `num_slot
 `"model.decoder_hidden" = ["128x128", "256x256"]`); a flag given as well replaces the file's setting.
 
 The base run is a nested TrainConfig: its flags are the train flags, except five the sweep sets per variant
-(`SET_PER_VARIANT`): `out` (the sweep's `--out` is the sweep folder; a variant's run folder is
-OUT/runs/<variant>), `seed` (`--seeds`), `device` (`--devices`, one per worker), `threads` (the sweep's
-`--threads`, per worker; a variant's command carries it, so the plain command sums the same way) and
+(declared `per_variant` in config/train.py): `out` (the sweep's `--out` is the sweep folder; a variant's run
+folder is OUT/runs/<variant>), `seed` (`--seeds`), `device` (`--devices`, one per worker), `threads` (the
+sweep's `--threads`, per worker; a variant's command carries it, so the plain command sums the same way) and
 `progress` (the sweep's).
 """
 
@@ -39,7 +39,7 @@ from adaslot.config.run import RunSpec
 from adaslot.config.train import TrainConfig
 from adaslot.errors import AdaslotError
 
-SET_PER_VARIANT = ("out", "seed", "device", "threads", "progress")
+SET_PER_VARIANT = tuple(sorted(names_where(TrainConfig, "per_variant")))  # declared in config/train.py
 PER_VARIANT = "OUT/runs/<variant>"  # the base run's `out` until a variant sets it
 GRID_HELP = ("an axis: KEY=V1,V2,... (repeatable; variants = every combination x --seeds). KEY: a train "
              "setting (num_slots, lr, ...) or model.X (model.decoder_hidden, ...); a comma always separates "

@@ -27,7 +27,7 @@ class TrainConfig(Settings):
     stage: int = setting(1, "1: fixed K (DINOSAUR-style); 2: adaptive K (warm start from stage 1)",
                          choices=(1, 2), warmstart_free=True)
     out: str = setting("", "run folder (config, metrics.jsonl, checkpoints/); rerun to resume", required=True,
-                       resumable=True, axis="--out is the sweep folder")
+                       resumable=True, axis="--out is the sweep folder", per_variant=True)
     from_cache: str | None = setting(None, "feature store (zarr folder or .h5) to train from", input=True)
     data: DataSpec = setting(default_factory=DataSpec, input=True)
     encoder: str | None = setting(None, "online mode: frozen encoder name (default: the preset's)",
@@ -82,7 +82,8 @@ class TrainConfig(Settings):
     precision: str = setting("fp32", "fp32 (reference), tf32, or bf16 (autocast)", choices=PRECISIONS,
                              input=True)
     compile: bool = setting(False, "torch.compile the slot model and loss", **BOOKKEEPING)
-    seed: int = setting(0, "seed of init, data order and noise", input=True, axis="use --seeds")
+    seed: int = setting(0, "seed of init, data order and noise", input=True, axis="use --seeds",
+                        per_variant=True)
     val_every: int = setting(0, "validate every N steps (0: never)", min=0, **BOOKKEEPING)
     val_root: str | None = setting(None, "COCO root whose val split validates (default: --root)",
                                    **BOOKKEEPING)
@@ -94,14 +95,16 @@ class TrainConfig(Settings):
     log_every: int = setting(50, "write metrics.jsonl every N steps", min=1, **BOOKKEEPING)
     # the in-memory loader draws its own order, so it is an input setting and a rerun keeps it
     cache_in_memory: bool = setting(False, "load the store into memory first", input=True, axis=False)
-    device: str = setting("auto", DEVICE_HELP, resumable=True, axis="use --devices")
+    device: str = setting("auto", DEVICE_HELP, resumable=True, axis="use --devices",
+                          per_variant=True)
     threads: int | None = setting(None, "torch CPU threads (default: torch's choice); a run's losses repeat "
                                         "bit for bit at the same number", min=1, resumable=True,
-                                  axis="use --threads")
+                                  axis="use --threads", per_variant=True)
     workers: int | None = setting(None, WORKERS_HELP, min=0, input=True, **BOOKKEEPING)
     wandb: bool = setting(False, "also log to Weights & Biases", **BOOKKEEPING)
     wandb_project: str = setting("adaslot", "Weights & Biases project", **BOOKKEEPING)
-    progress: bool = setting(True, "show the progress bar", resumable=True, axis="not a setting of the runs")
+    progress: bool = setting(True, "show the progress bar", resumable=True,
+                            axis="not a setting of the runs", per_variant=True)
 
     def check(self) -> None:
         if not self.out:
