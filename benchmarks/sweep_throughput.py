@@ -21,6 +21,7 @@ gets here, divided by steps x runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import subprocess
@@ -89,21 +90,16 @@ def bytes_per_variant_step(cfg, out: Path, steps: int, group: int) -> tuple[floa
 
 
 def sweep_command(settings: dict) -> list[str]:
-    """`adaslot sweep` arguments for flat settings (the grid as {key: values})."""
-    from adaslot.config.base import value_text
+    """`adaslot sweep` arguments for flat settings (the sweep's, the base run's train and data settings)."""
+    from adaslot.config import DataSpec, SweepConfig, TrainConfig
+    from adaslot.config.base import to_flags
+    from adaslot.config.sweep import PER_VARIANT
 
-    args = ["sweep"]
-    for key, value in settings.items():
-        flag = "--" + key.replace("_", "-")
-        if key == "grid":
-            args += [a for k, vs in value.items() for a in (flag, f"{k}={','.join(map(value_text, vs))}")]
-        elif key == "seeds":
-            args += [flag, ",".join(map(str, value))]
-        elif isinstance(value, bool):
-            args.append(flag if value else f"--no-{key.replace('_', '-')}")
-        else:
-            args += [flag, value_text(value)]
-    return args
+    names = {cls: {f.name for f in dataclasses.fields(cls)} for cls in (SweepConfig, TrainConfig, DataSpec)}
+    part = {cls: {k: v for k, v in settings.items() if k in names[cls]} for cls in names}
+    base = TrainConfig(out=PER_VARIANT, data=DataSpec(**part[DataSpec]),
+                       **{k: v for k, v in part[TrainConfig].items() if k not in names[SweepConfig]})
+    return ["sweep", *to_flags(SweepConfig(base=base, **part[SweepConfig]))]
 
 
 def main() -> None:

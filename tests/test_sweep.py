@@ -376,3 +376,21 @@ def test_work_is_shared_out_by_decoder_and_input_mlp_cost(tmp_path):
     workers = assign([group], 2)
     names = [[[Path(c.out).name for c in unit] for unit in w] for w in workers]
     assert names == [[["4-64", "6-128"]], [["4-128", "6-64"]]]  # 740 vs 639, not 572 vs 808 in order
+
+
+def test_to_flags_gives_the_sweep_command_line_back():
+    import typer
+
+    from adaslot.cli import _build, app
+    from adaslot.config import SweepConfig, TrainConfig
+    from adaslot.config.base import to_flags
+    from adaslot.config.sweep import PER_VARIANT, parse_grid
+
+    cfg = SweepConfig(out="sw", base=TrainConfig(out=PER_VARIANT, from_cache="s.zarr", val_root="data",
+                                                 num_iters=30),
+                      grid=parse_grid(["num_slots=4,6", "model.decoder_hidden=64x64,128x128"]), seeds=(0, 2),
+                      score_images=8, progress=False)
+    flags = to_flags(cfg)
+    assert flags[flags.index("--seeds") + 1] == "0,2" and "num_slots=4,6" in flags
+    sweep = typer.main.get_command(app).commands["sweep"]  # the click command typer builds
+    assert _build(SweepConfig, sweep.make_context("sweep", list(flags)).params) == cfg

@@ -27,7 +27,8 @@ PROPERTY_DEFAULTS: dict[str, Any] = {"resumable": False, "input": False, "warmst
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | None = None,
             max: float | None = None, above: float | None = None, choices: Sequence[Any] | None = None,
             flag: str | None = None, argument: bool = False, required: bool = False, cli: bool = True,
-            shortcuts: dict[str, Any] | None = None, parser: Any = None, omit: Sequence[str] = (),
+            shortcuts: dict[str, Any] | None = None, parser: Any = None, text: Any = None,
+            omit: Sequence[str] = (),
             flags: Sequence[str] | None = None, resumable: bool = False, input: bool = False,
             warmstart_free: bool = False, axis: bool | str = True, method: str | None = None,
             alias: str | None = None, per_variant: bool = False,
@@ -37,7 +38,8 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | 
     min / max: inclusive bounds; above: exclusive lower bound; choices: allowed values; flag: the flag name
     when it is not the field name; argument: a positional CLI argument; required: the CLI needs it;
     cli=False: library-only; shortcuts: {"long": "long"} adds a flag `--long` meaning `--FIELD long`;
-    parser: the flag is repeatable (`--model a=1 --model b=2`) and parser(list of strings) gives the value.
+    parser: the flag is repeatable (`--model a=1 --model b=2`) and parser(list of strings) gives the value;
+    text: its inverse (value -> those strings) where KEY=VALUE per item is not it (`to_flags`).
     omit (a field whose type is a Settings): its fields of these names are not flags of the outer config,
     which declares its own of the same name and fills them in per use (e.g. the sweep's `--out` is the sweep
     folder; each run's `out` is set per variant); such a nested value is a template, checked by the outer
@@ -60,7 +62,7 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, min: float | 
     """
     meta = {"help": help, "min": min, "max": max, "above": above,
             "choices": tuple(choices) if choices else None, "flag": flag, "argument": argument,
-            "required": required, "cli": cli, "shortcuts": shortcuts or {}, "parser": parser,
+            "required": required, "cli": cli, "shortcuts": shortcuts or {}, "parser": parser, "text": text,
             "omit": tuple(omit), "flags": None if flags is None else tuple(flags), "resumable": resumable,
             "input": input, "warmstart_free": warmstart_free, "axis": axis, "method": method, "alias": alias,
             "per_variant": per_variant}
@@ -296,6 +298,8 @@ def to_flags(cfg: Settings, only: Collection[str] | None = None) -> list[str]:
             flags.append(f"--{short[0]}")
         elif f.metadata.get("argument"):
             args.append(value_text(value))
+        elif f.metadata.get("text"):  # a repeatable flag with its own form (e.g. --grid, --seeds)
+            flags += [a for item in f.metadata["text"](value) for a in (flag, item)]
         elif isinstance(value, dict):  # a repeatable KEY=VALUE flag (e.g. --model)
             flags += [a for k, v in value.items() for a in (flag, f"{k}={value_text(v)}")]
         elif isinstance(value, bool):

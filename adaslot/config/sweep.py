@@ -109,6 +109,11 @@ def parse_grid(items: list[str]) -> dict[str, tuple[Any, ...]]:
     return grid
 
 
+def grid_text(grid: dict[str, tuple[Any, ...]]) -> list[str]:
+    """The inverse of parse_grid: {"num_slots": (5, 7)} -> ["num_slots=5,7"]."""
+    return [f"{k}={','.join(map(value_text, vs))}" for k, vs in grid.items()]
+
+
 def parse_seeds(items: list[str]) -> tuple[int, ...]:
     """["1,2", "3"] -> (1, 2, 3)."""
     try:
@@ -150,10 +155,11 @@ class SweepConfig(Settings):
                            "curves.png, effects.png; rerun to resume or to add variants")
     base: TrainConfig = setting(default_factory=lambda: TrainConfig(out=PER_VARIANT), omit=SET_PER_VARIANT,
                                 help="the base run: every train flag except the five set per variant")
-    grid: dict[str, tuple[Any, ...]] = setting(default_factory=dict, parser=parse_grid, help=GRID_HELP)
+    grid: dict[str, tuple[Any, ...]] = setting(default_factory=dict, parser=parse_grid, text=grid_text,
+                                               help=GRID_HELP)
     seeds: tuple[int, ...] = setting((0,), "seeds, e.g. 1,2: each variant runs once per seed (same seed = "
                                            "same batches and noise, so differences are paired)",
-                                     parser=parse_seeds)
+                                     parser=parse_seeds, text=lambda seeds: [",".join(map(str, seeds))])
     stage1_sweep: str | None = setting(None, "with --warmstart auto: the stage-1 sweep folder whose matching "
                                              "variant (same seed, same values of its grid keys) each "
                                              "variant starts from")

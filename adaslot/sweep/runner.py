@@ -36,7 +36,10 @@ from adaslot.sweep.worker import Failure, run_worker, score_run
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     """Run (or resume, or extend) the sweep in cfg.out; with cfg.collect only score and tabulate; with
     cfg.print_commands only print the variants' `adaslot train` commands. Returns the results summary."""
+    from adaslot.metrics import RENAMED_KEYS
+
     cfg = cfg.validate()
+    cfg = cfg.replace(rank_by=RENAMED_KEYS.get(cfg.rank_by, cfg.rank_by))  # --rank-by corloc (old name)
     check_rank_by(cfg.rank_by, None if cfg.collect else cfg.base.stage)
     if cfg.collect:
         return collect(cfg)
@@ -94,10 +97,7 @@ def collect(cfg: SweepConfig) -> dict[str, Any]:
 
 def write_results(out: Path, rank_by: str) -> dict[str, Any]:
     """sweep.csv, summary.md, curves.png, effects.png from the run folders in out/runs; the table printed."""
-    from adaslot.metrics import RENAMED_KEYS
     from adaslot.sweep.plots import plot_curves, plot_effects
-
-    rank_by = RENAMED_KEYS.get(rank_by, rank_by)  # --rank-by corloc (old name)
 
     runs = read_runs(out)
     manifest = out / "sweep.json"  # the grid order of the latest sweep command, if one ran here
@@ -119,10 +119,7 @@ STAGE2_METRICS = ("mean_kept_slots", "kept_vs_objects_r")  # only adaptive (stag
 def check_rank_by(rank_by: str, stage: int | None = None) -> None:
     """--rank-by must name a metric a sweep reports: a training metric or a scalar of the eval summary (one
     a stage-1 model has, for a stage-1 sweep)."""
-    from adaslot.metrics import RENAMED_KEYS
-
     known = known_metrics()
-    rank_by = RENAMED_KEYS.get(rank_by, rank_by)  # --rank-by corloc (old name) still accepted
     if rank_by not in known:
         raise AdaslotError(f"--rank-by {rank_by}: unknown metric; choose one of {', '.join(known)}")
     if stage == 1 and rank_by in STAGE2_METRICS:
