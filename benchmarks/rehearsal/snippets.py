@@ -6,7 +6,7 @@ import sys, time, json, resource
 t0 = time.perf_counter()
 from adaslot.store.loader import FeatureLoader
 loader = FeatureLoader(sys.argv[1], int(sys.argv[2]), seed=0)
-n = loader.samples_per_epoch
+n = loader.epoch_length(0)
 steps, first, seen = 0, None, 0
 for feats, rows in loader:
     if first is None:
