@@ -72,8 +72,9 @@ class PatchColourPositionEncoder(nn.Module):
         pooled = []
         for i in range(0, b, n):
             rgb = x[i:i + n].permute(0, 2, 3, 1).reshape(-1, 3)  # [n H W, 3]
-            per_pixel = torch.addmm(self.phase, rgb, self.proj).cos_().view(-1, h, w, self.colour_dim)
-            pooled.append(torch.nn.functional.avg_pool2d(per_pixel.permute(0, 3, 1, 2), p))  # [n, C, h, w]
+            per_pixel = torch.addmm(self.phase, rgb, self.proj).cos_()  # [n H W, C]
+            per_pixel = per_pixel.view(-1, h, w, self.colour_dim).permute(0, 3, 1, 2)  # [n, C, H, W]
+            pooled.append(torch.nn.functional.avg_pool2d(per_pixel, p))  # [n, C, H/p, W/p]
         colour = torch.cat(pooled)
         colour = colour.flatten(2).transpose(1, 2) * math.sqrt(2.0 / self.colour_dim)  # [B, T, C]
         pos = self.position_code(h // p).to(colour).expand(b, -1, -1)
