@@ -60,6 +60,14 @@ def parse_args() -> argparse.Namespace:
         help="only the eval / segment memory runs at --val / --segment images, with this checkpoint "
         "(writes WORK/memory-data and docs/results/coco_scale_memory.json)",
     )
+    p.add_argument(
+        "--early-checkpoint",
+        default=None,
+        metavar="CKPT",
+        help="run eval and segment (and segment's kill / resume) right after make-synthetic with this "
+        "checkpoint (a demo-preset model on the same encoder, e.g. from a --quick run), so they are measured "
+        "even when the cache pass does not finish in the time there is",
+    )
     p.add_argument("--json", default=None, help="default docs/results/coco_scale_steps.json (quick: WORK/)")
     p.add_argument("--md", default=None, help="markdown table (default: beside --json)")
     return p.parse_args()
@@ -91,6 +99,7 @@ def main() -> None:
         "shards": -(-n_train // SHARD),
         "scale": args.scale if not args.quick else "quick",
         "steps": n_steps,
+        "early_checkpoint": args.early_checkpoint,
     }
     res = Results(json_path, Path(args.md or json_path.with_suffix(".md")), meta)
     print(
@@ -105,12 +114,14 @@ def main() -> None:
     if not (args.keep_data and marker.is_file() and json.loads(marker.read_text()) == want):
         steps.make_synthetic(data, n_train, n_val, args.synthetic_workers, res)
         marker.write_text(json.dumps(want))
+    if args.early_checkpoint:
+        eval_and_segment(work, data, Path(args.early_checkpoint), n_val, n_seg, res)
     steps.cache_features(data, "train", store, 2, n_train, res)
     steps.cache_features(data, "val", val_store, 1, n_val, res)
     steps.loader_epoch(store, res)
     ckpt = steps.train(work, store, n_steps, res)
-    image_folder = steps.memory_steps(work, data, ckpt, n_val, n_seg, res)
-    steps.segment_kill_resume(work, ckpt, image_folder(n_seg), n_seg, res)
+    if not args.early_checkpoint:
+        eval_and_segment(work, data, ckpt, n_val, n_seg, res)
     steps.sweep(work, store, val_store, variants_steps, res)
     steps.ddp(work, store, max(4, n_steps // 10), ranks, res)
 
@@ -121,6 +132,12 @@ def main() -> None:
     print(f"wrote {json_path} and {res.md_path} ({result['total_s']:.0f} s in all)")
     if res.failed():
         sys.exit("coco_scale: a step failed (see the errors above)")
+
+
+def eval_and_segment(work: Path, data: Path, ckpt: Path, n_val: int, n_seg: int, res: Results) -> None:
+    """eval and segment at two sizes (memory ratios), then segment killed halfway and resumed."""
+    image_folder = steps.memory_steps(work, data, ckpt, n_val, n_seg, res)
+    steps.segment_kill_resume(work, ckpt, image_folder(n_seg), n_seg, res)
 
 
 def memory_only(args: argparse.Namespace, work: Path, n_val: int, n_seg: int) -> None:

@@ -22,8 +22,9 @@ class Sink(Protocol):
     def append(self, r: dict[str, Any], /) -> None: ...
 
 
-def cli(*args: str) -> list[str]:
-    return [sys.executable, str(ROOT / "cli.py"), *args]
+def cli(*args: str, code: Path = ROOT) -> list[str]:
+    """`python CODE/cli.py ARGS`: the script's folder comes first on sys.path, so CODE's adaslot runs."""
+    return [sys.executable, str(code / "cli.py"), *args]
 
 
 def count_files(folder: Path) -> int:
@@ -37,10 +38,11 @@ def run(
     first: Callable[[], bool] | None = None,
     kill_when: Callable[[], bool] | None = None,
     results: Sink | None = None,
+    code: Path = ROOT,
     **extra: Any,
 ) -> dict[str, Any]:
     """Run `cmd`, watching `first()` (start-up) and `kill_when()` (SIGKILL it then) -> its measurements."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(code)}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, start_new_session=True
@@ -71,26 +73,26 @@ def run(
     stop.set()
     for t in threads:
         t.join(timeout=5)
-    code = os.waitstatus_to_exitcode(status)
+    rc = os.waitstatus_to_exitcode(status)
     r = {
         "step": name,
         "wall_s": round(wall, 2),
         "startup_s": round(seen["startup"], 2) if "startup" in seen else None,
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-        "exit_code": code,
+        "exit_code": rc,
         "files": count_files(out) if out is not None else None,
         **extra,
     }
     if "killed" in seen:
         r["killed_at_s"] = round(seen["killed"], 2)
     text = "".join(output)
-    if code != 0 and "killed" not in seen:
+    if rc != 0 and "killed" not in seen:
         r["error"] = text[-1500:]
         print(text[-3000:], file=sys.stderr)
     r["output_tail"] = text[-400:]
     print(
         f"  {name}: {wall:.1f} s, start-up {r['startup_s']} s, peak RSS {r['peak_rss_mb']} MB, "
-        f"files {r['files']}, exit {code}",
+        f"files {r['files']}, exit {rc}",
         flush=True,
     )
     if results is not None:
