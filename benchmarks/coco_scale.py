@@ -114,6 +114,7 @@ def main() -> None:
     if not (args.keep_data and marker.is_file() and json.loads(marker.read_text()) == want):
         steps.make_synthetic(data, n_train, n_val, args.synthetic_workers, res)
         marker.write_text(json.dumps(want))
+    steps.dataset_index(data, res)
     if args.early_checkpoint:
         eval_and_segment(work, data, Path(args.early_checkpoint), n_val, n_seg, res)
     steps.cache_features(data, "train", store, 2, n_train, res)

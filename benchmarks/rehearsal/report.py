@@ -71,6 +71,8 @@ def table(result: dict[str, Any]) -> str:
             "loader_init_s",
             "epoch_plan_s",
             "resume_position_200k_steps_s",
+            "dataset_open_s",
+            "annotations",
             "images",
             "steps",
             "samples_per_s",
@@ -83,7 +85,7 @@ def table(result: dict[str, Any]) -> str:
         ):
             if r.get(key) is not None:
                 v = r[key]
-                notes.append(f"{key} {v:.0f}" if isinstance(v, float) else f"{key} {v}")
+                notes.append(f"{key} {_num(v)}")
         if r["exit_code"] != 0 and "killed_at_s" not in r:
             notes.append(f"FAILED (exit {r['exit_code']})")
         rows.append(
@@ -91,3 +93,10 @@ def table(result: dict[str, Any]) -> str:
             f"{r['peak_rss_mb']} | {r['files'] if r['files'] is not None else '-'} | {', '.join(notes)} |"
         )
     return "\n".join(rows) + "\n"
+
+
+def _num(v: Any) -> str:
+    """A note's value: whole numbers from 100 up, three significant digits below (0.123 s, 12.3 s)."""
+    if not isinstance(v, float):
+        return str(v)
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"

@@ -53,3 +53,16 @@ pos = timed("resume_position_200k_steps_s", lambda: loader.position(200_000 * 64
 r["resume_position"] = pos
 print(json.dumps(r))
 """
+
+
+DATASET_SNIPPET = """
+import sys, time, json, resource
+t0 = time.perf_counter()
+from adaslot.data.coco import CocoDataset
+t_import = time.perf_counter() - t0
+t = time.perf_counter()
+ds = CocoDataset.from_root(sys.argv[1], sys.argv[2], size=64, views=2)
+dt = time.perf_counter() - t
+print(json.dumps({"import_s": t_import, "dataset_open_s": dt, "images": len(ds),
+                  "annotations": len(ds.coco.anns)}))
+"""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .measure import ROOT, Sink, cli, count_files, lines, run
-from .snippets import INDEX_SNIPPET, LOADER_SNIPPET
+from .snippets import DATASET_SNIPPET, INDEX_SNIPPET, LOADER_SNIPPET
 
 COCO_TRAIN, COCO_VAL, SHARD = 118_287, 5_000, 512
 SEG_FLAGS = ["--save-slots", "--batch-size", "64", "--workers", "1", "--device", "cpu", "--no-progress"]
@@ -68,6 +68,14 @@ def make_synthetic(data: Path, n_train: int, n_val: int, workers: int, res: Sink
         images=n_train + n_val,
         workers=workers,
     )
+
+
+def dataset_index(data: Path, res: Sink) -> None:
+    """Opening the train split as a dataset (pycocotools' index of its annotation file, the listing of its
+    images): what cache-features and online training pay before their first image."""
+    r = run("dataset index (train)", [sys.executable, "-c", DATASET_SNIPPET, str(data), "train"], None)
+    r.update(_parse_last_line(r))
+    res.append(r)
 
 
 def cache_features(data: Path, split: str, out: Path, views: int, images: int, res: Sink) -> None:
