@@ -29,7 +29,7 @@ from pathlib import Path
 
 from rehearsal import steps
 from rehearsal.measure import ROOT, lines, run
-from rehearsal.report import Results, memory_ratios, table
+from rehearsal.report import Results, memory_ratios, refresh, table
 from rehearsal.steps import COCO_TRAIN, COCO_VAL, SHARD
 
 __all__ = ["lines", "memory_ratios", "run", "table"]  # what tests/test_coco_scale.py uses
@@ -68,6 +68,7 @@ def parse_args() -> argparse.Namespace:
         "checkpoint (a demo-preset model on the same encoder, e.g. from a --quick run), so they are measured "
         "even when the cache pass does not finish in the time there is",
     )
+    p.add_argument("--refresh", default=None, metavar="JSON", help="only add notes to an older results file")
     p.add_argument("--json", default=None, help="default docs/results/coco_scale_steps.json (quick: WORK/)")
     p.add_argument("--md", default=None, help="markdown table (default: beside --json)")
     return p.parse_args()
@@ -75,6 +76,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.refresh:
+        print(table(refresh(Path(args.refresh))))
+        return
     if args.quick:
         n_train, n_val, n_steps, n_seg, ranks, variants_steps = 700, 60, 12, 120, 2, 3
     else:

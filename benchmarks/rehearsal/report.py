@@ -32,7 +32,10 @@ class Results:
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             **memory_ratios(self.steps),
-            "results": [{k: v for k, v in r.items() if k != "output_tail"} for r in self.steps],
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "results": [
+                {**{k: v for k, v in r.items() if k != "output_tail"}, "notes": notes(r)} for r in self.steps
+            ],
         }
 
     def save(self, finished: bool) -> dict[str, Any]:
@@ -62,37 +65,53 @@ def memory_ratios(res: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+NOTE_KEYS = (
+    "open_store_s",
+    "loader_init_s",
+    "epoch_plan_s",
+    "resume_position_200k_steps_s",
+    "dataset_open_s",
+    "annotations",
+    "images",
+    "workers",
+    "steps",
+    "samples_per_s",
+    "variants",
+    "ranks",
+    "killed_at_s",
+    "done_before",
+    "redone",
+    "metrics_lines_before",
+)
+
+
+def notes(r: dict[str, Any]) -> str:
+    """The step's other measurements in words ("images 5000, killed_at_s 46"), and FAILED if it failed."""
+    out = [f"{key} {_num(r[key])}" for key in NOTE_KEYS if r.get(key) is not None]
+    if r["exit_code"] != 0 and "killed_at_s" not in r:
+        out.append(f"FAILED (exit {r['exit_code']})")
+    return ", ".join(out)
+
+
 def table(result: dict[str, Any]) -> str:
     rows = ["| step | wall s | start-up s | peak RSS MB | files | notes |", "|---|---:|---:|---:|---:|---|"]
     for r in result["results"]:
-        notes = []
-        for key in (
-            "open_store_s",
-            "loader_init_s",
-            "epoch_plan_s",
-            "resume_position_200k_steps_s",
-            "dataset_open_s",
-            "annotations",
-            "images",
-            "steps",
-            "samples_per_s",
-            "variants",
-            "ranks",
-            "killed_at_s",
-            "done_before",
-            "redone",
-            "metrics_lines_before",
-        ):
-            if r.get(key) is not None:
-                v = r[key]
-                notes.append(f"{key} {_num(v)}")
-        if r["exit_code"] != 0 and "killed_at_s" not in r:
-            notes.append(f"FAILED (exit {r['exit_code']})")
         rows.append(
             f"| {r['step']} | {r['wall_s']} | {r['startup_s'] if r['startup_s'] is not None else '-'} | "
-            f"{r['peak_rss_mb']} | {r['files'] if r['files'] is not None else '-'} | {', '.join(notes)} |"
+            f"{r['peak_rss_mb']} | {r['files'] if r['files'] is not None else '-'} | {notes(r)} |"
         )
     return "\n".join(rows) + "\n"
+
+
+def refresh(json_path: Path) -> dict[str, Any]:
+    """Add each step's notes (what docs/scale.md's rendered tables show) to a results file written by an
+    older run, and write its table beside it."""
+    result = json.loads(json_path.read_text())
+    for r in result["results"]:
+        r["notes"] = notes(r)
+    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    json_path.with_suffix(".md").write_text(table(result))
+    return result
 
 
 def _num(v: Any) -> str:
