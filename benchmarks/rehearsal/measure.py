@@ -79,6 +79,7 @@ def run(
         "wall_s": round(wall, 2),
         "startup_s": round(seen["startup"], 2) if "startup" in seen else None,
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),  # user + system, its children included
         "exit_code": rc,
         "files": count_files(out) if out is not None else None,
         **extra,
