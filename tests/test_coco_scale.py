@@ -3,6 +3,7 @@ SIGKILL at a condition) on small real subprocesses; the whole --quick rehearsal 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ def test_run_measures_startup_rss_files_and_kills_on_condition(tmp_path):
     assert r["exit_code"] == 0 and r["files"] == 40 and res == [r]
     assert 0 < r["startup_s"] <= r["wall_s"]
     assert r["peak_rss_mb"] > 60  # the 60 MiB buffer of the child, seen through os.wait4
+    assert 0 < r["cpu_s"] <= r["wall_s"] * (os.cpu_count() or 1)
     out2 = tmp_path / "killed"
     k = coco_scale.run(
         "killed", [sys.executable, "-c", WRITER, str(out2)], out2, kill_when=lambda: (out2 / "5.txt").exists()

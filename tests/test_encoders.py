@@ -180,3 +180,22 @@ def test_register_custom_encoder(images):
         encoders.ENCODERS.pop("test-custom")
     with pytest.raises(ValueError):
         register_encoder(name="both", embed_dim=1, patch_size=1)
+
+
+def test_demo_encoder_by_chunks_equals_the_whole_batch_formula():
+    """The demo encoder computes its colour features a few images at a time (docs/scale.md): the values are
+    exactly those of the formula over the whole batch, for a batch of more than one chunk."""
+    import math
+
+    from adaslot.demo_encoder import PIXELS_PER_CHUNK, PatchColourPositionEncoder
+
+    enc = PatchColourPositionEncoder()
+    x = torch.rand(PIXELS_PER_CHUNK // (64 * 64) + 3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    per_pixel = torch.cos(x.permute(0, 2, 3, 1) @ enc.proj + enc.phase)  # [B, H, W, C] at once
+    colour = torch.nn.functional.avg_pool2d(per_pixel.permute(0, 3, 1, 2), 8).flatten(2).transpose(1, 2)
+    pos = enc.position_code(8).expand(len(x), -1, -1)
+    want = torch.cat([colour * math.sqrt(2.0 / 96), pos], -1) * enc.scale
+    with torch.no_grad():
+        got = enc(x)
+    assert got.shape == (len(x), 64, 128)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)

@@ -90,6 +90,22 @@ def test_deterministic_for_a_seed(tmp_path: Path) -> None:
     assert (a / name).read_bytes() == (d / name).read_bytes()
 
 
+def test_workers_write_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import adaslot.data.synthetic as synthetic
+
+    monkeypatch.setattr(synthetic, "CHUNK_IMAGES", 2)  # several jobs per split, given out to the workers
+    roots = []
+    for workers in (1, 3):
+        root = tmp_path / f"w{workers}"
+        run_make_synthetic(SyntheticConfig(out=str(root), num_train=7, num_val=3, image_size=48, seed=2,
+                                           workers=workers, progress=False))
+        roots.append(root)
+    assert len(list((roots[1] / "train2017").iterdir())) == 7
+    ann = json.loads((roots[1] / "annotations" / "instances_train2017.json").read_text())
+    assert [a["id"] for a in ann["annotations"]] == list(range(1, len(ann["annotations"]) + 1))
+    assert _digest(roots[0]) == _digest(roots[1])
+
+
 def test_crowd_and_errors(tmp_path: Path) -> None:
     root = tmp_path / "crowd"
     run_make_synthetic(SyntheticConfig(out=str(root), num_train=0, num_val=8, image_size=64, crowd_prob=0.5,

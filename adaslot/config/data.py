@@ -97,6 +97,8 @@ class SyntheticConfig(Settings):
     movi_background: str = setting("gradient", "movi: gradient (vertical gradient of two random colours, the "
                                                 "default) or plain (one colour per video: what the movi demo "
                                                 "trains on, docs/movi.md)", choices=("gradient", "plain"))
+    workers: int = setting(1, "coco: processes rendering images (1 = in this process); the same bytes for "
+                                 "any number", min=1)
     overwrite: bool = setting(False, "replace OUT if it exists")
     progress: bool = setting(True, "show a progress bar")
 

@@ -17,7 +17,10 @@ from __future__ import annotations
 import colorsys
 import functools
 import json
+import multiprocessing as mp
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
 
@@ -206,14 +209,14 @@ def image_id_for(split: str, index: int) -> int:
     return index + 1 + (VAL_ID_OFFSET if split == "val" else 0)
 
 
-def _encode_annotations(scene: Scene, image_id: int, first_ann_id: int) -> list[dict[str, Any]]:
+def _encode_annotations(scene: Scene, image_id: int) -> list[dict[str, Any]]:
+    """COCO annotations of one scene, without their "id" (numbered in order by the caller)."""
     from pycocotools import mask as mask_utils
 
     anns = []
     for j, m in enumerate(scene.masks):
         rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
         anns.append({
-            "id": first_ann_id + j,
             "image_id": image_id,
             "category_id": int(scene.category_ids[j]),
             "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
@@ -224,22 +227,45 @@ def _encode_annotations(scene: Scene, image_id: int, first_ann_id: int) -> list[
     return anns
 
 
-def _write_split(cfg: SyntheticConfig, root: Path, split: str, count: int, ann_id: int,
-                 advance: Any) -> tuple[dict[str, Any], int]:
-    img_dir = root / f"{split}2017"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
-    for i in range(count):
+Rendered = list[tuple[dict[str, Any], list[dict[str, Any]]]]  # per image: its COCO entry, its annotations
+
+
+def _render_range(cfg: SyntheticConfig, img_dir: Path, split: str, start: int, stop: int) -> Rendered:
+    """Render images start..stop-1 of `split`, write their JPEGs to img_dir -> their COCO entries in order.
+    Each image depends only on (seed, split, index), so any split of the range gives the same bytes."""
+    out: Rendered = []
+    for i in range(start, stop):
         scene = render_scene(scene_rng(cfg.seed, split, i), cfg)
         image_id = image_id_for(split, i)
         name = f"{image_id:012d}.jpg"
         Image.fromarray(scene.image, "RGB").save(img_dir / name, quality=cfg.jpeg_quality)
-        images.append({"id": image_id, "file_name": name, "height": cfg.image_size, "width": cfg.image_size})
-        anns = _encode_annotations(scene, image_id, ann_id)
-        ann_id += len(anns)
-        annotations.extend(anns)
-        advance()
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "overwrite", "progress")}
+        entry = {"id": image_id, "file_name": name, "height": cfg.image_size, "width": cfg.image_size}
+        out.append((entry, _encode_annotations(scene, image_id)))
+    return out
+
+
+def _render_range_star(job: tuple[SyntheticConfig, Path, str, int, int]) -> Rendered:
+    return _render_range(*job)
+
+
+CHUNK_IMAGES = 256  # images per job given to a worker process: few round trips, bounded memory in flight
+
+
+def _write_split(cfg: SyntheticConfig, root: Path, split: str, count: int, ann_id: int,
+                 advance: Callable[[int], Any], pool: Pool | None) -> tuple[dict[str, Any], int]:
+    img_dir = root / f"{split}2017"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(cfg, img_dir, split, a, min(count, a + CHUNK_IMAGES)) for a in range(0, count, CHUNK_IMAGES)]
+    chunks = pool.imap(_render_range_star, jobs) if pool is not None else map(_render_range_star, jobs)
+    images, annotations = [], []
+    for chunk in chunks:  # in order, whatever the number of workers: ids and JSON are the same
+        for entry, anns in chunk:
+            images.append(entry)
+            for ann in anns:
+                annotations.append({"id": ann_id, **ann})
+                ann_id += 1
+        advance(len(chunk))
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "overwrite", "progress", "workers")}
     coco = {
         "info": {"description": "adaslot synthetic shapes", "version": "1.0", "generator_settings": settings},
         "licenses": [],
@@ -260,20 +286,28 @@ def write_coco_synthetic(cfg: SyntheticConfig) -> dict[str, Any]:
         raise AdaslotError("--format movi is written by adaslot.data.movi_synthetic.write_movi_synthetic")
     out = Path(cfg.out)
     summary: dict[str, Any] = {"root": str(out)}
-    with atomic_dir(out, cfg.overwrite) as tmp:
-        from adaslot.progress import progress_bar
+    # fork: the workers only render with numpy / Pillow and need nothing of the parent but cfg; started
+    # before the progress bar's thread
+    pool = mp.get_context("fork").Pool(cfg.workers) if cfg.workers > 1 else None
+    try:
+        with atomic_dir(out, cfg.overwrite) as tmp:
+            from adaslot.progress import progress_bar
 
-        with progress_bar("make-synthetic", cfg.progress, unit="img") as bar:
-            task = bar.add_task("make-synthetic", total=cfg.num_train + cfg.num_val)
-            ann_id = 1
-            (tmp / "annotations").mkdir()
-            for split, count in (("train", cfg.num_train), ("val", cfg.num_val)):
-                coco, ann_id_next = _write_split(cfg, tmp, split, count, ann_id, lambda: bar.advance(task))
-                with open(tmp / "annotations" / f"instances_{split}2017.json", "w") as f:
-                    json.dump(coco, f)
-                summary[f"{split}_images"] = count
-                summary[f"{split}_objects"] = ann_id_next - ann_id
-                ann_id = ann_id_next
+            with progress_bar("make-synthetic", cfg.progress, unit="img") as bar:
+                task = bar.add_task("make-synthetic", total=cfg.num_train + cfg.num_val)
+                ann_id = 1
+                (tmp / "annotations").mkdir()
+                for split, count in (("train", cfg.num_train), ("val", cfg.num_val)):
+                    coco, ann_id_next = _write_split(cfg, tmp, split, count, ann_id,
+                                                     lambda k: bar.advance(task, k), pool)
+                    # json.dumps + one write: the C encoder (json.dump to a file encodes in Python), same text
+                    (tmp / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(coco))
+                    summary[f"{split}_images"] = count
+                    summary[f"{split}_objects"] = ann_id_next - ann_id
+                    ann_id = ann_id_next
+    finally:
+        if pool is not None:
+            pool.terminate()
     n_img = cfg.num_train + cfg.num_val
     summary["mean_objects"] = (summary["train_objects"] + summary["val_objects"]) / max(1, n_img)
     return summary

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import linear_sum_assignment
 
 # Above this many contingency cells, compact the label ids with np.unique first (never hit with slot ids and
 # per-image instance indices; guards against callers passing e.g. raw annotation ids).
@@ -159,12 +158,21 @@ def mbo(pred: np.ndarray, gt_masks: np.ndarray) -> float:
     return float(iou.max(1).mean())
 
 
+def _hungarian(iou: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The matching maximising total IoU -> (rows, cols). scipy.optimize is imported on first use: it costs
+    seconds, and segment / train import this module without scoring (docs/scale.md)."""
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(iou, maximize=True)
+    return rows, cols
+
+
 def miou(pred: np.ndarray, gt_masks: np.ndarray) -> float:
     """Hungarian mean IoU: one slot per GT mask maximising total IoU, unmatched GT count 0; NaN if no GT."""
     iou = iou_matrix(pred, gt_masks)
     if len(iou) == 0:
         return math.nan
-    rows, cols = linear_sum_assignment(iou, maximize=True)
+    rows, cols = _hungarian(iou)
     return float(iou[rows, cols].sum() / len(iou))
 
 
@@ -239,7 +247,7 @@ def image_scores(
         out.update(mbo_i=math.nan, miou=math.nan, mask_corloc=math.nan)
     else:
         best = iou.max(1)
-        rows, cols = linear_sum_assignment(iou, maximize=True)
+        rows, cols = _hungarian(iou)
         out.update(
             mbo_i=float(best.mean()),
             miou=float(iou[rows, cols].sum() / len(iou)),

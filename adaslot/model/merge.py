@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.spatial.distance import squareform
 
 
 def merge_groups(slots: torch.Tensor, threshold: float, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -21,6 +19,10 @@ def merge_groups(slots: torch.Tensor, threshold: float, keep: torch.Tensor | Non
     is below `threshold` (strictly, as scikit-learn's `distance_threshold` that SOLV uses). Slots with
     keep [B, K] false (dropped by a selector) are left out and stay alone. SOLV's threshold: 0.12.
     """
+    # scipy here, not at the top: loading a model must not pay for it when no slots merge (docs/scale.md)
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
     b, k, _ = slots.shape
     x = torch.nn.functional.normalize(slots.detach().double(), dim=-1).cpu()
     distance = (1 - x @ x.transpose(1, 2)).clamp_min(0).numpy()  # [B, K, K]
