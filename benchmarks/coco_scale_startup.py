@@ -28,6 +28,7 @@ from statistics import median
 from typing import Any
 
 from rehearsal.measure import ROOT, cli, lines, run
+from rehearsal.steps import eval_args, train_flags
 
 Probe = tuple[str, Callable[[Path, Path], list[str]], Path, Callable[[Path], bool] | None]
 
@@ -90,45 +91,13 @@ def probes(work: Path, out: Path) -> list[Probe]:
         ),
         (
             "train",
-            lambda c, o: cli(
-                "train",
-                "--out",
-                str(o),
-                "--num-iters",
-                "2",
-                "--from-cache",
-                str(store),
-                "--preset",
-                "demo",
-                "--batch-size",
-                "64",
-                "--log-every",
-                "1",
-                *common,
-                code=c,
-            ),
+            lambda c, o: cli("train", "--out", str(o), "--num-iters", "2", *train_flags(store), code=c),
             out / "train",
             metrics,
         ),
         (
             "eval",
-            lambda c, o: cli(
-                "eval",
-                str(ckpt),
-                "--root",
-                str(data),
-                "--split",
-                "val",
-                "--out",
-                str(o),
-                "--save-masks",
-                "--num-vis",
-                "0",
-                "--max-images",
-                "6",
-                *common,
-                code=c,
-            ),
+            lambda c, o: cli(*eval_args(ckpt, data, o, 6), *common, code=c),
             out / "eval",
             lambda o: (o / "masks").is_dir() and any((o / "masks").iterdir()),
         ),

@@ -198,6 +198,12 @@ def train(work: Path, store: Path, steps: int, res: Sink) -> Path:
     return run1 / "checkpoints" / "last.pt"
 
 
+def eval_args(ckpt: Path, data: Path, out: Path, n: int) -> list[str]:
+    """`adaslot eval` of the first n val images, a mask PNG per image (the first written = start-up)."""
+    return ["eval", str(ckpt), "--root", str(data), "--split", "val", "--out", str(out), "--save-masks",
+            "--num-vis", "0", "--max-images", str(n)]
+
+
 def memory_steps(
     work: Path, data: Path, ckpt: Path, n_val: int, n_seg: int, res: Sink
 ) -> Callable[[int], Path]:
@@ -208,26 +214,7 @@ def memory_steps(
         shutil.rmtree(ev, ignore_errors=True)
         run(
             f"eval {n} images",
-            cli(
-                "eval",
-                str(ckpt),
-                "--root",
-                str(data),
-                "--split",
-                "val",
-                "--out",
-                str(ev),
-                "--save-masks",
-                "--num-vis",
-                "0",
-                "--max-images",
-                str(n),
-                "--workers",
-                "0",
-                "--device",
-                "cpu",
-                "--no-progress",
-            ),
+            cli(*eval_args(ckpt, data, ev, n), "--workers", "0", "--device", "cpu", "--no-progress"),
             ev,
             first=lambda ev=ev: (ev / "masks").is_dir() and any((ev / "masks").iterdir()),
             results=res,
