@@ -9,13 +9,10 @@ Four parts, each printed as a rate and a ratio measured in this run:
      shard through zarr-python (the writer before), in views/s and views per CPU second (= per core).
   3. the loader's work on 64-px images (decode + transform + collate, 2 views), one process, per CPU second:
      the per-image path (what the DataLoader did before) vs the batch path (CocoDataset.__getitems__).
-  4. the whole `cache-features` on 64-px images (2 views) with the "instant" encoder: a benchmark-only
-     registered encoder whose module returns zeros of the contract's shape (ViT-B/16: 16 tokens x 768 at
-     64 px), images/s end to end (dataset index, DataLoader decode workers, writer, status, metadata), with
-     each decoder.
+  4. the whole `cache-features` on 64-px images (2 views) with the "instant" encoder (benchmark-only: zeros of
+     the contract's shape, 16 x 768 at 64 px), images/s end to end, with each decoder.
 Goals (docs/scale.md): writer >= 6000 ViT-B views/s on one core; pipeline >= 1000 images/s on 2 cores.
-Results go to docs/results/cache_host_rates.json (or --json).
-
+Results: docs/results/cache_host_rates.json (or --json).
     .venv/bin/python benchmarks/cache_host.py [--jpegs 48] [--shards 2] [--images 4000] [--workers 2]
 """
 

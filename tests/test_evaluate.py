@@ -391,8 +391,7 @@ def test_cli_merge_slots_flag(checkpoints, synthetic_coco, tmp_path, monkeypatch
     args = ["eval", str(checkpoints[2]), "--root", str(synthetic_coco), "--num-vis", "0", "--workers", "0",
             "--no-progress", "--device", "cpu", "--protocol", "adaslot"]
     for bad, why in (("2.5", "<= 2, got 2.5"), ("-0.1", ">= 0, got -0.1")):  # (0, 2], or 0 for off
-        code, err = run_cli([*args, "--out", str(tmp_path / "bad"), "--merge-slots", bad], monkeypatch,
-                            capsys)
+        code, err = run_cli([*args, "--out", str(tmp_path / "x"), "--merge-slots", bad], monkeypatch, capsys)
         assert code == 2 and err == f"adaslot: error: --merge-slots must be {why}", err
     code, _ = run_cli([*args, "--out", str(tmp_path / "ok"), "--merge-slots", "0.12"], monkeypatch, capsys)
     m = json.loads((tmp_path / "ok" / "metrics.json").read_text())
